@@ -1,0 +1,41 @@
+# itwin-run: `make` sets everything up (venv, Docker engine, base image); `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# Local wheels (the CPU torch wheel on these machines): used for the venv and for image builds.
+WHEELHOUSE ?= $(firstword $(wildcard /opt/wheels))
+export ITWIN_RUN_WHEELHOUSE ?= $(WHEELHOUSE)
+PIP_FIND := $(if $(WHEELHOUSE),--find-links $(WHEELHOUSE))
+PYTEST_ARGS ?=
+
+.PHONY: all venv engine base test lint demo clean
+all: venv engine base
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml itwinai/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PIP_FIND) 'torch==2.13.0' -e '.[test]' -e ./itwinai
+	touch $@
+
+# A Docker daemon: use the one that answers, else install Debian's docker.io and start dockerd (root, no systemd).
+engine:
+	@bash images/ensure-dockerd.sh
+
+# The base image every step image derives from (bootstraps its parent offline when no registry answers).
+base: venv engine
+	$(VENV)/bin/itwin-run base --bootstrap
+
+test: venv
+	$(VENV)/bin/ruff check runner itwinai tests bench use-cases
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check runner itwinai tests bench use-cases
+
+demo: all
+	bash use-cases/mnist/demo.sh
+
+clean:
+	rm -rf $(VENV) .itwin-run data

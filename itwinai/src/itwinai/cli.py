@@ -1,0 +1,50 @@
+"""`itwinai train|predict`, called by workflow steps as CMD --input IN --output OUT --config CFG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from itwinai.config import ItwinaiError, load_mlops
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="itwinai", description="Train and serve Lightning models with MLflow tracking.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("train", "predict"):
+        s = sub.add_parser(name)
+        s.add_argument("--config", required=True, help="MLOps config (train / inference / logger sections)")
+        s.add_argument("--input", action="append", help="input dataset directory (repeatable: data, tracking store)")
+        s.add_argument("--output", help="output dataset directory (tracking store / predictions)")
+        s.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                              "else sqlite inside --output)")
+    t = sub.choices["train"]
+    t.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
+    t.add_argument("--accelerator", help="override trainer.accelerator (cpu, gpu, auto)")
+    sub.choices["predict"].add_argument("--split", default="test", help="which split of --input to predict")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_mlops(args.config)
+        if args.command == "train":
+            from itwinai.train import train
+
+            train(cfg, args.input[0] if args.input else None, args.output, args.tracking_uri,
+                  {"max_epochs": args.max_epochs, "accelerator": args.accelerator})
+        else:
+            if not args.input or not args.output:
+                raise ItwinaiError("predict needs --input (data) and --output (where predictions go)")
+            from itwinai.predict import predict
+
+            predict(cfg, args.input, args.output, args.tracking_uri, args.split)
+    except ItwinaiError as exc:
+        print(f"itwinai: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The MLOps config (train / inference / logger sections), as the prototype defined it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ItwinaiError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+@dataclass
+class MLOpsConfig:
+    path: Path
+    train_type: str
+    train_path: Path | None
+    inference: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def experiment_name(self) -> str:
+        return str(self.logger.get("experiment_name") or "itwinai")
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ItwinaiError(f"{p}: {what} not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ItwinaiError(f"{p}:{mark.line + 1 if mark else 1}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ItwinaiError(f"{p}:1: {what} must be a mapping")
+    return data
+
+
+def load_mlops(path: str | Path) -> MLOpsConfig:
+    data = read_yaml(path, "MLOps config")
+    train = data.get("train") or {}
+    if not isinstance(train, dict):
+        raise ItwinaiError(f"{path}: train: must be a mapping with 'type' and 'path'")
+    ttype = str(train.get("type", "lightning")).lower()
+    tpath = train.get("path")
+    for section in ("inference", "logger"):
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise ItwinaiError(f"{path}: {section}: must be a mapping")
+    return MLOpsConfig(path=Path(path), train_type=ttype, train_path=Path(tpath) if tpath else None,
+                       inference=dict(data.get("inference") or {}), logger=dict(data.get("logger") or {}))
+
+
+def require_lightning(kind: str, section: str, path: Path) -> None:
+    if kind != "lightning":
+        raise ItwinaiError(f"{path}: {section}.type: {kind!r} is not supported; only 'lightning' is "
+                           "(TensorFlow support is not implemented)")
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {'a.b.c': 'value'} for MLflow params."""
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix.rstrip(".")] = str(d)[:6000]
+    return out

@@ -1,0 +1,116 @@
+"""`itwinai train`: a Lightning CLI config trained with MLflow tracking."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from itwinai.config import ItwinaiError, MLOpsConfig, flatten, read_yaml, require_lightning
+from itwinai.tracking import artifact_location, ensure_experiment, tracking_uri
+
+CKPT_DIR = "model/checkpoints/best-checkpoint"
+CKPT_NAME = "best-checkpoint"
+CONFIG_ARTIFACT = "pl-training.yml"
+
+
+def lightning_config(cfg: MLOpsConfig, input_dir: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    require_lightning(cfg.train_type, "train", cfg.path)
+    if cfg.train_path is None:
+        raise ItwinaiError(f"{cfg.path}: train.path: the Lightning config file is missing")
+    conf = read_yaml(cfg.train_path, "Lightning training config")
+    model = conf.get("model")
+    if not isinstance(model, dict) or "class_path" not in model:
+        raise ItwinaiError(f"{cfg.train_path}: model: needs class_path (and init_args)")
+    if input_dir:
+        model.setdefault("init_args", {})["data_dir"] = str(Path(input_dir).resolve())
+    trainer = conf.setdefault("trainer", {})
+    trainer.update({k: v for k, v in overrides.items() if v is not None})
+    return conf
+
+
+def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: str | None,
+          overrides: dict[str, Any]) -> str:
+    import mlflow
+    from lightning.pytorch.cli import LightningCLI
+    from mlflow.tracking import MlflowClient
+
+    conf = lightning_config(cfg, input_dir, overrides)
+    if output_dir:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(uri, output_dir)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, cfg.experiment_name, uri)
+    log = cfg.logger
+    run = client.create_run(experiment_id, run_name=log.get("run_name"),
+                            tags={"mlflow.note.content": str(log.get("description", "")), "itwinai.config": str(cfg.path)})
+    run_id = run.info.run_id
+    print(f"itwinai: tracking {uri}, experiment {cfg.experiment_name!r}, run {run_id}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="itwinai-") as tmp:
+        full = copy.deepcopy(conf)
+        trainer = full["trainer"]
+        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.MLFlowLogger",
+                             "init_args": {"experiment_name": cfg.experiment_name, "tracking_uri": uri,
+                                           "run_id": run_id, "artifact_location": artifact_location(uri)}}
+        callbacks = [c for c in trainer.get("callbacks") or [] if "ModelCheckpoint" not in str(c.get("class_path"))]
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                          "init_args": {"dirpath": tmp, "filename": CKPT_NAME, "monitor": "val_loss", "mode": "min",
+                                        "save_top_k": 1}})
+        trainer["callbacks"] = callbacks
+        trainer.setdefault("log_every_n_steps", int(log.get("log_every_n_steps", 50)))
+        trainer.setdefault("check_val_every_n_epoch", int(log.get("log_every_n_epoch", 1)))
+        trainer["default_root_dir"] = tmp
+        argv, sys.argv = sys.argv, sys.argv[:1]  # the config comes from `args`, not our command line
+        try:
+            cli = LightningCLI(args=full, run=False, save_config_callback=None,
+                               parser_kwargs={"exit_on_error": False})
+        except (SystemExit, Exception) as exc:  # jsonargparse reports bad configs this way
+            client.set_terminated(run_id, "FAILED")
+            raise ItwinaiError(f"{cfg.train_path}: invalid Lightning config: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            sys.argv = argv
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in flatten(conf).items()][:100])
+        try:
+            start = time.perf_counter()
+            cli.trainer.fit(cli.model)
+            elapsed = time.perf_counter() - start
+            samples = len(cli.trainer.train_dataloader.dataset) * cli.trainer.current_epoch
+            rate = samples / elapsed if elapsed else 0.0
+            client.log_metric(run_id, "train_samples_per_sec", rate)
+            print(f"itwinai: trained {samples} samples in {elapsed:.1f}s ({rate:.0f} samples/s)", flush=True)
+            ckpt = Path(tmp, f"{CKPT_NAME}.ckpt")
+            if ckpt.is_file():
+                cli.trainer.test(cli.model, ckpt_path=str(ckpt), verbose=False)
+                client.log_artifact(run_id, str(ckpt), CKPT_DIR)
+            cfg_file = Path(tmp, CONFIG_ARTIFACT)
+            cfg_file.write_text(yaml.safe_dump(conf, sort_keys=False))
+            client.log_artifact(run_id, str(cfg_file))
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+    client.set_terminated(run_id, "FINISHED")
+    name = log.get("registered_model_name")
+    if name:
+        version = register(client, name, run_id)
+        print(f"itwinai: registered model {name!r} version {version}", flush=True)
+    print(f"itwinai: run_id={run_id}", flush=True)
+    return run_id
+
+
+def register(client, name: str, run_id: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    return client.create_model_version(name, source=source, run_id=run_id).version

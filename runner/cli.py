@@ -1,0 +1,165 @@
+"""The `itwin-run` command line: a thin typer layer over the workflow model, engines and executor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from runner.errors import StepFailed, UserError, ValidationError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run AI/ML digital-twin workflows step by step in containers.")
+err = Console(stderr=True, soft_wrap=True)
+SUBCOMMANDS = {"run", "build", "schema", "base", "--help", "-h", "--version"}
+
+WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker.")]
+RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
+WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
+ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]
+ParentOpt = Annotated[str | None, typer.Option("--base-parent", help="Parent of the base image (default python:3.11-slim, "
+                                                  "else the offline-bootstrapped one; or ITWIN_RUN_BASE_PARENT).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full build output.")]
+
+
+def _gpus(value: str | None) -> str | int | list[int] | None:
+    if value is None:
+        return None
+    if value == "all":
+        return "all"
+    if value.isdigit():
+        return int(value)
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UserError(f"--gpus: expected 'all', a count or device ids like 0,1; got {value!r}") from None
+
+
+def _engine(name: str, parent: str | None = None, verbose: bool = False):
+    from runner.engines import get_engine
+
+    return get_engine(name, console=err, parent=parent, verbose=verbose)
+
+
+@app.command()
+def run(
+    workflow: WorkflowArg,
+    engine: EngineOpt = "docker",
+    root: RootOpt = None,
+    user: Annotated[str | None, typer.Option(help="uid:gid the steps run as (default: yours).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs for every step: all, a count, or ids (0,1).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images, argv, mounts); run nothing.")] = False,
+    wheelhouse: WheelOpt = None,
+    constraints: ConsOpt = None,
+    base_parent: ParentOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build (when needed) each step's image and run the steps in containers."""
+    from runner import executor
+    from runner import workflow as wfmod
+    from runner.images import BuildOptions
+
+    wf = wfmod.load(workflow, root)
+    opts = executor.RunOptions(user=user, gpus=_gpus(gpus), build=BuildOptions.from_env(wheelhouse, constraints))
+    eng = _engine(engine, base_parent, verbose)
+    if dry_run:
+        images = executor.resolve_images(wf, eng, opts.build, build=False)
+        for step in wf.steps:
+            ref, present = images[step.name]
+            job = executor.job_for(wf, step, ref, opts, "dry-run")
+            print(f"step {step.name}")
+            print(f"  image  {ref} ({'present' if present else 'to build'})")
+            print(f"  argv   {json.dumps(job.argv)}")
+            for m in job.mounts:
+                print(f"  mount  {m.source} -> {m.target} ({'ro' if m.read_only else 'rw'})")
+            print(f"  user   {job.user}" + (f"  gpus {job.gpus}" if job.gpus else ""))
+        return
+    executor.Runner(wf, eng, opts, err).run()
+
+
+@app.command()
+def build(
+    workflow: WorkflowArg,
+    engine: EngineOpt = "docker",
+    root: RootOpt = None,
+    wheelhouse: WheelOpt = None,
+    constraints: ConsOpt = None,
+    base_parent: ParentOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build the step images only."""
+    from runner import executor
+    from runner import workflow as wfmod
+    from runner.images import BuildOptions
+
+    wf = wfmod.load(workflow, root)
+    eng = _engine(engine, base_parent, verbose)
+    for step, (ref, _) in executor.resolve_images(wf, eng, BuildOptions.from_env(wheelhouse, constraints)).items():
+        print(f"{step}\t{ref}")
+
+
+@app.command()
+def base(
+    base_parent: ParentOpt = None,
+    bootstrap: Annotated[bool, typer.Option(help="Bootstrap the parent offline (debootstrap) when it is missing.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build the project base image (Dockerfile.base)."""
+    from runner.engines.docker import BOOTSTRAP_PARENT, DEFAULT_PARENT, DockerEngine
+
+    eng = DockerEngine(console=err, parent=base_parent, verbose=verbose)
+    if bootstrap and not base_parent:
+        if not (eng._image_id(DEFAULT_PARENT) or eng._image_id(BOOTSTRAP_PARENT)):
+            try:
+                eng.client.images.pull(DEFAULT_PARENT)
+            except Exception:
+                err.print(f"{DEFAULT_PARENT} cannot be pulled: bootstrapping a parent offline")
+                eng.bootstrap_parent()
+    ref, _ = eng.base()
+    print(ref)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the workflow file format."""
+    from runner.workflow import schema as wf_schema
+
+    print(json.dumps(wf_schema(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `itwin-run [options] workflow.yml` is `itwin-run run …`: insert the default command.
+    if args and args[0] not in SUBCOMMANDS:
+        args.insert(0, "run")
+    try:
+        app(args, standalone_mode=False, prog_name="itwin-run")
+    except ValidationError as exc:
+        for p in exc.problems:
+            err.print(p, highlight=False, markup=False)
+        sys.exit(2)
+    except StepFailed as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        for line in exc.tail:
+            err.print(f"  {exc.step} | {line}", highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise

@@ -1,0 +1,49 @@
+"""The engine protocol: every container engine is a small class with these methods."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from runner.images import BuildOptions, ImageSpec
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: Path
+    read_only: bool
+
+
+@dataclass
+class Job:
+    """One step, ready to run: everything an engine needs and nothing engine-specific."""
+
+    step: str
+    image: str
+    argv: list[str]
+    workdir: Path
+    mounts: list[Mount]
+    env: dict[str, str]
+    user: str  # "uid:gid"
+    gpus: str | int | list[int] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
+        """The runnable reference for a spec and whether it is present; builds (or pulls) it when `build`."""
+        ...
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> int:
+        """Run a job to completion, calling on_line for each output line; returns its exit code.
+        The container (or process) is gone when this returns or raises."""
+        ...
+
+    def cleanup(self, labels: dict[str, str]) -> int:
+        """Remove whatever this engine left with these labels; returns how many."""
+        ...

@@ -1,0 +1,249 @@
+"""Docker engine: builds step images and runs steps through docker-py (no docker CLI)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest
+from rich.console import Console
+
+from runner.engines.base import Job
+from runner.errors import UserError
+from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, PROJECT, BuildOptions, ImageSpec
+
+DEFAULT_PARENT = "python:3.11-slim"
+BOOTSTRAP_PARENT = "itwin-run/parent:bookworm"  # made offline by images/bootstrap-parent.sh
+SHM_SIZE = "1g"  # DataLoader workers need more than Docker's 64 MB /dev/shm
+_ERROR_LINE = re.compile(r"(error|ERROR|E: |No matching distribution|Could not find|failed|returned a non-zero)")
+
+
+def _daemon_error(exc: Exception) -> UserError:
+    return UserError(f"cannot reach the Docker daemon ({exc.__class__.__name__}): start dockerd "
+                     "(as root: `dockerd &`, or `make engine`) or point DOCKER_HOST at a running one")
+
+
+def gpu_requests(gpus: str | int | list[int] | None) -> list[DeviceRequest]:
+    """`gpus:` (all, a count, or device ids) as Docker device requests."""
+    if gpus is None or gpus == 0 or gpus == []:
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if isinstance(gpus, int):
+        return [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
+
+
+class DockerEngine:
+    name = "docker"
+
+    def __init__(self, console: Console | None = None, parent: str | None = None, verbose: bool = False):
+        self.console = console or Console(stderr=True)
+        self.parent = parent or os.environ.get("ITWIN_RUN_BASE_PARENT") or None
+        self.verbose = verbose
+        self._client: docker.DockerClient | None = None
+        self._base: tuple[str, str] | None = None
+
+    # ------------------------------------------------------------ daemon
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.from_env(timeout=600)
+                self._client.api.ping()
+            except docker.errors.DockerException as exc:
+                raise _daemon_error(exc) from None
+            except Exception as exc:  # requests' connection errors
+                raise _daemon_error(exc) from None
+        return self._client
+
+    def _image_id(self, ref: str) -> str | None:
+        try:
+            return self.client.api.inspect_image(ref)["Id"]
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 404 or "no such image" in str(exc).lower():
+                return None
+            raise UserError(f"docker: {exc.explanation or exc}") from None
+
+    # ------------------------------------------------------------ base image
+
+    def base(self, build: bool = True) -> tuple[str, str]:
+        """(reference, id) of the project base image, built from Dockerfile.base when missing."""
+        if self._base:
+            return self._base
+        parent, parent_id = self._parent()
+        dockerfile = BASE_DOCKERFILE.read_bytes()
+        ca = CA_BUNDLE.read_bytes() if CA_BUNDLE.is_file() else b""
+        digest = hashlib.sha256(dockerfile + b"\0" + parent_id.encode() + b"\0" + ca).hexdigest()[:16]
+        ref = f"itwin-run/base:{digest}"
+        image_id = self._image_id(ref)
+        if image_id is None:
+            if not build:
+                return ref, ""
+            with tempfile.TemporaryDirectory(prefix="itwin-base-") as ctx:
+                Path(ctx, "Dockerfile").write_bytes(dockerfile)
+                Path(ctx, "ca-certificates.crt").write_bytes(ca)
+                self._build(ctx, "Dockerfile", ref, {"PARENT": parent}, step="base")
+            image_id = self._image_id(ref) or ""
+            self.client.api.tag(ref, "itwin-run/base", "latest")
+        self._base = (ref, image_id)
+        return self._base
+
+    def _parent(self) -> tuple[str, str]:
+        candidates = [self.parent] if self.parent else [DEFAULT_PARENT, BOOTSTRAP_PARENT]
+        for ref in candidates:
+            image_id = self._image_id(ref)
+            if image_id:
+                return ref, image_id
+        first = candidates[0]
+        try:
+            self.console.print(f"[dim]pulling {first}…[/dim]")
+            image = self.client.images.pull(first)
+            return first, image.id
+        except docker.errors.APIError as exc:
+            hint = ("run `make` (it bootstraps a parent offline) or `itwin-run base --bootstrap`"
+                    if not self.parent else "check the name, or pull/load it first")
+            raise UserError(f"no parent image for the base: {first} is not local and cannot be pulled "
+                            f"({exc.explanation or exc}); {hint}") from None
+
+    def bootstrap_parent(self) -> str:
+        """Make the offline parent (debootstrap + docker import), for hosts with no registry."""
+        script = PROJECT / "images" / "bootstrap-parent.sh"
+        with self.console.status(f"bootstrapping {BOOTSTRAP_PARENT} from the Debian mirror (about a minute)…"):
+            proc = subprocess.run(["bash", str(script), BOOTSTRAP_PARENT], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise UserError(f"bootstrap of {BOOTSTRAP_PARENT} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return BOOTSTRAP_PARENT
+
+    # ------------------------------------------------------------ step images
+
+    def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
+        if spec.kind == "image":
+            assert spec.image
+            if self._image_id(spec.image):
+                return spec.image, True
+            if not build:
+                return spec.image, False
+            try:
+                with self.console.status(f"pulling {spec.image}…"):
+                    self.client.images.pull(spec.image)
+            except docker.errors.APIError as exc:
+                raise UserError(f"step {spec.step!r}: image {spec.image} is not local and cannot be pulled: "
+                                f"{exc.explanation or exc}") from None
+            return spec.image, True
+        base_ref, base_id = self.base(build=build)
+        if not base_id:
+            return f"{spec.name}:<after base build>", False
+        ref = spec.tag(base_id, opts)
+        if self._image_id(ref):
+            return ref, True
+        if not build:
+            return ref, False
+        with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
+            dockerfile = spec.context(Path(ctx), base_ref, opts)
+            self._build(ctx, dockerfile, ref, {"ITWIN_BASE": base_ref, "BASE": base_ref}, step=spec.step,
+                        labels={f"{LABEL}.kind": spec.kind})
+        return ref, True
+
+    def _build(self, ctx: str, dockerfile: str, ref: str, buildargs: dict[str, str], step: str,
+               labels: dict[str, str] | None = None) -> None:
+        lines: list[str] = []
+        start = time.monotonic()
+        error: str | None = None
+        labels = {f"{LABEL}.managed": "1", f"{LABEL}.step": step, **(labels or {})}
+        try:
+            stream: Iterator[dict[str, Any]] = self.client.api.build(
+                path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels,
+                rm=True, forcerm=True, decode=True, pull=False)
+            with self.console.status(f"building {ref} (step {step})") as status:
+                for item in stream:
+                    if "error" in item:
+                        error = item["error"].strip()
+                        lines.append(error)
+                        break
+                    text = item.get("stream", "")
+                    for line in text.splitlines():
+                        if not line.strip():
+                            continue
+                        lines.append(line)
+                        if self.verbose:
+                            self.console.print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
+                        if line.startswith("Step "):
+                            status.update(f"building {ref} (step {step}) {time.monotonic() - start:.0f}s: {line[:100]}")
+        except docker.errors.APIError as exc:
+            error = str(exc.explanation or exc)
+        except docker.errors.DockerException as exc:
+            raise _daemon_error(exc) from None
+        if error is not None:
+            failing = [ln for ln in lines if _ERROR_LINE.search(ln)][-12:] or lines[-12:]
+            detail = "\n".join("  " + ln for ln in failing)
+            if "no space left on device" in "\n".join(lines).lower():
+                raise UserError(f"build of {ref} for step {step!r} failed: no space left on device "
+                                "(free disk space, e.g. `docker image prune`)")
+            raise UserError(f"build of {ref} for step {step!r} failed: {error.splitlines()[-1] if error else ''}\n"
+                            f"{detail}")
+        self.console.print(f"[green]built[/green] {ref} for {step} in {time.monotonic() - start:.1f}s", highlight=False)
+
+    # ------------------------------------------------------------ running
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> int:
+        api = self.client.api
+        binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
+        host_config = api.create_host_config(
+            binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None,
+            security_opt=["no-new-privileges"], init=True)
+        try:
+            container = api.create_container(
+                job.image, command=job.argv, user=job.user, working_dir=str(job.workdir),
+                environment=job.env, labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config,
+                detach=True)
+        except docker.errors.ImageNotFound:
+            raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
+        except docker.errors.APIError as exc:
+            raise UserError(f"step {job.step!r}: docker could not create the container: {exc.explanation or exc}") from None
+        cid = container["Id"]
+        try:
+            try:
+                api.start(cid)
+            except docker.errors.APIError as exc:
+                msg = str(exc.explanation or exc)
+                if job.gpus and ("device driver" in msg or "gpu" in msg.lower()):
+                    raise UserError(f"step {job.step!r} asks for GPUs ({job.gpus}) but this Docker daemon has no "
+                                    "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
+                raise UserError(f"step {job.step!r}: docker could not start the container: {msg}") from None
+            pending = b""
+            for chunk in api.logs(cid, stream=True, follow=True):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    on_line(raw.decode("utf-8", "replace"))
+            if pending:
+                on_line(pending.decode("utf-8", "replace"))
+            return int(api.wait(cid)["StatusCode"])
+        except KeyboardInterrupt:
+            api.stop(cid, timeout=5)
+            raise
+        finally:
+            try:
+                api.remove_container(cid, force=True)
+            except docker.errors.APIError:
+                pass
+
+    def cleanup(self, labels: dict[str, str]) -> int:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        found = self.client.api.containers(all=True, filters=filters)
+        for c in found:
+            self.client.api.remove_container(c["Id"], force=True)
+        return len(found)

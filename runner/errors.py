@@ -1,0 +1,28 @@
+"""Errors a user can act on: printed as one line each, never as a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ValidationError(UserError):
+    """One or more problems in a workflow file, each `file:line: field: message`."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class StepFailed(UserError):
+    """A step exited non-zero; the run exits with the step's own code."""
+
+    def __init__(self, step: str, code: int, tail: list[str], log: str):
+        self.step, self.code, self.tail, self.log = step, code, tail, log
+        self.exit_code = code if 0 < code < 256 else 1
+        super().__init__(f"step {step!r} failed with exit code {code} (log: {log})")

@@ -1,0 +1,212 @@
+"""Image specs: what goes into a step's image, and the content hash it is tagged with.
+
+Engine-neutral: an engine turns an ImageSpec into something it can run (a Docker image, a SIF).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.errors import UserError, ValidationError
+from runner.workflow import StepSpec, _compose, _dotted, _line
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+TEMPLATES = PROJECT / "images"
+BASE_DOCKERFILE = PROJECT / "Dockerfile.base"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BASE_PYTHON = "3.11"
+LABEL = "org.itwin-run"  # every image, container and volume the runner creates carries f"{LABEL}.managed"
+_SKIP_DIRS = {"__pycache__", ".git", ".venv", "build", "dist", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+# Conda names whose pip name differs; anything else is suggested as-is.
+_PIP_NAMES = {"pytorch": "torch", "pytorch-lightning": "lightning", "pytorch-cpu": "torch", "py-opencv": "opencv-python",
+              "pyyaml": "pyyaml", "tensorflow-gpu": "tensorflow", "matplotlib-base": "matplotlib"}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    wheelhouse: Path | None = None
+    constraints: Path | None = None
+
+    @classmethod
+    def from_env(cls, wheelhouse: str | None = None, constraints: str | None = None) -> BuildOptions:
+        wh = wheelhouse or os.environ.get("ITWIN_RUN_WHEELHOUSE") or None
+        cs = constraints or os.environ.get("ITWIN_RUN_CONSTRAINTS") or None
+        opts = cls(Path(wh).resolve() if wh else None, Path(cs).resolve() if cs else None)
+        if opts.wheelhouse and not opts.wheelhouse.is_dir():
+            raise UserError(f"wheelhouse {opts.wheelhouse} is not a directory")
+        if opts.constraints and not opts.constraints.is_file():
+            raise UserError(f"constraints file {opts.constraints} not found")
+        return opts
+
+
+@dataclass
+class ImageSpec:
+    """A step image: `kind` is requirements | conda | dockerfile | image."""
+
+    kind: str
+    name: str
+    step: str
+    env_file: Path | None = None
+    requirements: str = ""  # pip lines (requirements / conda kinds)
+    source: Path | None = None
+    image: str | None = None  # prebuilt reference (image kind)
+    digest_parts: list[str] = field(default_factory=list)
+
+    def tag(self, base_id: str, opts: BuildOptions) -> str:
+        """Content tag: env file, source tree, base image id, template and build options."""
+        h = hashlib.sha256()
+        for part in [self.kind, base_id, *self.digest_parts, *_options_digest(opts, self.kind)]:
+            h.update(part.encode() + b"\0")
+        return f"{self.name}:{h.hexdigest()[:16]}"
+
+    def context(self, dest: Path, base_ref: str, opts: BuildOptions) -> str:
+        """Lay out the build context in `dest`; returns the Dockerfile's path relative to it."""
+        if self.kind == "dockerfile":
+            assert self.env_file
+            _link_tree(self.env_file.parent, dest)
+            return self.env_file.name
+        (dest / "requirements.txt").write_text(self.requirements)
+        pip_args = []
+        if opts.wheelhouse:
+            _link_tree(opts.wheelhouse, dest / "wheels")
+            pip_args.append("--find-links wheels")
+        if opts.constraints:
+            shutil.copy(opts.constraints, dest / "constraints.txt")
+            pip_args.append("-c constraints.txt")
+        source_install = ""
+        if self.source:
+            _link_tree(self.source, dest / "source")
+            source_install = " ./source"
+        template = string.Template((TEMPLATES / "Dockerfile.pip").read_text())
+        (dest / "Dockerfile").write_text(template.substitute(base=base_ref, pip_args=" ".join(pip_args),
+                                                             source_install=source_install))
+        return "Dockerfile"
+
+
+def _options_digest(opts: BuildOptions, kind: str) -> list[str]:
+    if kind == "dockerfile":
+        return []
+    parts = [(TEMPLATES / "Dockerfile.pip").read_text()]
+    if opts.wheelhouse:
+        parts += sorted(f"{p.name}:{p.stat().st_size}" for p in opts.wheelhouse.iterdir() if p.is_file())
+    if opts.constraints:
+        parts.append(opts.constraints.read_text())
+    return parts
+
+
+def tree_digest(root: Path) -> list[str]:
+    """Relative path + sha256 of every file under root (skipping caches and build output)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
+        for f in sorted(filenames):
+            if f.endswith((".pyc", ".pyo")):
+                continue
+            p = Path(dirpath, f)
+            out.append(f"{p.relative_to(root)}:{hashlib.sha256(p.read_bytes()).hexdigest()}")
+    return out
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """Hard-link (or copy) a tree into a build context, skipping caches."""
+    def copy(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    ignore = shutil.ignore_patterns(*_SKIP_DIRS, "*.egg-info", "*.pyc")
+    shutil.copytree(src, dest, ignore=ignore, copy_function=copy, dirs_exist_ok=True)
+
+
+def image_name(step: StepSpec) -> str:
+    stem = step.env_file.stem if step.env_file else step.name
+    if step.env_file and stem.lower() in {"dockerfile", "requirements", "environment", "env"}:
+        stem = f"{step.env_file.parent.name}-{stem}"
+    return "itwin-run/" + (re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "step")
+
+
+def spec_for(step: StepSpec) -> ImageSpec:
+    """Read a step's env file into an ImageSpec (raises ValidationError with file:line on bad input)."""
+    env = step.env
+    if env.image:
+        return ImageSpec(kind="image", name=env.image, step=step.name, image=env.image)
+    assert step.env_file is not None
+    f = step.env_file
+    name = image_name(step)
+    source_parts = tree_digest(step.source) if step.source else []
+    text = f.read_text(encoding="utf-8", errors="replace")
+    lower = f.name.lower()
+    if lower == "dockerfile" or lower.endswith(".dockerfile") or lower.startswith("dockerfile."):
+        if step.source:
+            raise UserError(f"{f}: a Dockerfile env builds its own context; 'source' is not used with it (step {step.name!r})")
+        return ImageSpec(kind="dockerfile", name=name, step=step.name, env_file=f, digest_parts=tree_digest(f.parent))
+    if f.suffix in {".yml", ".yaml"}:
+        reqs = conda_to_pip(f, text)
+        return ImageSpec(kind="conda", name=name, step=step.name, env_file=f, requirements=reqs, source=step.source,
+                         digest_parts=[text, *source_parts])
+    return ImageSpec(kind="requirements", name=name, step=step.name, env_file=f, requirements=text,
+                     source=step.source, digest_parts=[text, *source_parts])
+
+
+def conda_to_pip(f: Path, text: str) -> str:
+    """A conda environment.yml with python + pip packages only, as a requirements list."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    data, lines = _compose(text, str(f))
+    problems: list[str] = []
+
+    def problem(loc: tuple, msg: str) -> None:
+        problems.append(f"{f}:{_line(lines, loc)}: {_dotted(loc)}: {msg}")
+
+    if not isinstance(data, dict):
+        raise ValidationError([f"{f}:1: top: an environment file is a mapping with 'dependencies'"])
+    deps = data.get("dependencies") or []
+    if not isinstance(deps, list):
+        raise ValidationError([f"{f}:{_line(lines, ('dependencies',))}: dependencies: must be a list"])
+    pip_lines: list[str] = []
+    for i, dep in enumerate(deps):
+        loc = ("dependencies", i)
+        if isinstance(dep, dict) and set(dep) == {"pip"} and isinstance(dep["pip"], list):
+            for j, p in enumerate(dep["pip"]):
+                if not isinstance(p, str):
+                    problem(loc + ("pip", j), "must be a pip requirement string")
+                else:
+                    pip_lines.append(p)
+            continue
+        if not isinstance(dep, str):
+            problem(loc, "must be a package spec or a 'pip:' list")
+            continue
+        m = re.match(r"^\s*(?:[\w.-]+::)?([A-Za-z0-9_.-]+)\s*(.*)$", dep)
+        pkg, ver = (m.group(1).lower(), m.group(2).strip()) if m else (dep, "")
+        if pkg == "pip":
+            continue
+        if pkg == "python":
+            spec = ver.replace(" ", "")
+            if spec and spec[0].isdigit():
+                spec = "==" + spec + (".*" if spec.count(".") < 2 else "")
+            elif spec.startswith("=") and not spec.startswith("=="):
+                spec = "=" + spec + (".*" if spec.count(".") < 2 else "")
+            try:
+                ok = not spec or SpecifierSet(spec).contains(BASE_PYTHON + ".0") or SpecifierSet(spec).contains(BASE_PYTHON)
+            except InvalidSpecifier:
+                problem(loc, f"cannot read the python version {dep!r}")
+                continue
+            if not ok:
+                problem(loc, f"{dep!r} does not match the base image's Python {BASE_PYTHON}")
+            continue
+        pip_name = _PIP_NAMES.get(pkg, pkg)
+        pin = ver.lstrip("=")
+        hint = f"{pip_name}=={pin}" if pin and pin[0].isdigit() else pip_name + ver
+        problem(loc, f"conda package {dep!r} is not supported (no conda channel is used): "
+                     f"list it under 'pip:' as {hint!r}")
+    if problems:
+        raise ValidationError(problems)
+    return "".join(p + "\n" for p in pip_lines)

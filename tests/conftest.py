@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TOY = REPO / "tests" / "toy"
+ITWIN_RUN = [str(Path(sys.executable).parent / "itwin-run")]
+LABEL = "org.itwin-run.managed=1"
+
+
+def itwin(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, the way a user does."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([*ITWIN_RUN, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    client = docker.from_env()
+    client.ping()  # a test that needs the daemon fails (not skips) without one: `make` starts it
+    return client
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    dest = tmp_path / "toy"
+    shutil.copytree(TOY, dest, ignore=shutil.ignore_patterns("data", ".itwin-run"))
+    return dest
+
+
+@pytest.fixture
+def no_leftovers(docker_client):
+    yield
+    left = docker_client.containers.list(all=True, filters={"label": "org.itwin-run.run"})
+    assert not left, f"containers left behind: {[c.name for c in left]}"

@@ -1,0 +1,172 @@
+"""The Docker engine against the real daemon: the toy workflow end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runner.engines.docker import DockerEngine, gpu_requests
+from tests.conftest import LABEL, itwin
+
+pytestmark = pytest.mark.docker
+
+EXPECTED_SUMMARY = "sum=55\nmarker=from the Dockerfile env\ngreeting=hello\nhost_env_leak=False\n"
+
+
+def toy_images(client) -> set[str]:
+    return {t for img in client.images.list(filters={"label": LABEL}) for t in img.tags if "envs-" in t}
+
+
+def test_toy_workflow_outputs_and_contract(docker_client, toy, no_leftovers):
+    res = itwin("--engine", "docker", "workflow.yml", cwd=toy, env={"ITWIN_TOY_HOST_VAR": "leak?"})
+    assert res.returncode == 0, res.stderr
+    data = toy / "data"
+    assert (data / "raw" / "numbers.txt").read_text() == "1\n2\n3\n4\n5\n"
+    assert (data / "squares" / "squares.txt").read_text() == "1\n4\n9\n16\n25\n"
+    assert (data / "summary" / "summary.txt").read_text() == EXPECTED_SUMMARY  # declared vars in, host env out
+    # a write to an input fails inside the step
+    assert (data / "squares" / "input-check.txt").read_text() == "input read-only: Read-only file system\n"
+    assert not (data / "raw" / "tamper.txt").exists()
+    # shell metacharacters, lists and booleans reach the program literally
+    args = json.loads((data / "raw" / "args.json").read_text())
+    assert args["label"] == "a; b $(touch /tmp/pwned) `id` 'q' \"dq\" *"
+    assert args["tag"] == ["x", "y z"] and args["verbose"] is True and args["quiet"] is False
+    assert args["argv"][:2] == ["--output", str(data / "raw")]
+    # output streamed with a step prefix, and kept in the run's log directory
+    assert "generate | generated 5 numbers" in res.stdout
+    assert "summarize | sum=55" in res.stdout
+    logs = list((toy / ".itwin-run" / "runs").glob("*/square.log"))
+    assert len(logs) == 1 and "input read-only" in logs[0].read_text()
+    assert "env.prefix" in res.stderr  # said once that the conda prefix is ignored
+
+
+def test_unchanged_rerun_builds_nothing_and_env_change_rebuilds_one(docker_client, toy, no_leftovers):
+    first = itwin("build", "workflow.yml", cwd=toy)
+    assert first.returncode == 0, first.stderr
+    before = dict(line.split("\t") for line in first.stdout.split("\n") if line)
+    again = itwin("build", "workflow.yml", cwd=toy)
+    assert again.returncode == 0 and "built" not in again.stderr
+    assert dict(line.split("\t") for line in again.stdout.split("\n") if line) == before
+
+    env = toy / "envs" / "environment.yml"
+    env.write_text(env.read_text() + f"# changed {os.getpid()}\n")
+    try:
+        changed = itwin("build", "workflow.yml", cwd=toy)
+        assert changed.returncode == 0, changed.stderr
+        after = dict(line.split("\t") for line in changed.stdout.split("\n") if line)
+        assert changed.stderr.count("built ") == 1 and "for square" in changed.stderr
+        assert after["square"] != before["square"]
+        assert after["generate"] == before["generate"] and after["summarize"] == before["summarize"]
+    finally:
+        docker_client.images.remove(after["square"], force=True)
+
+
+def test_outputs_belong_to_requested_uid(docker_client, toy, no_leftovers):
+    res = itwin("workflow.yml", "--user", "1234:2345", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    assert "generate | generated 5 numbers as uid 1234" in res.stdout
+    for f in (toy / "data" / "raw" / "numbers.txt", toy / "data" / "summary" / "summary.txt"):
+        st = f.stat()
+        assert (st.st_uid, st.st_gid) == (1234, 2345)
+
+
+def test_failing_step_reports_code_and_tail_and_leaves_no_container(docker_client, toy, no_leftovers):
+    (toy / "steps" / "square.py").write_text("import sys\nprint('about to fail')\nsys.exit(7)\n")
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 7
+    assert "step 'square' failed with exit code 7" in res.stderr
+    assert "square | about to fail" in res.stderr  # the log tail
+    assert "Traceback" not in res.stderr
+    assert not (toy / "data" / "summary").exists()  # nothing after the failure ran
+    assert (toy / "data" / "raw" / "numbers.txt").exists()  # earlier outputs are kept
+
+
+def test_dry_run_prints_plan_and_runs_nothing(docker_client, toy, no_leftovers):
+    res = itwin("--dry-run", "workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    assert "step generate" in res.stdout and f"mount  {toy} -> {toy} (ro)" in res.stdout
+    assert f"mount  {toy / 'data/raw'} -> {toy / 'data/raw'} (ro)" in res.stdout
+    assert not (toy / "data").exists()
+
+
+def test_build_failure_shows_pip_lines_and_tags_nothing(docker_client, toy, no_leftovers):
+    (toy / "envs" / "requirements.txt").write_text("this-package-does-not-exist-itwin==0.0.1\n")
+    res = itwin("build", "workflow.yml", cwd=toy)
+    assert res.returncode == 1
+    assert "build of itwin-run/envs-requirements:" in res.stderr and "for step 'generate' failed" in res.stderr
+    assert "No matching distribution found for this-package-does-not-exist-itwin" in res.stderr
+    assert "Traceback" not in res.stderr
+    tag = res.stderr.split("build of ")[1].split(" ")[0]
+    assert not docker_client.images.list(name=tag)
+
+
+def test_conda_package_is_a_clear_error(docker_client, toy):
+    (toy / "envs" / "environment.yml").write_text("dependencies:\n  - python=3.11\n  - pytorch=2.1\n")
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].endswith(
+        "environment.yml:3: dependencies[1]: conda package 'pytorch=2.1' is not supported (no conda channel is "
+        "used): list it under 'pip:' as 'torch==2.1'")
+
+
+def test_gpu_request_without_nvidia_runtime_is_one_clear_line(docker_client, toy, no_leftovers):
+    if "nvidia" in docker_client.info().get("Runtimes", {}):
+        pytest.skip("this daemon has the NVIDIA runtime")
+    res = itwin("workflow.yml", "--gpus", "all", cwd=toy)
+    assert res.returncode == 1
+    assert "asks for GPUs (all) but this Docker daemon has no NVIDIA runtime: install nvidia-container-toolkit" \
+        in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_gpu_requests_reach_the_docker_api(docker_client):
+    assert gpu_requests(None) == [] and gpu_requests(0) == []
+    host = docker_client.api.create_host_config(device_requests=gpu_requests("all"))
+    assert host["DeviceRequests"] == [{"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]],
+                                       "Options": {}}]
+    assert gpu_requests(2)[0]["Count"] == 2
+    assert gpu_requests([0, 3])[0]["DeviceIDs"] == ["0", "3"]
+
+
+def test_step_gpus_field_and_cli_override_reach_the_job(tmp_path, toy):
+    from runner import executor, workflow
+
+    text = (toy / "workflow.yml").read_text().replace("      command: python ./steps/square.py",
+                                                      "      command: python ./steps/square.py\n      gpus: [1]")
+    (toy / "workflow.yml").write_text(text)
+    wf = workflow.load(toy / "workflow.yml", root=toy)
+    assert executor.job_for(wf, wf.step("square"), "img", executor.RunOptions(), "r").gpus == [1]
+    assert executor.job_for(wf, wf.step("square"), "img", executor.RunOptions(gpus="all"), "r").gpus == "all"
+    assert executor.job_for(wf, wf.step("generate"), "img", executor.RunOptions(), "r").gpus is None
+
+
+def test_daemon_not_running_is_one_line(toy):
+    res = itwin("workflow.yml", cwd=toy, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Docker daemon")
+    assert "Traceback" not in res.stderr
+
+
+def test_base_image_uses_host_ca_and_runs_as_any_uid(docker_client):
+    ref, _ = DockerEngine().base()
+    out = docker_client.containers.run(ref, ["sh", "-c", "id -u; echo $HOME; touch $HOME/x && echo ok; "
+                                              "python -c 'import sys; print(sys.version_info[:2])'"],
+                                       user="4321:4321", remove=True).decode()
+    assert out.split("\n")[:4] == ["4321", "/home/itwin", "ok", "(3, 11)"]
+    if Path("/etc/ssl/certs/ca-certificates.crt").exists():
+        bundle = docker_client.containers.run(ref, ["cat", "/etc/ssl/certs/ca-certificates.crt"], remove=True)
+        assert bundle == Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()
+
+
+def test_prebuilt_local_image_runs(docker_client, toy, no_leftovers):
+    ref, _ = DockerEngine().base()
+    text = (toy / "workflow.yml").read_text().replace("env: {file: ./envs/requirements.txt}", f"env: {{image: {ref}}}")
+    (toy / "workflow.yml").write_text(text)
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    assert (toy / "data" / "summary" / "summary.txt").read_text() == EXPECTED_SUMMARY
+    shutil.rmtree(toy / "data")

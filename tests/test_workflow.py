@@ -1,0 +1,159 @@
+"""Workflow model: parsing, argv contract, and file:line errors (no daemon needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner import workflow
+from runner.errors import ValidationError
+from tests.conftest import REPO, itwin
+
+MNIST = REPO / "use-cases" / "mnist"
+
+
+def write(tmp_path: Path, text: str, name: str = "wf.yml") -> Path:
+    (tmp_path / "env.txt").write_text("")
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ValidationError) as exc:
+        workflow.load(write(tmp_path, text), root=tmp_path)
+    return exc.value.problems
+
+
+def test_prototype_mnist_file_loads_with_cwl_section_ignored():
+    wf = workflow.load(MNIST / "training-workflow.yml", root=REPO)
+    assert [s.name for s in wf.steps] == ["preprocessing", "ml-training"]
+    train = wf.step("ml-training")
+    assert train.inputs == ("preproc-images",) and train.output == "ml-logs"
+    assert train.env.prefix == "./ai/.venv-pytorch" and train.source == REPO / "itwinai"
+    assert wf.extra["workflowFileCWL"] == "use-cases/mnist/workflow.cwl"
+    assert wf.argv(train) == ["itwinai", "train", "--input", str(REPO / "data/mnist/preproc-images"),
+                              "--output", str(REPO / "data/mnist/ml-logs"),
+                              "--config", "./use-cases/mnist/mnist-ai.yml"]
+
+
+def test_argv_lists_booleans_and_metacharacters(tmp_path):
+    wf = workflow.load(write(tmp_path, """
+datasets: {a: {location: ./a}, b: {location: ./b}, c: {location: ./c}}
+steps:
+  - s:
+      input: [a, b]
+      output: c
+      command: python "my script.py" -x
+      env: {file: env.txt}
+      params: {k: "v; rm -rf $(x) `y`", l: [1, "two words"], on: true, off: false, none: null}
+"""), root=tmp_path)
+    assert wf.argv(wf.steps[0]) == ["python", "my script.py", "-x", "--input", str(tmp_path / "a"),
+                                    "--input", str(tmp_path / "b"), "--output", str(tmp_path / "c"),
+                                    "--k", "v; rm -rf $(x) `y`", "--l", "1", "--l", "two words", "--on"]
+
+
+def test_order_follows_datasets_not_file_order(tmp_path):
+    wf = workflow.load(write(tmp_path, """
+datasets: {a: {location: ./a}, b: {location: ./b}}
+steps:
+  - second: {input: a, output: b, command: x, env: {file: env.txt}}
+  - first: {output: a, command: x, env: {file: env.txt}}
+"""), root=tmp_path)
+    assert [s.name for s in wf.steps] == ["first", "second"]
+
+
+def test_every_problem_reported_with_line(tmp_path):
+    got = problems(tmp_path, """datasets:
+  a: {location: ./a}
+steps:
+  - one:
+      input: nope
+      output: a
+      command: x
+      env: {file: missing.txt}
+  - one:
+      output: a
+      command: 3
+      env: {file: env.txt}
+      colour: red
+""")
+    f = str(tmp_path / "wf.yml")
+    assert f"{f}:11: steps[1].one.command: Input should be a valid string" in got
+    assert f"{f}:13: steps[1].one.colour: unknown field" in got
+    # the model problems come first (pydantic), then the cross-reference checks after a fix:
+    got = problems(tmp_path, """datasets:
+  a: {location: ./a}
+steps:
+  - one:
+      input: nope
+      output: a
+      command: x
+      env: {file: missing.txt}
+  - one:
+      output: a
+      command: y
+      env: {file: env.txt}
+""")
+    assert any(p.startswith(f"{f}:5: steps[0].one.input: unknown dataset 'nope'") for p in got)
+    assert any(p.startswith(f"{f}:8: steps[0].one.env.file: env file not found") for p in got)
+    assert any(p.startswith(f"{f}:9: steps[1].one: duplicate step name") for p in got)
+    assert any(p.startswith(f"{f}:10: steps[1].one.output: dataset 'a' is also written by step 'one'") for p in got)
+
+
+def test_cycle_is_reported(tmp_path):
+    got = problems(tmp_path, """
+datasets: {a: {location: ./a}, b: {location: ./b}}
+steps:
+  - x: {input: b, output: a, command: c, env: {file: env.txt}}
+  - y: {input: a, output: b, command: c, env: {file: env.txt}}
+""")
+    assert len(got) == 1 and "cycle" in got[0] and "x -> y" in got[0] and ":3: steps:" in got[0]
+
+
+def test_bad_yaml_and_wrong_top_level(tmp_path):
+    got = problems(tmp_path, "steps:\n  - a: {command: [unclosed\n")
+    assert len(got) == 1 and ":3: yaml:" in got[0]
+    assert problems(tmp_path, "- just a list\n")[0].endswith(":1: top: a workflow is a mapping with 'datasets' and 'steps'")
+    assert problems(tmp_path, "datasets: {}\n")[0].endswith("steps: required field is missing")
+
+
+@pytest.mark.parametrize("location", ["/", ".", "..", "./"])
+def test_dataset_locations_that_expose_too_much_are_refused(tmp_path, location):
+    got = problems(tmp_path, f"""
+datasets: {{a: {{location: "{location}"}}}}
+steps:
+  - s: {{output: a, command: c, env: {{file: env.txt}}}}
+""")
+    assert "would expose" in got[0]
+
+
+def test_overlapping_datasets_are_refused(tmp_path):
+    got = problems(tmp_path, """
+datasets: {a: {location: ./d}, b: {location: ./d/sub}}
+steps:
+  - s: {output: a, command: c, env: {file: env.txt}}
+""")
+    assert "overlaps dataset 'a'" in got[0]
+
+
+def test_cli_exit_code_2_and_no_traceback(tmp_path):
+    write(tmp_path, "datasets: {a: {location: ./a}}\nsteps:\n  - s: {output: zz, command: c, env: {file: env.txt}}\n")
+    res = itwin("--engine", "docker", "wf.yml", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "wf.yml:3: steps[0].s.output: unknown dataset 'zz'"
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_cli_missing_file_is_one_line(tmp_path):
+    res = itwin("nothing.yml", cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.strip() == "error: nothing.yml: no such workflow file"
+
+
+def test_schema_command_prints_json_schema(tmp_path):
+    res = itwin("schema", cwd=tmp_path)
+    assert res.returncode == 0
+    schema = json.loads(res.stdout)
+    assert "steps" in schema["properties"] and "Step" in schema["$defs"]
