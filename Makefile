@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml itwinai/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(PIP_FIND) 'torch==2.13.0' -e '.[test]' -e ./itwinai
+	$(PY) -m pip install -q $(PIP_FIND) 'torch==2.13.0' --config-settings editable_mode=compat -e '.[test]' -e ./itwinai
 	touch $@
 
 # A Docker daemon: use the one that answers, else install Debian's docker.io and start dockerd (root, no systemd).

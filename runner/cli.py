@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-
+from runner import ui
 from runner.errors import StepFailed, UserError, ValidationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run AI/ML digital-twin workflows step by step in containers.")
-err = Console(stderr=True, soft_wrap=True)
 SUBCOMMANDS = {"run", "build", "schema", "base", "--help", "-h", "--version"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
@@ -43,7 +41,7 @@ def _gpus(value: str | None) -> str | int | list[int] | None:
 def _engine(name: str, parent: str | None = None, verbose: bool = False):
     from runner.engines import get_engine
 
-    return get_engine(name, console=err, parent=parent, verbose=verbose)
+    return get_engine(name, parent=parent, verbose=verbose)
 
 
 @app.command()
@@ -79,7 +77,7 @@ def run(
                 print(f"  mount  {m.source} -> {m.target} ({'ro' if m.read_only else 'rw'})")
             print(f"  user   {job.user}" + (f"  gpus {job.gpus}" if job.gpus else ""))
         return
-    executor.Runner(wf, eng, opts, err).run()
+    executor.Runner(wf, eng, opts).run()
 
 
 @app.command()
@@ -112,13 +110,13 @@ def base(
     """Build the project base image (Dockerfile.base)."""
     from runner.engines.docker import BOOTSTRAP_PARENT, DEFAULT_PARENT, DockerEngine
 
-    eng = DockerEngine(console=err, parent=base_parent, verbose=verbose)
+    eng = DockerEngine(parent=base_parent, verbose=verbose)
     if bootstrap and not base_parent:
         if not (eng._image_id(DEFAULT_PARENT) or eng._image_id(BOOTSTRAP_PARENT)):
             try:
                 eng.client.images.pull(DEFAULT_PARENT)
             except Exception:
-                err.print(f"{DEFAULT_PARENT} cannot be pulled: bootstrapping a parent offline")
+                ui.say(f"{DEFAULT_PARENT} cannot be pulled: bootstrapping a parent offline")
                 eng.bootstrap_parent()
     ref, _ = eng.base()
     print(ref)
@@ -141,18 +139,18 @@ def main(argv: list[str] | None = None) -> None:
         app(args, standalone_mode=False, prog_name="itwin-run")
     except ValidationError as exc:
         for p in exc.problems:
-            err.print(p, highlight=False, markup=False)
+            ui.say(p)
         sys.exit(2)
     except StepFailed as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        ui.say(f" {exc}", "red", prefix="error:")
         for line in exc.tail:
-            err.print(f"  {exc.step} | {line}", highlight=False, markup=False)
+            ui.say(f"  {exc.step} | {line}")
         sys.exit(exc.exit_code)
     except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        ui.say(f" {exc}", "red", prefix="error:")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        ui.say("interrupted", "red")
         sys.exit(130)
     except Exception as exc:
         import click

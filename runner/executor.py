@@ -10,8 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-
+from runner import ui
 from runner.engines.base import Engine, Job, Mount
 from runner.errors import StepFailed, UserError
 from runner.images import LABEL, BuildOptions, ImageSpec, spec_for
@@ -76,16 +75,14 @@ def prepare_output(path: Path, user: str) -> None:
 
 
 class Runner:
-    def __init__(self, wf: Workflow, engine: Engine, opts: RunOptions, console: Console | None = None):
+    def __init__(self, wf: Workflow, engine: Engine, opts: RunOptions):
         self.wf, self.engine, self.opts = wf, engine, opts
-        self.console = console or Console(stderr=True)
         self.run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.run_dir = state_dir(wf) / "runs" / self.run_id
 
     def run(self) -> None:
         if any(s.env.prefix for s in self.wf.steps):
-            self.console.print("[dim]note: env.prefix (the prototype's conda location) is ignored: "
-                               "steps run in container images[/dim]")
+            ui.say("note: env.prefix (the prototype's conda location) is ignored: steps run in container images", "dim")
         images = resolve_images(self.wf, self.engine, self.opts.build)
         written = {s.output for s in self.wf.steps if s.output}
         for step in self.wf.steps:
@@ -94,8 +91,12 @@ class Runner:
                     raise UserError(f"{self.wf.path}:{step.line}: {step.name}.input: dataset {d!r} "
                                     f"({self.wf.datasets[d]}) does not exist and no step writes it")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for step in self.wf.steps:
-            self.run_step(step, images[step.name][0])
+        self.engine.begin({f"{LABEL}.run": self.run_id})
+        try:
+            for step in self.wf.steps:
+                self.run_step(step, images[step.name][0])
+        finally:
+            self.engine.end()
 
     def run_step(self, step: StepSpec, image: str) -> None:
         job = job_for(self.wf, step, image, self.opts, self.run_id)
@@ -115,4 +116,4 @@ class Runner:
             code = self.engine.run(job, on_line)
         if code != 0:
             raise StepFailed(step.name, code, list(tail), str(log_path))
-        self.console.print(f"[green]✓[/green] {step.name} ({time.monotonic() - start:.1f}s)", highlight=False)
+        ui.say(f" {step.name} ({time.monotonic() - start:.1f}s)", "green", prefix="✓")

@@ -74,20 +74,22 @@ class ImageSpec:
             _link_tree(self.env_file.parent, dest)
             return self.env_file.name
         (dest / "requirements.txt").write_text(self.requirements)
-        pip_args = []
+        pip_args, copies = [], ["COPY requirements.txt ./"]
         if opts.wheelhouse:
             _link_tree(opts.wheelhouse, dest / "wheels")
             pip_args.append("--find-links wheels")
+            copies.append("COPY wheels ./wheels")
         if opts.constraints:
             shutil.copy(opts.constraints, dest / "constraints.txt")
             pip_args.append("-c constraints.txt")
-        source_install = ""
+            copies.append("COPY constraints.txt ./")
+        source_steps = ""
         if self.source:
             _link_tree(self.source, dest / "source")
-            source_install = " ./source"
+            source_steps = f"COPY source ./source\nRUN pip install --prefer-binary {' '.join(pip_args)} ./source"
         template = string.Template((TEMPLATES / "Dockerfile.pip").read_text())
-        (dest / "Dockerfile").write_text(template.substitute(base=base_ref, pip_args=" ".join(pip_args),
-                                                             source_install=source_install))
+        (dest / "Dockerfile").write_text(template.substitute(
+            base=base_ref, pip_args=" ".join(pip_args), copy_requirements="\n".join(copies), source_steps=source_steps))
         return "Dockerfile"
 
 

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,5 +41,9 @@ def toy(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_leftovers(docker_client):
     yield
-    left = docker_client.containers.list(all=True, filters={"label": "org.itwin-run.run"})
+    for _ in range(50):  # the run's network holder is killed at the end and removed by the daemon right after
+        left = docker_client.containers.list(all=True, filters={"label": "org.itwin-run.run"})
+        if not left:
+            return
+        time.sleep(0.1)
     assert not left, f"containers left behind: {[c.name for c in left]}"

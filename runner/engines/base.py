@@ -39,6 +39,14 @@ class Engine(Protocol):
         """The runnable reference for a spec and whether it is present; builds (or pulls) it when `build`."""
         ...
 
+    def begin(self, labels: dict[str, str]) -> None:
+        """A run starts: set up what its steps share (labelled with `labels`)."""
+        ...
+
+    def end(self) -> None:
+        """The run is over (or interrupted): remove what begin() set up."""
+        ...
+
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         """Run a job to completion, calling on_line for each output line; returns its exit code.
         The container (or process) is gone when this returns or raises."""

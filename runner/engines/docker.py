@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +16,7 @@ from typing import Any
 import docker
 import docker.errors
 from docker.types import DeviceRequest
-from rich.console import Console
-
+from runner import ui
 from runner.engines.base import Job
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, PROJECT, BuildOptions, ImageSpec
@@ -43,15 +43,77 @@ def gpu_requests(gpus: str | int | list[int] | None) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
 
 
+class _Waiter(threading.Thread):
+    """`wait` on a container from a thread, so its answer is not a round trip after the log stream ends."""
+
+    def __init__(self, api: Any, cid: str):
+        super().__init__(daemon=True)
+        self.api, self.cid = api, cid
+        self.code: int | None = None
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.code = int(self.api.wait(self.cid)["StatusCode"])
+        except Exception as exc:  # surfaced in result()
+            self.error = exc
+
+    def result(self) -> int:
+        self.join()
+        if self.error is not None:
+            raise UserError(f"docker: lost the container while waiting for it: {self.error}")
+        assert self.code is not None
+        return self.code
+
+
+class _Pod:
+    """A sleeping container whose network namespace every step of a run joins (as a Kubernetes pod's containers
+    do): steps keep Docker's default bridge networking, and a step's start skips setting up a network of its own,
+    which is most of what a short step costs."""
+
+    def __init__(self, api: Any, image: str, labels: dict[str, str]):
+        self.api, self.id, self.error = api, "", ""
+        self._thread = threading.Thread(target=self._start, args=(image, labels), daemon=True)
+        self._thread.start()
+
+    def _start(self, image: str, labels: dict[str, str]) -> None:
+        try:
+            host = self.api.create_host_config(init=True, security_opt=["no-new-privileges"], auto_remove=True)
+            self.id = self.api.create_container(image, command=["sleep", "infinity"], user="65534:65534", labels=labels,
+                                                host_config=host, detach=True)["Id"]
+            self.api.start(self.id)
+        except docker.errors.DockerException as exc:
+            self.error = str(exc)
+
+    def network_mode(self) -> str | None:
+        """`container:ID` once the pod runs; None (each step gets its own network) if it could not start."""
+        self._thread.join()
+        return f"container:{self.id}" if self.id and not self.error else None
+
+    def remove(self) -> None:
+        """Kill it; the daemon removes it (auto-remove), so the run need not wait for that."""
+        self._thread.join()
+        if not self.id:
+            return
+        try:
+            self.api.kill(self.id)
+        except docker.errors.APIError:
+            try:
+                self.api.remove_container(self.id, force=True)
+            except docker.errors.APIError:
+                pass
+
+
 class DockerEngine:
     name = "docker"
 
-    def __init__(self, console: Console | None = None, parent: str | None = None, verbose: bool = False):
-        self.console = console or Console(stderr=True)
+    def __init__(self, parent: str | None = None, verbose: bool = False):
         self.parent = parent or os.environ.get("ITWIN_RUN_BASE_PARENT") or None
         self.verbose = verbose
         self._client: docker.DockerClient | None = None
         self._base: tuple[str, str] | None = None
+        self._pod: _Pod | None = None
 
     # ------------------------------------------------------------ daemon
 
@@ -109,7 +171,7 @@ class DockerEngine:
                 return ref, image_id
         first = candidates[0]
         try:
-            self.console.print(f"[dim]pulling {first}…[/dim]")
+            ui.say(f"pulling {first}…", "dim")
             image = self.client.images.pull(first)
             return first, image.id
         except docker.errors.APIError as exc:
@@ -121,10 +183,11 @@ class DockerEngine:
     def bootstrap_parent(self) -> str:
         """Make the offline parent (debootstrap + docker import), for hosts with no registry."""
         script = PROJECT / "images" / "bootstrap-parent.sh"
-        with self.console.status(f"bootstrapping {BOOTSTRAP_PARENT} from the Debian mirror (about a minute)…"):
+        with ui.console().status(f"bootstrapping {BOOTSTRAP_PARENT} from the Debian mirror (about a minute)…"):
             proc = subprocess.run(["bash", str(script), BOOTSTRAP_PARENT], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise UserError(f"bootstrap of {BOOTSTRAP_PARENT} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"bootstrap of {BOOTSTRAP_PARENT} failed: {last}")
         return BOOTSTRAP_PARENT
 
     # ------------------------------------------------------------ step images
@@ -137,7 +200,7 @@ class DockerEngine:
             if not build:
                 return spec.image, False
             try:
-                with self.console.status(f"pulling {spec.image}…"):
+                with ui.console().status(f"pulling {spec.image}…"):
                     self.client.images.pull(spec.image)
             except docker.errors.APIError as exc:
                 raise UserError(f"step {spec.step!r}: image {spec.image} is not local and cannot be pulled: "
@@ -167,7 +230,7 @@ class DockerEngine:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
                 path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels,
                 rm=True, forcerm=True, decode=True, pull=False)
-            with self.console.status(f"building {ref} (step {step})") as status:
+            with ui.console().status(f"building {ref} (step {step})") as status:
                 for item in stream:
                     if "error" in item:
                         error = item["error"].strip()
@@ -179,7 +242,7 @@ class DockerEngine:
                             continue
                         lines.append(line)
                         if self.verbose:
-                            self.console.print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
+                            ui.console().print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
                         if line.startswith("Step "):
                             status.update(f"building {ref} (step {step}) {time.monotonic() - start:.0f}s: {line[:100]}")
         except docker.errors.APIError as exc:
@@ -194,16 +257,26 @@ class DockerEngine:
                                 "(free disk space, e.g. `docker image prune`)")
             raise UserError(f"build of {ref} for step {step!r} failed: {error.splitlines()[-1] if error else ''}\n"
                             f"{detail}")
-        self.console.print(f"[green]built[/green] {ref} for {step} in {time.monotonic() - start:.1f}s", highlight=False)
+        ui.say(f" {ref} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="built")
 
     # ------------------------------------------------------------ running
+
+    def begin(self, labels: dict[str, str]) -> None:
+        """Start the run's network holder in the background (see _Pod)."""
+        self._pod = _Pod(self.client.api, self.base()[0], {f"{LABEL}.managed": "1", f"{LABEL}.role": "network", **labels})
+
+    def end(self) -> None:
+        if self._pod is not None:
+            self._pod.remove()
+            self._pod = None
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         api = self.client.api
         binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
+        network = self._pod.network_mode() if self._pod else None
         host_config = api.create_host_config(
             binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None,
-            security_opt=["no-new-privileges"], init=True)
+            security_opt=["no-new-privileges"], init=True, network_mode=network)
         try:
             container = api.create_container(
                 job.image, command=job.argv, user=job.user, working_dir=str(job.workdir),
@@ -223,6 +296,8 @@ class DockerEngine:
                     raise UserError(f"step {job.step!r} asks for GPUs ({job.gpus}) but this Docker daemon has no "
                                     "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
                 raise UserError(f"step {job.step!r}: docker could not start the container: {msg}") from None
+            # Ask for the exit status while the output streams: the daemon answers as soon as the container exits.
+            waiter = _Waiter(api, cid)
             pending = b""
             for chunk in api.logs(cid, stream=True, follow=True):
                 pending += chunk
@@ -231,7 +306,7 @@ class DockerEngine:
                     on_line(raw.decode("utf-8", "replace"))
             if pending:
                 on_line(pending.decode("utf-8", "replace"))
-            return int(api.wait(cid)["StatusCode"])
+            return waiter.result()
         except KeyboardInterrupt:
             api.stop(cid, timeout=5)
             raise

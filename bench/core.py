@@ -1,0 +1,121 @@
+"""Docker core figures, measured side by side in one run (issue: itwin-run core).
+
+  - 3 trivial python steps: itwin-run wall time / the same three raw `docker run` calls (goal <= 1.3)
+  - the same 3 steps: itwin-run / cwltool running the equivalent CWL workflow (goal <= 0.3)
+  - image resolution on a warm rerun: ms per step, and builds (goal <= 50 ms, 0 builds)
+
+Run: .venv/bin/python bench/core.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+WORKFLOW = """
+datasets:
+  a: {location: ./data/a}
+  b: {location: ./data/b}
+  c: {location: ./data/c}
+steps:
+  - one: {output: a, command: "python -c \\"print('one')\\"", env: {file: ./bench-core/requirements.txt}}
+  - two: {input: a, output: b, command: "python -c \\"print('two')\\"", env: {file: ./bench-core/requirements.txt}}
+  - three: {input: b, output: c, command: "python -c \\"print('three')\\"", env: {file: ./bench-core/requirements.txt}}
+"""
+TOOL = """cwlVersion: v1.2
+class: CommandLineTool
+requirements:
+  DockerRequirement: {dockerPull: IMAGE}
+baseCommand: [python, -c, "print('NAME')"]
+inputs:
+  prev: {type: Directory?, inputBinding: {prefix: --input}}
+outputs:
+  out: {type: Directory, outputBinding: {glob: .}}
+"""
+CWL = """cwlVersion: v1.2
+class: Workflow
+inputs: []
+outputs: []
+steps:
+  one: {run: one.cwl, in: [], out: [out]}
+  two: {run: two.cwl, in: {prev: one/out}, out: [out]}
+  three: {run: three.cwl, in: {prev: two/out}, out: [out]}
+"""
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="itwin-bench-"))
+    try:
+        (tmp / "workflow.yml").write_text(WORKFLOW)
+        (tmp / "bench-core").mkdir()
+        (tmp / "bench-core" / "requirements.txt").write_text("# base only\n")
+        itwin = [str(BIN / "itwin-run")]
+        subprocess.run([*itwin, "build", "workflow.yml"], cwd=tmp, check=True, capture_output=True)
+        image = subprocess.run([*itwin, "build", "workflow.yml"], cwd=tmp, check=True, capture_output=True,
+                               text=True).stdout.split()[1]
+        for name in ("one", "two", "three"):
+            (tmp / f"{name}.cwl").write_text(TOOL.replace("IMAGE", image).replace("NAME", name))
+        (tmp / "wf.cwl").write_text(CWL)
+        data = tmp / "data"
+
+        def raw() -> float:
+            start = time.perf_counter()
+            for name, out in (("one", "a"), ("two", "b"), ("three", "c")):
+                (data / out).mkdir(parents=True, exist_ok=True)
+                subprocess.run(["docker", "run", "--rm", "-v", f"{tmp}:{tmp}:ro", "-v", f"{data / out}:{data / out}",
+                                "-w", str(tmp), image, "python", "-c", f"print('{name}')", "--output", str(data / out)],
+                               check=True, capture_output=True)
+            return time.perf_counter() - start
+
+        cwl_out = tmp / "cwl-out"
+        results: dict[str, list[float]] = {"raw docker run": [], "itwin-run": [], "cwltool": []}
+        for _ in range(args.repeat):
+            results["raw docker run"].append(raw())
+            results["itwin-run"].append(timed([*itwin, "workflow.yml"], tmp))
+            results["cwltool"].append(timed([str(BIN / "cwltool"), "--quiet", "--outdir", str(cwl_out), "wf.cwl"], tmp))
+
+        from runner import executor, workflow
+        from runner.engines.docker import DockerEngine
+        from runner.images import BuildOptions
+
+        wf = workflow.load(tmp / "workflow.yml", root=tmp)
+        engine = DockerEngine()
+        per_step = []
+        for _ in range(args.repeat):
+            engine._base = None  # resolve the base image again, as a fresh process does
+            start = time.perf_counter()
+            images = executor.resolve_images(wf, engine, BuildOptions(), build=False)
+            per_step.append((time.perf_counter() - start) / len(wf.steps) * 1000)
+            assert all(present for _, present in images.values()), "warm rerun would build"
+
+        med = {k: statistics.median(v) for k, v in results.items()}
+        print(f"3 trivial steps, median of {args.repeat} (seconds):")
+        for k, v in med.items():
+            print(f"  {k:15s} {v:.3f}   runs: {' '.join(f'{x:.2f}' for x in results[k])}")
+        print(f"itwin-run / raw docker run = {med['itwin-run'] / med['raw docker run']:.2f}  (goal <= 1.3)")
+        print(f"itwin-run / cwltool        = {med['itwin-run'] / med['cwltool']:.2f}  (goal <= 0.3)")
+        print(f"warm image resolution: {statistics.median(per_step):.1f} ms per step, 0 builds  (goal <= 50 ms)")
+    finally:
+        subprocess.run(["docker", "run", "--rm", "-v", f"{tmp}:/t", "itwin-run/base:latest", "rm", "-rf", "/t/data"],
+                       capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""itwinai on the host: config parsing, run lookup, unsupported types, bad checkpoints (real MLflow, sqlite store)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from itwinai.cli import main as itwinai_main
+from itwinai.config import ItwinaiError, flatten, load_mlops
+from itwinai.predict import find_run, load_model, predict
+from itwinai.tracking import normalise, tracking_uri
+from itwinai.train import lightning_config
+from tests.conftest import REPO
+
+MNIST = REPO / "use-cases" / "mnist"
+
+
+def test_mnist_config_parses_as_the_prototype_wrote_it(monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_mlops(MNIST / "mnist-ai.yml")
+    assert cfg.train_type == "lightning" and cfg.train_path == Path("./use-cases/mnist/pl-training.yml")
+    assert cfg.experiment_name == "MNIST classification lite"
+    assert cfg.inference["ckpt_path"] == "model/checkpoints/best-checkpoint/best-checkpoint.ckpt"
+    conf = lightning_config(cfg, "/data/in", {"max_epochs": 2, "accelerator": None})
+    assert conf["model"]["init_args"]["data_dir"] == "/data/in"
+    assert conf["trainer"]["max_epochs"] == 2 and conf["trainer"]["accelerator"] == "auto"
+    assert conf["optimizer"]["class_path"] == "torch.optim.AdamW"
+    flat = flatten(conf)
+    assert flat["model.init_args.hidden_size"] == "64" and flat["trainer.callbacks.0.init_args.monitor"] == "val_loss"
+
+
+def test_tf_is_not_supported(tmp_path, capsys):
+    cfg = tmp_path / "ai.yml"
+    cfg.write_text("train: {type: tf, path: x.yml}\n")
+    assert itwinai_main(["train", "--config", str(cfg), "--output", str(tmp_path / "out")]) == 2
+    assert "train.type: 'tf' is not supported; only 'lightning' is" in capsys.readouterr().err
+
+
+def test_tracking_uri_defaults_and_prototype_file_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////x/y.db")
+    assert tracking_uri(None, tmp_path) == "sqlite:////x/y.db"
+    monkeypatch.chdir(tmp_path)
+    assert normalise("file:./ml-logs") == f"sqlite:///{tmp_path}/ml-logs/mlflow.db"
+
+
+@pytest.fixture
+def store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    return MlflowClient(uri), uri
+
+
+def test_latest_means_newest_finished_run(store, capsys):
+    client, _ = store
+    exp = client.create_experiment("exp")
+    old = client.create_run(exp)
+    client.set_terminated(old.info.run_id, "FINISHED")
+    time.sleep(0.01)
+    new = client.create_run(exp)
+    client.set_terminated(new.info.run_id, "FINISHED")
+    time.sleep(0.01)
+    failed = client.create_run(exp)
+    client.set_terminated(failed.info.run_id, "FAILED")
+    assert find_run(client, "exp", "latest") == new.info.run_id
+    assert find_run(client, "exp", None) == new.info.run_id
+    assert "using the newest finished run" in capsys.readouterr().out
+    assert find_run(client, "exp", old.info.run_id) == old.info.run_id
+    with pytest.raises(ItwinaiError, match="no experiment 'nope'"):
+        find_run(client, "nope", "latest")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"not a checkpoint")
+    conf = {"model": {"class_path": "itwinai.plmodels.mnist.LitMNIST", "init_args": {"hidden_size": 8}}}
+    with pytest.raises(ItwinaiError, match="checkpoint best.ckpt is unreadable"):
+        load_model(ckpt, conf, str(tmp_path))
+    with pytest.raises(ItwinaiError, match="cannot import model class nowhere.Model"):
+        load_model(ckpt, {"model": {"class_path": "nowhere.Model"}}, str(tmp_path))
+
+
+def test_missing_checkpoint_artifact_is_a_clear_error(tmp_path, store):
+    import numpy as np
+
+    client, uri = store
+    exp = client.create_experiment("exp", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "test.npz", x=np.zeros((2, 28, 28), np.float32), y=np.zeros(2, np.int64))
+    cfg = tmp_path / "ai.yml"
+    cfg.write_text(yaml.safe_dump({"train": {"type": "lightning", "path": "x"}, "logger": {"experiment_name": "exp"},
+                                   "inference": {"type": "lightning", "run_id": "latest"}}))
+    with pytest.raises(ItwinaiError, match=f"run {run.info.run_id}: cannot download model/checkpoints"):
+        predict(load_mlops(cfg), [str(data)], str(tmp_path / "out"), uri)

@@ -1,0 +1,116 @@
+"""The MNIST use case end to end in containers (real daemon, real MLflow), then read back from the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, itwin
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def wheelhouse() -> str:
+    wh = os.environ.get("ITWIN_RUN_WHEELHOUSE") or "/opt/wheels"
+    assert list(Path(wh).glob("torch-2.13.0*.whl")), f"no CPU torch wheel in {wh}: refusing to let pip fetch a CUDA build"
+    return wh
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the use case with the offline 10k MNIST set; training shortened to 2 epochs."""
+    root = tmp_path_factory.mktemp("mnist")
+    shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
+    shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    (root / "data" / "mnist" / "raw").mkdir(parents=True)
+    for f in SHARED_MNIST.glob("*.gz"):
+        shutil.copy(f, root / "data" / "mnist" / "raw")
+    wf = root / "use-cases" / "mnist" / "training-workflow.yml"
+    wf.write_text(wf.read_text().replace("config: ./use-cases/mnist/mnist-ai.yml",
+                                         "config: ./use-cases/mnist/mnist-ai.yml\n        max-epochs: 2"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(project, docker_client):
+    res = itwin("use-cases/mnist/training-workflow.yml", cwd=project, env={"ITWIN_RUN_WHEELHOUSE": wheelhouse()},
+                timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    run_id = res.stdout.split("itwinai: run_id=")[1].split()[0]
+    return project, run_id, res
+
+
+def test_preprocessing_splits_the_offline_test_set(trained):
+    project, _, res = trained
+    meta = json.loads((project / "data/mnist/preproc-images/meta.json").read_text())
+    assert meta["counts"] == {"train": 8000, "val": 1000, "test": 1000}
+    assert "only the 10k test set is available" in res.stdout
+
+
+def test_run_is_readable_from_the_host(trained):
+    from mlflow.tracking import MlflowClient
+
+    project, run_id, _ = trained
+    client = MlflowClient(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.init_args.hidden_size"] == "64"
+    assert run.data.params["trainer.max_epochs"] == "2"
+    for metric in ("train_loss_step", "val_loss", "val_acc", "test_acc", "train_samples_per_sec"):
+        assert metric in run.data.metrics, metric
+    assert len(client.get_metric_history(run_id, "val_loss")) == 2  # one per epoch
+    dest = Path(client.download_artifacts(run_id, "", str(project / "download")))
+    assert (dest / "pl-training.yml").is_file()
+    assert (dest / "model/checkpoints/best-checkpoint/best-checkpoint.ckpt").stat().st_size > 100_000
+    versions = client.search_model_versions("name='MNIST-clf-lite'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", run_id)]
+
+
+def test_mlflow_server_shows_the_run(trained):
+    project, run_id, _ = trained
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen([str(mlflow), "server", "--backend-store-uri",
+                               f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        run = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10))
+        assert run["run"]["info"]["status"] == "FINISHED"
+        art = urllib.request.urlopen(f"{base}/get-artifact?path=pl-training.yml&run_uuid={run_id}", timeout=10).read()
+        assert b"itwinai.plmodels.mnist.LitMNIST" in art
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_inference_in_a_fresh_container_uses_the_run(trained, no_leftovers):
+    project, run_id, _ = trained
+    res = itwin("use-cases/mnist/inference-workflow.yml", cwd=project, env={"ITWIN_RUN_WHEELHOUSE": wheelhouse()},
+                timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"using the newest finished run {run_id}" in res.stdout
+    summary = json.loads((project / "data/mnist/ml-predictions/summary.json").read_text())
+    assert summary["run_id"] == run_id and summary["samples"] == 1000
+    assert summary["accuracy"] >= 0.90, summary
+    rows = (project / "data/mnist/ml-predictions/predictions.csv").read_text().splitlines()
+    assert rows[0] == "index,predicted,probability,label" and len(rows) == 1001
