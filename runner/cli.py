@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from runner import ui
 from runner.errors import StepFailed, UserError, ValidationError
 

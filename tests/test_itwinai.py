@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from itwinai.cli import main as itwinai_main
 from itwinai.config import ItwinaiError, flatten, load_mlops
 from itwinai.predict import find_run, load_model, predict
 from itwinai.tracking import normalise, tracking_uri
 from itwinai.train import lightning_config
+
 from tests.conftest import REPO
 
 MNIST = REPO / "use-cases" / "mnist"

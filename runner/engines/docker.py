@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import docker.errors
 from docker.types import DeviceRequest
+
 from runner import ui
 from runner.engines.base import Job
 from runner.errors import UserError
