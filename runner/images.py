@@ -37,7 +37,10 @@ class BuildOptions:
 
     @classmethod
     def from_env(cls, wheelhouse: str | None = None, constraints: str | None = None) -> BuildOptions:
-        wh = wheelhouse or os.environ.get("ITWIN_RUN_WHEELHOUSE") or None
+        """--wheelhouse, else ITWIN_RUN_WHEELHOUSE, else the host pip's own find-links directory ('none': no wheelhouse)."""
+        wh = wheelhouse or os.environ.get("ITWIN_RUN_WHEELHOUSE") or host_find_links()
+        if wh == "none":
+            wh = None
         cs = constraints or os.environ.get("ITWIN_RUN_CONSTRAINTS") or None
         opts = cls(Path(wh).resolve() if wh else None, Path(cs).resolve() if cs else None)
         if opts.wheelhouse and not opts.wheelhouse.is_dir():
@@ -91,6 +94,29 @@ class ImageSpec:
         (dest / "Dockerfile").write_text(template.substitute(
             base=base_ref, pip_args=" ".join(pip_args), copy_requirements="\n".join(copies), source_steps=source_steps))
         return "Dockerfile"
+
+
+def host_find_links() -> str | None:
+    """The first local directory pip on this host is told to find wheels in (PIP_FIND_LINKS or a pip.conf),
+    so a site's local wheels (a CPU torch build, say) go into images as they go into host installs."""
+    import configparser
+
+    values = [os.environ.get("PIP_FIND_LINKS", "")]
+    home = Path.home()
+    for conf in [Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"), home / ".pip/pip.conf",
+                 home / ".config/pip/pip.conf", Path(os.environ.get("PIP_CONFIG_FILE", "/nonexistent"))]:
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(conf)
+        except (configparser.Error, OSError):
+            continue
+        values += [parser.get(section, "find-links", fallback="") for section in ("global", "install")]
+    for value in values:
+        for item in value.split():
+            path = Path(item.removeprefix("file://"))
+            if path.is_absolute() and path.is_dir():
+                return str(path)
+    return None
 
 
 def _options_digest(opts: BuildOptions, kind: str) -> list[str]:

@@ -1,0 +1,73 @@
+"""Training throughput inside the container / on the host (issue: itwinai + MNIST), one run, side by side.
+
+Same data (the offline 10k MNIST split), same config and epochs; host and container runs alternate.
+Run: .venv/bin/python bench/train.py [--epochs N] [--repeat N]   (goal: container / host >= 0.97)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+WORKFLOW = """
+datasets:
+  preproc-images: {location: ./data/preproc-images}
+  ml-logs: {location: ./data/ml-logs-container}
+steps:
+  - ml-training:
+      input: preproc-images
+      output: ml-logs
+      command: itwinai train
+      env: {file: ./itwinai/env.yml, source: ./itwinai}
+      params: {config: ./use-cases/mnist/mnist-ai.yml, max-epochs: EPOCHS}
+"""
+
+
+def rate(output: str) -> float:
+    m = re.search(r"itwinai: trained \d+ samples in [\d.]+s \((\d+) samples/s\)", output)
+    if not m:
+        raise SystemExit(f"no throughput line in:\n{output[-2000:]}")
+    return float(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="itwin-bench-train-"))
+    try:
+        shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
+        shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        (root / "workflow.yml").write_text(WORKFLOW.replace("EPOCHS", str(args.epochs)))
+        subprocess.run([sys.executable, "use-cases/mnist/mnist-preproc.py", "--source", str(REPO.parent / "shared/data/mnist"),
+                        "--output", "data/preproc-images"], cwd=root, check=True, capture_output=True)
+        subprocess.run([str(BIN / "itwin-run"), "build", "workflow.yml"], cwd=root, check=True)
+        host, container = [], []
+        for i in range(args.repeat):
+            out = subprocess.run([str(BIN / "itwinai"), "train", "--config", "use-cases/mnist/mnist-ai.yml", "--input",
+                                  "data/preproc-images", "--output", f"data/ml-logs-host-{i}", "--max-epochs",
+                                  str(args.epochs)], cwd=root, capture_output=True, text=True, check=True)
+            host.append(rate(out.stdout))
+            out = subprocess.run([str(BIN / "itwin-run"), "workflow.yml"], cwd=root, capture_output=True, text=True,
+                                 check=True)
+            container.append(rate(out.stdout))
+        h, c = statistics.median(host), statistics.median(container)
+        print(f"LitMNIST, {args.epochs} epochs of 8000 samples, {args.repeat} runs each (samples/s):")
+        print(f"  host       {h:.0f}   runs: {' '.join(f'{x:.0f}' for x in host)}")
+        print(f"  container  {c:.0f}   runs: {' '.join(f'{x:.0f}' for x in container)}")
+        print(f"container / host = {c / h:.3f}  (goal >= 0.97)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
