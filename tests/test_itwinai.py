@@ -101,3 +101,58 @@ def test_missing_checkpoint_artifact_is_a_clear_error(tmp_path, store):
                                    "inference": {"type": "lightning", "run_id": "latest"}}))
     with pytest.raises(ItwinaiError, match=f"run {run.info.run_id}: cannot download model/checkpoints"):
         predict(load_mlops(cfg), [str(data)], str(tmp_path / "out"), uri)
+
+
+def test_training_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI pointing at `mlflow server`: params, metrics, artifacts and the model version land there."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 256), ("val", 64), ("test", 64)):
+        y = rng.integers(0, 10, n)
+        x = rng.normal(size=(n, 28, 28)).astype(np.float32) + y[:, None, None]  # learnable: the mean is the label
+        np.savez(data / f"{split}.npz", x=x, y=y)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--artifacts-destination", str(tmp_path / "server-artifacts")],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        monkeypatch.chdir(REPO)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert itwinai_main(["train", "--config", str(MNIST / "mnist-ai.yml"), "--input", str(data),
+                             "--max-epochs", "1", "--accelerator", "cpu"]) == 0
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("MNIST classification lite")
+        (run,) = client.search_runs([exp.experiment_id])
+        assert run.info.status == "FINISHED" and "val_acc" in run.data.metrics
+        assert run.data.params["model.init_args.data_dir"] == str(data)
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"pl-training.yml", "model"} <= names
+        assert list((tmp_path / "server-artifacts").rglob("best-checkpoint.ckpt"))  # stored by the server
+        got = json.load(urllib.request.urlopen(f"{uri}/api/2.0/mlflow/registered-models/get?name=MNIST-clf-lite"))
+        assert got["registered_model"]["latest_versions"][0]["run_id"] == run.info.run_id
+        assert not os.path.exists(REPO / "mlruns")
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
