@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 SUBCOMMANDS = {"run", "build", "schema", "base", "--help", "-h", "--version"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
-EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker.")]
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
 RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
 WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
 ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]

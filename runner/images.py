@@ -63,6 +63,13 @@ class ImageSpec:
     image: str | None = None  # prebuilt reference (image kind)
     digest_parts: list[str] = field(default_factory=list)
 
+    def spec_digest(self, opts: BuildOptions) -> str:
+        """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
+        h = hashlib.sha256()
+        for part in [self.kind, self.name, *self.digest_parts, *_options_digest(opts, self.kind)]:
+            h.update(part.encode() + b"\0")
+        return h.hexdigest()[:16]
+
     def tag(self, base_id: str, opts: BuildOptions) -> str:
         """Content tag: env file, source tree, base image id, template and build options."""
         h = hashlib.sha256()

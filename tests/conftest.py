@@ -47,3 +47,17 @@ def no_leftovers(docker_client):
             return
         time.sleep(0.1)
     assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def apptainer_env() -> dict[str, str]:
+    """A real Apptainer from ../shared/hpc/apptainer (root; idempotent), its wrapper first on PATH."""
+    setup = SHARED / "hpc" / "apptainer" / "setup-apptainer.sh"
+    deb = SHARED / "hpc" / "apptainer" / "apptainer_1.4.5-2_amd64.deb"
+    res = subprocess.run(["bash", str(setup), "--quiet"], env={**os.environ, "APPLAB_APPTAINER_DEB": str(deb)},
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return {"PATH": f"/tmp/applab/bin:{os.environ['PATH']}", "ITWIN_RUN_SIF_COMPRESSION": "lz4"}

@@ -114,3 +114,19 @@ def test_inference_in_a_fresh_container_uses_the_run(trained, no_leftovers):
     assert summary["accuracy"] >= 0.90, summary
     rows = (project / "data/mnist/ml-predictions/predictions.csv").read_text().splitlines()
     assert rows[0] == "index,predicted,probability,label" and len(rows) == 1001
+
+
+def test_training_workflow_under_apptainer(trained, apptainer_env):
+    """The same training workflow with --engine apptainer: the step image converted to a SIF, a second run logged."""
+    from mlflow.tracking import MlflowClient
+
+    project, docker_run, _ = trained
+    res = itwin("--engine", "apptainer", "use-cases/mnist/training-workflow.yml", cwd=project,
+                env={**apptainer_env, "ITWIN_RUN_WHEELHOUSE": wheelhouse()}, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    run_id = res.stdout.split("itwinai: run_id=")[1].split()[0]
+    assert run_id != docker_run
+    client = MlflowClient(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["test_acc"] >= 0.85
+    assert [str(v.version) for v in client.search_model_versions("name='MNIST-clf-lite'")] in (["2", "1"], ["1", "2"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from runner.engines.base import Engine, Job, Mount
 from runner.errors import UserError
 
-ENGINES = ("docker",)
+ENGINES = ("docker", "apptainer")
 
 
 def get_engine(name: str, **kwargs: object) -> Engine:
@@ -13,6 +13,10 @@ def get_engine(name: str, **kwargs: object) -> Engine:
         from runner.engines.docker import DockerEngine
 
         return DockerEngine(**kwargs)  # type: ignore[arg-type]
+    if name in ("apptainer", "singularity"):
+        from runner.engines.apptainer import ApptainerEngine
+
+        return ApptainerEngine(**kwargs)  # type: ignore[arg-type]
     raise UserError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
 
 

@@ -1,0 +1,166 @@
+"""Apptainer (or SingularityCE) engine for HPC nodes: steps run as `apptainer exec` of SIF images, through spython.
+
+Images come, in this order, from the local SIF cache, from converting the step's Docker image (built by the Docker
+engine where a daemon answers), or from a registry (`docker://`, `oras://`) for prebuilt images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runner import ui
+from runner.engines.base import Job
+from runner.errors import UserError
+from runner.images import BuildOptions, ImageSpec
+
+_REGISTRY_SCHEMES = ("docker://", "oras://", "library://", "shub://")
+
+
+def sif_cache() -> Path:
+    base = os.environ.get("ITWIN_RUN_SIF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
+                                                         "itwin-run", "sif")
+    return Path(base)
+
+
+def _executable() -> str:
+    """apptainer (or singularity) on PATH; spython calls `singularity`, so give it that name when missing."""
+    exe = os.environ.get("ITWIN_RUN_APPTAINER") or shutil.which("apptainer") or shutil.which("singularity")
+    if not exe:
+        raise UserError("apptainer is not installed (or not on PATH): load it (`module load apptainer`) "
+                        "or set ITWIN_RUN_APPTAINER to its path")
+    if not shutil.which("singularity") or os.environ.get("ITWIN_RUN_APPTAINER"):
+        shim = sif_cache().parent / "bin"
+        shim.mkdir(parents=True, exist_ok=True)
+        link = shim / "singularity"
+        if not link.is_symlink() or os.readlink(link) != exe:
+            tmp = shim / f".singularity.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(exe)
+            tmp.replace(link)
+        os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
+    return exe
+
+
+class ApptainerEngine:
+    name = "apptainer"
+
+    def __init__(self, parent: str | None = None, verbose: bool = False):
+        self.parent, self.verbose = parent, verbose
+        self.exe = _executable()
+        from spython.main import Client
+
+        self.client = Client
+        self._docker = None
+
+    # ------------------------------------------------------------ images
+
+    def _docker_engine(self):
+        """The Docker engine, when a daemon answers here (to build step images and convert them)."""
+        if self._docker is None:
+            from runner.engines.docker import DockerEngine
+
+            engine = DockerEngine(parent=self.parent, verbose=self.verbose)
+            try:
+                engine.client  # noqa: B018 - connects
+            except UserError:
+                engine = False
+            self._docker = engine
+        return self._docker or None
+
+    def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
+        cache = sif_cache()
+        if spec.kind == "image" and spec.image:
+            ref = spec.image
+            if ref.endswith(".sif") and Path(ref).is_file():
+                return str(Path(ref).resolve()), True
+            if ref.startswith(_REGISTRY_SCHEMES):
+                return self._convert(ref, cache / f"{_safe(ref)}.sif", spec.step, build)
+            docker = self._docker_engine()
+            if docker and docker._image_id(ref):
+                return self._convert(f"docker-daemon://{ref}", cache / f"{_safe(ref)}.sif", spec.step, build)
+            return self._convert(f"docker://{ref}", cache / f"{_safe(ref)}.sif", spec.step, build)
+        digest = spec.spec_digest(opts)
+        docker = self._docker_engine()
+        if docker is None:
+            # No daemon (an HPC node): the newest SIF converted from an image of this spec.
+            found = sorted(cache.glob(f"{digest}-*.sif"), key=lambda p: p.stat().st_mtime)
+            if found:
+                return str(found[-1]), True
+            raise UserError(f"step {spec.step!r}: no SIF for its image in {cache} and no Docker daemon here to build "
+                            "one: run `itwin-run build --engine apptainer` where Docker is available and copy the cache")
+        ref, present = docker.resolve(spec, opts, build=build)
+        sif = cache / f"{digest}-{ref.rsplit(':', 1)[1]}.sif"
+        if not present:
+            return str(sif), sif.is_file()
+        return self._convert(f"docker-daemon://{ref}", sif, spec.step, build)
+
+    def _convert(self, source: str, sif: Path, step: str, build: bool) -> tuple[str, bool]:
+        if sif.is_file():
+            return str(sif), True
+        if not build:
+            return str(sif), False
+        sif.parent.mkdir(parents=True, exist_ok=True)
+        partial = sif.with_name(f".{sif.name}.{os.getpid()}.partial")
+        start = time.monotonic()
+        cmd = [self.exe, "build", "--force"]
+        compression = os.environ.get("ITWIN_RUN_SIF_COMPRESSION")  # e.g. lz4: faster to build, larger SIF
+        if compression:
+            cmd += ["--mksquashfs-args", f"-comp {compression}"]
+        if source.startswith("docker://") and _plain_http(source):
+            cmd.append("--nohttps")
+        cmd += [str(partial), source]
+        try:
+            with ui.console().status(f"converting {source} to {sif.name} (step {step})"):
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-8:]
+                raise UserError(f"conversion of {source} to SIF for step {step!r} failed:\n" +
+                                "\n".join("  " + ln for ln in tail))
+            partial.replace(sif)
+        finally:
+            partial.unlink(missing_ok=True)
+        ui.say(f" {sif} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="converted")
+        return str(sif), True
+
+    # ------------------------------------------------------------ running
+
+    def begin(self, labels: dict[str, str]) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> int:
+        me = f"{os.getuid()}:{os.getgid()}"
+        if job.user != me:
+            raise UserError(f"step {job.step!r}: apptainer runs steps as the calling user ({me}); "
+                            f"--user {job.user} needs the Docker engine")
+        options = ["--cleanenv", "--containall", "--pwd", str(job.workdir)]
+        for m in job.mounts:
+            options += ["--bind", f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}"]
+        for key, value in job.env.items():
+            options += ["--env", f"{key}={value}"]
+        stream = self.client.execute(job.image, job.argv, options=options, nv=bool(job.gpus), stream=True,
+                                     stream_type="both", quiet=True)
+        try:
+            for line in stream:
+                on_line(line.rstrip("\n"))
+        except subprocess.CalledProcessError as exc:
+            return exc.returncode
+        return 0
+
+    def cleanup(self, labels: dict[str, str]) -> int:
+        return 0
+
+
+def _safe(ref: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in ref)
+
+
+def _plain_http(ref: str) -> bool:
+    host = ref.removeprefix("docker://").split("/", 1)[0]
+    return host.startswith(("127.", "localhost"))

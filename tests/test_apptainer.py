@@ -1,0 +1,66 @@
+"""The Apptainer engine against a real Apptainer: same behaviour and outputs as the Docker engine."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import itwin
+
+pytestmark = pytest.mark.docker  # step images are built by the Docker engine, then converted
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "data").rglob("*")) if p.is_file()}
+
+
+def test_toy_workflow_matches_docker_byte_for_byte(docker_client, apptainer_env, toy, no_leftovers):
+    res = itwin("--engine", "docker", "workflow.yml", cwd=toy, env={"ITWIN_TOY_HOST_VAR": "leak?"})
+    assert res.returncode == 0, res.stderr
+    docker_out = outputs(toy)
+    docker_lines = [ln for ln in res.stdout.splitlines() if "|" in ln]
+    shutil.rmtree(toy / "data")
+    res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env={**apptainer_env, "ITWIN_TOY_HOST_VAR": "leak?"})
+    assert res.returncode == 0, res.stderr
+    assert outputs(toy) == docker_out
+    assert [ln for ln in res.stdout.splitlines() if "|" in ln] == docker_lines
+    # a write to an input fails, the host environment does not leak (--cleanenv), declared vars arrive
+    assert b"input read-only: Read-only file system" in docker_out["data/squares/input-check.txt"]
+    assert b"host_env_leak=False\n" in docker_out["data/summary/summary.txt"]
+    assert b"greeting=hello" in docker_out["data/summary/summary.txt"]
+
+
+def test_failing_step_same_exit_code_and_tail(docker_client, apptainer_env, toy):
+    (toy / "steps" / "square.py").write_text("import sys\nprint('about to fail')\nsys.exit(7)\n")
+    res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env=apptainer_env)
+    assert res.returncode == 7
+    assert "step 'square' failed with exit code 7" in res.stderr and "square | about to fail" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_host_home_is_hidden(docker_client, apptainer_env, toy):
+    marker = Path.home() / ".itwin-run-home-marker"
+    marker.write_text("x")
+    try:
+        gen = toy / "steps" / "generate.py"
+        gen.write_text(f"import pathlib\nprint('home marker visible:', pathlib.Path({str(marker)!r}).exists())\n"
+                       + gen.read_text())
+        res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env=apptainer_env)
+        assert res.returncode == 0, res.stderr
+        assert "generate | home marker visible: False" in res.stdout
+    finally:
+        marker.unlink()
+
+
+def test_user_override_is_a_clear_error(docker_client, apptainer_env, toy):
+    res = itwin("--engine", "apptainer", "--user", "1234:1234", "workflow.yml", cwd=toy, env=apptainer_env)
+    assert res.returncode == 1
+    assert "apptainer runs steps as the calling user" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_apptainer_is_one_line(toy):
+    res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: apptainer is not installed")
