@@ -14,7 +14,7 @@ from runner.errors import StepFailed, UserError, ValidationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run AI/ML digital-twin workflows step by step in containers.")
-SUBCOMMANDS = {"run", "build", "schema", "base", "--help", "-h", "--version"}
+SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "--help", "-h", "--version"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
@@ -53,6 +53,7 @@ def run(
     user: Annotated[str | None, typer.Option(help="uid:gid the steps run as (default: yours).")] = None,
     gpus: Annotated[str | None, typer.Option(help="GPUs for every step: all, a count, or ids (0,1).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images, argv, mounts); run nothing.")] = False,
+    cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images.")] = False,
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
@@ -78,6 +79,11 @@ def run(
                 print(f"  mount  {m.source} -> {m.target} ({'ro' if m.read_only else 'rw'})")
             print(f"  user   {job.user}" + (f"  gpus {job.gpus}" if job.gpus else ""))
         return
+    if cwl:
+        from runner import cwl as cwlmod
+
+        cwlmod.run(wf, eng, opts)
+        return
     executor.Runner(wf, eng, opts).run()
 
 
@@ -100,6 +106,27 @@ def build(
     eng = _engine(engine, base_parent, verbose)
     for step, (ref, _) in executor.resolve_images(wf, eng, BuildOptions.from_env(wheelhouse, constraints)).items():
         print(f"{step}\t{ref}")
+
+
+@app.command("export-cwl")
+def export_cwl(
+    workflow: WorkflowArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for workflow.cwl and one tool per step.")],
+    root: RootOpt = None,
+    wheelhouse: WheelOpt = None,
+    constraints: ConsOpt = None,
+    base_parent: ParentOpt = None,
+) -> None:
+    """Write a CWL v1.2 Workflow + one CommandLineTool per step (DockerRequirement with the step image)."""
+    from runner import cwl, executor
+    from runner import workflow as wfmod
+    from runner.images import BuildOptions
+
+    wf = wfmod.load(workflow, root)
+    eng = _engine("docker", base_parent)
+    images = {k: ref for k, (ref, _) in executor.resolve_images(wf, eng, BuildOptions.from_env(wheelhouse, constraints)).items()}
+    for path in cwl.export(wf, images, output):
+        print(path)
 
 
 @app.command()
@@ -154,11 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         ui.say("interrupted", "red")
         sys.exit(130)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+        # typer's (vendored) click reports usage problems as exceptions that know how to show themselves
+        if type(exc).__name__ == "Abort":
             sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
+        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
+            if type(exc).__name__ != "NoArgsIsHelpError":  # the help text was shown already
+                exc.show()
+            sys.exit(exc.exit_code)
         raise

@@ -60,4 +60,4 @@ def apptainer_env() -> dict[str, str]:
     res = subprocess.run(["bash", str(setup), "--quiet"], env={**os.environ, "APPLAB_APPTAINER_DEB": str(deb)},
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
-    return {"PATH": f"/tmp/applab/bin:{os.environ['PATH']}", "ITWIN_RUN_SIF_COMPRESSION": "lz4"}
+    return {"PATH": f"/tmp/applab/bin:{os.environ['PATH']}"}

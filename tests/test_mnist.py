@@ -130,3 +130,26 @@ def test_training_workflow_under_apptainer(trained, apptainer_env):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["test_acc"] >= 0.85
     assert [str(v.version) for v in client.search_model_versions("name='MNIST-clf-lite'")] in (["2", "1"], ["1", "2"])
+
+
+def test_training_workflow_in_cwl_mode(trained):
+    """--cwl: cwltool runs workflow.cwl in the step images; the MLflow run is readable from the host like classical."""
+    from mlflow.tracking import MlflowClient
+
+    project, _, _ = trained
+    wf = project / "use-cases" / "mnist" / "training-workflow.yml"
+    wf.write_text(wf.read_text() + "trainingMaxEpochs: 2\n")
+    res = itwin("--cwl", "use-cases/mnist/training-workflow.yml", cwd=project,
+                env={"ITWIN_RUN_WHEELHOUSE": wheelhouse()}, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    assert "earlier contents of dataset ml-logs are kept in" in res.stderr  # the classical runs are not lost
+    run_id = res.stdout.split("itwinai: run_id=")[1].split()[0]
+    # a URI this process has not opened yet: MLflow keeps one database engine per URI, and the file was replaced
+    client = MlflowClient(f"sqlite:///{project}/data/mnist/ml-logs/./mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["trainer.max_epochs"] == "2"
+    assert run.data.metrics["test_acc"] >= 0.85
+    dest = Path(client.download_artifacts(run_id, "", str(project / "download-cwl")))
+    assert (dest / "model/checkpoints/best-checkpoint/best-checkpoint.ckpt").is_file()
+    assert (dest / "pl-training.yml").is_file()
+    assert json.loads((project / "data/mnist/preproc-images/meta.json").read_text())["counts"]["train"] == 8000

@@ -34,6 +34,8 @@ class Job:
 
 class Engine(Protocol):
     name: str
+    cwltool_args: list[str]  # how cwltool runs DockerRequirement tools with this engine
+    cwl_output_at_dataset: bool  # whether cwltool can put a tool's output directory at the dataset's own path
 
     def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
         """The runnable reference for a spec and whether it is present; builds (or pulls) it when `build`."""

@@ -108,6 +108,8 @@ class _Pod:
 
 class DockerEngine:
     name = "docker"
+    cwltool_args: list[str] = []
+    cwl_output_at_dataset = True  # DockerRequirement.dockerOutputDirectory
 
     def __init__(self, parent: str | None = None, verbose: bool = False):
         self.parent = parent or os.environ.get("ITWIN_RUN_BASE_PARENT") or None

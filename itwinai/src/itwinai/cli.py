@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.choices["train"]
     t.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
     t.add_argument("--accelerator", help="override trainer.accelerator (cpu, gpu, auto)")
+    t.add_argument("--train-config", help="override train.path (the Lightning config file)")
     sub.choices["predict"].add_argument("--split", default="test", help="which split of --input to predict")
     return p
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         cfg = load_mlops(args.config)
+        if getattr(args, "train_config", None):
+            from pathlib import Path
+
+            cfg.train_path = Path(args.train_config)
         if args.command == "train":
             from itwinai.train import train
 

@@ -1,0 +1,275 @@
+"""CWL: run a workflow's CWL definition with cwltool in the step images, and export classical workflows to CWL.
+
+The CWL files stay engine-neutral: itwin-run injects each tool's image (DockerRequirement.dockerImageId, the
+content-hashed tag or SIF) through cwltool's --overrides, matching CWL step ids to classical step names."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner import ui
+from runner.engines.base import Engine
+from runner.errors import StepFailed, UserError
+from runner.executor import RunOptions, prepare_output, resolve_images
+from runner.workflow import StepSpec, Workflow
+
+CWL_KEY = "workflowFileCWL"
+_LOCATED = re.compile(r"^\S+:\d+:\d+:")
+_VALIDATION = re.compile(r"(failed validation|is not valid|ValidationException|Tool definition failed|"
+                         r"Workflow error|contains undefined reference|Field .* is required|checking field)")
+
+
+def cwltool() -> str:
+    exe = Path(sys.executable).parent / "cwltool"
+    return str(exe) if exe.exists() else (shutil.which("cwltool") or "cwltool")
+
+
+def _steps(cwl: dict[str, Any]) -> dict[str, Any]:
+    steps = cwl.get("steps") or {}
+    if isinstance(steps, list):
+        return {str(s.get("id", "")).lstrip("#"): s.get("run") for s in steps if isinstance(s, dict)}
+    return {k: (v.get("run") if isinstance(v, dict) else None) for k, v in steps.items()}
+
+
+def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: bool = True) -> dict[str, Any]:
+    """cwltool overrides: each tool run by a step named like a classical step gets that step's image."""
+    try:
+        cwl = yaml.safe_load(cwl_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{cwl_file}: cannot read the CWL workflow: {str(exc).splitlines()[0]}") from None
+    if not isinstance(cwl, dict) or cwl.get("class") != "Workflow":
+        raise UserError(f"{cwl_file}: not a CWL Workflow (class: Workflow)")
+    by_name = {s.name: s for s in wf.steps}
+    out: dict[str, Any] = {}
+    unknown = []
+    for step_id, run in _steps(cwl).items():
+        step = by_name.get(step_id)
+        if step is None:
+            unknown.append(step_id)
+            continue
+        if not isinstance(run, str):
+            raise UserError(f"{cwl_file}: step {step_id}: put its tool in a file of its own (run: tool.cwl) so that "
+                            "itwin-run can give it the step image")
+        reqs = requirements(wf, step, images[step.name], at_dataset)
+        out[(cwl_file.parent / run).resolve().as_uri()] = {"requirements": reqs}
+    if unknown:
+        raise UserError(f"{cwl_file}: CWL steps {', '.join(unknown)} match no step of {wf.path.name} "
+                        f"({', '.join(by_name)}): name them alike")
+    return {"$namespaces": {"cwltool": "http://commonwl.org/cwltool#"}, "cwltool:overrides": out}
+
+
+def requirements(wf: Workflow, step: StepSpec, image: str, at_dataset: bool = True) -> dict[str, Any]:
+    docker: dict[str, Any] = {"dockerImageId": image}
+    if step.output and at_dataset:  # the output at the dataset's host path, as in classical runs (MLflow URIs stay valid)
+        docker["dockerOutputDirectory"] = str(wf.datasets[step.output])
+    reqs: dict[str, Any] = {"DockerRequirement": docker}
+    if step.env.vars:
+        reqs["EnvVarRequirement"] = {"envDef": {k: str(v) for k, v in step.env.vars.items()}}
+    if step.gpus:
+        count = 1 if step.gpus == "all" else (step.gpus if isinstance(step.gpus, int) else len(step.gpus))
+        reqs["cwltool:CUDARequirement"] = {"cudaVersionMin": "11.0", "cudaComputeCapability": "3.0",
+                                           "cudaDeviceCountMin": count}
+    return reqs
+
+
+def job_order(wf: Workflow) -> dict[str, Any]:
+    """The workflow file's CWL keys; File/Directory paths resolve against the workflow file's directory."""
+    def absolute(v: Any) -> Any:
+        if isinstance(v, dict):
+            out = {k: absolute(x) for k, x in v.items()}
+            if v.get("class") in ("File", "Directory") and isinstance(v.get("path"), str):
+                out["path"] = str((wf.path.parent / v["path"]).resolve())
+            return out
+        return [absolute(x) for x in v] if isinstance(v, list) else v
+
+    return {k: absolute(v) for k, v in wf.extra.items() if k != CWL_KEY}
+
+
+def run(wf: Workflow, engine: Engine, opts: RunOptions) -> None:
+    if CWL_KEY not in wf.extra:
+        raise UserError(f"{wf.path}: {CWL_KEY}: --cwl needs the CWL workflow file named here")
+    cwl_file = (wf.root / str(wf.extra[CWL_KEY])).resolve()
+    if not cwl_file.is_file():
+        raise UserError(f"{wf.path}: {CWL_KEY}: {cwl_file} not found")
+    images = {name: ref for name, (ref, _) in resolve_images(wf, engine, opts.build).items()}
+    for step in wf.steps:
+        if step.output:
+            prepare_output(wf.datasets[step.output], opts.user or f"{os.getuid()}:{os.getgid()}")
+    with tempfile.TemporaryDirectory(prefix="itwin-cwl-") as tmp:
+        ov, job, stage = Path(tmp, "overrides.yml"), Path(tmp, "job.json"), Path(tmp, "out")
+        ov.write_text(yaml.safe_dump(overrides(wf, cwl_file, images, engine.cwl_output_at_dataset)))
+        job.write_text(json.dumps(job_order(wf), indent=1))
+        result = _cwltool([*engine.cwltool_args, "--outdir", str(stage), "--overrides", str(ov), str(cwl_file), str(job)],
+                          wf)
+        place_outputs(wf, result)
+
+
+def _cwltool(args: list[str], wf: Workflow) -> dict[str, Any]:
+    """Run cwltool, streaming its log with a prefix; returns its output object."""
+    cmd = [cwltool(), "--disable-color", "--no-warnings", *args]
+    log_dir = wf.root / ".itwin-run" / "cwl"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "cwltool.log"
+    tail: deque[str] = deque(maxlen=20)
+    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                      cwd=wf.root) as proc:
+        assert proc.stderr and proc.stdout
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            tail.append(line)
+            log.write(line + "\n")
+            sys.stdout.write(f"cwltool | {line}\n")
+            sys.stdout.flush()
+        out = proc.stdout.read()
+        code = proc.wait()
+    if code != 0:
+        if any(_VALIDATION.search(ln) for ln in tail):
+            raise UserError(f"CWL validation failed: {_deepest_problem(list(tail))} (log: {log_path})")
+        raise StepFailed("cwltool", code, list(tail), str(log_path))
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError:
+        raise UserError(f"cwltool printed no output object (log: {log_path})") from None
+
+
+def _deepest_problem(lines: list[str]) -> str:
+    """cwltool's validation report is a tree of `file:line:col: message` lines; the last one is the cause."""
+    located = [i for i, ln in enumerate(lines) if _LOCATED.match(ln)]
+    if not located:
+        return " ".join(ln.strip() for ln in lines if _VALIDATION.search(ln))[:300]
+    i = located[-1]
+    text = [lines[i]] + [ln for ln in lines[i + 1:] if ln.startswith(" ")]
+    return re.sub(r"\s+", " ", " ".join(t.strip() for t in text))[:300]
+
+
+def place_outputs(wf: Workflow, result: dict[str, Any]) -> None:
+    """Workflow outputs named like datasets land in those datasets. A dataset that already held something (the
+    MLflow store of earlier runs, say) is kept beside it, renamed with the time, and said so: nothing is lost."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name, value in result.items():
+        if name not in wf.datasets or not isinstance(value, dict) or value.get("class") != "Directory":
+            continue
+        src, dest = Path(value["path"]), wf.datasets[name]
+        if src.resolve() == dest:
+            continue
+        if dest.exists() and any(dest.iterdir()):
+            kept = dest.with_name(f"{dest.name}.before-{stamp}")
+            dest.rename(kept)
+            ui.say(f"note: the earlier contents of dataset {name} are kept in {kept}", "yellow")
+        elif dest.exists():
+            dest.rmdir()
+        shutil.move(str(src), dest)
+        ui.say(f" {name} -> {dest}", "green", prefix="output")
+
+
+# ---------------------------------------------------------------- export
+
+
+def _cwl_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
+def _id(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def export(wf: Workflow, images: dict[str, str], outdir: Path) -> list[Path]:
+    """A CWL v1.2 Workflow plus one CommandLineTool per step; argv and outputs as the classical run has them."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    wf_inputs: dict[str, Any] = {}
+    wf_steps: dict[str, Any] = {}
+    writers = {s.output: s.name for s in wf.steps if s.output}
+    for step in wf.steps:
+        tool, step_in = tool_for(wf, step, images[step.name], writers, wf_inputs)
+        path = outdir / f"{step.name}.cwl"
+        path.write_text("#!/usr/bin/env cwl-runner\n" + yaml.safe_dump(tool, sort_keys=False))
+        written.append(path)
+        wf_steps[step.name] = {"run": path.name, "in": step_in, "out": ["output"] if step.output else []}
+    workflow = {
+        "cwlVersion": "v1.2", "class": "Workflow",
+        "doc": f"Exported by itwin-run from {wf.path.name}",
+        "inputs": wf_inputs,
+        "outputs": {s.output: {"type": "Directory", "outputSource": f"{s.name}/output"} for s in wf.steps if s.output},
+        "steps": wf_steps,
+    }
+    path = outdir / "workflow.cwl"
+    path.write_text("#!/usr/bin/env cwl-runner\n" + yaml.safe_dump(workflow, sort_keys=False))
+    return [path, *written]
+
+
+def tool_for(wf: Workflow, step: StepSpec, image: str, writers: dict[str, str],
+             wf_inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    argv = shlex.split(step.command)
+    inputs: dict[str, Any] = {}
+    step_in: dict[str, Any] = {}
+    base: list[str] = []
+    pos = 0
+    for token in argv:  # files of the project named in the command become File inputs (CWL stages them)
+        local = (wf.root / token).resolve()
+        if not base or not local.is_file() or wf.root not in local.parents:
+            if inputs:
+                raise UserError(f"{wf.path}:{step.line}: {step.name}.command: export needs the project files "
+                                f"after the fixed words of the command ({token!r} follows one)")
+            base.append(token)
+            continue
+        pos += 1
+        key = f"file_{pos}"
+        inputs[key] = {"type": "File", "inputBinding": {"position": pos}}
+        wf_key = _id(f"{step.name}_{key}")
+        wf_inputs[wf_key] = {"type": "File", "default": {"class": "File", "location": local.as_uri()}}
+        step_in[key] = wf_key
+    for i, ds in enumerate(step.inputs):
+        pos += 1
+        key = f"input_{i}"
+        inputs[key] = {"type": "Directory", "inputBinding": {"position": pos, "prefix": "--input"}}
+        if ds in writers:
+            step_in[key] = f"{writers[ds]}/output"
+        else:
+            wf_inputs[_id(ds)] = {"type": "Directory", "default": {"class": "Directory",
+                                                                    "location": wf.datasets[ds].as_uri()}}
+            step_in[key] = _id(ds)
+    arguments = []
+    if step.output:
+        pos += 1
+        arguments.append({"position": pos, "prefix": "--output", "valueFrom": "$(runtime.outdir)"})
+    for key, value in step.params.items():
+        pos += 1
+        name = f"param_{_id(key)}"
+        if isinstance(value, list):
+            typ: Any = {"type": "array", "items": _cwl_type(value[0]) if value else "string",
+                        "inputBinding": {"prefix": f"--{key}"}}
+            inputs[name] = {"type": typ, "default": value, "inputBinding": {"position": pos}}
+        elif value is None:
+            continue
+        else:
+            inputs[name] = {"type": _cwl_type(value), "default": value,
+                            "inputBinding": {"position": pos, "prefix": f"--{key}"}}
+    reqs = requirements(wf, step, image)
+    reqs["DockerRequirement"]["dockerPull"] = reqs["DockerRequirement"].pop("dockerImageId")
+    tool = {"cwlVersion": "v1.2", "class": "CommandLineTool", "doc": f"Step {step.name} of {wf.path.name}",
+            "requirements": reqs, "baseCommand": base, "arguments": arguments, "inputs": inputs,
+            "outputs": {"output": {"type": "Directory", "outputBinding": {"glob": "$(runtime.outdir)"}}}
+            if step.output else {}}
+    if "cwltool:CUDARequirement" in reqs:
+        tool = {"$namespaces": {"cwltool": "http://commonwl.org/cwltool#"}, **tool}
+    return tool, step_in

@@ -1,0 +1,103 @@
+"""CWL: export to CWL run by plain cwltool, and --cwl mode, with the real cwltool and daemon (and Apptainer)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import itwin
+
+pytestmark = pytest.mark.docker
+CWLTOOL = str(Path(sys.executable).parent / "cwltool")
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def classical(toy, docker_client) -> dict[str, bytes]:
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    out = outputs(toy / "data")
+    shutil.rmtree(toy / "data")
+    return out
+
+
+def export(toy: Path) -> Path:
+    res = itwin("export-cwl", "workflow.yml", "-o", "cwl", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [f"cwl/{f}" for f in
+                                  ("workflow.cwl", "generate.cwl", "square.cwl", "summarize.cwl")]
+    return toy / "cwl" / "workflow.cwl"
+
+
+def test_export_validates_and_plain_cwltool_matches_classical(toy, classical, no_leftovers):
+    wf = export(toy)
+    assert "conda" not in wf.read_text()
+    val = subprocess.run([CWLTOOL, "--validate", str(wf)], capture_output=True, text=True)
+    assert val.returncode == 0 and "is valid CWL" in val.stdout + val.stderr
+    out = toy / "cwl-out"
+    res = subprocess.run([CWLTOOL, "--quiet", "--outdir", str(out), str(wf)], capture_output=True, text=True, cwd=toy)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout)
+    for dataset in ("raw", "squares", "summary"):
+        got = outputs(Path(result[dataset]["path"]))
+        want = {k.split("/", 1)[1]: v for k, v in classical.items() if k.startswith(dataset + "/")}
+        assert got == want, dataset
+
+
+def with_cwl_section(toy: Path) -> None:
+    export(toy)
+    (toy / "workflow.yml").write_text((toy / "workflow.yml").read_text() + "\nworkflowFileCWL: cwl/workflow.cwl\n")
+
+
+def test_cwl_mode_outputs_land_in_datasets(toy, classical, no_leftovers):
+    with_cwl_section(toy)
+    res = itwin("--cwl", "workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert outputs(toy / "data") == classical
+    assert "cwltool | sum=55" in res.stdout
+    assert (toy / ".itwin-run" / "cwl" / "cwltool.log").is_file()
+
+
+def test_cwl_mode_with_apptainer(toy, classical, apptainer_env, no_leftovers):
+    with_cwl_section(toy)
+    res = itwin("--engine", "apptainer", "--cwl", "workflow.yml", cwd=toy, env=apptainer_env)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    got = outputs(toy / "data")
+    # with Apptainer, cwltool keeps a tool's output at its own path, which the toy records in args.json
+    assert {k: v for k, v in got.items() if k != "raw/args.json"} == {k: v for k, v in classical.items()
+                                                                       if k != "raw/args.json"}
+    assert json.loads(got["raw/args.json"])["label"] == json.loads(classical["raw/args.json"])["label"]
+
+
+def test_cwl_validation_error_is_one_clear_message(toy, docker_client):
+    with_cwl_section(toy)
+    tool = toy / "cwl" / "square.cwl"
+    tool.write_text(tool.read_text().replace("class: CommandLineTool", "class: CommandLineTool\nbogusField: 1"))
+    res = itwin("--cwl", "workflow.yml", cwd=toy)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: CWL validation failed:") and "bogusField" in last
+    assert "Traceback" not in res.stderr
+
+
+def test_cwl_step_failure_is_surfaced(toy, docker_client, no_leftovers):
+    with_cwl_section(toy)
+    (toy / "steps" / "square.py").write_text("import sys\nprint('about to fail')\nsys.exit(7)\n")
+    res = itwin("--cwl", "workflow.yml", cwd=toy)
+    assert res.returncode == 1
+    assert "step 'cwltool' failed with exit code 1" in res.stderr
+    assert "about to fail" in res.stdout
+    assert not (toy / "data" / "summary" / "summary.txt").exists()
+
+
+def test_cwl_mode_needs_the_cwl_key(toy):
+    res = itwin("--cwl", "workflow.yml", cwd=toy)
+    assert res.returncode == 1 and "workflowFileCWL: --cwl needs the CWL workflow file" in res.stderr
