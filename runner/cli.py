@@ -14,7 +14,7 @@ from runner.errors import StepFailed, UserError, ValidationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run AI/ML digital-twin workflows step by step in containers.")
-SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "--help", "-h", "--version"}
+SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "--help", "-h", "--version"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
@@ -24,6 +24,8 @@ ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for imag
 ParentOpt = Annotated[str | None, typer.Option("--base-parent", help="Parent of the base image (default python:3.11-slim, "
                                                   "else the offline-bootstrapped one; or ITWIN_RUN_BASE_PARENT).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full build output.")]
+PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
+ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Lock file from `build --push`: run exactly these images.")]
 
 
 def _gpus(value: str | None) -> str | int | list[int] | None:
@@ -54,6 +56,8 @@ def run(
     gpus: Annotated[str | None, typer.Option(help="GPUs for every step: all, a count, or ids (0,1).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images, argv, mounts); run nothing.")] = False,
     cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images.")] = False,
+    images: ImagesOpt = None,
+    pull: PullOpt = "missing",
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
@@ -62,15 +66,16 @@ def run(
     """Build (when needed) each step's image and run the steps in containers."""
     from runner import executor
     from runner import workflow as wfmod
-    from runner.images import BuildOptions
+    from runner.images import BuildOptions, read_lock
 
     wf = wfmod.load(workflow, root)
-    opts = executor.RunOptions(user=user, gpus=_gpus(gpus), build=BuildOptions.from_env(wheelhouse, constraints))
+    opts = executor.RunOptions(user=user, gpus=_gpus(gpus), build=BuildOptions.from_env(wheelhouse, constraints, pull),
+                               lock=read_lock(images) if images else None)
     eng = _engine(engine, base_parent, verbose)
     if dry_run:
-        images = executor.resolve_images(wf, eng, opts.build, build=False)
+        images_ = executor.resolve_images(wf, eng, opts.build, build=False, lock=opts.lock)
         for step in wf.steps:
-            ref, present = images[step.name]
+            ref, present = images_[step.name]
             job = executor.job_for(wf, step, ref, opts, "dry-run")
             print(f"step {step.name}")
             print(f"  image  {ref} ({'present' if present else 'to build'})")
@@ -92,19 +97,48 @@ def build(
     workflow: WorkflowArg,
     engine: EngineOpt = "docker",
     root: RootOpt = None,
+    push: Annotated[bool, typer.Option("--push", help="Push every step image to --registry and write a lock file.")] = False,
+    registry: Annotated[str | None, typer.Option(help="HOST[:PORT]/NAMESPACE to push to.")] = None,
+    lock: Annotated[Path | None, typer.Option(help="Lock file to write (default: WORKFLOW.lock.json beside it).")] = None,
+    save: Annotated[Path | None, typer.Option(help="Write image archives (and SIFs with --engine apptainer) into DIR.")] = None,
+    pull: PullOpt = "missing",
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Build the step images only."""
+    """Build the step images only (and push them, writing a lock file, with --push)."""
     from runner import executor
     from runner import workflow as wfmod
-    from runner.images import BuildOptions
+    from runner.images import BuildOptions, write_lock
 
     wf = wfmod.load(workflow, root)
-    eng = _engine(engine, base_parent, verbose)
-    for step, (ref, _) in executor.resolve_images(wf, eng, BuildOptions.from_env(wheelhouse, constraints)).items():
+    if push and not registry:
+        raise UserError("--push needs --registry HOST[:PORT]/NAMESPACE")
+    eng = _engine("docker" if push else engine, base_parent, verbose)
+    opts = BuildOptions.from_env(wheelhouse, constraints, pull)
+    refs = {k: ref for k, (ref, _) in executor.resolve_images(wf, eng, opts).items()}
+    if push:
+        pushed: dict[str, str] = {}
+        locked = {}
+        for step, ref in refs.items():
+            if ref not in pushed:
+                name = ref.removeprefix("itwin-run/")
+                pushed[ref] = eng.push(ref, f"{registry.rstrip('/')}/{name}")  # type: ignore[attr-defined, union-attr]
+            locked[step] = pushed[ref]
+        lock = lock or wf.path.with_name(wf.path.stem + ".lock.json")
+        write_lock(lock, wf.path, locked)
+        ui.say(f"lock file: {lock}")
+        refs = locked
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+        docker_eng = eng if eng.name == "docker" else _engine("docker", base_parent, verbose)
+        docker_refs = {k: ref for k, (ref, _) in executor.resolve_images(wf, docker_eng, opts).items()}
+        docker_eng.save(list(docker_refs.values()), save)
+        if eng.name != "docker":
+            eng.save(list(refs.values()), save)
+        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": docker_refs}, indent=2) + "\n")
+    for step, ref in refs.items():
         print(f"{step}\t{ref}")
 
 
@@ -127,6 +161,19 @@ def export_cwl(
     images = {k: ref for k, (ref, _) in executor.resolve_images(wf, eng, BuildOptions.from_env(wheelhouse, constraints)).items()}
     for path in cwl.export(wf, images, output):
         print(path)
+
+
+@app.command()
+def load(
+    directory: Annotated[Path, typer.Argument(help="Directory written by `itwin-run build --save`.")],
+    engine: EngineOpt = "docker",
+) -> None:
+    """Load image archives (Docker) or SIFs (Apptainer) saved by `build --save`, for sites with no registry."""
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory")
+    eng = _engine(engine)
+    for ref in eng.load(directory):
+        print(ref)
 
 
 @app.command()

@@ -104,7 +104,7 @@ def run(wf: Workflow, engine: Engine, opts: RunOptions) -> None:
     cwl_file = (wf.root / str(wf.extra[CWL_KEY])).resolve()
     if not cwl_file.is_file():
         raise UserError(f"{wf.path}: {CWL_KEY}: {cwl_file} not found")
-    images = {name: ref for name, (ref, _) in resolve_images(wf, engine, opts.build).items()}
+    images = {name: ref for name, (ref, _) in resolve_images(wf, engine, opts.build, lock=opts.lock).items()}
     for step in wf.steps:
         if step.output:
             prepare_output(wf.datasets[step.output], opts.user or f"{os.getuid()}:{os.getgid()}")

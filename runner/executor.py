@@ -24,6 +24,7 @@ class RunOptions:
     user: str | None = None
     gpus: str | int | list[int] | None = None
     build: BuildOptions = field(default_factory=BuildOptions)
+    lock: dict[str, str] | None = None  # step -> prebuilt image (--images LOCK)
 
 
 def default_user() -> str:
@@ -34,13 +35,21 @@ def state_dir(wf: Workflow) -> Path:
     return wf.root / ".itwin-run"
 
 
-def image_specs(wf: Workflow) -> dict[str, ImageSpec]:
-    return {s.name: spec_for(s) for s in wf.steps}
+def image_specs(wf: Workflow, lock: dict[str, str] | None = None) -> dict[str, ImageSpec]:
+    """Each step's image spec; with a lock file's images, exactly those prebuilt references."""
+    if lock is None:
+        return {s.name: spec_for(s) for s in wf.steps}
+    missing = [s.name for s in wf.steps if s.name not in lock]
+    if missing:
+        raise UserError(f"the lock file names no image for step(s) {', '.join(missing)}: rebuild it with "
+                        "`itwin-run build --push`")
+    return {s.name: ImageSpec(kind="image", name=lock[s.name], step=s.name, image=lock[s.name]) for s in wf.steps}
 
 
-def resolve_images(wf: Workflow, engine: Engine, opts: BuildOptions, *, build: bool = True) -> dict[str, tuple[str, bool]]:
+def resolve_images(wf: Workflow, engine: Engine, opts: BuildOptions, *, build: bool = True,
+                   lock: dict[str, str] | None = None) -> dict[str, tuple[str, bool]]:
     """Step name -> (image reference, present); equal specs are resolved (and built) once."""
-    specs = image_specs(wf)
+    specs = image_specs(wf, lock)
     done: dict[tuple, tuple[str, bool]] = {}
     out = {}
     for name, spec in specs.items():
@@ -83,7 +92,7 @@ class Runner:
     def run(self) -> None:
         if any(s.env.prefix for s in self.wf.steps):
             ui.say("note: env.prefix (the prototype's conda location) is ignored: steps run in container images", "dim")
-        images = resolve_images(self.wf, self.engine, self.opts.build)
+        images = resolve_images(self.wf, self.engine, self.opts.build, lock=self.opts.lock)
         written = {s.output for s in self.wf.steps if s.output}
         for step in self.wf.steps:
             for d in step.inputs:

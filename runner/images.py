@@ -34,15 +34,18 @@ _PIP_NAMES = {"pytorch": "torch", "pytorch-lightning": "lightning", "pytorch-cpu
 class BuildOptions:
     wheelhouse: Path | None = None
     constraints: Path | None = None
+    pull: str = "missing"  # prebuilt images: missing | always | never
 
     @classmethod
-    def from_env(cls, wheelhouse: str | None = None, constraints: str | None = None) -> BuildOptions:
+    def from_env(cls, wheelhouse: str | None = None, constraints: str | None = None, pull: str = "missing") -> BuildOptions:
         """--wheelhouse, else ITWIN_RUN_WHEELHOUSE, else the host pip's own find-links directory ('none': no wheelhouse)."""
         wh = wheelhouse or os.environ.get("ITWIN_RUN_WHEELHOUSE") or host_find_links()
         if wh == "none":
             wh = None
         cs = constraints or os.environ.get("ITWIN_RUN_CONSTRAINTS") or None
-        opts = cls(Path(wh).resolve() if wh else None, Path(cs).resolve() if cs else None)
+        if pull not in ("missing", "always", "never"):
+            raise UserError(f"--pull: expected missing, always or never; got {pull!r}")
+        opts = cls(Path(wh).resolve() if wh else None, Path(cs).resolve() if cs else None, pull)
         if opts.wheelhouse and not opts.wheelhouse.is_dir():
             raise UserError(f"wheelhouse {opts.wheelhouse} is not a directory")
         if opts.constraints and not opts.constraints.is_file():
@@ -245,3 +248,27 @@ def conda_to_pip(f: Path, text: str) -> str:
     if problems:
         raise ValidationError(problems)
     return "".join(p + "\n" for p in pip_lines)
+
+
+# ---------------------------------------------------------------- lock files
+
+
+def write_lock(path: Path, workflow: Path, images: dict[str, str]) -> None:
+    """step -> image reference with digest: what `itwin-run --images LOCK` runs exactly."""
+    import json
+
+    path.write_text(json.dumps({"workflow": str(workflow), "images": images}, indent=2) + "\n")
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        images = data["images"]
+        assert isinstance(images, dict) and all(isinstance(v, str) for v in images.values())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such lock file") from None
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise UserError(f"{path}: not an itwin-run lock file (expected {{\"images\": {{step: reference}}}})") from None
+    return images

@@ -85,12 +85,17 @@ class ApptainerEngine:
             ref = spec.image
             if ref.endswith(".sif") and Path(ref).is_file():
                 return str(Path(ref).resolve()), True
+            sif = cache / f"{_safe(ref)}{_suffix()}.sif"
+            if opts.pull == "never" and not sif.is_file():
+                raise UserError(f"step {spec.step!r}: no SIF of {ref} in {cache} and --pull never forbids pulling it")
+            if opts.pull == "always" and build:
+                sif.unlink(missing_ok=True)
             if ref.startswith(_REGISTRY_SCHEMES):
-                return self._convert(ref, cache / f"{_safe(ref)}{_suffix()}.sif", spec.step, build)
+                return self._convert(ref, sif, spec.step, build)
             docker = self._docker_engine()
             if docker and docker._image_id(ref):
-                return self._convert(f"docker-daemon://{ref}", cache / f"{_safe(ref)}{_suffix()}.sif", spec.step, build)
-            return self._convert(f"docker://{ref}", cache / f"{_safe(ref)}{_suffix()}.sif", spec.step, build)
+                return self._convert(f"docker-daemon://{ref}", sif, spec.step, build)
+            return self._convert(f"docker://{ref}", sif, spec.step, build)
         digest = spec.spec_digest(opts)
         docker = self._docker_engine()
         if docker is None:
@@ -120,7 +125,7 @@ class ApptainerEngine:
         compression = os.environ.get("ITWIN_RUN_SIF_COMPRESSION") or "lz4"
         cmd += ["--mksquashfs-args", f"-comp {compression}"]
         if source.startswith("docker://") and _plain_http(source):
-            cmd.append("--nohttps")
+            cmd.append("--no-https")  # a registry on loopback speaks plain HTTP (as Docker assumes too)
         cmd += [str(partial), source]
         try:
             with ui.console().status(f"converting {source} to {sif.name} (step {step})"):
@@ -134,6 +139,31 @@ class ApptainerEngine:
             partial.unlink(missing_ok=True)
         ui.say(f" {sif} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="converted")
         return str(sif), True
+
+    def save(self, refs: list[str], dest: Path) -> list[Path]:
+        """Copy the SIFs into dest/sif (a cluster's nodes load them into their SIF cache)."""
+        (dest / "sif").mkdir(parents=True, exist_ok=True)
+        out = []
+        for sif in dict.fromkeys(refs):
+            target = dest / "sif" / Path(sif).name
+            shutil.copyfile(sif, target)
+            out.append(target)
+        return out
+
+    def load(self, src: Path) -> list[str]:
+        """SIFs saved by `build --save --engine apptainer` go into the SIF cache, under the names resolve() seeks."""
+        cache = sif_cache()
+        cache.mkdir(parents=True, exist_ok=True)
+        loaded = []
+        for sif in sorted((src / "sif").glob("*.sif")):
+            partial = cache / f".{sif.name}.partial"
+            shutil.copyfile(sif, partial)
+            partial.replace(cache / sif.name)
+            loaded.append(str(cache / sif.name))
+            ui.say(f" {cache / sif.name}", "green", prefix="loaded")
+        if not loaded:
+            raise UserError(f"{src}: no SIFs in {src / 'sif'} (save them with `itwin-run build --save DIR --engine apptainer`)")
+        return loaded
 
     # ------------------------------------------------------------ running
 

@@ -54,6 +54,14 @@ class Engine(Protocol):
         The container (or process) is gone when this returns or raises."""
         ...
 
+    def save(self, refs: list[str], dest: Path) -> list[Path]:
+        """Write these images (as resolve() returned them) into dest, for a site with no registry."""
+        ...
+
+    def load(self, src: Path) -> list[str]:
+        """Make images saved into src by save() available to this engine."""
+        ...
+
     def cleanup(self, labels: dict[str, str]) -> int:
         """Remove whatever this engine left with these labels; returns how many."""
         ...

@@ -44,6 +44,31 @@ def gpu_requests(gpus: str | int | list[int] | None) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
 
 
+def _archive_name(ref: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in ref)
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    """'host:5000/ns/name:tag' -> ('host:5000/ns/name', 'tag'); digests stay in the repository part."""
+    if "@" in ref:
+        return ref, None
+    name, _, tag = ref.rpartition(":")
+    if name and "/" not in tag:
+        return name, tag
+    return ref, "latest"
+
+
+def _registry_problem(msg: str) -> str:
+    low = msg.lower()
+    if "unauthorized" in low or "authentication required" in low or "denied" in low:
+        return f"the registry asks for credentials: `docker login` to it (or set them in the Docker config) [{msg}]"
+    if "connection refused" in low or "no such host" in low or "i/o timeout" in low or "dial tcp" in low:
+        return f"the registry is unreachable [{msg}]"
+    if "not found" in low or "manifest unknown" in low or "does not exist" in low:
+        return f"no such image in the registry [{msg}]"
+    return msg
+
+
 class _Waiter(threading.Thread):
     """`wait` on a container from a thread, so its answer is not a round trip after the log stream ends."""
 
@@ -198,16 +223,13 @@ class DockerEngine:
     def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
         if spec.kind == "image":
             assert spec.image
-            if self._image_id(spec.image):
-                return spec.image, True
-            if not build:
-                return spec.image, False
-            try:
-                with ui.console().status(f"pulling {spec.image}…"):
-                    self.client.images.pull(spec.image)
-            except docker.errors.APIError as exc:
-                raise UserError(f"step {spec.step!r}: image {spec.image} is not local and cannot be pulled: "
-                                f"{exc.explanation or exc}") from None
+            present = self._image_id(spec.image) is not None
+            if opts.pull == "never" and not present:
+                raise UserError(f"step {spec.step!r}: image {spec.image} is not present locally and --pull never "
+                                "forbids pulling it (pull or load it first)")
+            if not build or (present and opts.pull != "always"):
+                return spec.image, present
+            self.pull(spec.image, spec.step)
             return spec.image, True
         base_ref, base_id = self.base(build=build)
         if not base_id:
@@ -222,6 +244,75 @@ class DockerEngine:
             self._build(ctx, dockerfile, ref, {"ITWIN_BASE": base_ref, "BASE": base_ref}, step=spec.step,
                         labels={f"{LABEL}.kind": spec.kind})
         return ref, True
+
+    def pull(self, ref: str, step: str) -> None:
+        """Pull with progress; credentials come from the Docker config (`docker login`) as for the docker CLI."""
+        repo, tag = _split_ref(ref)
+        layers: dict[str, str] = {}
+        try:
+            with ui.console().status(f"pulling {ref}") as status:
+                for item in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
+                    if "error" in item:
+                        raise docker.errors.APIError(item["error"])
+                    if item.get("id") and item.get("status"):
+                        layers[item["id"]] = item["status"]
+                        done = sum(1 for v in layers.values() if v in ("Pull complete", "Already exists"))
+                        status.update(f"pulling {ref}: {done}/{len(layers)} layers")
+        except docker.errors.APIError as exc:
+            raise UserError(f"step {step!r}: cannot pull {ref}: {_registry_problem(str(exc.explanation or exc))}") from None
+        except docker.errors.DockerException as exc:
+            raise _daemon_error(exc) from None
+        ui.say(f" {ref}", "green", prefix="pulled")
+
+    def push(self, ref: str, target: str) -> str:
+        """Tag `ref` as `target` and push it; returns `target@digest`."""
+        repo, tag = _split_ref(target)
+        self.client.api.tag(ref, repo, tag)
+        digest = ""
+        try:
+            with ui.console().status(f"pushing {target}") as status:
+                for item in self.client.api.push(repo, tag=tag, stream=True, decode=True):
+                    if "error" in item:
+                        raise docker.errors.APIError(item["error"])
+                    if item.get("status") and item.get("id"):
+                        status.update(f"pushing {target}: {item['id']} {item['status']}")
+                    digest = (item.get("aux") or {}).get("Digest", digest)
+        except docker.errors.APIError as exc:
+            raise UserError(f"cannot push {target}: {_registry_problem(str(exc.explanation or exc))}") from None
+        if not digest:
+            raise UserError(f"push of {target} reported no digest")
+        ui.say(f" {target}@{digest}", "green", prefix="pushed")
+        return f"{target}@{digest}"
+
+    def save(self, refs: list[str], dest: Path) -> list[Path]:
+        """`docker save` each image (and the base image and its parent, so that content tags match on the other
+        side) into dest, for sites with no registry."""
+        base_ref, _ = self.base()
+        parent, _ = self._parent()
+        out = []
+        for ref in dict.fromkeys([parent, base_ref, *refs]):
+            path = dest / f"{_archive_name(ref)}.tar"
+            partial = path.with_name(f".{path.name}.partial")
+            with ui.console().status(f"saving {ref} to {path}"), open(partial, "wb") as f:
+                for chunk in self.client.images.get(ref).save(named=True):
+                    f.write(chunk)
+            partial.replace(path)
+            ui.say(f" {ref} -> {path} ({path.stat().st_size / 1e6:.0f} MB)", "green", prefix="saved")
+            out.append(path)
+        return out
+
+    def load(self, src: Path) -> list[str]:
+        loaded = []
+        for path in sorted(src.glob("*.tar")):
+            with ui.console().status(f"loading {path.name}"), open(path, "rb") as f:
+                try:
+                    images = self.client.images.load(f)
+                except docker.errors.APIError as exc:
+                    raise UserError(f"{path}: docker could not load it: {exc.explanation or exc}") from None
+            for image in images:
+                loaded += image.tags
+                ui.say(f" {', '.join(image.tags)}", "green", prefix="loaded")
+        return loaded
 
     def _build(self, ctx: str, dockerfile: str, ref: str, buildargs: dict[str, str], step: str,
                labels: dict[str, str] | None = None) -> None:

@@ -1,0 +1,35 @@
+"""Test services started on loopback by the tests and benchmarks themselves."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_registry(root: Path) -> tuple[str, subprocess.Popen]:
+    """A CNCF Distribution registry (Debian's docker-registry) on 127.0.0.1, storage under root."""
+    exe = shutil.which("docker-registry")
+    assert exe, "docker-registry is not installed: `make` installs it (Debian package docker-registry)"
+    port = free_port()
+    (root / "config.yml").write_text(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: " + str(root / "data") +
+        "\n  delete: {enabled: true}\nhttp:\n  addr: 127.0.0.1:" + str(port) + "\nlog: {level: error}\n")
+    proc = subprocess.Popen([exe, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return f"127.0.0.1:{port}", proc

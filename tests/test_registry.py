@@ -1,0 +1,114 @@
+"""Prebuilt images against a real registry (CNCF Distribution, Debian's docker-registry) on 127.0.0.1, and image
+archives for sites with no registry at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import itwin
+from tests.services import start_registry
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    addr, proc = start_registry(tmp_path_factory.mktemp("registry"))
+    yield addr
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def drop_local(client, refs) -> None:
+    for ref in refs:
+        for name in {ref.split("@")[0], *(t for t in client.images.get(ref).tags)}:
+            try:
+                client.images.remove(name, force=True)
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def pushed(toy, registry, docker_client):
+    res = itwin("build", "workflow.yml", "--push", "--registry", f"{registry}/toy", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    lock = json.loads((toy / "workflow.lock.json").read_text())["images"]
+    assert set(lock) == {"generate", "square", "summarize"}
+    assert all(ref.startswith(f"{registry}/toy/") and "@sha256:" in ref for ref in lock.values())
+    assert "pushed" in res.stderr
+    return lock
+
+
+def test_push_then_run_pulling_everything_back(toy, pushed, docker_client, no_leftovers):
+    classical = itwin("workflow.yml", cwd=toy)
+    assert classical.returncode == 0
+    want = outputs(toy / "data")
+    shutil.rmtree(toy / "data")
+    drop_local(docker_client, pushed.values())
+    res = itwin("--images", "workflow.lock.json", "workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("pulled ") == 3
+    assert outputs(toy / "data") == want
+
+
+def test_apptainer_pulls_from_the_registry(toy, pushed, apptainer_env, tmp_path, no_leftovers):
+    env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "sif")}
+    res = itwin("--engine", "apptainer", "--images", "workflow.lock.json", "workflow.yml", cwd=toy, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("converted ") == 3 and len(list((tmp_path / "sif").glob("*.sif"))) == 3
+    assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\nmarker=from the Dockerfile env")
+
+
+def test_pull_never_with_a_missing_image_fails_fast(toy, pushed, docker_client):
+    drop_local(docker_client, pushed.values())
+    start = time.monotonic()
+    res = itwin("--pull", "never", "--images", "workflow.lock.json", "workflow.yml", cwd=toy)
+    assert res.returncode == 1 and time.monotonic() - start < 10
+    assert "is not present locally and --pull never forbids pulling it" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unknown_image_and_unreachable_registry_are_clear(toy, registry, docker_client):
+    wf = toy / "workflow.yml"
+    text = wf.read_text()
+    wf.write_text(text.replace("env: {file: ./envs/requirements.txt}", f"env: {{image: {registry}/toy/nope:1}}"))
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 1 and "cannot pull" in res.stderr and "no such image in the registry" in res.stderr
+    wf.write_text(text.replace("env: {file: ./envs/requirements.txt}", "env: {image: 127.0.0.1:1/toy/nope:1}"))
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 1 and "the registry is unreachable" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_save_and_load_for_sites_without_a_registry(toy, docker_client, apptainer_env, tmp_path, no_leftovers):
+    archive = tmp_path / "carry"
+    res = itwin("build", "workflow.yml", "--save", str(archive), "--engine", "apptainer", cwd=toy, env=apptainer_env)
+    assert res.returncode == 0, res.stderr
+    images = json.loads((archive / "images.json").read_text())["images"]
+    assert len(list(archive.glob("*.tar"))) == 5  # parent, base and the three step images
+    assert len(list((archive / "sif").glob("*.sif"))) == 3
+    # Docker: the step images are gone, loading the archives brings them back, and the run pulls nothing
+    drop_local(docker_client, set(images.values()))
+    res = itwin("load", str(archive), cwd=toy)
+    assert res.returncode == 0, res.stderr
+    res = itwin("--pull", "never", "workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    assert "built" not in res.stderr
+    shutil.rmtree(toy / "data")
+    # Apptainer on a node with no Docker daemon: the SIFs, loaded into an empty cache, are found by what they hold
+    env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "node-cache"), "DOCKER_HOST": "unix:///nonexistent"}
+    res = itwin("load", str(archive), "--engine", "apptainer", cwd=toy, env=env)
+    assert res.returncode == 0, res.stderr
+    res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env=env)
+    assert res.returncode == 0, res.stderr
+    assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55")
