@@ -14,7 +14,8 @@ from runner.errors import StepFailed, UserError, ValidationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run AI/ML digital-twin workflows step by step in containers.")
-SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "--help", "-h", "--version"}
+SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show",
+               "--help", "-h", "--version"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
@@ -56,6 +57,12 @@ def run(
     gpus: Annotated[str | None, typer.Option(help="GPUs for every step: all, a count, or ids (0,1).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images, argv, mounts); run nothing.")] = False,
     cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Independent steps run at once.")] = 1,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run just this step (repeatable).")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Run this step and everything downstream.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Run this step and everything upstream.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every step, up to date or not.")] = False,
+    force_step: Annotated[list[str] | None, typer.Option("--force-step", help="Rerun this step (repeatable).")] = None,
     images: ImagesOpt = None,
     pull: PullOpt = "missing",
     wheelhouse: WheelOpt = None,
@@ -63,14 +70,16 @@ def run(
     base_parent: ParentOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Build (when needed) each step's image and run the steps in containers."""
+    """Build (when needed) each step's image and run the steps in containers; steps whose inputs, image, argv
+    and env are unchanged since they last succeeded (and whose output is intact) are skipped as up to date."""
     from runner import executor
     from runner import workflow as wfmod
     from runner.images import BuildOptions, read_lock
 
     wf = wfmod.load(workflow, root)
     opts = executor.RunOptions(user=user, gpus=_gpus(gpus), build=BuildOptions.from_env(wheelhouse, constraints, pull),
-                               lock=read_lock(images) if images else None)
+                               lock=read_lock(images) if images else None, jobs=jobs, only=only or [],
+                               from_=from_, until=until, force=[] if force else (force_step or None))
     eng = _engine(engine, base_parent, verbose)
     if dry_run:
         images_ = executor.resolve_images(wf, eng, opts.build, build=False, lock=opts.lock)
@@ -198,6 +207,42 @@ def base(
 
 
 @app.command()
+def validate(workflow: WorkflowArg, root: RootOpt = None) -> None:
+    """Check a workflow file and its env files; print nothing and exit 0 when all is well."""
+    from runner import executor
+    from runner import workflow as wfmod
+
+    executor.image_specs(wfmod.load(workflow, root))
+
+
+@app.command()
+def history(root: RootOpt = None) -> None:
+    """List the runs recorded in this project's .itwin-run/."""
+    import time as _time
+
+    from runner.state import State
+
+    for m in State((root or Path.cwd()).resolve()).manifests():
+        steps = m.get("steps", {})
+        counts: dict[str, int] = {}
+        for info in steps.values():
+            counts[info.get("status", "?")] = counts.get(info.get("status", "?"), 0) + 1
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(m.get("started", 0)))
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        print(f"{m['run_id']}  {when}  {m.get('status', '?'):<11}  {m.get('engine', '?'):<9}  "
+              f"{Path(m.get('workflow', '?')).name}  ({summary})")
+
+
+@app.command()
+def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) from `itwin-run history`.")],
+         root: RootOpt = None) -> None:
+    """Print one run's provenance manifest (JSON): per step its image, engine, argv, mounts, times, exit code."""
+    from runner.state import State
+
+    print(json.dumps(State((root or Path.cwd()).resolve()).manifest(run_id), indent=2))
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON schema of the workflow file format."""
     from runner.workflow import schema as wf_schema
@@ -228,11 +273,20 @@ def main(argv: list[str] | None = None) -> None:
         ui.say("interrupted", "red")
         sys.exit(130)
     except Exception as exc:
-        # typer's (vendored) click reports usage problems as exceptions that know how to show themselves
-        if type(exc).__name__ == "Abort":
-            sys.exit(130)
-        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
-            if type(exc).__name__ != "NoArgsIsHelpError":  # the help text was shown already
-                exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        from runner.executor import Interrupted
+
+        if isinstance(exc, Interrupted):
+            ui.say("interrupted: the interrupted steps are not marked complete", "red")
+            sys.exit(exc.code)
+        _usage_error(exc)
+
+
+def _usage_error(exc: Exception) -> None:
+    """typer's (vendored) click reports usage problems as exceptions that know how to show themselves."""
+    if type(exc).__name__ == "Abort":
+        sys.exit(130)
+    if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
+        if type(exc).__name__ != "NoArgsIsHelpError":  # the help text was shown already
+            exc.show()
+        sys.exit(exc.exit_code)
+    raise exc

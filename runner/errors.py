@@ -15,7 +15,8 @@ class ValidationError(UserError):
     exit_code = 2
 
     def __init__(self, problems: list[str]):
-        self.problems = problems
+        # one line each, whatever the file held (a key with a newline, say)
+        self.problems = [p.encode("unicode_escape").decode("ascii") if not p.isprintable() else p for p in problems]
         super().__init__("\n".join(problems))
 
 

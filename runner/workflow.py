@@ -141,6 +141,8 @@ def _compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
 def _dotted(path: tuple) -> str:
     out = ""
     for p in path:
+        if p == "[key]":  # pydantic's marker for a problem with a mapping's key: the key is already named
+            continue
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -169,6 +170,20 @@ class ApptainerEngine:
 
     def begin(self, labels: dict[str, str]) -> None:
         pass
+
+    def interrupt(self, force: bool) -> None:
+        """SIGTERM (SIGKILL when forced) to the apptainer processes this runner started (its children)."""
+        me = os.getpid()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me:
+                try:
+                    os.kill(int(stat.parent.name), signal.SIGKILL if force else signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     def end(self) -> None:
         pass

@@ -54,6 +54,10 @@ class Engine(Protocol):
         The container (or process) is gone when this returns or raises."""
         ...
 
+    def interrupt(self, force: bool) -> None:
+        """Stop every step of this run that is running (kill at once when `force`); run() then returns."""
+        ...
+
     def save(self, refs: list[str], dest: Path) -> list[Path]:
         """Write these images (as resolve() returned them) into dest, for a site with no registry."""
         ...

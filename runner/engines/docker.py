@@ -142,6 +142,8 @@ class DockerEngine:
         self._client: docker.DockerClient | None = None
         self._base: tuple[str, str] | None = None
         self._pod: _Pod | None = None
+        self._labels: dict[str, str] = {}
+        self._pod_lock = threading.Lock()
 
     # ------------------------------------------------------------ daemon
 
@@ -356,18 +358,39 @@ class DockerEngine:
     # ------------------------------------------------------------ running
 
     def begin(self, labels: dict[str, str]) -> None:
-        """Start the run's network holder in the background (see _Pod)."""
-        self._pod = _Pod(self.client.api, self.base()[0], {f"{LABEL}.managed": "1", f"{LABEL}.role": "network", **labels})
+        self._labels = labels
+        self._pod_lock = threading.Lock()
+
+    def _network(self) -> str | None:
+        """The run's network holder (see _Pod), started with the run's first step: a run whose steps are all up to
+        date starts no container."""
+        with self._pod_lock:
+            if self._pod is None:
+                labels = {f"{LABEL}.managed": "1", f"{LABEL}.role": "network", **self._labels}
+                self._pod = _Pod(self.client.api, self.base()[0], labels)
+        return self._pod.network_mode()
 
     def end(self) -> None:
         if self._pod is not None:
             self._pod.remove()
             self._pod = None
 
+    def interrupt(self, force: bool) -> None:
+        filters = {"label": [f"{k}={v}" for k, v in self._labels.items()]}
+        threads = []
+        for c in self.client.api.containers(filters=filters):
+            if c["Labels"].get(f"{LABEL}.role") == "network":
+                continue
+            stop = self.client.api.kill if force else (lambda cid: self.client.api.stop(cid, timeout=8))
+            threads.append(threading.Thread(target=stop, args=(c["Id"],), daemon=True))
+            threads[-1].start()
+        for t in threads:
+            t.join(timeout=10)
+
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         api = self.client.api
         binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
-        network = self._pod.network_mode() if self._pod else None
+        network = self._network() if self._labels else None
         host_config = api.create_host_config(
             binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None,
             security_opt=["no-new-privileges"], init=True, network_mode=network)

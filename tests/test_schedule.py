@@ -1,0 +1,185 @@
+"""Scheduling, resume and reliability against the real daemon: up-to-date skipping, DAG and --jobs, slices,
+failure and interruption, locking, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ITWIN_RUN, itwin
+
+pytestmark = pytest.mark.docker
+
+
+def next_second() -> int:
+    """A whole second from now (Docker's event log counts in seconds), once it has begun."""
+    mark = int(time.time()) + 1
+    time.sleep(mark - time.time() + 0.05)
+    return mark
+
+
+def created(client, since: int) -> int:
+    """Containers the runner created since `since` (Docker's event log)."""
+    events = client.events(since=since, until=int(time.time()) + 1, decode=True,
+                           filters={"type": "container", "event": "create", "label": "org.itwin-run.managed=1"})
+    return sum(1 for e in events if e.get("time", 0) >= since)
+
+
+def statuses(res) -> dict[str, str]:
+    """The status table printed at the end of a run."""
+    out = {}
+    for line in res.stderr.splitlines():
+        m = re.match(r"^  (\S+)\s+((?:done|up to date|failed|interrupted|not run|skipped: upstream failed))$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def test_unchanged_rerun_starts_no_container(toy, docker_client, no_leftovers):
+    assert itwin("workflow.yml", cwd=toy).returncode == 0
+    since = next_second()
+    assert created(docker_client, since) == 0
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 0
+    assert statuses(res) == {"generate": "up to date", "square": "up to date", "summarize": "up to date"}
+    assert created(docker_client, since) == 0
+    since = next_second()
+    assert itwin("--force-step", "generate", "--only", "generate", "workflow.yml", cwd=toy).returncode == 0
+    assert created(docker_client, since) == 2  # the step and the run's network holder: the count is real
+
+
+def test_changes_rerun_the_step_and_downstream_only(toy, docker_client, no_leftovers):
+    assert itwin("workflow.yml", cwd=toy).returncode == 0
+    env = toy / "envs" / "environment.yml"  # square's env file
+    env.write_text(env.read_text() + "# changed\n")
+    res = itwin("workflow.yml", cwd=toy)
+    assert statuses(res) == {"generate": "up to date", "square": "done", "summarize": "done"}
+    wf = toy / "workflow.yml"
+    wf.write_text(wf.read_text().replace("count: 5", "count: 6"))  # a param of the first step
+    res = itwin("workflow.yml", cwd=toy)
+    assert statuses(res) == {"generate": "done", "square": "done", "summarize": "done"}
+    assert (toy / "data/summary/summary.txt").read_text().startswith("sum=91\n")
+    squares = toy / "data" / "squares" / "squares.txt"  # an output edited by hand: that step is not intact
+    squares.write_text("1\n")
+    res = itwin("workflow.yml", cwd=toy)
+    assert statuses(res) == {"generate": "up to date", "square": "done", "summarize": "done"}
+    assert squares.read_text() == "1\n4\n9\n16\n25\n36\n"
+    res = itwin("--force", "workflow.yml", cwd=toy)
+    assert set(statuses(res).values()) == {"done"}
+    res = itwin("--force-step", "summarize", "workflow.yml", cwd=toy)
+    assert statuses(res) == {"generate": "up to date", "square": "up to date", "summarize": "done"}
+
+
+def test_failure_marks_nothing_complete_and_skips_downstream(toy, docker_client, no_leftovers):
+    assert itwin("workflow.yml", cwd=toy).returncode == 0
+    before = (toy / "data/raw/numbers.txt").stat().st_mtime_ns
+    square = toy / "steps" / "square.py"
+    good = square.read_text()
+    square.write_text("import sys\nprint('about to fail')\nsys.exit(7)\n")
+    res = itwin("workflow.yml", cwd=toy)  # the step's script changed: it reruns
+    assert res.returncode == 7
+    assert statuses(res) == {"generate": "up to date", "square": "failed", "summarize": "skipped: upstream failed"}
+    assert (toy / "data/raw/numbers.txt").stat().st_mtime_ns == before  # earlier outputs untouched
+    square.write_text(good)
+    res = itwin("workflow.yml", cwd=toy)  # square's output was never marked complete: it runs again
+    assert statuses(res) == {"generate": "up to date", "square": "done", "summarize": "done"}
+
+
+PARALLEL = """
+datasets:
+  a: {location: ./data/a}
+  b: {location: ./data/b}
+  c: {location: ./data/c}
+steps:
+  - a: {output: a, command: "python -c \\"import time; time.sleep(SLEEP)\\"", env: {file: ./envs/requirements.txt}}
+  - b: {output: b, command: "python -c \\"import time; time.sleep(SLEEP)\\"", env: {file: ./envs/requirements.txt}}
+  - c: {input: [a, b], output: c, command: "python -c pass", env: {file: ./envs/requirements.txt}}
+"""
+
+
+def write_parallel(toy: Path, sleep: float) -> None:
+    (toy / "par.yml").write_text(PARALLEL.replace("SLEEP", str(sleep)))
+
+
+def manifest(toy: Path) -> dict:
+    runs = sorted((toy / ".itwin-run" / "runs").glob("*/manifest.json"))
+    return json.loads(runs[-1].read_text())
+
+
+def test_independent_steps_run_concurrently_with_jobs(toy, docker_client, no_leftovers):
+    write_parallel(toy, 1.5)
+    res = itwin("--jobs", "2", "par.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    steps = manifest(toy)["steps"]
+    assert steps["b"]["start"] < steps["a"]["end"] and steps["a"]["start"] < steps["b"]["end"]  # overlapped
+    assert steps["c"]["start"] >= max(steps["a"]["end"], steps["b"]["end"])  # after both inputs
+
+
+def test_slices(toy, docker_client, no_leftovers):
+    res = itwin("--until", "square", "workflow.yml", cwd=toy)
+    assert res.returncode == 0 and set(statuses(res)) == {"generate", "square"}
+    res = itwin("--only", "summarize", "workflow.yml", cwd=toy)
+    assert res.returncode == 0 and set(statuses(res)) == {"summarize"}
+    res = itwin("--from", "square", "--force", "workflow.yml", cwd=toy)
+    assert set(statuses(res)) == {"square", "summarize"}
+    res = itwin("--only", "nope", "workflow.yml", cwd=toy)
+    assert res.returncode == 1 and "no step named 'nope'" in res.stderr
+
+
+def start_slow(toy: Path) -> subprocess.Popen:
+    write_parallel(toy, 60)
+    proc = subprocess.Popen([*ITWIN_RUN, "par.yml"], cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ})
+    for _ in range(200):
+        runs = list((toy / ".itwin-run" / "runs").glob("*/manifest.json"))
+        if runs and "a" in json.loads(runs[0].read_text() or "{}").get("steps", {}):
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)  # the container is up
+    return proc
+
+
+def test_second_run_refuses_while_first_runs(toy, docker_client, no_leftovers):
+    proc = start_slow(toy)
+    try:
+        res = itwin("par.yml", cwd=toy)
+        assert res.returncode == 1
+        assert f"another itwin-run (pid {proc.pid}) is running on {toy}" in res.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_containers_and_records_interruption(toy, docker_client, no_leftovers, sig, code):
+    proc = start_slow(toy)
+    assert docker_client.containers.list(filters={"label": "org.itwin-run.step=a"})
+    start = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code and time.monotonic() - start < 10
+    assert "Traceback" not in err
+    assert not docker_client.containers.list(all=True, filters={"label": "org.itwin-run.step"})
+    m = manifest(toy)
+    assert m["status"] == "interrupted" and m["steps"]["a"]["status"] == "interrupted"
+    assert not (toy / ".itwin-run" / "steps" / "a.json").exists()  # not marked complete
+
+
+def test_provenance_history_and_show(toy, docker_client, no_leftovers):
+    assert itwin("workflow.yml", cwd=toy).returncode == 0
+    hist = itwin("history", cwd=toy)
+    assert hist.returncode == 0 and "succeeded" in hist.stdout and "(3 done)" in hist.stdout
+    run_id = hist.stdout.split()[0]
+    shown = json.loads(itwin("show", run_id[:18], cwd=toy).stdout)
+    gen = shown["steps"]["generate"]
+    assert gen["exit_code"] == 0 and gen["image"].startswith("itwin-run/envs-requirements:")
+    assert gen["argv"][:3] == ["python", "./steps/generate.py", "--output"] and gen["engine"] == "docker"
+    assert {"source": str(toy), "target": str(toy), "read_only": True} in gen["mounts"]
+    assert len(gen["fingerprint"]) == 64 and gen["end"] >= gen["start"]
