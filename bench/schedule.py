@@ -1,0 +1,91 @@
+"""Scheduler figures, one run (issue: scheduling, resume and reliability):
+
+  (a) a warm rerun of the MNIST training workflow with nothing changed: wall time, containers started
+      (goal < 1 s, 0 containers)
+  (b) two independent CPU-bound steps (~5 s each): --jobs 2 / --jobs 1 wall time (goal <= 0.56)
+  (c) a chain of trivial steps: per-step time at 200 steps / at 10 steps (goal: flat, ~1.0)
+
+Run: .venv/bin/python bench/schedule.py
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+REPO = Path(__file__).resolve().parent.parent
+ITWIN = str(Path(sys.executable).parent / "itwin-run")
+BUSY = "python -c \"import time; t = time.time(); all(time.time() - t < 5 for _ in iter(int, 1))\""
+
+
+def run(args: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([ITWIN, *args], cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def containers_created(client, since: int) -> int:
+    events = client.events(since=since, until=int(time.time()) + 1, decode=True,
+                           filters={"type": "container", "event": "create", "label": "org.itwin-run.managed=1"})
+    return sum(1 for _ in events)
+
+
+def chain(n: int) -> str:
+    lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
+    for i in range(n):
+        inp = f"d{i - 1}" if i else "null"
+        lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"python -c pass\", "
+                     "env: {file: ./bench-env/requirements.txt}}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    client = docker.from_env()
+    with tempfile.TemporaryDirectory(prefix="itwin-bench-sched-") as tmp:
+        root = Path(tmp)
+        # (a) warm rerun of the MNIST training workflow
+        shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
+        shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        (root / "data" / "mnist" / "raw").mkdir(parents=True)
+        for f in (REPO.parent / "shared" / "data" / "mnist").glob("*.gz"):
+            shutil.copy(f, root / "data" / "mnist" / "raw")
+        wf = root / "use-cases" / "mnist" / "training-workflow.yml"
+        wf.write_text(wf.read_text().replace("config: ./use-cases/mnist/mnist-ai.yml",
+                                             "config: ./use-cases/mnist/mnist-ai.yml\n        max-epochs: 1"))
+        run([str(wf.relative_to(root))], root)
+        mark = int(time.time()) + 1
+        time.sleep(mark - time.time() + 0.05)
+        warm = [run([str(wf.relative_to(root))], root) for _ in range(3)]
+        started = containers_created(client, mark)
+        # (b) two independent CPU-bound steps
+        (root / "bench-env").mkdir()
+        (root / "bench-env" / "requirements.txt").write_text("# base only\n")
+        (root / "par.yml").write_text(
+            "datasets: {a: {location: ./data/a}, b: {location: ./data/b}}\nsteps:\n"
+            f"  - a: {{output: a, command: '{BUSY}', env: {{file: ./bench-env/requirements.txt}}}}\n"
+            f"  - b: {{output: b, command: '{BUSY}', env: {{file: ./bench-env/requirements.txt}}}}\n")
+        run(["build", "par.yml"], root)
+        j1 = run(["--force", "--jobs", "1", "par.yml"], root)
+        j2 = run(["--force", "--jobs", "2", "par.yml"], root)
+        # (c) chains of trivial steps
+        per_step = {}
+        for n in (10, 200):
+            (root / f"chain{n}.yml").write_text(chain(n))
+            per_step[n] = run(["--force", f"chain{n}.yml"], root) / n
+    print(f"(a) warm rerun of the MNIST training workflow: median {statistics.median(warm):.2f} s "
+          f"(runs {' '.join(f'{x:.2f}' for x in warm)}), containers started: {started}  (goal < 1 s, 0)")
+    print(f"(b) two independent 5 s CPU-bound steps: --jobs 1 {j1:.2f} s, --jobs 2 {j2:.2f} s, "
+          f"ratio {j2 / j1:.2f}  (goal <= 0.56)")
+    print(f"(c) chain of trivial steps: {per_step[10]:.3f} s/step at 10 steps, {per_step[200]:.3f} s/step at 200, "
+          f"ratio {per_step[200] / per_step[10]:.2f}  (goal: flat)")
+
+
+if __name__ == "__main__":
+    main()
