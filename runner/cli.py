@@ -14,7 +14,7 @@ from runner.errors import StepFailed, UserError, ValidationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run AI/ML digital-twin workflows step by step in containers.")
-SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show",
+SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status",
                "--help", "-h", "--version"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
@@ -65,6 +65,13 @@ def run(
     force_step: Annotated[list[str] | None, typer.Option("--force-step", help="Rerun this step (repeatable).")] = None,
     images: ImagesOpt = None,
     pull: PullOpt = "missing",
+    executor_: Annotated[str, typer.Option("--executor", help="local, or slurm (one sbatch job per step).")] = "local",
+    detach: Annotated[bool, typer.Option(help="slurm: return after submission (`itwin-run status RUN` later).")] = False,
+    cancel_on_exit: Annotated[bool, typer.Option(help="slurm: scancel the run's jobs on Ctrl-C.")] = False,
+    partition: Annotated[str | None, typer.Option(help="slurm: default partition.")] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", help="slurm: default time limit.")] = None,
+    account: Annotated[str | None, typer.Option(help="slurm: default account.")] = None,
+    sbatch_arg: Annotated[list[str] | None, typer.Option(help="slurm: extra sbatch option (repeatable).")] = None,
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
@@ -81,6 +88,15 @@ def run(
                                lock=read_lock(images) if images else None, jobs=jobs, only=only or [],
                                from_=from_, until=until, force=[] if force else (force_step or None))
     eng = _engine(engine, base_parent, verbose)
+    if executor_ == "slurm":
+        from runner.slurm import SlurmExecutor, SlurmOptions
+
+        SlurmExecutor(wf, eng, opts, SlurmOptions(partition=partition, time=time_limit, account=account,
+                                                  extra=sbatch_arg or [], detach=detach,
+                                                  cancel_on_exit=cancel_on_exit, dry_run=dry_run)).run()
+        return
+    if executor_ != "local":
+        raise UserError(f"--executor: choose local or slurm, not {executor_!r}")
     if dry_run:
         images_ = executor.resolve_images(wf, eng, opts.build, build=False, lock=opts.lock)
         for step in wf.steps:
@@ -242,6 +258,15 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) fro
     print(json.dumps(State((root or Path.cwd()).resolve()).manifest(run_id), indent=2))
 
 
+@app.command("status")
+def status_(run_id: Annotated[str, typer.Argument(help="A run id from `itwin-run history`.")], root: RootOpt = None) -> None:
+    """The SLURM state of each step of a run."""
+    from runner.slurm import status as slurm_status
+
+    for name, job_id, state in slurm_status((root or Path.cwd()).resolve(), run_id):
+        print(f"{name}\t{job_id}\t{state}")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON schema of the workflow file format."""
@@ -256,7 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] not in SUBCOMMANDS:
         args.insert(0, "run")
     try:
-        app(args, standalone_mode=False, prog_name="itwin-run")
+        code = app(args, standalone_mode=False, prog_name="itwin-run")
+        if isinstance(code, int) and code:  # typer turns Ctrl-C into exit code 130 when not standalone
+            if code == 130:
+                ui.say("interrupted", "red")
+            sys.exit(code)
     except ValidationError as exc:
         for p in exc.problems:
             ui.say(p)

@@ -48,6 +48,10 @@ def default_user() -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
+def step_fingerprint(parts: dict, inputs: dict[str, Path]) -> str:
+    return fingerprint(**parts, inputs={d: tree_manifest(p) for d, p in inputs.items()})
+
+
 def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
     """--only / --from / --until: the slice of the workflow to run, in dependency order."""
     deps = dependencies(wf)
@@ -269,7 +273,8 @@ class Runner:
 
     # ------------------------------------------------------------ one step
 
-    def _fingerprint(self, step: StepSpec, image: str) -> str:
+    def fingerprint_parts(self, step: StepSpec, image: str) -> dict:
+        """What a step's fingerprint is made of, but its inputs' manifests (taken when it is checked or done)."""
         job = job_for(self.wf, step, image, self.opts, "fp")
         files = {}  # project files the command names (its script, a config): editing one reruns the step
         for token in job.argv:
@@ -281,8 +286,12 @@ class Runner:
                     continue
                 if path.is_file():
                     files[token] = (st.st_size, st.st_mtime_ns)
-        return fingerprint(image=image, engine=self.engine.name, argv=job.argv, env=job.env, user=job.user,
-                           gpus=job.gpus, files=files, inputs={d: tree_manifest(self.wf.datasets[d]) for d in step.inputs})
+        return {"image": image, "engine": self.engine.name, "argv": job.argv, "env": job.env, "user": job.user,
+                "gpus": job.gpus, "files": files}
+
+    def _fingerprint(self, step: StepSpec, image: str) -> str:
+        return step_fingerprint(self.fingerprint_parts(step, image),
+                                {d: self.wf.datasets[d] for d in step.inputs})
 
     def _up_to_date(self, step: StepSpec, image: str) -> bool:
         force = self.opts.force

@@ -28,6 +28,20 @@ class Env(BaseModel):
     vars: dict[Name, Scalar] = Field(default_factory=dict)
 
 
+class Slurm(BaseModel):
+    """Per-step SLURM options (the SLURM executor; ignored by the local one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    partition: str | None = None
+    time: str | None = None
+    nodes: Annotated[int, Field(ge=1, le=100000)] | None = None
+    ntasks_per_node: Annotated[int, Field(ge=1, le=4096)] | None = None
+    cpus_per_task: Annotated[int, Field(ge=1, le=4096)] | None = None
+    mem: str | None = None
+    account: str | None = None
+    extra: list[str] = Field(default_factory=list)
+
+
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: Name | list[Name] | None = None
@@ -36,6 +50,7 @@ class Step(BaseModel):
     env: Env | None = None
     params: dict[Name, Scalar | list[Scalar] | None] | None = None
     gpus: Literal["all"] | Annotated[int, Field(ge=0, le=1024)] | list[Annotated[int, Field(ge=0)]] | None = None
+    slurm: Slurm | None = None
 
 
 class Dataset(BaseModel):
@@ -65,6 +80,7 @@ class StepSpec:
     source: Path | None
     params: dict[str, Any]
     gpus: str | int | list[int] | None
+    slurm: Slurm | None = None
 
 
 @dataclass
@@ -260,7 +276,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int]) 
                 problem(here + ("env", "source"), f"source directory not found: {env.source}")
         steps.append(StepSpec(name=name, line=_line(lines, here), command=step.command, inputs=inputs,
                               output=step.output, env=env, env_file=env_file, source=source,
-                              params=step.params or {}, gpus=step.gpus))
+                              params=step.params or {}, gpus=step.gpus, slurm=step.slurm))
         try:
             shlex.split(step.command)
         except ValueError as exc:

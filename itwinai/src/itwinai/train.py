@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -34,67 +36,101 @@ def lightning_config(cfg: MLOpsConfig, input_dir: str | None, overrides: dict[st
     return conf
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's global rank and the world size, from torchrun's or SLURM's environment (srun tasks)."""
+    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    rank = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) if world > 1 else 0
+    return rank, world
+
+
 def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: str | None,
           overrides: dict[str, Any]) -> str:
+    """Train; in a distributed run (DDP over srun tasks) every rank trains, rank 0 alone tracks in MLflow."""
     import mlflow
     from lightning.pytorch.cli import LightningCLI
     from mlflow.tracking import MlflowClient
 
     conf = lightning_config(cfg, input_dir, overrides)
+    rank, world = rank_and_world()
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(uri, output_dir)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    experiment_id = ensure_experiment(client, cfg.experiment_name, uri)
     log = cfg.logger
-    run = client.create_run(experiment_id, run_name=log.get("run_name"),
-                            tags={"mlflow.note.content": str(log.get("description", "")), "itwinai.config": str(cfg.path)})
-    run_id = run.info.run_id
-    print(f"itwinai: tracking {uri}, experiment {cfg.experiment_name!r}, run {run_id}", flush=True)
+    client, run_id = None, ""
+    if rank == 0:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        experiment_id = ensure_experiment(client, cfg.experiment_name, uri)
+        run = client.create_run(experiment_id, run_name=log.get("run_name"),
+                                tags={"mlflow.note.content": str(log.get("description", "")),
+                                      "itwinai.config": str(cfg.path)})
+        run_id = run.info.run_id
+        print(f"itwinai: tracking {uri}, experiment {cfg.experiment_name!r}, run {run_id}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="itwinai-") as tmp:
+    # every rank must see the checkpoint rank 0 writes: a shared directory (the output) when distributed
+    if world > 1 and output_dir:
+        ckpt_dir = Path(output_dir, f".itwinai-checkpoints-{os.environ.get('SLURM_JOB_ID', 'job')}")
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="itwinai-"))
+    try:
         full = copy.deepcopy(conf)
         trainer = full["trainer"]
+        # Lightning logs from rank 0 only, but callbacks such as LearningRateMonitor want a logger on every rank:
+        # the others get a scratch store of their own (never logged to), so that they do not race rank 0 in
+        # creating the shared one
+        rank_uri = uri if rank == 0 else f"sqlite:///{tempfile.gettempdir()}/itwinai-rank{rank}-{os.getpid()}.db"
         trainer["logger"] = {"class_path": "lightning.pytorch.loggers.MLFlowLogger",
-                             "init_args": {"experiment_name": cfg.experiment_name, "tracking_uri": uri,
-                                           "run_id": run_id, "artifact_location": artifact_location(uri)}}
+                             "init_args": {"experiment_name": cfg.experiment_name, "tracking_uri": rank_uri,
+                                           "run_id": run_id or None, "artifact_location": artifact_location(uri)}}
         callbacks = [c for c in trainer.get("callbacks") or [] if "ModelCheckpoint" not in str(c.get("class_path"))]
         callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"dirpath": tmp, "filename": CKPT_NAME, "monitor": "val_loss", "mode": "min",
-                                        "save_top_k": 1}})
+                          "init_args": {"dirpath": str(ckpt_dir), "filename": CKPT_NAME, "monitor": "val_loss",
+                                        "mode": "min", "save_top_k": 1}})
         trainer["callbacks"] = callbacks
         trainer.setdefault("log_every_n_steps", int(log.get("log_every_n_steps", 50)))
         trainer.setdefault("check_val_every_n_epoch", int(log.get("log_every_n_epoch", 1)))
-        trainer["default_root_dir"] = tmp
+        trainer["default_root_dir"] = str(ckpt_dir)
         argv, sys.argv = sys.argv, sys.argv[:1]  # the config comes from `args`, not our command line
         try:
             cli = LightningCLI(args=full, run=False, save_config_callback=None,
                                parser_kwargs={"exit_on_error": False})
         except (SystemExit, Exception) as exc:  # jsonargparse reports bad configs this way
-            client.set_terminated(run_id, "FAILED")
+            if client:
+                client.set_terminated(run_id, "FAILED")
             raise ItwinaiError(f"{cfg.train_path}: invalid Lightning config: {str(exc).strip().splitlines()[0]}") from None
         finally:
             sys.argv = argv
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in flatten(conf).items()][:100])
+        if client:
+            client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in flatten(conf).items()][:100])
         try:
             start = time.perf_counter()
             cli.trainer.fit(cli.model)
             elapsed = time.perf_counter() - start
+            print(f"itwinai: rank {cli.trainer.global_rank} of world size {cli.trainer.world_size} trained", flush=True)
             samples = len(cli.trainer.train_dataloader.dataset) * cli.trainer.current_epoch
             rate = samples / elapsed if elapsed else 0.0
-            client.log_metric(run_id, "train_samples_per_sec", rate)
-            print(f"itwinai: trained {samples} samples in {elapsed:.1f}s ({rate:.0f} samples/s)", flush=True)
-            ckpt = Path(tmp, f"{CKPT_NAME}.ckpt")
+            ckpt = ckpt_dir / f"{CKPT_NAME}.ckpt"
+            cli.trainer.strategy.barrier()
             if ckpt.is_file():
                 cli.trainer.test(cli.model, ckpt_path=str(ckpt), verbose=False)
-                client.log_artifact(run_id, str(ckpt), CKPT_DIR)
-            cfg_file = Path(tmp, CONFIG_ARTIFACT)
-            cfg_file.write_text(yaml.safe_dump(conf, sort_keys=False))
-            client.log_artifact(run_id, str(cfg_file))
+            if client:
+                client.log_metric(run_id, "train_samples_per_sec", rate)
+                print(f"itwinai: trained {samples} samples in {elapsed:.1f}s ({rate:.0f} samples/s)", flush=True)
+                if ckpt.is_file():
+                    client.log_artifact(run_id, str(ckpt), CKPT_DIR)
+                cfg_file = ckpt_dir / CONFIG_ARTIFACT
+                cfg_file.write_text(yaml.safe_dump(conf, sort_keys=False))
+                client.log_artifact(run_id, str(cfg_file))
         except BaseException:
-            client.set_terminated(run_id, "FAILED")
+            if client:
+                client.set_terminated(run_id, "FAILED")
             raise
+    finally:
+        if rank == 0:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if not client:
+        return run_id
     client.set_terminated(run_id, "FINISHED")
     name = log.get("registered_model_name")
     if name:

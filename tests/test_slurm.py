@@ -1,0 +1,149 @@
+"""The SLURM executor against a real one-node SLURM (../shared/hpc/slurm): dependencies, failures, resume, cancel,
+and DDP training over two srun tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ITWIN_RUN, REPO, SHARED, itwin
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="session")
+def slurm_env(apptainer_env):
+    res = subprocess.run(["bash", str(SHARED / "hpc" / "slurm" / "start-slurm.sh")], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    env = dict(apptainer_env)
+    if not Path("/etc/slurm/slurm.conf").exists():
+        env["SLURM_CONF"] = "/tmp/slurmlab/etc/slurm.conf"
+    yield env
+    subprocess.run(["bash", str(SHARED / "hpc" / "slurm" / "stop-slurm.sh")], capture_output=True, timeout=120)
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def slurm(*args: str, cwd: Path, env: dict[str, str]):
+    return itwin("--executor", "slurm", "--engine", "apptainer", *args, cwd=cwd, env=env)
+
+
+def test_dry_run_prints_the_batch_scripts(toy, slurm_env):
+    res = slurm("--dry-run", "workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("#!/bin/bash") == 3 and "#SBATCH --job-name=itwin-square" in res.stdout
+    assert "#SBATCH --dependency=afterok:<generate>" in res.stdout and "#SBATCH --kill-on-invalid-dep=yes" in res.stdout
+    assert "-m runner.stepjob" in res.stdout
+    assert not (toy / ".itwin-run" / "runs").exists() or not list((toy / ".itwin-run" / "runs").iterdir())
+
+
+def test_toy_workflow_under_slurm_matches_local(toy, slurm_env, docker_client, no_leftovers):
+    assert itwin("workflow.yml", cwd=toy).returncode == 0
+    want = outputs(toy / "data")
+    shutil.rmtree(toy / "data")
+    shutil.rmtree(toy / ".itwin-run")
+    res = slurm("workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert outputs(toy / "data") == want
+    assert "submitted square as job" in res.stderr and "(after " in res.stderr
+    assert "summarize | sum=55" in res.stdout
+    for step in ("generate", "square", "summarize"):
+        assert f"{step}: COMPLETED" in res.stderr
+    again = slurm("workflow.yml", cwd=toy, env=slurm_env)  # resume: nothing is resubmitted
+    assert again.returncode == 0 and "submitted" not in again.stderr and again.stderr.count("up to date") == 3
+
+
+def test_failure_cancels_dependents_and_resume_resubmits_only_what_is_needed(toy, slurm_env):
+    square = toy / "steps" / "square.py"
+    good = square.read_text()
+    square.write_text("import sys\nprint('about to fail')\nsys.exit(7)\n")
+    res = slurm("workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 7, res.stderr[-2000:]
+    assert "generate: COMPLETED" in res.stderr and "square: FAILED" in res.stderr
+    assert "summarize: CANCELLED" in res.stderr
+    assert "step 'square' failed with exit code 7" in res.stderr and "about to fail" in res.stderr
+    square.write_text(good)
+    res = slurm("workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "- generate: up to date" in res.stderr and "submitted generate" not in res.stderr
+    assert "submitted square" in res.stderr and "submitted summarize" in res.stderr
+
+
+def test_cancel_on_exit_leaves_no_container(toy, slurm_env, docker_client):
+    (toy / "slow.yml").write_text(
+        "datasets: {a: {location: ./data/a}}\nsteps:\n"
+        "  - slow: {output: a, command: \"python -c \\\"import time; time.sleep(120)\\\"\", "
+        "env: {file: ./envs/requirements.txt}}\n")
+    proc = subprocess.Popen([*ITWIN_RUN, "--executor", "slurm", "--cancel-on-exit", "slow.yml"], cwd=toy,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **slurm_env})
+    for _ in range(300):
+        if docker_client.containers.list(filters={"label": "org.itwin-run.step=slow"}):
+            break
+        time.sleep(0.1)
+    assert docker_client.containers.list(filters={"label": "org.itwin-run.step=slow"}), "the step never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "cancelled jobs" in err
+    for _ in range(150):
+        if not docker_client.containers.list(all=True, filters={"label": "org.itwin-run.step=slow"}):
+            break
+        time.sleep(0.1)
+    assert not docker_client.containers.list(all=True, filters={"label": "org.itwin-run.step=slow"})
+
+
+DDP_WORKFLOW = """
+datasets:
+  preproc-images: {location: ./data/mnist/preproc-images}
+  ml-logs: {location: ./data/mnist/ml-logs}
+steps:
+  - preprocessing:
+      output: preproc-images
+      command: python ./use-cases/mnist/mnist-preproc.py
+      env: {file: ./use-cases/mnist/preproc-env.yml}
+      params: {source: ./data/mnist/raw}
+  - ml-training:
+      input: preproc-images
+      output: ml-logs
+      command: itwinai train
+      env: {file: ./itwinai/env.yml, source: ./itwinai}
+      params: {config: ./use-cases/mnist/mnist-ai.yml, train-config: ./ddp-training.yml, max-epochs: 1}
+      slurm: {nodes: 1, ntasks_per_node: 2}
+"""
+
+
+@pytest.mark.slow
+def test_ddp_training_over_two_srun_tasks(tmp_path, slurm_env):
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_mnist import wheelhouse
+
+    root = tmp_path / "ddp"
+    shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
+    shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    (root / "data" / "mnist" / "raw").mkdir(parents=True)
+    for f in (SHARED / "data" / "mnist").glob("*.gz"):
+        shutil.copy(f, root / "data" / "mnist" / "raw")
+    conf = (root / "use-cases" / "mnist" / "pl-training.yml").read_text()
+    conf = conf.replace("  accelerator: auto\n  devices: auto\n", "  accelerator: cpu\n  devices: 2\n  strategy: ddp\n")
+    (root / "ddp-training.yml").write_text(conf.replace("num_workers: 2", "num_workers: 0"))
+    (root / "workflow.yml").write_text(DDP_WORKFLOW)
+    res = slurm("workflow.yml", cwd=root, env={**slurm_env, "ITWIN_RUN_WHEELHOUSE": wheelhouse()})
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    assert "ml-training | itwinai: rank 0 of world size 2 trained" in res.stdout
+    assert "ml-training | itwinai: rank 1 of world size 2 trained" in res.stdout
+    client = MlflowClient(f"sqlite:///{root}/data/mnist/ml-logs/mlflow.db")
+    exp = client.get_experiment_by_name("MNIST classification lite")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 0 alone logs
+    assert "test_acc" in runs[0].data.metrics
+    assert json.loads((root / "data/mnist/preproc-images/meta.json").read_text())["counts"]["train"] == 8000
