@@ -33,3 +33,23 @@ def start_registry(root: Path) -> tuple[str, subprocess.Popen]:
         except OSError:
             time.sleep(0.1)
     return f"127.0.0.1:{port}", proc
+
+
+def start_mlflow_server(backend: str, cwd: Path, artifacts: Path | None = None) -> tuple[str, subprocess.Popen]:
+    """A real `mlflow server` on 127.0.0.1 (the test venv's), answering /health."""
+    import sys
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", backend]
+    if artifacts:
+        cmd += ["--artifacts-destination", str(artifacts)]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    return uri, proc

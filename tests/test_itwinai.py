@@ -14,6 +14,7 @@ from itwinai.tracking import normalise, tracking_uri
 from itwinai.train import lightning_config
 
 from tests.conftest import REPO
+from tests.services import start_mlflow_server
 
 MNIST = REPO / "use-cases" / "mnist"
 
@@ -107,9 +108,6 @@ def test_training_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
     """MLFLOW_TRACKING_URI pointing at `mlflow server`: params, metrics, artifacts and the model version land there."""
     import json
     import os
-    import socket
-    import subprocess
-    import sys
     import urllib.request
 
     import numpy as np
@@ -122,22 +120,8 @@ def test_training_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
         y = rng.integers(0, 10, n)
         x = rng.normal(size=(n, 28, 28)).astype(np.float32) + y[:, None, None]  # learnable: the mean is the label
         np.savez(data / f"{split}.npz", x=x, y=y)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                               "--artifacts-destination", str(tmp_path / "server-artifacts")],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri, server = start_mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path, tmp_path / "server-artifacts")
     try:
-        uri = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         monkeypatch.chdir(REPO)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         assert itwinai_main(["train", "--config", str(MNIST / "mnist-ai.yml"), "--input", str(data),

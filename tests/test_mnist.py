@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, itwin
+from tests.services import start_mlflow_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -78,22 +75,8 @@ def test_run_is_readable_from_the_host(trained):
 
 def test_mlflow_server_shows_the_run(trained):
     project, run_id, _ = trained
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = Path(sys.executable).parent / "mlflow"
-    server = subprocess.Popen([str(mlflow), "server", "--backend-store-uri",
-                               f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base, server = start_mlflow_server(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db", project)
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         run = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10))
         assert run["run"]["info"]["status"] == "FINISHED"
         art = urllib.request.urlopen(f"{base}/get-artifact?path=pl-training.yml&run_uuid={run_id}", timeout=10).read()
