@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,19 +17,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_registry(root: Path) -> tuple[str, subprocess.Popen]:
-    """A CNCF Distribution registry (Debian's docker-registry) on 127.0.0.1, storage under root."""
+def start_registry(root: Path, user: str | None = None, password: str | None = None) -> tuple[str, subprocess.Popen]:
+    """A CNCF Distribution registry (Debian's docker-registry) on 127.0.0.1, storage under root; with user and
+    password it asks for them (htpasswd, bcrypt)."""
     exe = shutil.which("docker-registry")
     assert exe, "docker-registry is not installed: `make` installs it (Debian package docker-registry)"
     port = free_port()
     (root / "config.yml").write_text(
         "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: " + str(root / "data") +
         "\n  delete: {enabled: true}\nhttp:\n  addr: 127.0.0.1:" + str(port) + "\nlog: {level: error}\n")
+    if user and password:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # glibc's libxcrypt makes bcrypt hashes, the only kind the registry reads
+
+        (root / "htpasswd").write_text(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+        with open(root / "config.yml", "a") as f:
+            f.write(f"auth:\n  htpasswd:\n    realm: itwin\n    path: {root / 'htpasswd'}\n")
     proc = subprocess.Popen([exe, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     for _ in range(100):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            break
+        except urllib.error.HTTPError:  # 401: up, and asking for credentials
             break
         except OSError:
             time.sleep(0.1)

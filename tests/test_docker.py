@@ -170,3 +170,13 @@ def test_prebuilt_local_image_runs(docker_client, toy, no_leftovers):
     assert res.returncode == 0, res.stderr
     assert (toy / "data" / "summary" / "summary.txt").read_text() == EXPECTED_SUMMARY
     shutil.rmtree(toy / "data")
+
+
+def test_out_of_disk_during_build_is_one_clear_line(docker_client, toy, no_leftovers):
+    dockerfile = toy / "envs" / "summarize" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + 'RUN python3 -c "import errno, os; '
+                          'raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))"\n')
+    res = itwin("build", "workflow.yml", cwd=toy)
+    assert res.returncode == 1 and "Traceback (most recent call last)" not in res.stderr.split("error:")[-1]
+    assert res.stderr.strip().splitlines()[-1].endswith(
+        "failed: no space left on device (free disk space, e.g. `docker image prune`)")

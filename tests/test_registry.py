@@ -112,3 +112,33 @@ def test_save_and_load_for_sites_without_a_registry(toy, docker_client, apptaine
     res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env=env)
     assert res.returncode == 0, res.stderr
     assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55")
+
+
+def test_registry_that_asks_for_credentials(toy, docker_client, tmp_path, apptainer_env, no_leftovers):
+    import base64
+
+    root = tmp_path / "authreg"
+    root.mkdir()
+    addr, proc = start_registry(root, "itwin", "s3cret-pw")
+    try:
+        creds = {"ITWIN_RUN_REGISTRY_USER": "itwin", "ITWIN_RUN_REGISTRY_PASSWORD": "s3cret-pw"}
+        res = itwin("build", "workflow.yml", "--push", "--registry", f"{addr}/toy", cwd=toy)
+        assert res.returncode == 1 and "the registry asks for credentials" in res.stderr
+        res = itwin("build", "workflow.yml", "--push", "--registry", f"{addr}/toy", cwd=toy, env=creds)  # from env
+        assert res.returncode == 0, res.stderr
+        lock = json.loads((toy / "workflow.lock.json").read_text())["images"]
+        drop_local(docker_client, lock.values())
+        res = itwin("--images", "workflow.lock.json", "workflow.yml", cwd=toy, env={"DOCKER_CONFIG": str(tmp_path)})
+        assert res.returncode == 1 and "the registry asks for credentials: `docker login`" in res.stderr
+        auth = base64.b64encode(b"itwin:s3cret-pw").decode()  # what `docker login` writes
+        (tmp_path / "config.json").write_text(json.dumps({"auths": {addr: {"auth": auth}}}))
+        res = itwin("--images", "workflow.lock.json", "workflow.yml", cwd=toy, env={"DOCKER_CONFIG": str(tmp_path)})
+        assert res.returncode == 0, res.stderr
+        res = itwin("--engine", "apptainer", "--images", "workflow.lock.json", "workflow.yml", cwd=toy,
+                    env={**apptainer_env, **creds, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "sif")})
+        assert res.returncode == 0, res.stderr[-2000:]
+        logs = "".join(p.read_text(errors="replace") for p in (toy / ".itwin-run").rglob("*") if p.is_file())
+        assert "s3cret-pw" not in logs + (toy / "workflow.lock.json").read_text() + res.stdout + res.stderr
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

@@ -147,3 +147,17 @@ def test_ddp_training_over_two_srun_tasks(tmp_path, slurm_env):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 0 alone logs
     assert "test_acc" in runs[0].data.metrics
     assert json.loads((root / "data/mnist/preproc-images/meta.json").read_text())["counts"]["train"] == 8000
+
+
+def test_detach_then_status(toy, slurm_env):
+    res = slurm("--detach", "workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 0 and "submitted summarize as job" in res.stderr
+    run_id = res.stderr.split("itwin-run status ")[1].split("`")[0]
+    for _ in range(300):
+        st = itwin("status", run_id, cwd=toy, env=slurm_env)
+        rows = [line.split("\t") for line in st.stdout.splitlines()]
+        if rows and all(r[2] == "COMPLETED" for r in rows):
+            break
+        time.sleep(0.2)
+    assert [r[0] for r in rows] == ["generate", "square", "summarize"] and all(r[2] == "COMPLETED" for r in rows)
+    assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55")

@@ -129,8 +129,12 @@ class ApptainerEngine:
             cmd.append("--no-https")  # a registry on loopback speaks plain HTTP (as Docker assumes too)
         cmd += [str(partial), source]
         try:
+            env = dict(os.environ)
+            if os.environ.get("ITWIN_RUN_REGISTRY_USER") and os.environ.get("ITWIN_RUN_REGISTRY_PASSWORD"):
+                env["APPTAINER_DOCKER_USERNAME"] = os.environ["ITWIN_RUN_REGISTRY_USER"]
+                env["APPTAINER_DOCKER_PASSWORD"] = os.environ["ITWIN_RUN_REGISTRY_PASSWORD"]
             with ui.console().status(f"converting {source} to {sif.name} (step {step})"):
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-8:]
                 raise UserError(f"conversion of {source} to SIF for step {step!r} failed:\n" +

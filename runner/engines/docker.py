@@ -44,6 +44,12 @@ def gpu_requests(gpus: str | int | list[int] | None) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
 
 
+def _auth() -> dict[str, str] | None:
+    """Registry credentials from the environment; without them docker-py uses the Docker config (`docker login`)."""
+    user, password = os.environ.get("ITWIN_RUN_REGISTRY_USER"), os.environ.get("ITWIN_RUN_REGISTRY_PASSWORD")
+    return {"username": user, "password": password} if user and password else None
+
+
 def _archive_name(ref: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in ref)
 
@@ -60,7 +66,7 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 
 def _registry_problem(msg: str) -> str:
     low = msg.lower()
-    if "unauthorized" in low or "authentication required" in low or "denied" in low:
+    if any(w in low for w in ("unauthorized", "authentication required", "denied", "no basic auth credentials")):
         return f"the registry asks for credentials: `docker login` to it (or set them in the Docker config) [{msg}]"
     if "connection refused" in low or "no such host" in low or "i/o timeout" in low or "dial tcp" in low:
         return f"the registry is unreachable [{msg}]"
@@ -253,7 +259,7 @@ class DockerEngine:
         layers: dict[str, str] = {}
         try:
             with ui.console().status(f"pulling {ref}") as status:
-                for item in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
+                for item in self.client.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=_auth()):
                     if "error" in item:
                         raise docker.errors.APIError(item["error"])
                     if item.get("id") and item.get("status"):
@@ -273,7 +279,7 @@ class DockerEngine:
         digest = ""
         try:
             with ui.console().status(f"pushing {target}") as status:
-                for item in self.client.api.push(repo, tag=tag, stream=True, decode=True):
+                for item in self.client.api.push(repo, tag=tag, stream=True, decode=True, auth_config=_auth()):
                     if "error" in item:
                         raise docker.errors.APIError(item["error"])
                     if item.get("status") and item.get("id"):
