@@ -253,40 +253,39 @@ class DockerEngine:
                         labels={f"{LABEL}.kind": spec.kind})
         return ref, True
 
-    def pull(self, ref: str, step: str) -> None:
-        """Pull with progress; credentials come from the Docker config (`docker login`) as for the docker CLI."""
+    def _transfer(self, verb: str, ref: str, call: Callable[..., Iterator[dict[str, Any]]], what: str) -> str:
+        """Stream a pull or push with layer progress; raises UserError naming the registry problem; returns the
+        digest the daemon reported (pushes)."""
         repo, tag = _split_ref(ref)
         layers: dict[str, str] = {}
+        digest = ""
         try:
-            with ui.console().status(f"pulling {ref}") as status:
-                for item in self.client.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=_auth()):
+            with ui.console().status(f"{verb} {ref}") as status:
+                for item in call(repo, tag=tag, stream=True, decode=True, auth_config=_auth()):
                     if "error" in item:
                         raise docker.errors.APIError(item["error"])
                     if item.get("id") and item.get("status"):
                         layers[item["id"]] = item["status"]
-                        done = sum(1 for v in layers.values() if v in ("Pull complete", "Already exists"))
-                        status.update(f"pulling {ref}: {done}/{len(layers)} layers")
+                        done = sum(1 for v in layers.values() if v in ("Pull complete", "Already exists", "Pushed",
+                                                                      "Layer already exists"))
+                        status.update(f"{verb} {ref}: {done}/{len(layers)} layers")
+                    digest = (item.get("aux") or {}).get("Digest", digest)
         except docker.errors.APIError as exc:
-            raise UserError(f"step {step!r}: cannot pull {ref}: {_registry_problem(str(exc.explanation or exc))}") from None
+            raise UserError(f"{what}: {_registry_problem(str(exc.explanation or exc))}") from None
         except docker.errors.DockerException as exc:
             raise _daemon_error(exc) from None
+        return digest
+
+    def pull(self, ref: str, step: str) -> None:
+        """Credentials: ITWIN_RUN_REGISTRY_USER/PASSWORD, else the Docker config (`docker login`), as the CLI does."""
+        self._transfer("pulling", ref, self.client.api.pull, f"step {step!r}: cannot pull {ref}")
         ui.say(f" {ref}", "green", prefix="pulled")
 
     def push(self, ref: str, target: str) -> str:
         """Tag `ref` as `target` and push it; returns `target@digest`."""
         repo, tag = _split_ref(target)
         self.client.api.tag(ref, repo, tag)
-        digest = ""
-        try:
-            with ui.console().status(f"pushing {target}") as status:
-                for item in self.client.api.push(repo, tag=tag, stream=True, decode=True, auth_config=_auth()):
-                    if "error" in item:
-                        raise docker.errors.APIError(item["error"])
-                    if item.get("status") and item.get("id"):
-                        status.update(f"pushing {target}: {item['id']} {item['status']}")
-                    digest = (item.get("aux") or {}).get("Digest", digest)
-        except docker.errors.APIError as exc:
-            raise UserError(f"cannot push {target}: {_registry_problem(str(exc.explanation or exc))}") from None
+        digest = self._transfer("pushing", target, self.client.api.push, f"cannot push {target}")
         if not digest:
             raise UserError(f"push of {target} reported no digest")
         ui.say(f" {target}@{digest}", "green", prefix="pushed")
