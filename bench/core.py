@@ -87,8 +87,9 @@ def main() -> None:
         results: dict[str, list[float]] = {"raw docker run": [], "itwin-run": [], "cwltool": []}
         for _ in range(args.repeat):
             results["raw docker run"].append(raw())
-            results["itwin-run"].append(timed([*itwin, "workflow.yml"], tmp))
-            results["cwltool"].append(timed([str(BIN / "cwltool"), "--quiet", "--outdir", str(cwl_out), "wf.cwl"], tmp))
+            results["itwin-run"].append(timed([*itwin, "--force", "workflow.yml"], tmp))  # run, not skip
+            results["cwltool"].append(timed([str(BIN / "cwltool"), "--quiet", "--outdir", str(cwl_out), "--tmpdir-prefix",
+                                             f"{tmp}/cwl-tmp/", "--tmp-outdir-prefix", f"{tmp}/cwl-tmp/", "wf.cwl"], tmp))
 
         from runner import executor, workflow
         from runner.engines.docker import DockerEngine

@@ -48,10 +48,10 @@ def main() -> None:
             refs = sorted(set(lock.values()))
             warm, cold = [], []
             for _ in range(args.repeat):
-                warm.append(run(["--images", "workflow.lock.json", "workflow.yml"], toy))
+                warm.append(run(["--force", "--images", "workflow.lock.json", "workflow.yml"], toy))
                 for image_id in {client.images.get(ref).id for ref in refs}:
                     client.images.remove(image_id, force=True)  # every tag: the local build too
-                cold.append(run(["--images", "workflow.lock.json", "workflow.yml"], toy))
+                cold.append(run(["--force", "--images", "workflow.lock.json", "workflow.yml"], toy))
         finally:
             os.killpg(proc.pid, 15)
             proc.wait()

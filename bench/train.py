@@ -57,7 +57,7 @@ def main() -> None:
                                   "data/preproc-images", "--output", f"data/ml-logs-host-{i}", "--max-epochs",
                                   str(args.epochs)], cwd=root, capture_output=True, text=True, check=True)
             host.append(rate(out.stdout))
-            out = subprocess.run([str(BIN / "itwin-run"), "workflow.yml"], cwd=root, capture_output=True, text=True,
+            out = subprocess.run([str(BIN / "itwin-run"), "--force", "workflow.yml"], cwd=root, capture_output=True, text=True,
                                  check=True)
             container.append(rate(out.stdout))
         h, c = statistics.median(host), statistics.median(container)

@@ -112,8 +112,9 @@ def run(wf: Workflow, engine: Engine, opts: RunOptions) -> None:
         ov, job, stage = Path(tmp, "overrides.yml"), Path(tmp, "job.json"), Path(tmp, "out")
         ov.write_text(yaml.safe_dump(overrides(wf, cwl_file, images, engine.cwl_output_at_dataset)))
         job.write_text(json.dumps(job_order(wf), indent=1))
-        result = _cwltool([*engine.cwltool_args, "--outdir", str(stage), "--overrides", str(ov), str(cwl_file), str(job)],
-                          wf)
+        # cwltool's own temporary and staging directories go under ours, so nothing is left in /tmp
+        result = _cwltool([*engine.cwltool_args, "--outdir", str(stage), "--tmpdir-prefix", f"{tmp}/tmp-",
+                           "--tmp-outdir-prefix", f"{tmp}/out-", "--overrides", str(ov), str(cwl_file), str(job)], wf)
         place_outputs(wf, result)
 
 

@@ -43,7 +43,8 @@ def test_export_validates_and_plain_cwltool_matches_classical(toy, classical, no
     val = subprocess.run([CWLTOOL, "--validate", str(wf)], capture_output=True, text=True)
     assert val.returncode == 0 and "is valid CWL" in val.stdout + val.stderr
     out = toy / "cwl-out"
-    res = subprocess.run([CWLTOOL, "--quiet", "--outdir", str(out), str(wf)], capture_output=True, text=True, cwd=toy)
+    res = subprocess.run([CWLTOOL, "--quiet", "--outdir", str(out), "--tmpdir-prefix", f"{toy}/cwl-tmp/",
+                          "--tmp-outdir-prefix", f"{toy}/cwl-tmp/", str(wf)], capture_output=True, text=True, cwd=toy)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(res.stdout)
     for dataset in ("raw", "squares", "summary"):
