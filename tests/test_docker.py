@@ -180,3 +180,14 @@ def test_out_of_disk_during_build_is_one_clear_line(docker_client, toy, no_lefto
     assert res.returncode == 1 and "Traceback (most recent call last)" not in res.stderr.split("error:")[-1]
     assert res.stderr.strip().splitlines()[-1].endswith(
         "failed: no space left on device (free disk space, e.g. `docker image prune`)")
+
+
+def test_steps_get_a_shared_memory_large_enough_for_loader_workers(docker_client, toy, no_leftovers):
+    """Docker's default /dev/shm is 64 MB, which kills PyTorch DataLoader workers; steps get 1 GB."""
+    wf = toy / "workflow.yml"
+    wf.write_text(wf.read_text().replace(
+        "command: python ./steps/generate.py",
+        "command: python -c \"open('/dev/shm/big', 'wb').write(bytes(256 << 20)); print('256 MB in /dev/shm')\""))
+    res = itwin("--only", "generate", "workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    assert "generate | 256 MB in /dev/shm" in res.stdout
