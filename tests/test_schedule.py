@@ -183,3 +183,32 @@ def test_provenance_history_and_show(toy, docker_client, no_leftovers):
     assert gen["argv"][:3] == ["python", "./steps/generate.py", "--output"] and gen["engine"] == "docker"
     assert {"source": str(toy), "target": str(toy), "read_only": True} in gen["mounts"]
     assert len(gen["fingerprint"]) == 64 and gen["end"] >= gen["start"]
+
+
+def test_signal_stops_apptainer_processes(toy, apptainer_env, docker_client):
+    write_parallel(toy, 60)
+    proc = subprocess.Popen([*ITWIN_RUN, "--engine", "apptainer", "par.yml"], cwd=toy, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **apptainer_env})
+
+    def children() -> list[str]:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        return out.split()
+
+    for _ in range(300):
+        if children():
+            break
+        time.sleep(0.1)
+    time.sleep(2)  # the step is running
+    assert children(), "the step never started"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and time.monotonic() - start < 10, err[-2000:]
+    assert "Traceback" not in err
+    assert manifest(toy)["steps"]["a"]["status"] == "interrupted"
+    for _ in range(50):  # the step's processes (inside the container: they show in the host's process table) are gone
+        leftover = subprocess.run(["pgrep", "-f", r"time\.sleep\(60\)"], capture_output=True, text=True).stdout
+        if not leftover.strip():
+            break
+        time.sleep(0.1)
+    assert not leftover.strip(), leftover
