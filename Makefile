@@ -9,7 +9,7 @@ export ITWIN_RUN_WHEELHOUSE ?= $(WHEELHOUSE)
 PIP_FIND := $(if $(WHEELHOUSE),--find-links $(WHEELHOUSE))
 PYTEST_ARGS ?=
 
-.PHONY: all venv engine base test lint demo clean
+.PHONY: all venv engine base test test-fast lint demo clean
 all: venv engine base
 
 venv: $(VENV)/.installed
@@ -27,9 +27,16 @@ engine:
 base: venv engine
 	$(VENV)/bin/itwin-run base --bootstrap
 
+# The fast tier: the run session against an in-process fake engine, the workflow model and the safety checks (seconds,
+# no daemon). `make test` runs it first, then everything against the real engines.
+FAST := tests/test_session.py tests/test_policy.py tests/test_workflow.py tests/test_hostile.py
+test-fast: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(FAST)
+
 test: venv
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q $(FAST)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS) $(addprefix --ignore=,$(FAST))
 
 lint: venv
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases

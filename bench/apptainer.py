@@ -1,6 +1,6 @@
 """Apptainer engine figures, one run (issue: Apptainer engine):
 
-  - per-step overhead: a trivial step through ApptainerEngine.run (apptainer exec of the SIF) vs DockerEngine.run
+  - per-step overhead: a trivial step through ApptainerRunner.run (apptainer exec of the SIF) vs DockerRunner.run
     (docker-py create/start/wait/remove) on the same image, alternating (goal: apptainer <= docker)
   - SIF conversion time (docker-daemon:// -> SIF) of the base image and of the MNIST training image
 
@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.engines.apptainer import ApptainerEngine
+from runner.engines.apptainer import ApptainerRunner
 from runner.engines.base import Job, Mount
-from runner.engines.docker import DockerEngine
+from runner.engines.docker import DockerBuilder, DockerRunner
 
 REPO = Path(__file__).resolve().parent.parent
 COMPRESSION = os.environ.get("ITWIN_RUN_SIF_COMPRESSION") or "lz4"  # the engine's default
@@ -39,9 +39,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--skip-training", action="store_true")
     args = ap.parse_args()
-    docker = DockerEngine()
-    apptainer = ApptainerEngine()
-    base, _ = docker.base()
+    docker = DockerRunner()
+    apptainer = ApptainerRunner()
+    base = DockerBuilder().base()
     with tempfile.TemporaryDirectory(prefix="itwin-bench-app-", dir="/tmp") as tmp:
         work = Path(tmp)
         sif = work / "base.sif"

@@ -44,14 +44,14 @@ def main() -> None:
             toy = Path(tmp, "toy")
             shutil.copytree(REPO / "tests" / "toy", toy, ignore=shutil.ignore_patterns("data", ".itwin-run"))
             run(["build", "workflow.yml", "--push", "--registry", f"{addr}/bench"], toy)
-            lock = json.loads((toy / "workflow.lock.json").read_text())["images"]
+            lock = json.loads((toy / "workflow.images.json").read_text())["images"]
             refs = sorted(set(lock.values()))
             warm, cold = [], []
             for _ in range(args.repeat):
-                warm.append(run(["--force", "--images", "workflow.lock.json", "workflow.yml"], toy))
+                warm.append(run(["--force", "--images", "workflow.images.json", "workflow.yml"], toy))
                 for image_id in {client.images.get(ref).id for ref in refs}:
                     client.images.remove(image_id, force=True)  # every tag: the local build too
-                cold.append(run(["--force", "--images", "workflow.lock.json", "workflow.yml"], toy))
+                cold.append(run(["--force", "--images", "workflow.images.json", "workflow.yml"], toy))
         finally:
             os.killpg(proc.pid, 15)
             proc.wait()

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from runner import ui
-from runner.errors import StepFailed, UserError, ValidationError
+from runner.errors import StepFailed, UsageError, UserError, ValidationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run AI/ML digital-twin workflows step by step in containers.")
@@ -26,7 +26,8 @@ ParentOpt = Annotated[str | None, typer.Option("--base-parent", help="Parent of 
                                                   "else the offline-bootstrapped one; or ITWIN_RUN_BASE_PARENT).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full build output.")]
 PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
-ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Lock file from `build --push`: run exactly these images.")]
+ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Image pin file from `build --push`: run exactly "
+                                                                  "these images.")]
 
 
 def _gpus(value: str | None) -> str | int | list[int] | None:
@@ -42,10 +43,14 @@ def _gpus(value: str | None) -> str | int | list[int] | None:
         raise UserError(f"--gpus: expected 'all', a count or device ids like 0,1; got {value!r}") from None
 
 
-def _engine(name: str, parent: str | None = None, verbose: bool = False):
-    from runner.engines import get_engine
+def _builder(name: str, parent: str | None = None, verbose: bool = False):
+    from runner.engines import get_builder
 
-    return get_engine(name, parent=parent, verbose=verbose)
+    return get_builder(name, parent=parent, verbose=verbose)
+
+
+AllowOpt = Annotated[list[str] | None, typer.Option(
+    "--allow-mount", help="Allow a dataset at or under PATH that the mount policy refuses (repeatable; recorded).")]
 
 
 @app.command()
@@ -53,68 +58,65 @@ def run(
     workflow: WorkflowArg,
     engine: EngineOpt = "docker",
     root: RootOpt = None,
-    user: Annotated[str | None, typer.Option(help="uid:gid the steps run as (default: yours).")] = None,
+    user: Annotated[str | None, typer.Option(help="uid:gid the steps run as (default: yours; as root, the project's "
+                                                  "owner or nobody; 0:0 for root).")] = None,
     gpus: Annotated[str | None, typer.Option(help="GPUs for every step: all, a count, or ids (0,1).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images, argv, mounts); run nothing.")] = False,
-    cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images.")] = False,
+    cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images "
+                                                   "(the cwl executor).")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Independent steps run at once.")] = 1,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run just this step (repeatable).")] = None,
     from_: Annotated[str | None, typer.Option("--from", help="Run this step and everything downstream.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="Run this step and everything upstream.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun every step, up to date or not.")] = False,
     force_step: Annotated[list[str] | None, typer.Option("--force-step", help="Rerun this step (repeatable).")] = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="After a failure, let independent steps "
+                                                                  "finish (default: stop them).")] = False,
+    allow_mount: AllowOpt = None,
     images: ImagesOpt = None,
     pull: PullOpt = "missing",
-    executor_: Annotated[str, typer.Option("--executor", help="local, or slurm (one sbatch job per step).")] = "local",
+    executor_: Annotated[str, typer.Option("--executor", help="local, slurm (one sbatch job per step) or cwl.")] = "local",
     detach: Annotated[bool, typer.Option(help="slurm: return after submission (`itwin-run status RUN` later).")] = False,
     cancel_on_exit: Annotated[bool, typer.Option(help="slurm: scancel the run's jobs on Ctrl-C.")] = False,
     partition: Annotated[str | None, typer.Option(help="slurm: default partition.")] = None,
     time_limit: Annotated[str | None, typer.Option("--time", help="slurm: default time limit.")] = None,
     account: Annotated[str | None, typer.Option(help="slurm: default account.")] = None,
-    sbatch_arg: Annotated[list[str] | None, typer.Option(help="slurm: extra sbatch option (repeatable).")] = None,
+    sbatch_arg: Annotated[list[str] | None, typer.Option(help="slurm: extra sbatch option, --flag[=value] (repeatable).")] = None,
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Build (when needed) each step's image and run the steps in containers; steps whose inputs, image, argv
-    and env are unchanged since they last succeeded (and whose output is intact) are skipped as up to date."""
-    from runner import executor
+    """Build (when needed) each step's image and run the steps in containers; steps whose image, argv, env, inputs
+    and project files are unchanged since they last succeeded (and whose output is intact) are skipped."""
+    from runner import session
     from runner import workflow as wfmod
-    from runner.images import BuildOptions, read_lock
+    from runner.engines import get_runner
+    from runner.executors import get_executor
+    from runner.images import BuildOptions, read_pins
 
-    wf = wfmod.load(workflow, root)
-    opts = executor.RunOptions(user=user, gpus=_gpus(gpus), build=BuildOptions.from_env(wheelhouse, constraints, pull),
-                               lock=read_lock(images) if images else None, jobs=jobs, only=only or [],
-                               from_=from_, until=until, force=[] if force else (force_step or None))
-    eng = _engine(engine, base_parent, verbose)
-    if executor_ == "slurm":
-        from runner.slurm import SlurmExecutor, SlurmOptions
-
-        SlurmExecutor(wf, eng, opts, SlurmOptions(partition=partition, time=time_limit, account=account,
-                                                  extra=sbatch_arg or [], detach=detach,
-                                                  cancel_on_exit=cancel_on_exit, dry_run=dry_run)).run()
-        return
-    if executor_ != "local":
-        raise UserError(f"--executor: choose local or slurm, not {executor_!r}")
-    if dry_run:
-        images_ = executor.resolve_images(wf, eng, opts.build, build=False, lock=opts.lock)
-        for step in wf.steps:
-            ref, present = images_[step.name]
-            job = executor.job_for(wf, step, ref, opts, "dry-run")
-            print(f"step {step.name}")
-            print(f"  image  {ref} ({'present' if present else 'to build'})")
-            print(f"  argv   {json.dumps(job.argv)}")
-            for m in job.mounts:
-                print(f"  mount  {m.source} -> {m.target} ({'ro' if m.read_only else 'rw'})")
-            print(f"  user   {job.user}" + (f"  gpus {job.gpus}" if job.gpus else ""))
-        return
-    if cwl:
-        from runner import cwl as cwlmod
-
-        cwlmod.run(wf, eng, opts)
-        return
-    executor.Runner(wf, eng, opts).run()
+    if cwl and executor_ not in ("local", "cwl"):
+        raise UsageError(f"--cwl runs the workflow with cwltool on this machine: it does not combine with "
+                         f"--executor {executor_}")
+    executor_ = "cwl" if cwl else executor_
+    slurm_flags = [f for f, v in (("--detach", detach), ("--cancel-on-exit", cancel_on_exit), ("--partition", partition),
+                                  ("--time", time_limit), ("--account", account), ("--sbatch-arg", sbatch_arg)) if v]
+    if slurm_flags and executor_ != "slurm":
+        raise UsageError(f"{', '.join(slurm_flags)}: only with --executor slurm")
+    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
+    opts = session.RunOptions(user=user, gpus=_gpus(gpus), build=BuildOptions.from_env(wheelhouse, constraints, pull),
+                              pinned=read_pins(images) if images else None, jobs=jobs, only=only or [],
+                              from_=from_, until=until, force=[] if force else (force_step or None),
+                              keep_going=keep_going, dry_run=dry_run, allowed_mounts=allow_mount or [])
+    runner = get_runner(engine)
+    options: dict[str, object] = {
+        "local": {"runner": runner, "jobs": jobs},
+        "cwl": {"runner": runner, "wf": wf, "jobs": jobs, "keep_going": keep_going},
+        "slurm": {"partition": partition, "time": time_limit, "account": account, "extra": sbatch_arg or [],
+                  "detach": detach, "cancel_on_exit": cancel_on_exit, "engine": runner.name},
+    }.get(executor_, {})  # type: ignore[assignment]
+    executor = get_executor(executor_, **options)  # type: ignore[arg-type]
+    session.RunSession(wf, _builder(engine, base_parent, verbose), runner, executor, opts).run()
 
 
 @app.command()
@@ -122,48 +124,46 @@ def build(
     workflow: WorkflowArg,
     engine: EngineOpt = "docker",
     root: RootOpt = None,
-    push: Annotated[bool, typer.Option("--push", help="Push every step image to --registry and write a lock file.")] = False,
+    push: Annotated[bool, typer.Option("--push", help="Push every step image to --registry and write an image pin "
+                                                      "file.")] = False,
     registry: Annotated[str | None, typer.Option(help="HOST[:PORT]/NAMESPACE to push to.")] = None,
-    lock: Annotated[Path | None, typer.Option(help="Lock file to write (default: WORKFLOW.lock.json beside it).")] = None,
-    save: Annotated[Path | None, typer.Option(help="Write image archives (and SIFs with --engine apptainer) into DIR.")] = None,
+    pins: Annotated[Path | None, typer.Option("--pins", help="Image pin file to write (default: WORKFLOW.images.json "
+                                                             "beside it).")] = None,
+    save: Annotated[Path | None, typer.Option(help="Write the images (and SIFs with --engine apptainer) into DIR.")] = None,
+    allow_mount: AllowOpt = None,
     pull: PullOpt = "missing",
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Build the step images only (and push them, writing a lock file, with --push)."""
-    from runner import executor
+    """Build the step images only (and push them, writing an image pin file, with --push)."""
+    from runner import session
     from runner import workflow as wfmod
-    from runner.images import BuildOptions, write_lock
+    from runner.images import BuildOptions, write_pins
 
-    wf = wfmod.load(workflow, root)
+    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
     if push and not registry:
-        raise UserError("--push needs --registry HOST[:PORT]/NAMESPACE")
-    eng = _engine("docker" if push else engine, base_parent, verbose)
+        raise UsageError("--push needs --registry HOST[:PORT]/NAMESPACE")
+    builder = _builder(engine, base_parent, verbose)
     opts = BuildOptions.from_env(wheelhouse, constraints, pull)
-    refs = {k: ref for k, (ref, _) in executor.resolve_images(wf, eng, opts).items()}
+    refs = {k: ref for k, (ref, _) in session.resolve_images(wf, builder, opts).items()}
+    shown = refs
     if push:
+        assert registry
         pushed: dict[str, str] = {}
-        locked = {}
-        for step, ref in refs.items():
-            if ref not in pushed:
-                name = ref.removeprefix("itwin-run/")
-                pushed[ref] = eng.push(ref, f"{registry.rstrip('/')}/{name}")  # type: ignore[attr-defined, union-attr]
-            locked[step] = pushed[ref]
-        lock = lock or wf.path.with_name(wf.path.stem + ".lock.json")
-        write_lock(lock, wf.path, locked)
-        ui.say(f"lock file: {lock}")
-        refs = locked
+        for ref in dict.fromkeys(refs.values()):
+            name = Path(ref).name.removesuffix(".sif") if ref.endswith(".sif") else ref.removeprefix("itwin-run/")
+            pushed[ref] = builder.push(ref, f"{registry.rstrip('/')}/{name}")
+        shown = {step: pushed[ref] for step, ref in refs.items()}
+        pins = pins or wf.path.with_name(wf.path.stem + ".images.json")
+        write_pins(pins, wf.path, shown)
+        ui.say(f"image pin file: {pins}")
     if save:
         save.mkdir(parents=True, exist_ok=True)
-        docker_eng = eng if eng.name == "docker" else _engine("docker", base_parent, verbose)
-        docker_refs = {k: ref for k, (ref, _) in executor.resolve_images(wf, docker_eng, opts).items()}
-        docker_eng.save(list(docker_refs.values()), save)
-        if eng.name != "docker":
-            eng.save(list(refs.values()), save)
-        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": docker_refs}, indent=2) + "\n")
-    for step, ref in refs.items():
+        builder.save(list(dict.fromkeys(refs.values())), save)
+        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": refs}, indent=2) + "\n")
+    for step, ref in shown.items():
         print(f"{step}\t{ref}")
 
 
@@ -177,13 +177,13 @@ def export_cwl(
     base_parent: ParentOpt = None,
 ) -> None:
     """Write a CWL v1.2 Workflow + one CommandLineTool per step (DockerRequirement with the step image)."""
-    from runner import cwl, executor
+    from runner import cwl, session
     from runner import workflow as wfmod
     from runner.images import BuildOptions
 
     wf = wfmod.load(workflow, root)
-    eng = _engine("docker", base_parent)
-    images = {k: ref for k, (ref, _) in executor.resolve_images(wf, eng, BuildOptions.from_env(wheelhouse, constraints)).items()}
+    builder = _builder("docker", base_parent)  # CWL's DockerRequirement names OCI images
+    images = {k: ref for k, (ref, _) in session.resolve_images(wf, builder, BuildOptions.from_env(wheelhouse, constraints)).items()}
     for path in cwl.export(wf, images, output):
         print(path)
 
@@ -195,40 +195,30 @@ def load(
 ) -> None:
     """Load image archives (Docker) or SIFs (Apptainer) saved by `build --save`, for sites with no registry."""
     if not directory.is_dir():
-        raise UserError(f"{directory}: no such directory")
-    eng = _engine(engine)
-    for ref in eng.load(directory):
+        raise UsageError(f"{directory}: no such directory")
+    for ref in _builder(engine).load(directory):
         print(ref)
 
 
 @app.command()
 def base(
+    engine: EngineOpt = "docker",
     base_parent: ParentOpt = None,
     bootstrap: Annotated[bool, typer.Option(help="Bootstrap the parent offline (debootstrap) when it is missing.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Build the project base image (Dockerfile.base)."""
-    from runner.engines.docker import BOOTSTRAP_PARENT, DEFAULT_PARENT, DockerEngine
-
-    eng = DockerEngine(parent=base_parent, verbose=verbose)
-    if bootstrap and not base_parent:
-        if not (eng._image_id(DEFAULT_PARENT) or eng._image_id(BOOTSTRAP_PARENT)):
-            try:
-                eng.client.images.pull(DEFAULT_PARENT)
-            except Exception:
-                ui.say(f"{DEFAULT_PARENT} cannot be pulled: bootstrapping a parent offline")
-                eng.bootstrap_parent()
-    ref, _ = eng.base()
-    print(ref)
+    print(_builder(engine, base_parent, verbose).base(bootstrap=bootstrap))
 
 
 @app.command()
-def validate(workflow: WorkflowArg, root: RootOpt = None) -> None:
-    """Check a workflow file and its env files; print nothing and exit 0 when all is well."""
-    from runner import executor
+def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt = None) -> None:
+    """Check a workflow file, its env files and its datasets (the mount policy); print nothing and exit 0 when all
+    is well."""
+    from runner import session
     from runner import workflow as wfmod
 
-    executor.image_specs(wfmod.load(workflow, root))
+    session.image_specs(wfmod.load(workflow, root, allowed_mounts=allow_mount or []))
 
 
 @app.command()
@@ -260,11 +250,11 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) fro
 
 @app.command("status")
 def status_(run_id: Annotated[str, typer.Argument(help="A run id from `itwin-run history`.")], root: RootOpt = None) -> None:
-    """The SLURM state of each step of a run."""
-    from runner.slurm import status as slurm_status
+    """The state of each step of a run, as its executor knows it now (SLURM: squeue, then sacct)."""
+    from runner.executors import status
 
-    for name, job_id, state in slurm_status((root or Path.cwd()).resolve(), run_id):
-        print(f"{name}\t{job_id}\t{state}")
+    for name, handle, state in status((root or Path.cwd()).resolve(), run_id):
+        print(f"{name}\t{handle}\t{state}")
 
 
 @app.command()
@@ -302,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         ui.say("interrupted", "red")
         sys.exit(130)
     except Exception as exc:
-        from runner.executor import Interrupted
+        from runner.session import Interrupted
 
         if isinstance(exc, Interrupted):
             ui.say("interrupted: the interrupted steps are not marked complete", "red")

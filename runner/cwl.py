@@ -1,35 +1,24 @@
-"""CWL: run a workflow's CWL definition with cwltool in the step images, and export classical workflows to CWL.
+"""CWL documents: the overrides that give a workflow's CWL tools their step images, the job order, and the export
+of classical workflows to CWL (running them is runner/executors/cwl.py).
 
 The CWL files stay engine-neutral: itwin-run injects each tool's image (DockerRequirement.dockerImageId, the
 content-hashed tag or SIF) through cwltool's --overrides, matching CWL step ids to classical step names."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from runner import ui
-from runner.engines.base import Engine
-from runner.errors import StepFailed, UserError
-from runner.executor import RunOptions, prepare_output, resolve_images
+from runner.errors import UserError
 from runner.workflow import StepSpec, Workflow
 
 CWL_KEY = "workflowFileCWL"
-_LOCATED = re.compile(r"^\S+:\d+:\d+:")
-_VALIDATION = re.compile(r"(failed validation|is not valid|ValidationException|Tool definition failed|"
-                         r"Workflow error|contains undefined reference|Field .* is required|checking field)")
 
 
 def cwltool() -> str:
@@ -44,7 +33,8 @@ def _steps(cwl: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.get("run") if isinstance(v, dict) else None) for k, v in steps.items()}
 
 
-def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: bool = True) -> dict[str, Any]:
+def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: bool = True,
+              gpus: dict[str, Any] | None = None) -> dict[str, Any]:
     """cwltool overrides: each tool run by a step named like a classical step gets that step's image."""
     try:
         cwl = yaml.safe_load(cwl_file.read_text())
@@ -63,7 +53,7 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
         if not isinstance(run, str):
             raise UserError(f"{cwl_file}: step {step_id}: put its tool in a file of its own (run: tool.cwl) so that "
                             "itwin-run can give it the step image")
-        reqs = requirements(wf, step, images[step.name], at_dataset)
+        reqs = requirements(wf, step, images[step.name], at_dataset, (gpus or {}).get(step.name, step.gpus))
         out[(cwl_file.parent / run).resolve().as_uri()] = {"requirements": reqs}
     if unknown:
         raise UserError(f"{cwl_file}: CWL steps {', '.join(unknown)} match no step of {wf.path.name} "
@@ -71,15 +61,16 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
     return {"$namespaces": {"cwltool": "http://commonwl.org/cwltool#"}, "cwltool:overrides": out}
 
 
-def requirements(wf: Workflow, step: StepSpec, image: str, at_dataset: bool = True) -> dict[str, Any]:
+def requirements(wf: Workflow, step: StepSpec, image: str, at_dataset: bool = True, gpus: Any = None) -> dict[str, Any]:
     docker: dict[str, Any] = {"dockerImageId": image}
     if step.output and at_dataset:  # the output at the dataset's host path, as in classical runs (MLflow URIs stay valid)
         docker["dockerOutputDirectory"] = str(wf.datasets[step.output])
     reqs: dict[str, Any] = {"DockerRequirement": docker}
     if step.env.vars:
         reqs["EnvVarRequirement"] = {"envDef": {k: str(v) for k, v in step.env.vars.items()}}
-    if step.gpus:
-        count = 1 if step.gpus == "all" else (step.gpus if isinstance(step.gpus, int) else len(step.gpus))
+    gpus = step.gpus if gpus is None else gpus
+    if gpus:
+        count = 1 if gpus == "all" else (gpus if isinstance(gpus, int) else len(gpus))
         reqs["cwltool:CUDARequirement"] = {"cudaVersionMin": "11.0", "cudaComputeCapability": "3.0",
                                            "cudaDeviceCountMin": count}
     return reqs
@@ -96,84 +87,6 @@ def job_order(wf: Workflow) -> dict[str, Any]:
         return [absolute(x) for x in v] if isinstance(v, list) else v
 
     return {k: absolute(v) for k, v in wf.extra.items() if k != CWL_KEY}
-
-
-def run(wf: Workflow, engine: Engine, opts: RunOptions) -> None:
-    if CWL_KEY not in wf.extra:
-        raise UserError(f"{wf.path}: {CWL_KEY}: --cwl needs the CWL workflow file named here")
-    cwl_file = (wf.root / str(wf.extra[CWL_KEY])).resolve()
-    if not cwl_file.is_file():
-        raise UserError(f"{wf.path}: {CWL_KEY}: {cwl_file} not found")
-    images = {name: ref for name, (ref, _) in resolve_images(wf, engine, opts.build, lock=opts.lock).items()}
-    for step in wf.steps:
-        if step.output:
-            prepare_output(wf.datasets[step.output], opts.user or f"{os.getuid()}:{os.getgid()}")
-    with tempfile.TemporaryDirectory(prefix="itwin-cwl-") as tmp:
-        ov, job, stage = Path(tmp, "overrides.yml"), Path(tmp, "job.json"), Path(tmp, "out")
-        ov.write_text(yaml.safe_dump(overrides(wf, cwl_file, images, engine.cwl_output_at_dataset)))
-        job.write_text(json.dumps(job_order(wf), indent=1))
-        # cwltool's own temporary and staging directories go under ours, so nothing is left in /tmp
-        result = _cwltool([*engine.cwltool_args, "--outdir", str(stage), "--tmpdir-prefix", f"{tmp}/tmp-",
-                           "--tmp-outdir-prefix", f"{tmp}/out-", "--overrides", str(ov), str(cwl_file), str(job)], wf)
-        place_outputs(wf, result)
-
-
-def _cwltool(args: list[str], wf: Workflow) -> dict[str, Any]:
-    """Run cwltool, streaming its log with a prefix; returns its output object."""
-    cmd = [cwltool(), "--disable-color", "--no-warnings", *args]
-    log_dir = wf.root / ".itwin-run" / "cwl"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "cwltool.log"
-    tail: deque[str] = deque(maxlen=20)
-    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                                      cwd=wf.root) as proc:
-        assert proc.stderr and proc.stdout
-        for line in proc.stderr:
-            line = line.rstrip("\n")
-            tail.append(line)
-            log.write(line + "\n")
-            sys.stdout.write(f"cwltool | {line}\n")
-            sys.stdout.flush()
-        out = proc.stdout.read()
-        code = proc.wait()
-    if code != 0:
-        if any(_VALIDATION.search(ln) for ln in tail):
-            raise UserError(f"CWL validation failed: {_deepest_problem(list(tail))} (log: {log_path})")
-        raise StepFailed("cwltool", code, list(tail), str(log_path))
-    try:
-        return json.loads(out)
-    except json.JSONDecodeError:
-        raise UserError(f"cwltool printed no output object (log: {log_path})") from None
-
-
-def _deepest_problem(lines: list[str]) -> str:
-    """cwltool's validation report is a tree of `file:line:col: message` lines; the last one is the cause."""
-    located = [i for i, ln in enumerate(lines) if _LOCATED.match(ln)]
-    if not located:
-        return " ".join(ln.strip() for ln in lines if _VALIDATION.search(ln))[:300]
-    i = located[-1]
-    text = [lines[i]] + [ln for ln in lines[i + 1:] if ln.startswith(" ")]
-    return re.sub(r"\s+", " ", " ".join(t.strip() for t in text))[:300]
-
-
-def place_outputs(wf: Workflow, result: dict[str, Any]) -> None:
-    """Workflow outputs named like datasets land in those datasets. A dataset that already held something (the
-    MLflow store of earlier runs, say) is kept beside it, renamed with the time, and said so: nothing is lost."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name, value in result.items():
-        if name not in wf.datasets or not isinstance(value, dict) or value.get("class") != "Directory":
-            continue
-        src, dest = Path(value["path"]), wf.datasets[name]
-        if src.resolve() == dest:
-            continue
-        if dest.exists() and any(dest.iterdir()):
-            kept = dest.with_name(f"{dest.name}.before-{stamp}")
-            dest.rename(kept)
-            ui.say(f"note: the earlier contents of dataset {name} are kept in {kept}", "yellow")
-        elif dest.exists():
-            dest.rmdir()
-        shutil.move(str(src), dest)
-        ui.say(f" {name} -> {dest}", "green", prefix="output")
 
 
 # ---------------------------------------------------------------- export

@@ -1,4 +1,7 @@
-"""Errors a user can act on: printed as one line each, never as a traceback."""
+"""Errors a user can act on: printed as one line each, never as a traceback.
+
+Exit codes: 2 for a usage or workflow problem (bad flag, bad file, refused mount), 1 for the machine's side (engine,
+daemon, registry, build), the step's own code when a step fails, 130/143 when interrupted."""
 
 from __future__ import annotations
 
@@ -9,10 +12,14 @@ class UserError(Exception):
     exit_code = 1
 
 
-class ValidationError(UserError):
-    """One or more problems in a workflow file, each `file:line: field: message`."""
+class UsageError(UserError):
+    """A flag, a flag combination or a workflow that cannot be run as asked: nothing was started."""
 
     exit_code = 2
+
+
+class ValidationError(UsageError):
+    """One or more problems in a workflow file, each `file:line: field: message`."""
 
     def __init__(self, problems: list[str]):
         # one line each, whatever the file held (a key with a newline, say)
@@ -23,7 +30,7 @@ class ValidationError(UserError):
 class StepFailed(UserError):
     """A step exited non-zero; the run exits with the step's own code."""
 
-    def __init__(self, step: str, code: int, tail: list[str], log: str):
+    def __init__(self, step: str, code: int, tail: list[str], log: str, reason: str = ""):
         self.step, self.code, self.tail, self.log = step, code, tail, log
         self.exit_code = code if 0 < code < 256 else 1
-        super().__init__(f"step {step!r} failed with exit code {code} (log: {log})")
+        super().__init__(reason or f"step {step!r} failed with exit code {code} (log: {log})")

@@ -13,8 +13,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.errors import UserError, ValidationError
-from runner.workflow import StepSpec, _compose, _dotted, _line
+from runner import tree
+from runner.errors import UsageError, UserError, ValidationError
+from runner.workflow import StepSpec, Workflow, _compose, _dotted, _line
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -23,7 +24,6 @@ BASE_DOCKERFILE = PROJECT / "Dockerfile.base"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_PYTHON = "3.11"
 LABEL = "org.itwin-run"  # every image, container and volume the runner creates carries f"{LABEL}.managed"
-_SKIP_DIRS = {"__pycache__", ".git", ".venv", "build", "dist", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 
 # Conda names whose pip name differs; anything else is suggested as-is.
 _PIP_NAMES = {"pytorch": "torch", "pytorch-lightning": "lightning", "pytorch-cpu": "torch", "py-opencv": "opencv-python",
@@ -65,7 +65,7 @@ class ImageSpec:
     source: Path | None = None
     image: str | None = None  # prebuilt reference (image kind)
     digest_parts: list[str] = field(default_factory=list)
-
+    exclude: tuple[Path, ...] = ()  # never in the build context nor the hash: datasets, the state folder
     def spec_digest(self, opts: BuildOptions) -> str:
         """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
         h = hashlib.sha256()
@@ -84,7 +84,7 @@ class ImageSpec:
         """Lay out the build context in `dest`; returns the Dockerfile's path relative to it."""
         if self.kind == "dockerfile":
             assert self.env_file
-            _link_tree(self.env_file.parent, dest)
+            _link_tree(self.env_file.parent, dest, self.exclude)
             return self.env_file.name
         (dest / "requirements.txt").write_text(self.requirements)
         pip_args, copies = [], ["COPY requirements.txt ./"]
@@ -98,7 +98,7 @@ class ImageSpec:
             copies.append("COPY constraints.txt ./")
         source_steps = ""
         if self.source:
-            _link_tree(self.source, dest / "source")
+            _link_tree(self.source, dest / "source", self.exclude)
             source_steps = f"COPY source ./source\nRUN pip install --prefer-binary {' '.join(pip_args)} ./source"
         template = string.Template((TEMPLATES / "Dockerfile.pip").read_text())
         (dest / "Dockerfile").write_text(template.substitute(
@@ -140,28 +140,21 @@ def _options_digest(opts: BuildOptions, kind: str) -> list[str]:
     return parts
 
 
-def tree_digest(root: Path) -> list[str]:
-    """Relative path + sha256 of every file under root (skipping caches and build output)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
-        for f in sorted(filenames):
-            if f.endswith((".pyc", ".pyo")):
-                continue
-            p = Path(dirpath, f)
-            out.append(f"{p.relative_to(root)}:{hashlib.sha256(p.read_bytes()).hexdigest()}")
-    return out
+def context_files(root: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
+    """`relative path:sha256` of what goes into a build context from root: not the datasets, the state folder,
+    caches, VCS or virtual envs, nor what root's .dockerignore excludes."""
+    return tree.content_digest(root, exclude, tree.read_ignore(root / ".dockerignore"))
 
 
-def _link_tree(src: Path, dest: Path) -> None:
-    """Hard-link (or copy) a tree into a build context, skipping caches."""
-    def copy(s: str, d: str) -> None:
+def _link_tree(src: Path, dest: Path, exclude: tuple[Path, ...] = ()) -> None:
+    """Hard-link (or copy) into a build context what context_files() hashes."""
+    for rel, _ in tree.walk(src, exclude, tree.read_ignore(src / ".dockerignore")):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(s, d)
+            os.link(src / rel, target)
         except OSError:
-            shutil.copy2(s, d)
-    ignore = shutil.ignore_patterns(*_SKIP_DIRS, "*.egg-info", "*.pyc")
-    shutil.copytree(src, dest, ignore=ignore, copy_function=copy, dirs_exist_ok=True)
+            shutil.copy2(src / rel, target)
 
 
 def image_name(step: StepSpec) -> str:
@@ -171,7 +164,7 @@ def image_name(step: StepSpec) -> str:
     return "itwin-run/" + (re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "step")
 
 
-def spec_for(step: StepSpec) -> ImageSpec:
+def spec_for(step: StepSpec, wf: Workflow | None = None) -> ImageSpec:
     """Read a step's env file into an ImageSpec (raises ValidationError with file:line on bad input)."""
     env = step.env
     if env.image:
@@ -179,19 +172,21 @@ def spec_for(step: StepSpec) -> ImageSpec:
     assert step.env_file is not None
     f = step.env_file
     name = image_name(step)
-    source_parts = tree_digest(step.source) if step.source else []
+    exclude = (*wf.datasets.values(), wf.root / ".itwin-run") if wf else ()
+    source_parts = context_files(step.source, exclude) if step.source else []
     text = f.read_text(encoding="utf-8", errors="replace")
     lower = f.name.lower()
     if lower == "dockerfile" or lower.endswith(".dockerfile") or lower.startswith("dockerfile."):
         if step.source:
             raise UserError(f"{f}: a Dockerfile env builds its own context; 'source' is not used with it (step {step.name!r})")
-        return ImageSpec(kind="dockerfile", name=name, step=step.name, env_file=f, digest_parts=tree_digest(f.parent))
+        return ImageSpec(kind="dockerfile", name=name, step=step.name, env_file=f,
+                         digest_parts=context_files(f.parent, exclude), exclude=exclude)
     if f.suffix in {".yml", ".yaml"}:
         reqs = conda_to_pip(f, text)
         return ImageSpec(kind="conda", name=name, step=step.name, env_file=f, requirements=reqs, source=step.source,
-                         digest_parts=[text, *source_parts])
+                         digest_parts=[text, *source_parts], exclude=exclude)
     return ImageSpec(kind="requirements", name=name, step=step.name, env_file=f, requirements=text,
-                     source=step.source, digest_parts=[text, *source_parts])
+                     source=step.source, digest_parts=[text, *source_parts], exclude=exclude)
 
 
 def conda_to_pip(f: Path, text: str) -> str:
@@ -250,17 +245,17 @@ def conda_to_pip(f: Path, text: str) -> str:
     return "".join(p + "\n" for p in pip_lines)
 
 
-# ---------------------------------------------------------------- lock files
+# ---------------------------------------------------------------- image pin files
 
 
-def write_lock(path: Path, workflow: Path, images: dict[str, str]) -> None:
-    """step -> image reference with digest: what `itwin-run --images LOCK` runs exactly."""
+def write_pins(path: Path, workflow: Path, images: dict[str, str]) -> None:
+    """step -> image reference with digest: what `itwin-run --images FILE` runs exactly."""
     import json
 
     path.write_text(json.dumps({"workflow": str(workflow), "images": images}, indent=2) + "\n")
 
 
-def read_lock(path: Path) -> dict[str, str]:
+def read_pins(path: Path) -> dict[str, str]:
     import json
 
     try:
@@ -268,7 +263,7 @@ def read_lock(path: Path) -> dict[str, str]:
         images = data["images"]
         assert isinstance(images, dict) and all(isinstance(v, str) for v in images.values())
     except FileNotFoundError:
-        raise UserError(f"{path}: no such lock file") from None
+        raise UsageError(f"{path}: no such image pin file") from None
     except (ValueError, KeyError, AssertionError, TypeError):
-        raise UserError(f"{path}: not an itwin-run lock file (expected {{\"images\": {{step: reference}}}})") from None
+        raise UsageError(f"{path}: not an itwin-run image pin file (expected {{\"images\": {{step: reference}}}})") from None
     return images

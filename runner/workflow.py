@@ -15,6 +15,13 @@ from runner.errors import UserError, ValidationError
 
 Scalar = Union[bool, int, float, str]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# SLURM options become #SBATCH lines of a batch script that runs on the host: each has the shape sbatch documents.
+Partition = Annotated[str, StringConstraints(max_length=256, pattern=r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$")]
+SlurmTime = Annotated[str, StringConstraints(
+    max_length=32, pattern=r"^(\d+(-\d{1,2}(:\d{1,2}){0,2})?|\d+(:\d{1,2}){1,2}|UNLIMITED|INFINITE)$")]
+Memory = Annotated[str, StringConstraints(max_length=32, pattern=r"^\d+[KMGT]?B?$")]
+SbatchFlag = Annotated[str, StringConstraints(max_length=512, pattern=r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:/@%+=-]+)?$")]
 
 
 class Env(BaseModel):
@@ -25,21 +32,21 @@ class Env(BaseModel):
     prefix: str | None = None  # the prototype's conda location: accepted and ignored
     source: str | None = None
     image: str | None = None
-    vars: dict[Name, Scalar] = Field(default_factory=dict)
+    vars: dict[EnvName, Scalar] = Field(default_factory=dict)
 
 
 class Slurm(BaseModel):
     """Per-step SLURM options (the SLURM executor; ignored by the local one)."""
 
     model_config = ConfigDict(extra="forbid")
-    partition: str | None = None
-    time: str | None = None
+    partition: Partition | None = None
+    time: SlurmTime | None = None
     nodes: Annotated[int, Field(ge=1, le=100000)] | None = None
     ntasks_per_node: Annotated[int, Field(ge=1, le=4096)] | None = None
     cpus_per_task: Annotated[int, Field(ge=1, le=4096)] | None = None
-    mem: str | None = None
-    account: str | None = None
-    extra: list[str] = Field(default_factory=list)
+    mem: Memory | None = None
+    account: Partition | None = None
+    extra: list[SbatchFlag] = Field(default_factory=list)
 
 
 class Step(BaseModel):
@@ -51,6 +58,7 @@ class Step(BaseModel):
     params: dict[Name, Scalar | list[Scalar] | None] | None = None
     gpus: Literal["all"] | Annotated[int, Field(ge=0, le=1024)] | list[Annotated[int, Field(ge=0)]] | None = None
     slurm: Slurm | None = None
+    depends: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] | None = None
 
 
 class Dataset(BaseModel):
@@ -81,6 +89,7 @@ class StepSpec:
     params: dict[str, Any]
     gpus: str | int | list[int] | None
     slurm: Slurm | None = None
+    depends: list[str] | None = None  # globs of project files the step reads (default: the whole project)
 
 
 @dataclass
@@ -172,8 +181,9 @@ def _line(lines: dict[tuple, int], path: tuple) -> int:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | Path, root: str | Path | None = None) -> Workflow:
-    """Parse and validate a workflow file; raise ValidationError with every problem found."""
+def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[str] | tuple[str, ...] = ()) -> Workflow:
+    """Parse and validate a workflow file; raise ValidationError with every problem found (a dataset the mount
+    policy refuses included, unless `allowed_mounts` names it)."""
     path = Path(path)
     fname = str(path)
     try:
@@ -185,6 +195,9 @@ def load(path: str | Path, root: str | Path | None = None) -> Workflow:
     data, lines = _compose(text, fname)
     if not isinstance(data, dict):
         raise ValidationError([f"{fname}:1: top: a workflow is a mapping with 'datasets' and 'steps'"])
+    control = _control_characters(data, lines, fname)
+    if control:
+        raise ValidationError(control)
     try:
         wf = WorkflowFile.model_validate(data)
     except PydanticError as exc:
@@ -194,7 +207,28 @@ def load(path: str | Path, root: str | Path | None = None) -> Workflow:
             problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc) or 'top'}: {_short(err)}")
         raise ValidationError(sorted(set(problems), key=_by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
-    return _resolve(wf, path, root, lines)
+    return _resolve(wf, path, root, lines, allowed_mounts)
+
+
+def _control_characters(data: Any, lines: dict[tuple, int], fname: str) -> list[str]:
+    """No NUL anywhere, and no line break but in a command (where it is a space between words): workflow strings
+    end up in argv, bind options and batch scripts."""
+    problems = []
+
+    def visit(v: Any, path: tuple) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                visit(x, path + (k,))
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                visit(x, path + (i,))
+        elif isinstance(v, str):
+            in_command = len(path) >= 4 and path[0] == "steps" and path[3] == "command"
+            if "\0" in v or (not in_command and ("\n" in v or "\r" in v)):
+                problems.append(f"{fname}:{_line(lines, path)}: {_dotted(path)}: "
+                                f"{'NUL' if chr(0) in v else 'a line break'} is not allowed here")
+    visit(data, ())
+    return problems
 
 
 def _is_union_tag(p: Any) -> bool:
@@ -216,7 +250,9 @@ def _by_line(problem: str) -> tuple[int, str]:
     return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, problem)
 
 
-def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int]) -> Workflow:
+def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = ()) -> Workflow:
+    from runner.policy import mount_problem
+
     fname = str(path)
     problems: list[str] = []
 
@@ -229,6 +265,10 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int]) 
         full = Path(root, loc).resolve() if not loc.is_absolute() else loc.resolve()
         if full == Path("/") or full == root or full in root.parents:
             problem(("datasets", name, "location"), f"{ds.location!r} would expose {full} read-write; use a directory of its own")
+            continue
+        refused = mount_problem(full, allowed)
+        if refused:
+            problem(("datasets", name, "location"), f"refused: {refused} (itwin-run --allow-mount PATH allows it)")
             continue
         for other, other_path in datasets.items():
             if full == other_path or other_path in full.parents or full in other_path.parents:
@@ -276,7 +316,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int]) 
                 problem(here + ("env", "source"), f"source directory not found: {env.source}")
         steps.append(StepSpec(name=name, line=_line(lines, here), command=step.command, inputs=inputs,
                               output=step.output, env=env, env_file=env_file, source=source,
-                              params=step.params or {}, gpus=step.gpus, slurm=step.slurm))
+                              params=step.params or {}, gpus=step.gpus, slurm=step.slurm, depends=step.depends))
         try:
             shlex.split(step.command)
         except ValueError as exc:

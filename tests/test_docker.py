@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.engines.docker import DockerEngine, gpu_requests
+from runner.engines.docker import DockerBuilder, gpu_requests
 from tests.conftest import LABEL, itwin
 
 pytestmark = pytest.mark.docker
@@ -133,15 +133,15 @@ def test_gpu_requests_reach_the_docker_api(docker_client):
 
 
 def test_step_gpus_field_and_cli_override_reach_the_job(tmp_path, toy):
-    from runner import executor, workflow
+    from runner import session, workflow
 
     text = (toy / "workflow.yml").read_text().replace("      command: python ./steps/square.py",
                                                       "      command: python ./steps/square.py\n      gpus: [1]")
     (toy / "workflow.yml").write_text(text)
     wf = workflow.load(toy / "workflow.yml", root=toy)
-    assert executor.job_for(wf, wf.step("square"), "img", executor.RunOptions(), "r").gpus == [1]
-    assert executor.job_for(wf, wf.step("square"), "img", executor.RunOptions(gpus="all"), "r").gpus == "all"
-    assert executor.job_for(wf, wf.step("generate"), "img", executor.RunOptions(), "r").gpus is None
+    assert session.job_for(wf, wf.step("square"), "img", "1:1", None, "r").gpus == [1]
+    assert session.job_for(wf, wf.step("square"), "img", "1:1", "all", "r").gpus == "all"
+    assert session.job_for(wf, wf.step("generate"), "img", "1:1", None, "r").gpus is None
 
 
 def test_daemon_not_running_is_one_line(toy):
@@ -152,7 +152,7 @@ def test_daemon_not_running_is_one_line(toy):
 
 
 def test_base_image_uses_host_ca_and_runs_as_any_uid(docker_client):
-    ref, _ = DockerEngine().base()
+    ref = DockerBuilder().base()
     out = docker_client.containers.run(ref, ["sh", "-c", "id -u; echo $HOME; touch $HOME/x && echo ok; "
                                               "python -c 'import sys; print(sys.version_info[:2])'"],
                                        user="4321:4321", remove=True).decode()
@@ -163,7 +163,7 @@ def test_base_image_uses_host_ca_and_runs_as_any_uid(docker_client):
 
 
 def test_prebuilt_local_image_runs(docker_client, toy, no_leftovers):
-    ref, _ = DockerEngine().base()
+    ref = DockerBuilder().base()
     text = (toy / "workflow.yml").read_text().replace("env: {file: ./envs/requirements.txt}", f"env: {{image: {ref}}}")
     (toy / "workflow.yml").write_text(text)
     res = itwin("workflow.yml", cwd=toy)

@@ -42,7 +42,7 @@ def drop_local(client, refs) -> None:
 def pushed(toy, registry, docker_client):
     res = itwin("build", "workflow.yml", "--push", "--registry", f"{registry}/toy", cwd=toy)
     assert res.returncode == 0, res.stderr
-    lock = json.loads((toy / "workflow.lock.json").read_text())["images"]
+    lock = json.loads((toy / "workflow.images.json").read_text())["images"]
     assert set(lock) == {"generate", "square", "summarize"}
     assert all(ref.startswith(f"{registry}/toy/") and "@sha256:" in ref for ref in lock.values())
     assert "pushed" in res.stderr
@@ -55,7 +55,7 @@ def test_push_then_run_pulling_everything_back(toy, pushed, docker_client, no_le
     want = outputs(toy / "data")
     shutil.rmtree(toy / "data")
     drop_local(docker_client, pushed.values())
-    res = itwin("--images", "workflow.lock.json", "workflow.yml", cwd=toy)
+    res = itwin("--images", "workflow.images.json", "workflow.yml", cwd=toy)
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("pulled ") == 3
     assert outputs(toy / "data") == want
@@ -63,7 +63,7 @@ def test_push_then_run_pulling_everything_back(toy, pushed, docker_client, no_le
 
 def test_apptainer_pulls_from_the_registry(toy, pushed, apptainer_env, tmp_path, no_leftovers):
     env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "sif")}
-    res = itwin("--engine", "apptainer", "--images", "workflow.lock.json", "workflow.yml", cwd=toy, env=env)
+    res = itwin("--engine", "apptainer", "--images", "workflow.images.json", "workflow.yml", cwd=toy, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("converted ") == 3 and len(list((tmp_path / "sif").glob("*.sif"))) == 3
     assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\nmarker=from the Dockerfile env")
@@ -72,7 +72,7 @@ def test_apptainer_pulls_from_the_registry(toy, pushed, apptainer_env, tmp_path,
 def test_pull_never_with_a_missing_image_fails_fast(toy, pushed, docker_client):
     drop_local(docker_client, pushed.values())
     start = time.monotonic()
-    res = itwin("--pull", "never", "--images", "workflow.lock.json", "workflow.yml", cwd=toy)
+    res = itwin("--pull", "never", "--images", "workflow.images.json", "workflow.yml", cwd=toy)
     assert res.returncode == 1 and time.monotonic() - start < 10
     assert "is not present locally and --pull never forbids pulling it" in res.stderr
     assert "Traceback" not in res.stderr
@@ -126,19 +126,19 @@ def test_registry_that_asks_for_credentials(toy, docker_client, tmp_path, apptai
         assert res.returncode == 1 and "the registry asks for credentials" in res.stderr
         res = itwin("build", "workflow.yml", "--push", "--registry", f"{addr}/toy", cwd=toy, env=creds)  # from env
         assert res.returncode == 0, res.stderr
-        lock = json.loads((toy / "workflow.lock.json").read_text())["images"]
+        lock = json.loads((toy / "workflow.images.json").read_text())["images"]
         drop_local(docker_client, lock.values())
-        res = itwin("--images", "workflow.lock.json", "workflow.yml", cwd=toy, env={"DOCKER_CONFIG": str(tmp_path)})
+        res = itwin("--images", "workflow.images.json", "workflow.yml", cwd=toy, env={"DOCKER_CONFIG": str(tmp_path)})
         assert res.returncode == 1 and "the registry asks for credentials: `docker login`" in res.stderr
         auth = base64.b64encode(b"itwin:s3cret-pw").decode()  # what `docker login` writes
         (tmp_path / "config.json").write_text(json.dumps({"auths": {addr: {"auth": auth}}}))
-        res = itwin("--images", "workflow.lock.json", "workflow.yml", cwd=toy, env={"DOCKER_CONFIG": str(tmp_path)})
+        res = itwin("--images", "workflow.images.json", "workflow.yml", cwd=toy, env={"DOCKER_CONFIG": str(tmp_path)})
         assert res.returncode == 0, res.stderr
-        res = itwin("--engine", "apptainer", "--images", "workflow.lock.json", "workflow.yml", cwd=toy,
+        res = itwin("--engine", "apptainer", "--images", "workflow.images.json", "workflow.yml", cwd=toy,
                     env={**apptainer_env, **creds, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "sif")})
         assert res.returncode == 0, res.stderr[-2000:]
         logs = "".join(p.read_text(errors="replace") for p in (toy / ".itwin-run").rglob("*") if p.is_file())
-        assert "s3cret-pw" not in logs + (toy / "workflow.lock.json").read_text() + res.stdout + res.stderr
+        assert "s3cret-pw" not in logs + (toy / "workflow.images.json").read_text() + res.stdout + res.stderr
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

@@ -212,3 +212,66 @@ def test_signal_stops_apptainer_processes(toy, apptainer_env, docker_client):
             break
         time.sleep(0.1)
     assert not leftover.strip(), leftover
+
+
+def test_sigint_before_the_step_container_exists(toy, docker_client, no_leftovers):
+    """Defect 1: SIGINT while the run's network holder is up but the step's container is not created yet."""
+    write_parallel(toy, 120)
+    proc = subprocess.Popen([*ITWIN_RUN, "par.yml"], cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(3000):
+        if docker_client.containers.list(all=True, filters={"label": "org.itwin-run.role=network"}):
+            break
+        time.sleep(0.01)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - start < 10, err[-2000:]
+    assert "Traceback" not in err
+    m = manifest(toy)
+    assert m["status"] == "interrupted" and "done" not in {s.get("status") for s in m["steps"].values()}
+
+
+def test_engine_error_is_a_failed_run_in_history(toy, docker_client, no_leftovers):
+    """Defect 2: a step the daemon refuses (GPUs without the NVIDIA runtime) makes the run failed in history."""
+    if "nvidia" in docker_client.info().get("Runtimes", {}):
+        pytest.skip("this daemon has the NVIDIA runtime")
+    res = itwin("--gpus", "all", "workflow.yml", cwd=toy)
+    assert res.returncode == 1
+    hist = itwin("history", cwd=toy).stdout
+    assert " failed " in hist and "succeeded" not in hist
+
+
+def test_editing_a_file_a_config_names_reruns_the_step(toy, docker_client, no_leftovers):
+    """Defect 3: the step reads a.txt, which names b.txt; editing b.txt reruns it."""
+    (toy / "a.txt").write_text("b.txt\n")
+    (toy / "b.txt").write_text("1\n")
+    (toy / "cfg.yml").write_text(
+        "datasets: {o: {location: ./data/o}}\nsteps:\n"
+        "  - read: {output: o, command: \"python -c \\\"import sys; print(open(open('a.txt').read().strip()).read())\\\"\", "
+        "env: {file: ./envs/requirements.txt}}\n")
+    assert itwin("cfg.yml", cwd=toy).returncode == 0
+    (toy / "b.txt").write_text("2\n")
+    res = itwin("cfg.yml", cwd=toy)
+    assert statuses(res) == {"read": "done"} and "read | 2" in res.stdout
+    (toy / "README.md").write_text("notes\n")  # what no step reads changes nothing
+    assert statuses(itwin("cfg.yml", cwd=toy)) == {"read": "up to date"}
+
+
+def test_image_tag_does_not_change_with_run_state(toy, docker_client, no_leftovers):
+    """Defect 4: a Dockerfile env at the project root hashes the tree without .itwin-run/ and the datasets."""
+    (toy / "Dockerfile").write_text((toy / "envs/summarize/Dockerfile").read_text())
+    wf = toy / "workflow.yml"
+    wf.write_text(wf.read_text().replace("file: ./envs/summarize/Dockerfile", "file: ./Dockerfile"))
+    first = itwin("build", "workflow.yml", cwd=toy)
+    assert first.returncode == 0, first.stderr
+    assert itwin("workflow.yml", cwd=toy).returncode == 0
+    again = itwin("build", "workflow.yml", cwd=toy)
+    assert again.stdout == first.stdout and "built" not in again.stderr
+
+
+def test_cwl_flags_are_honoured_or_refused(toy, docker_client):
+    """Defect 5: --cwl refuses what it cannot honour (exit 2, one line) instead of ignoring it."""
+    (toy / "workflow.yml").write_text((toy / "workflow.yml").read_text() + "\nworkflowFileCWL: cwl/workflow.cwl\n")
+    for args in (["--only", "square"], ["--executor", "slurm"], ["--from", "square"], ["--user", "1:1"]):
+        res = itwin("--cwl", *args, "workflow.yml", cwd=toy)
+        assert res.returncode == 2 and res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr, args

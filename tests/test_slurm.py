@@ -60,7 +60,7 @@ def test_toy_workflow_under_slurm_matches_local(toy, slurm_env, docker_client, n
     for step in ("generate", "square", "summarize"):
         assert f"{step}: COMPLETED" in res.stderr
     again = slurm("workflow.yml", cwd=toy, env=slurm_env)  # resume: nothing is resubmitted
-    assert again.returncode == 0 and "submitted" not in again.stderr and again.stderr.count("up to date") == 3
+    assert again.returncode == 0 and "submitted" not in again.stderr and again.stderr.count(": up to date") == 3
 
 
 def test_failure_cancels_dependents_and_resume_resubmits_only_what_is_needed(toy, slurm_env):

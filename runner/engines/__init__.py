@@ -1,23 +1,33 @@
-"""Container engines behind one protocol (runner.engines.base.Engine)."""
+"""Container engines: each module here gives an ImageBuilder and a StepRunner (runner.engines.base)."""
 
 from __future__ import annotations
 
-from runner.engines.base import Engine, Job, Mount
-from runner.errors import UserError
+import importlib
 
-ENGINES = ("docker", "apptainer")
+from runner.engines.base import Cancelled, ImageBuilder, Job, Mount, StepRunner
+from runner.errors import UsageError
 
-
-def get_engine(name: str, **kwargs: object) -> Engine:
-    if name == "docker":
-        from runner.engines.docker import DockerEngine
-
-        return DockerEngine(**kwargs)  # type: ignore[arg-type]
-    if name in ("apptainer", "singularity"):
-        from runner.engines.apptainer import ApptainerEngine
-
-        return ApptainerEngine(**kwargs)  # type: ignore[arg-type]
-    raise UserError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
+# engine name -> (module, builder class, runner class)
+ENGINES = {"docker": ("runner.engines.docker", "DockerBuilder", "DockerRunner"),
+           "apptainer": ("runner.engines.apptainer", "ApptainerBuilder", "ApptainerRunner")}
+ALIASES = {"singularity": "apptainer"}
 
 
-__all__ = ["Engine", "Job", "Mount", "get_engine", "ENGINES"]
+def _entry(name: str) -> tuple:
+    name = ALIASES.get(name, name)
+    if name not in ENGINES:
+        raise UsageError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
+    module, builder, runner = ENGINES[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, builder), getattr(mod, runner)
+
+
+def get_builder(name: str, **kwargs: object) -> ImageBuilder:
+    return _entry(name)[0](**kwargs)
+
+
+def get_runner(name: str) -> StepRunner:
+    return _entry(name)[1]()
+
+
+__all__ = ["Cancelled", "ImageBuilder", "Job", "Mount", "StepRunner", "get_builder", "get_runner", "ENGINES"]

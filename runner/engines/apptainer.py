@@ -1,4 +1,5 @@
-"""Apptainer (or SingularityCE) engine for HPC nodes: steps run as `apptainer exec` of SIF images, through spython.
+"""Apptainer (or SingularityCE) engine for HPC nodes: ApptainerBuilder makes SIFs, ApptainerRunner runs steps as
+`apptainer exec` of them, through spython.
 
 Images come, in this order, from the local SIF cache, from converting the step's Docker image (built by the Docker
 engine where a daemon answers), or from a registry (`docker://`, `oras://`) for prebuilt images."""
@@ -9,12 +10,13 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from runner import ui
-from runner.engines.base import Job
+from runner.engines.base import Cancelled, Job
 from runner.errors import UserError
 from runner.images import BuildOptions, ImageSpec
 
@@ -46,33 +48,23 @@ def _executable() -> str:
     return exe
 
 
-class ApptainerEngine:
+class ApptainerBuilder:
     name = "apptainer"
-    cwltool_args = ["--singularity"]  # cwltool's Singularity/Apptainer support; dockerImageId is the SIF path
-    # cwltool binds a Singularity tool's output directory as its HOME, which a dockerOutputDirectory under a path
-    # Apptainer shares from the host (/tmp, the project) does not reach: outputs stay at cwltool's own path.
-    cwl_output_at_dataset = False
 
     def __init__(self, parent: str | None = None, verbose: bool = False):
         self.parent, self.verbose = parent, verbose
         self.exe = _executable()
-        import spython.utils
-        from spython.main import Client
-
-        # spython checks the installation (`singularity --version`) before every exec; _executable() has checked it,
-        # and a check per step would add a process start to each step.
-        spython.utils.check_install = lambda *args, **kwargs: True
-        self.client = Client
         self._docker = None
+        self._origin: dict[str, str] = {}  # SIF -> the Docker image it was converted from
 
     # ------------------------------------------------------------ images
 
     def _docker_engine(self):
         """The Docker engine, when a daemon answers here (to build step images and convert them)."""
         if self._docker is None:
-            from runner.engines.docker import DockerEngine
+            from runner.engines.docker import DockerBuilder
 
-            engine = DockerEngine(parent=self.parent, verbose=self.verbose)
+            engine = DockerBuilder(parent=self.parent, verbose=self.verbose)
             try:
                 engine.client  # noqa: B018 - connects
             except UserError:
@@ -95,6 +87,7 @@ class ApptainerEngine:
                 return self._convert(ref, sif, spec.step, build)
             docker = self._docker_engine()
             if docker and docker._image_id(ref):
+                self._origin[str(sif)] = ref
                 return self._convert(f"docker-daemon://{ref}", sif, spec.step, build)
             return self._convert(f"docker://{ref}", sif, spec.step, build)
         digest = spec.spec_digest(opts)
@@ -108,6 +101,7 @@ class ApptainerEngine:
                             "one: run `itwin-run build --engine apptainer` where Docker is available and copy the cache")
         ref, present = docker.resolve(spec, opts, build=build)
         sif = cache / f"{digest}-{ref.rsplit(':', 1)[1]}{_suffix()}.sif"
+        self._origin[str(sif)] = ref
         if not present:
             return str(sif), sif.is_file()
         return self._convert(f"docker-daemon://{ref}", sif, spec.step, build)
@@ -145,10 +139,30 @@ class ApptainerEngine:
         ui.say(f" {sif} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="converted")
         return str(sif), True
 
+    def _need_docker(self, what: str):
+        docker = self._docker_engine()
+        if docker is None:
+            raise UserError(f"{what} needs a Docker daemon here (the SIFs are made from Docker images)")
+        return docker
+
+    def base(self, bootstrap: bool = False) -> str:
+        return self._need_docker("the base image").base(bootstrap)
+
+    def push(self, ref: str, target: str) -> str:
+        """Push the OCI image the SIF was made from: a lock file then serves Docker and Apptainer (docker://)."""
+        origin = self._origin.get(ref)
+        if origin is None:
+            raise UserError(f"{ref}: not converted from a Docker image here, so there is nothing to push")
+        return self._need_docker("--push").push(origin, target)
+
     def save(self, refs: list[str], dest: Path) -> list[Path]:
-        """Copy the SIFs into dest/sif (a cluster's nodes load them into their SIF cache)."""
+        """The SIFs into dest/sif (a cluster's nodes load them into their SIF cache), and the Docker images they
+        were made from, where a daemon holds them."""
         (dest / "sif").mkdir(parents=True, exist_ok=True)
         out = []
+        origins = [self._origin[r] for r in refs if r in self._origin]
+        if origins:
+            out += self._need_docker("saving images").save(origins, dest)
         for sif in dict.fromkeys(refs):
             target = dest / "sif" / Path(sif).name
             shutil.copyfile(sif, target)
@@ -170,13 +184,40 @@ class ApptainerEngine:
             raise UserError(f"{src}: no SIFs in {src / 'sif'} (save them with `itwin-run build --save DIR --engine apptainer`)")
         return loaded
 
-    # ------------------------------------------------------------ running
+
+
+class ApptainerRunner:
+    """Steps as `apptainer exec` with --cleanenv --containall (and --no-privs as root): as the caller, the
+    project read-only, inputs read-only, the output read-write, all at their host paths."""
+
+    name = "apptainer"
+    cwltool_args = ["--singularity"]  # cwltool's Singularity/Apptainer support; dockerImageId is the SIF path
+    # cwltool binds a Singularity tool's output directory as its HOME, which a dockerOutputDirectory under a path
+    # Apptainer shares from the host (/tmp, the project) does not reach: outputs stay at cwltool's own path.
+    cwl_output_at_dataset = False
+
+    def __init__(self) -> None:
+        _executable()
+        import spython.utils
+        from spython.main import Client
+
+        # spython checks the installation (`singularity --version`) before every exec; _executable() has checked it,
+        # and a check per step would add a process start to each step.
+        spython.utils.check_install = lambda *args, **kwargs: True
+        self.client = Client
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def default_user(self, root: Path) -> str:
+        return f"{os.getuid()}:{os.getgid()}"  # apptainer runs as the caller; as root, without privileges
 
     def begin(self, labels: dict[str, str]) -> None:
         pass
 
     def interrupt(self, force: bool) -> None:
         """SIGTERM (SIGKILL when forced) to the apptainer processes this runner started (its children)."""
+        with self._lock:
+            self._cancelled = True
         me = os.getpid()
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -192,16 +233,24 @@ class ApptainerEngine:
     def end(self) -> None:
         pass
 
+    def stop(self, ids: list[str], force: bool) -> None:
+        self.interrupt(force)  # cwltool's apptainer processes are in its process group, which the executor ends
+
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         me = f"{os.getuid()}:{os.getgid()}"
         if job.user != me:
             raise UserError(f"step {job.step!r}: apptainer runs steps as the calling user ({me}); "
                             f"--user {job.user} needs the Docker engine")
         options = ["--cleanenv", "--containall", "--pwd", str(job.workdir)]
+        if os.getuid() == 0:
+            options.append("--no-privs")
         for m in job.mounts:
             options += ["--bind", f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}"]
         for key, value in job.env.items():
             options += ["--env", f"{key}={value}"]
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled(job.step)
         stream = self.client.execute(job.image, job.argv, options=options, nv=bool(job.gpus), stream=True,
                                      stream_type="both", quiet=True)
         try:
@@ -209,9 +258,6 @@ class ApptainerEngine:
                 on_line(line.rstrip("\n"))
         except subprocess.CalledProcessError as exc:
             return exc.returncode
-        return 0
-
-    def cleanup(self, labels: dict[str, str]) -> int:
         return 0
 
 

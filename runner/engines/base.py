@@ -1,4 +1,6 @@
-"""The engine protocol: every container engine is a small class with these methods."""
+"""The engine protocols. An engine is two small classes: an ImageBuilder (step images: resolve, base, push, save,
+load) and a StepRunner (run a step in a container: begin, run, interrupt, end). Adding an engine is adding one
+module under runner/engines/ with both, and its name in runner.engines.ENGINES."""
 
 from __future__ import annotations
 
@@ -32,30 +34,23 @@ class Job:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-class Engine(Protocol):
+class Cancelled(Exception):
+    """The run was cancelled before this step's container (or process) started: nothing ran."""
+
+
+class ImageBuilder(Protocol):
     name: str
-    cwltool_args: list[str]  # how cwltool runs DockerRequirement tools with this engine
-    cwl_output_at_dataset: bool  # whether cwltool can put a tool's output directory at the dataset's own path
 
     def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
         """The runnable reference for a spec and whether it is present; builds (or pulls) it when `build`."""
         ...
 
-    def begin(self, labels: dict[str, str]) -> None:
-        """A run starts: set up what its steps share (labelled with `labels`)."""
+    def base(self, bootstrap: bool = False) -> str:
+        """Make sure the project base image exists (bootstrapping its parent offline when asked); its reference."""
         ...
 
-    def end(self) -> None:
-        """The run is over (or interrupted): remove what begin() set up."""
-        ...
-
-    def run(self, job: Job, on_line: Callable[[str], None]) -> int:
-        """Run a job to completion, calling on_line for each output line; returns its exit code.
-        The container (or process) is gone when this returns or raises."""
-        ...
-
-    def interrupt(self, force: bool) -> None:
-        """Stop every step of this run that is running (kill at once when `force`); run() then returns."""
+    def push(self, ref: str, target: str) -> str:
+        """Publish a resolved image under `target` (HOST[:PORT]/NS/NAME:TAG); returns the pinned `target@digest`."""
         ...
 
     def save(self, refs: list[str], dest: Path) -> list[Path]:
@@ -66,6 +61,34 @@ class Engine(Protocol):
         """Make images saved into src by save() available to this engine."""
         ...
 
-    def cleanup(self, labels: dict[str, str]) -> int:
-        """Remove whatever this engine left with these labels; returns how many."""
+
+class StepRunner(Protocol):
+    name: str
+    cwltool_args: list[str]  # how cwltool runs DockerRequirement tools with this engine
+    cwl_output_at_dataset: bool  # whether cwltool can put a tool's output directory at the dataset's own path
+
+    def default_user(self, root: Path) -> str:
+        """The uid:gid steps run as when --user is not given."""
+        ...
+
+    def begin(self, labels: dict[str, str]) -> None:
+        """A run starts: set up what its steps share (labelled with `labels`)."""
+        ...
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> int:
+        """Run a job to completion, calling on_line for each output line; returns its exit code. Raises Cancelled
+        when interrupt() came first. The container (or process) is gone when this returns or raises."""
+        ...
+
+    def interrupt(self, force: bool) -> None:
+        """Stop every step of this run, running or about to start (kill at once when `force`); from now on run()
+        starts nothing."""
+        ...
+
+    def end(self) -> None:
+        """The run is over (or interrupted): remove what begin() set up."""
+        ...
+
+    def stop(self, ids: list[str], force: bool) -> None:
+        """Stop containers another tool started with this engine (cwltool's, by id)."""
         ...

@@ -1,4 +1,4 @@
-"""Docker engine: builds step images and runs steps through docker-py (no docker CLI)."""
+"""Docker engine through docker-py (no docker CLI): DockerBuilder makes step images, DockerRunner runs steps."""
 
 from __future__ import annotations
 
@@ -18,19 +18,44 @@ import docker.errors
 from docker.types import DeviceRequest
 
 from runner import ui
-from runner.engines.base import Job
+from runner.engines.base import Cancelled, Job
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, PROJECT, BuildOptions, ImageSpec
 
 DEFAULT_PARENT = "python:3.11-slim"
 BOOTSTRAP_PARENT = "itwin-run/parent:bookworm"  # made offline by images/bootstrap-parent.sh
 SHM_SIZE = "1g"  # DataLoader workers need more than Docker's 64 MB /dev/shm
+PIDS_LIMIT = 1024  # processes and threads a step may have (ITWIN_RUN_PIDS_LIMIT): a fork bomb stops there
+UNPRIVILEGED = "65534:65534"  # nobody: what steps run as when root starts itwin-run in a root-owned project
 _ERROR_LINE = re.compile(r"(error|ERROR|E: |No matching distribution|Could not find|failed|returned a non-zero)")
 
 
 def _daemon_error(exc: Exception) -> UserError:
     return UserError(f"cannot reach the Docker daemon ({exc.__class__.__name__}): start dockerd "
                      "(as root: `dockerd &`, or `make engine`) or point DOCKER_HOST at a running one")
+
+
+_clients: dict[str, docker.DockerClient] = {}
+
+
+def client() -> docker.DockerClient:
+    """One docker-py client per DOCKER_HOST, connected on first use; one clear line when no daemon answers."""
+    key = os.environ.get("DOCKER_HOST", "")
+    if key not in _clients:
+        try:
+            c = docker.from_env(timeout=600)
+            c.api.ping()
+        except Exception as exc:  # docker-py's and requests' connection errors
+            raise _daemon_error(exc) from None
+        _clients[key] = c
+    return _clients[key]
+
+
+def security_options() -> dict[str, Any]:
+    """Least privilege for every container itwin-run starts: no capabilities, no new privileges, a pids limit;
+    never privileged, no host namespaces."""
+    return {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "privileged": False,
+            "pids_limit": int(os.environ.get("ITWIN_RUN_PIDS_LIMIT") or PIDS_LIMIT)}
 
 
 def gpu_requests(gpus: str | int | list[int] | None) -> list[DeviceRequest]:
@@ -111,8 +136,8 @@ class _Pod:
 
     def _start(self, image: str, labels: dict[str, str]) -> None:
         try:
-            host = self.api.create_host_config(init=True, security_opt=["no-new-privileges"], auto_remove=True)
-            self.id = self.api.create_container(image, command=["sleep", "infinity"], user="65534:65534", labels=labels,
+            host = self.api.create_host_config(init=True, auto_remove=True, **security_options())
+            self.id = self.api.create_container(image, command=["sleep", "infinity"], user=UNPRIVILEGED, labels=labels,
                                                 host_config=host, detach=True)["Id"]
             self.api.start(self.id)
         except docker.errors.DockerException as exc:
@@ -137,33 +162,17 @@ class _Pod:
                 pass
 
 
-class DockerEngine:
+class DockerBuilder:
     name = "docker"
-    cwltool_args: list[str] = []
-    cwl_output_at_dataset = True  # DockerRequirement.dockerOutputDirectory
 
     def __init__(self, parent: str | None = None, verbose: bool = False):
         self.parent = parent or os.environ.get("ITWIN_RUN_BASE_PARENT") or None
         self.verbose = verbose
-        self._client: docker.DockerClient | None = None
         self._base: tuple[str, str] | None = None
-        self._pod: _Pod | None = None
-        self._labels: dict[str, str] = {}
-        self._pod_lock = threading.Lock()
-
-    # ------------------------------------------------------------ daemon
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            try:
-                self._client = docker.from_env(timeout=600)
-                self._client.api.ping()
-            except docker.errors.DockerException as exc:
-                raise _daemon_error(exc) from None
-            except Exception as exc:  # requests' connection errors
-                raise _daemon_error(exc) from None
-        return self._client
+        return client()
 
     def _image_id(self, ref: str) -> str | None:
         try:
@@ -177,7 +186,18 @@ class DockerEngine:
 
     # ------------------------------------------------------------ base image
 
-    def base(self, build: bool = True) -> tuple[str, str]:
+    def base(self, bootstrap: bool = False) -> str:
+        """The project base image, built when missing; its parent bootstrapped offline (debootstrap) when asked and
+        no parent is local or pullable."""
+        if bootstrap and not self.parent and not (self._image_id(DEFAULT_PARENT) or self._image_id(BOOTSTRAP_PARENT)):
+            try:
+                self.client.images.pull(DEFAULT_PARENT)
+            except docker.errors.DockerException:
+                ui.say(f"{DEFAULT_PARENT} cannot be pulled: bootstrapping a parent offline")
+                self.bootstrap_parent()
+        return self.base_image()[0]
+
+    def base_image(self, build: bool = True) -> tuple[str, str]:
         """(reference, id) of the project base image, built from Dockerfile.base when missing."""
         if self._base:
             return self._base
@@ -239,7 +259,7 @@ class DockerEngine:
                 return spec.image, present
             self.pull(spec.image, spec.step)
             return spec.image, True
-        base_ref, base_id = self.base(build=build)
+        base_ref, base_id = self.base_image(build=build)
         if not base_id:
             return f"{spec.name}:<after base build>", False
         ref = spec.tag(base_id, opts)
@@ -294,7 +314,7 @@ class DockerEngine:
     def save(self, refs: list[str], dest: Path) -> list[Path]:
         """`docker save` each image (and the base image and its parent, so that content tags match on the other
         side) into dest, for sites with no registry."""
-        base_ref, _ = self.base()
+        base_ref, _ = self.base_image()
         parent, _ = self._parent()
         out = []
         for ref in dict.fromkeys([parent, base_ref, *refs]):
@@ -360,19 +380,45 @@ class DockerEngine:
                             f"{detail}")
         ui.say(f" {ref} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="built")
 
+class DockerRunner:
+    """Runs steps as containers: the caller's uid (an unprivileged one when root), no capabilities, the project
+    read-only, inputs read-only, the output read-write, all at their host paths; the run's steps share one network
+    namespace (see _Pod)."""
+
+    name = "docker"
+    cwltool_args: list[str] = []
+    cwl_output_at_dataset = True  # DockerRequirement.dockerOutputDirectory
+
+    def __init__(self) -> None:
+        self._pod: _Pod | None = None
+        self._labels: dict[str, str] = {}
+        self._pod_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _active and _cancelled: no container starts after interrupt()
+        self._active: set[str] = set()
+        self._cancelled = False
+        self._forced = False
+
+    def default_user(self, root: Path) -> str:
+        """Your uid:gid; when you are root, the project directory's owner, or nobody (65534) for a root-owned
+        project: a workflow file gets no root in its containers unless `--user 0:0` asks for it."""
+        if os.getuid() != 0:
+            return f"{os.getuid()}:{os.getgid()}"
+        st = root.stat()
+        return f"{st.st_uid}:{st.st_gid}" if st.st_uid != 0 else UNPRIVILEGED
+
     # ------------------------------------------------------------ running
 
     def begin(self, labels: dict[str, str]) -> None:
         self._labels = labels
-        self._pod_lock = threading.Lock()
 
-    def _network(self) -> str | None:
+    def _network(self, image: str) -> str | None:
         """The run's network holder (see _Pod), started with the run's first step: a run whose steps are all up to
-        date starts no container."""
+        date starts no container. It runs the base image (any step image will do where there is none)."""
         with self._pod_lock:
             if self._pod is None:
                 labels = {f"{LABEL}.managed": "1", f"{LABEL}.role": "network", **self._labels}
-                self._pod = _Pod(self.client.api, self.base()[0], labels)
+                pod_image = "itwin-run/base:latest" if DockerBuilder()._image_id("itwin-run/base:latest") else image
+                self._pod = _Pod(client().api, pod_image, labels)
         return self._pod.network_mode()
 
     def end(self) -> None:
@@ -381,34 +427,57 @@ class DockerEngine:
             self._pod = None
 
     def interrupt(self, force: bool) -> None:
+        """Stop the run's containers, started or only created, and start no new one."""
+        with self._lock:
+            self._cancelled = True
+            self._forced = self._forced or force
+            ids = list(self._active)
+        api = client().api
         filters = {"label": [f"{k}={v}" for k, v in self._labels.items()]}
-        threads = []
-        for c in self.client.api.containers(filters=filters):
-            if c["Labels"].get(f"{LABEL}.role") == "network":
-                continue
-            stop = self.client.api.kill if force else (lambda cid: self.client.api.stop(cid, timeout=8))
-            threads.append(threading.Thread(target=stop, args=(c["Id"],), daemon=True))
-            threads[-1].start()
+        if self._labels:  # and any a step thread has not registered yet
+            ids += [c["Id"] for c in api.containers(all=True, filters=filters)
+                    if c["Labels"].get(f"{LABEL}.role") != "network" and c["Id"] not in ids]
+        threads = [threading.Thread(target=self._stop, args=(cid, force), daemon=True) for cid in ids]
         for t in threads:
-            t.join(timeout=10)
+            t.start()
+        for t in threads:
+            t.join(timeout=12)
+
+    def stop(self, ids: list[str], force: bool) -> None:
+        for cid in ids:
+            self._stop(cid, force)
+
+    @staticmethod
+    def _stop(cid: str, force: bool) -> None:
+        try:
+            if force:
+                client().api.kill(cid)
+            else:
+                client().api.stop(cid, timeout=4)
+        except docker.errors.APIError:
+            pass  # gone already, or never started
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
-        api = self.client.api
+        api = client().api
         binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
-        network = self._network() if self._labels else None
+        network = self._network(job.image) if self._labels else None
         host_config = api.create_host_config(
-            binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None,
-            security_opt=["no-new-privileges"], init=True, network_mode=network)
-        try:
-            container = api.create_container(
-                job.image, command=job.argv, user=job.user, working_dir=str(job.workdir),
-                environment=job.env, labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config,
-                detach=True)
-        except docker.errors.ImageNotFound:
-            raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
-        except docker.errors.APIError as exc:
-            raise UserError(f"step {job.step!r}: docker could not create the container: {exc.explanation or exc}") from None
-        cid = container["Id"]
+            binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None, init=True,
+            network_mode=network, **security_options())
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled(job.step)
+            try:
+                cid = api.create_container(
+                    job.image, command=job.argv, user=job.user, working_dir=str(job.workdir),
+                    environment=job.env, labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config,
+                    detach=True)["Id"]
+            except docker.errors.ImageNotFound:
+                raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
+            except docker.errors.APIError as exc:
+                raise UserError(f"step {job.step!r}: docker could not create the container: "
+                                f"{exc.explanation or exc}") from None
+            self._active.add(cid)
         try:
             try:
                 api.start(cid)
@@ -418,6 +487,10 @@ class DockerEngine:
                     raise UserError(f"step {job.step!r} asks for GPUs ({job.gpus}) but this Docker daemon has no "
                                     "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
                 raise UserError(f"step {job.step!r}: docker could not start the container: {msg}") from None
+            with self._lock:
+                cancelled, forced = self._cancelled, self._forced
+            if cancelled:  # interrupt() came between create and start: it could not stop what had not started
+                self._stop(cid, forced)
             # Ask for the exit status while the output streams: the daemon answers as soon as the container exits.
             waiter = _Waiter(api, cid)
             pending = b""
@@ -429,18 +502,10 @@ class DockerEngine:
             if pending:
                 on_line(pending.decode("utf-8", "replace"))
             return waiter.result()
-        except KeyboardInterrupt:
-            api.stop(cid, timeout=5)
-            raise
         finally:
+            with self._lock:
+                self._active.discard(cid)
             try:
                 api.remove_container(cid, force=True)
             except docker.errors.APIError:
                 pass
-
-    def cleanup(self, labels: dict[str, str]) -> int:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        found = self.client.api.containers(all=True, filters=filters)
-        for c in found:
-            self.client.api.remove_container(c["Id"], force=True)
-        return len(found)

@@ -1,0 +1,89 @@
+"""An in-process fake engine for the fast tier: the run session's semantics in seconds, no daemon. Never used by a
+test that claims an engine works: those run against the real one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.engines.base import Cancelled, Job
+from runner.errors import UserError
+
+
+class FakeBuilder:
+    name = "fake"
+
+    def __init__(self, on_resolve: Callable[[str], None] | None = None):
+        self.on_resolve = on_resolve
+        self.resolved: list[str] = []
+
+    def resolve(self, spec, opts, *, build: bool = True) -> tuple[str, bool]:
+        if self.on_resolve:
+            self.on_resolve(spec.step)
+        self.resolved.append(spec.step)
+        return f"fake/{spec.name}", True
+
+
+class FakeRunner:
+    """Each step's behaviour comes from `plan[step]`: a callable(job) -> exit code, run in the step's thread. It can
+    wait on `self.stopped` (set by interrupt) to stand for a container that stops on SIGTERM."""
+
+    name = "fake"
+    cwltool_args: list[str] = []
+    cwl_output_at_dataset = True
+
+    def __init__(self, plan: dict[str, Callable[[Job], int]] | None = None):
+        self.plan = plan or {}
+        self.started: list[str] = []  # containers created
+        self.events: list[tuple[float, str, str]] = []
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self.refused_after_cancel: list[str] = []
+
+    def default_user(self, root: Path) -> str:
+        return "1000:1000"
+
+    def begin(self, labels):
+        pass
+
+    def end(self):
+        pass
+
+    def stop(self, ids, force):
+        pass
+
+    def interrupt(self, force: bool) -> None:
+        with self._lock:
+            self.stopped.set()
+
+    def run(self, job: Job, on_line) -> int:
+        with self._lock:
+            if self.stopped.is_set():
+                self.refused_after_cancel.append(job.step)
+                raise Cancelled(job.step)
+            self.started.append(job.step)
+        self.events.append((time.monotonic(), "start", job.step))
+        on_line(f"running {job.step}")
+        try:
+            action = self.plan.get(job.step)
+            code = action(job) if action else 0
+        finally:
+            self.events.append((time.monotonic(), "end", job.step))
+        return code
+
+
+def engine_error(job: Job) -> int:
+    raise UserError(f"step {job.step!r} asks for GPUs (all) but this Docker daemon has no NVIDIA runtime")
+
+
+def sleeps(seconds: float) -> Callable[[Job], int]:
+    def act(job: Job) -> int:
+        time.sleep(seconds)
+        return 0
+    return act
+
+
+def fails(code: int) -> Callable[[Job], int]:
+    return lambda job: code

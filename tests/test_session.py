@@ -1,0 +1,258 @@
+"""The run session's semantics against an in-process fake engine (the fast tier, `make test-fast`): ordering,
+--jobs, selection, up-to-date skipping and fingerprints, failures, cancellation at every moment, --keep-going."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import session, workflow
+from runner.errors import StepFailed
+from runner.executors.local import LocalExecutor
+from runner.state import State
+from tests.fakes import FakeBuilder, FakeRunner, engine_error, fails, sleeps
+
+CHAIN = """
+datasets:
+  a: {location: ./data/a}
+  b: {location: ./data/b}
+  c: {location: ./data/c}
+steps:
+  - one: {output: a, command: "python one.py", env: {file: env.txt}}
+  - two: {input: a, output: b, command: "python two.py", env: {file: env.txt}}
+  - three: {input: b, output: c, command: "python three.py", env: {file: env.txt}}
+"""
+FORK = """
+datasets:
+  a: {location: ./data/a}
+  b: {location: ./data/b}
+  c: {location: ./data/c}
+steps:
+  - a: {output: a, command: "python a.py", env: {file: env.txt}}
+  - b: {output: b, command: "python b.py", env: {file: env.txt}}
+  - c: {input: [a, b], output: c, command: "python c.py", env: {file: env.txt}}
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "env.txt").write_text("")
+    for name in ("one", "two", "three", "a", "b", "c"):
+        (tmp_path / f"{name}.py").write_text("print('hi')\n")
+    (tmp_path / "chain.yml").write_text(CHAIN)
+    (tmp_path / "fork.yml").write_text(FORK)
+    return tmp_path
+
+
+def run(project: Path, runner: FakeRunner, wf: str = "chain.yml", builder: FakeBuilder | None = None,
+        **opts) -> session.RunSession:
+    w = workflow.load(project / wf, root=project)
+    s = session.RunSession(w, builder or FakeBuilder(), runner, LocalExecutor(runner, opts.get("jobs", 1)),
+                           session.RunOptions(**opts))
+    s.run()
+    return s
+
+
+def last_manifest(project: Path) -> dict:
+    manifests = [json.loads(p.read_text()) for p in (project / ".itwin-run/runs").glob("*/manifest.json")]
+    return max(manifests, key=lambda m: m["started"])
+
+
+def test_order_and_up_to_date(project):
+    r = FakeRunner()
+    s = run(project, r)
+    assert r.started == ["one", "two", "three"] and set(s.status.values()) == {"done"}
+    r2 = FakeRunner()
+    s = run(project, r2)
+    assert r2.started == [] and set(s.status.values()) == {"up to date"}
+
+
+def test_jobs_run_independent_steps_together(project):
+    r = FakeRunner({"a": sleeps(0.5), "b": sleeps(0.5)})
+    t0 = time.monotonic()
+    run(project, r, "fork.yml", jobs=2)
+    assert time.monotonic() - t0 < 0.95  # a and b overlapped
+    ends = {step: t for t, kind, step in r.events if kind == "end"}
+    starts = {step: t for t, kind, step in r.events if kind == "start"}
+    assert starts["c"] >= max(ends["a"], ends["b"])
+
+
+def test_selection(project):
+    r = FakeRunner()
+    s = run(project, r, until="two")
+    assert r.started == ["one", "two"] and "three" not in s.status
+    r = FakeRunner()
+    run(project, r, only=["three"])
+    assert r.started == ["three"]
+    r = FakeRunner()
+    run(project, r, from_="two", force=[])
+    assert r.started == ["two", "three"]
+
+
+def test_a_file_named_by_a_file_the_step_reads_reruns_it(project):
+    """Defect 3: `--config a.txt` where a.txt names b.txt; editing b.txt must rerun the step."""
+    (project / "a.txt").write_text("b.txt\n")
+    (project / "b.txt").write_text("1\n")
+    (project / "chain.yml").write_text(CHAIN.replace('"python one.py"', '"python one.py --config a.txt"'))
+    run(project, FakeRunner())
+    (project / "b.txt").write_text("2\n")
+    r = FakeRunner()
+    run(project, r)
+    assert r.started == ["one", "two", "three"]
+
+
+def test_docs_logs_and_branch_switches_rerun_nothing(project):
+    run(project, FakeRunner())
+    (project / "README.md").write_text("edited\n")
+    (project / "run.log").write_text("a log\n")
+    script = project / "two.py"
+    script.write_text("print('changed')\n")  # a branch switch away ...
+    script.write_text("print('hi')\n")  # ... and back: same content, new mtime
+    os.utime(script, (time.time() + 5, time.time() + 5))
+    r = FakeRunner()
+    run(project, r)
+    assert r.started == []
+
+
+def test_depends_narrows_the_fingerprint(project):
+    (project / "chain.yml").write_text(CHAIN.replace('command: "python one.py",',
+                                                     'command: "python one.py", depends: ["one.py"],'))
+    run(project, FakeRunner())
+    (project / "unrelated.py").write_text("x = 1\n")
+    r = FakeRunner()
+    run(project, r)
+    assert r.started == ["two", "three"]  # one is narrowed to one.py; the others see the whole project
+
+
+def test_records_are_keyed_by_workflow_file_and_step(project):
+    """Defect 3: two workflows with a step of the same name keep their own records."""
+    (project / "other.yml").write_text(CHAIN.replace("./data/a", "./data/x").replace("./data/b", "./data/y")
+                                       .replace("./data/c", "./data/z"))
+    run(project, FakeRunner())
+    run(project, FakeRunner(), "other.yml")
+    r = FakeRunner()
+    run(project, r)
+    assert r.started == []
+    keys = sorted(str(p.relative_to(project / ".itwin-run/steps")) for p in (project / ".itwin-run/steps").glob("*/*.json"))
+    assert keys == ["chain.yml/one.json", "chain.yml/three.json", "chain.yml/two.json",
+                    "other.yml/one.json", "other.yml/three.json", "other.yml/two.json"]
+
+
+def test_engine_error_fails_the_step_and_the_run(project):
+    """Defect 2: an engine's error (GPU refused) is a failed step and a failed run, in the manifest too."""
+    r = FakeRunner({"two": engine_error})
+    with pytest.raises(StepFailed) as exc:
+        run(project, r)
+    assert "NVIDIA runtime" in str(exc.value) and exc.value.exit_code == 1
+    m = last_manifest(project)
+    assert m["status"] == "failed"
+    assert [m["steps"][s]["status"] for s in ("one", "two", "three")] == ["done", "failed", "skipped: upstream failed"]
+    assert not State(project).record("chain.yml/two")
+
+
+def test_failure_stops_running_siblings_unless_keep_going(project):
+    def wait_for_stop(job):
+        r.stopped.wait(10)
+        return 143
+
+    r = FakeRunner({"a": fails(3), "b": wait_for_stop})
+    t0 = time.monotonic()
+    with pytest.raises(StepFailed) as exc:
+        run(project, r, "fork.yml", jobs=2)
+    assert exc.value.exit_code == 3 and time.monotonic() - t0 < 5
+    m = last_manifest(project)
+    assert m["steps"]["b"]["status"] == "stopped: another step failed" and m["steps"]["c"]["status"].startswith("skipped")
+    r = FakeRunner({"a": fails(3), "b": sleeps(0.3)})
+    with pytest.raises(StepFailed):
+        run(project, r, "fork.yml", jobs=2, keep_going=True)
+    assert last_manifest(project)["steps"]["b"]["status"] == "done"
+
+
+def kill_self(sig: int, after: float = 0.0) -> None:
+    threading.Timer(after, os.kill, (os.getpid(), sig)).start()
+
+
+def test_signal_during_image_resolution(project):
+    builder = FakeBuilder(on_resolve=lambda step: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))
+    r = FakeRunner()
+    with pytest.raises(session.Interrupted) as exc:
+        run(project, r, builder=builder)
+    assert exc.value.code == 130 and r.started == []
+    assert last_manifest(project)["status"] == "interrupted"
+
+
+def test_signal_between_containers_starts_no_more(project):
+    """Defect 1: the signal lands after one step's container ended and before the next one exists."""
+    def one(job):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        return 0
+
+    r = FakeRunner({"one": one})
+    with pytest.raises(session.Interrupted):
+        run(project, r)
+    assert r.started == ["one"]
+    m = last_manifest(project)
+    assert m["status"] == "interrupted" and m["steps"]["two"]["status"] == "not run"
+    assert m["steps"]["one"]["status"] == "interrupted"  # it ended after the signal: not trusted
+    assert not (project / ".itwin-run/steps/chain.yml/one.json").exists()
+
+
+def test_step_that_exits_0_on_sigterm_is_not_complete(project):
+    """Defect 1: a cancelled step is never recorded complete, whatever its exit code."""
+    def stops_cleanly(job):
+        r.stopped.wait(30)
+        return 0
+
+    r = FakeRunner({"one": stops_cleanly})
+    kill_self(signal.SIGTERM, 0.3)
+    t0 = time.monotonic()
+    with pytest.raises(session.Interrupted) as exc:
+        run(project, r)
+    assert exc.value.code == 143 and time.monotonic() - t0 < 10
+    m = last_manifest(project)
+    assert m["steps"]["one"]["status"] == "interrupted" and m["status"] == "interrupted"
+    assert not State(project).record("chain.yml/one")
+
+
+def test_cancel_before_the_container_exists(project):
+    """Defect 1: the signal arrives while the step's thread is about to create its container."""
+    gate = threading.Event()
+
+    class Slow(FakeRunner):
+        def run(self, job, on_line):
+            gate.wait(5)  # the container is not created yet when the signal lands
+            return super().run(job, on_line)
+
+    r = Slow()
+    kill_self(signal.SIGINT, 0.2)
+    threading.Timer(0.6, gate.set).start()
+    with pytest.raises(session.Interrupted):
+        run(project, r)
+    assert r.started == [] and r.refused_after_cancel == ["one"]
+    assert last_manifest(project)["steps"]["one"]["status"] == "interrupted"
+
+
+def test_secret_env_vars_are_masked_in_the_manifest_and_log(project):
+    (project / "chain.yml").write_text(CHAIN.replace("env: {file: env.txt}}", "env: {file: env.txt, vars: "
+                                                     "{API_TOKEN: hunter22, MODE: fast}}}", 1))
+
+    def prints_secret(job):
+        return 0
+
+    class Echo(FakeRunner):
+        def run(self, job, on_line):
+            on_line(f"token is {job.env['API_TOKEN']}" if "API_TOKEN" in job.env else "no token")
+            return super().run(job, on_line)
+
+    s = run(project, Echo())
+    m = last_manifest(project)
+    assert m["steps"]["one"]["env"] == {"API_TOKEN": "********", "MODE": "fast"}
+    log = (s.run_dir / "one.log").read_text()
+    assert "hunter22" not in log and "token is ********" in log
