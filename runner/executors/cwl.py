@@ -50,6 +50,7 @@ class CwlExecutor:
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
         self._outcomes: list[Outcome] | None = None
+        self._cancelled = False
         self.run_dir = Path(".")
 
     def check(self, opts, steps: list[StepSpec]) -> None:
@@ -105,6 +106,9 @@ class CwlExecutor:
         return sub.step.name
 
     def poll(self, active: dict[str, Submission], timeout: float) -> list[Outcome]:
+        if self._thread is None and self._cancelled:  # cancelled before cwltool started: it never will
+            self._cancelled = False
+            return [Outcome(s.step.name, "interrupted", ended=time.monotonic()) for s in self.subs]
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
@@ -171,6 +175,7 @@ class CwlExecutor:
         self._outcomes = outs
 
     def cancel(self, active: dict[str, Submission], force: bool, interrupted: bool = True) -> None:
+        self._cancelled = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             try:
