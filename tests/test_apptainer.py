@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def outputs(root: Path) -> dict[str, bytes]:
 
 
 def test_toy_workflow_matches_docker_byte_for_byte(docker_client, apptainer_env, toy, no_leftovers):
-    res = itwin("--engine", "docker", "workflow.yml", cwd=toy, env={"ITWIN_TOY_HOST_VAR": "leak?"})
+    me = f"{os.getuid()}:{os.getgid()}"  # apptainer runs as the caller: the same uid for Docker
+    res = itwin("--engine", "docker", "--user", me, "workflow.yml", cwd=toy, env={"ITWIN_TOY_HOST_VAR": "leak?"})
     assert res.returncode == 0, res.stderr
     docker_out = outputs(toy)
     docker_lines = [ln for ln in res.stdout.splitlines() if "|" in ln]

@@ -64,7 +64,7 @@ def test_cwl_mode_outputs_land_in_datasets(toy, classical, no_leftovers):
     assert res.returncode == 0, res.stderr[-2000:]
     assert outputs(toy / "data") == classical
     assert "cwltool | sum=55" in res.stdout
-    assert (toy / ".itwin-run" / "cwl" / "cwltool.log").is_file()
+    assert len(list((toy / ".itwin-run" / "runs").glob("*/cwltool.log"))) == 1  # kept with the run's record
 
 
 def test_cwl_mode_with_apptainer(toy, classical, apptainer_env, no_leftovers):
@@ -94,11 +94,11 @@ def test_cwl_step_failure_is_surfaced(toy, docker_client, no_leftovers):
     (toy / "steps" / "square.py").write_text("import sys\nprint('about to fail')\nsys.exit(7)\n")
     res = itwin("--cwl", "workflow.yml", cwd=toy)
     assert res.returncode == 1
-    assert "step 'cwltool' failed with exit code 1" in res.stderr
+    assert "step 'square': cwltool reports permanentFail" in res.stderr  # the step, not the tool, is named
     assert "about to fail" in res.stdout
     assert not (toy / "data" / "summary" / "summary.txt").exists()
 
 
 def test_cwl_mode_needs_the_cwl_key(toy):
     res = itwin("--cwl", "workflow.yml", cwd=toy)
-    assert res.returncode == 1 and "workflowFileCWL: --cwl needs the CWL workflow file" in res.stderr
+    assert res.returncode == 2 and "workflowFileCWL: --cwl needs the CWL workflow file" in res.stderr

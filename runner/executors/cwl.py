@@ -73,10 +73,8 @@ class CwlExecutor:
         images = {s.step.name: s.job.image for s in self.subs}
         gpus = {s.step.name: s.job.gpus for s in self.subs}
         ov = overrides(self.wf, self.cwl_file, images, self.runner.cwl_output_at_dataset, gpus)
-        args = [cwltool(), "--disable-color", "--no-warnings", *self.runner.cwltool_args,
+        args = [cwltool(), "--disable-color", *self.runner.cwltool_args,
                 "--on-error", "continue" if self.keep_going else "stop"]
-        if not self.runner.cwltool_args:  # Docker: keep the container ids, so that a cancel can stop them
-            args += ["--record-container-id", "--cidfile-dir", str(workdir / "cids")]
         if self.jobs > 1:
             args.append("--parallel")
         # cwltool's own temporary and staging directories go under the run's, so nothing is left in /tmp
@@ -156,7 +154,8 @@ class CwlExecutor:
         placed = place_outputs(self.wf, result)
         outs = []
         for s in self.subs:
-            name, said = s.step.name, report.get(s.step.name)
+            # cwltool reports each step at INFO level, which --no-warnings hides: success of the whole says it too
+            name, said = s.step.name, report.get(s.step.name) or ("success" if code == 0 else None)
             at_dataset = self.runner.cwl_output_at_dataset or (s.step.output in placed)
             if said == "success" and (at_dataset or not s.step.output):
                 outs.append(Outcome(name, "done", exit_code=0, ended=ended))
@@ -182,8 +181,8 @@ class CwlExecutor:
                 os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        cids = [f.read_text().strip() for f in (self.run_dir / "cwl" / "cids").glob("*.cid")]
-        threading.Thread(target=self.runner.stop, args=(cids, force), daemon=True).start()
+        # the process group holds cwltool's `docker run` clients, which pass the signal on to their containers
+        threading.Thread(target=self.runner.stop, args=([], force), daemon=True).start()
 
     def close(self) -> None:
         if self._thread is not None:
