@@ -251,7 +251,8 @@ class RunSession:
     def _parts(self, step: StepSpec, job: Job) -> dict[str, Any]:
         """What a step's fingerprint is made of, but its inputs (taken when it is checked or done)."""
         if self._files is None:
-            self._files = ProjectFiles(self.wf.root, self.state, list(self.wf.datasets.values()))
+            env_files = [s.env_file for s in self.wf.steps if s.env_file]  # in the image hash already
+            self._files = ProjectFiles(self.wf.root, self.state, [*self.wf.datasets.values(), *env_files])
         return {"image": job.image, "engine": self.runner.name, "argv": job.argv, "env": job.env, "user": job.user,
                 "gpus": job.gpus, "project": self._files.digest(step.depends)}
 
