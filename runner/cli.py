@@ -40,7 +40,7 @@ def _gpus(value: str | None) -> str | int | list[int] | None:
     try:
         return [int(v) for v in value.split(",")]
     except ValueError:
-        raise UserError(f"--gpus: expected 'all', a count or device ids like 0,1; got {value!r}") from None
+        raise UsageError(f"--gpus: expected 'all', a count or device ids like 0,1; got {value!r}") from None
 
 
 def _builder(name: str, parent: str | None = None, verbose: bool = False):
@@ -153,8 +153,7 @@ def build(
         assert registry
         pushed: dict[str, str] = {}
         for ref in dict.fromkeys(refs.values()):
-            name = Path(ref).name.removesuffix(".sif") if ref.endswith(".sif") else ref.removeprefix("itwin-run/")
-            pushed[ref] = builder.push(ref, f"{registry.rstrip('/')}/{name}")
+            pushed[ref] = builder.push(ref, registry)
         shown = {step: pushed[ref] for step, ref in refs.items()}
         pins = pins or wf.path.with_name(wf.path.stem + ".images.json")
         write_pins(pins, wf.path, shown)

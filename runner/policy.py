@@ -6,11 +6,14 @@ reach the host's engine, its system files or someone's credentials; `--allow-mou
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from runner.engines.apptainer import sif_cache
 
 # System locations no dataset may be, be inside of, or contain.
 SYSTEM = ["/proc", "/sys", "/dev", "/run", "/var/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32",
@@ -20,22 +23,27 @@ SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|KEY|CREDENTIAL", re.I)
 MASK = "********"
 
 
-def _homes() -> list[Path]:
-    homes = {Path.home()}
+def _owner_home(path: Path) -> Path | None:
     try:
-        homes |= {Path(p.pw_dir) for p in pwd.getpwall() if p.pw_dir.startswith("/home/")}
+        return Path(pwd.getpwuid(path.stat().st_uid).pw_dir)
+    except (OSError, KeyError):
+        return None
+
+
+@functools.cache
+def _homes() -> tuple[Path, ...]:
+    """Your home, root's, and the folders under /home: found without enumerating the user database (on an HPC
+    login node with LDAP that can be slow or refused)."""
+    homes = {Path.home(), Path("/root")}
+    try:
+        homes |= {d for d in Path("/home").iterdir() if d.is_dir()}
     except OSError:
         pass
-    return sorted(homes)
+    return tuple(sorted(homes))
 
 
-def _sif_cache() -> Path:
-    base = os.environ.get("ITWIN_RUN_SIF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
-                                                         "itwin-run", "sif")
-    return Path(base)
-
-
-def refused() -> list[tuple[Path, str, bool]]:
+@functools.cache
+def refused() -> tuple[tuple[Path, str, bool], ...]:
     """(path, why, whether its inside is refused too). A home directory itself is refused (and its dot-directories,
     in mount_problem), but data under a home directory is not."""
     out = [(Path(p), "a system location", True) for p in SYSTEM]
@@ -43,9 +51,9 @@ def refused() -> list[tuple[Path, str, bool]]:
     host = os.environ.get("DOCKER_HOST", "")
     if host.startswith("unix://"):
         out.append((Path(host.removeprefix("unix://")), "the container engine's socket", True))
-    out.append((_sif_cache(), "itwin-run's SIF cache", True))
+    out.append((sif_cache(), "itwin-run's SIF cache", True))
     out += [(home, "a home directory", False) for home in _homes()]
-    return out
+    return tuple((b, why, inside) for bad, why, inside in out for b in _variants(bad))
 
 
 def _variants(p: Path) -> set[Path]:
@@ -61,16 +69,20 @@ def mount_problem(path: Path, allowed: Iterable[str] = ()) -> str | None:
         for allow in _variants(Path(a).expanduser()):
             if path == allow or allow in path.parents:
                 return None
-    for bad, why, inside in refused():
-        for b in _variants(bad):
-            if path == b or (inside and b in path.parents):
-                return f"{path} is {why}" + ("" if path == b else f" ({b})")
-            if path in b.parents:
-                return f"{path} contains {b}, {why}"
-    for home in _homes():
-        for h in _variants(home):
-            if h in path.parents and path.relative_to(h).parts[0].startswith("."):
-                return f"{path} is in a home directory's dot-directory (credentials, settings)"
+    for b, why, inside in refused():
+        if path == b or (inside and b in path.parents):
+            return f"{path} is {why}" + ("" if path == b else f" ({b})")
+        if path in b.parents:
+            return f"{path} contains {b}, {why}"
+    homes = {b for b, why, _ in refused() if why == "a home directory"}
+    for above in [path, *path.parents]:  # anyone's home, by who owns it (no user database enumeration)
+        if above not in homes and _owner_home(above) == above:
+            if above == path:
+                return f"{path} is a home directory"
+            homes.add(above)
+    for h in homes:
+        if h in path.parents and path.relative_to(h).parts[0].startswith("."):
+            return f"{path} is in a home directory's dot-directory (credentials, settings)"
     if ":" in str(path) or "," in str(path):
         return f"{path}: ':' and ',' in a dataset path cannot be passed to the engines' bind options"
     return None

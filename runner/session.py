@@ -139,9 +139,12 @@ def prepare_output(path: Path, user: str) -> None:
             os.lchown(os.path.join(dirpath, name), uid, gid)
 
 
+def mounts_json(job: Job) -> list[dict[str, Any]]:
+    return [{"source": str(m.source), "target": str(m.target), "read_only": m.read_only} for m in job.mounts]
+
+
 def job_json(job: Job) -> dict[str, Any]:
-    return {**job.__dict__, "workdir": str(job.workdir),
-            "mounts": [{"source": str(m.source), "target": str(m.target), "read_only": m.read_only} for m in job.mounts]}
+    return {**job.__dict__, "workdir": str(job.workdir), "mounts": mounts_json(job)}
 
 
 def step_fingerprint(parts: dict, inputs: dict[str, str]) -> str:
@@ -210,7 +213,7 @@ class RunSession:
 
     def _dry_run(self, steps: list[StepSpec]) -> None:
         images = resolve_images(self.wf, self.builder, self.opts.build, build=False, pinned=self.opts.pinned)
-        subs = [self._submission(s, images[s.name][0], []) for s in steps]
+        subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps]
         self.executor.dry_run(subs, {k: present for k, (_, present) in images.items()})
 
     def _check_inputs(self, steps: list[StepSpec]) -> None:
@@ -241,11 +244,12 @@ class RunSession:
 
     # ------------------------------------------------------------ scheduling
 
-    def _submission(self, step: StepSpec, image: str, after: list[str]) -> Submission:
+    def _submission(self, step: StepSpec, image: str, after: list[str], fingerprinted: bool = True) -> Submission:
         job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id)
         output = self.wf.datasets[step.output] if step.output else None
         return Submission(step=step, job=job, key=State.record_key(self.wf.root, self.wf.path, step.name),
-                          parts=self._parts(step, job), inputs={d: str(self.wf.datasets[d]) for d in step.inputs},
+                          parts=self._parts(step, job) if fingerprinted else {},
+                          inputs={d: str(self.wf.datasets[d]) for d in step.inputs},
                           output=str(output) if output else None, log=self.run_dir / f"{step.name}.log", after=after)
 
     def _parts(self, step: StepSpec, job: Job) -> dict[str, Any]:
@@ -285,13 +289,11 @@ class RunSession:
                     for step in list(pending):
                         if not self.executor.has_room(len(active)):
                             break
-                        ups = deps[step.name]
-                        if any(self.status.get(u) in ("failed", "interrupted", "stopped", "not run")
-                               or self.status.get(u, "").startswith("skipped") for u in ups):
+                        if self._upstream_failed(step.name, deps):
                             pending.remove(step)
                             self._finish(step.name, "skipped: upstream failed")
                             continue
-                        waiting = [u for u in ups if self.status.get(u) not in ("done", "up to date")]
+                        waiting = [u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date")]
                         if waiting and not (self.executor.orders_itself and all(u in handles for u in waiting)):
                             continue
                         pending.remove(step)
@@ -365,8 +367,7 @@ class RunSession:
         self.manifest["steps"][job.step] = {
             "image": job.image, "engine": self.runner.name, "executor": self.executor.name, "argv": job.argv,
             "user": job.user, "gpus": job.gpus, "env": mask_env(job.env),
-            "mounts": [{"source": str(m.source), "target": str(m.target), "read_only": m.read_only} for m in job.mounts],
-            "start": time.time(), "status": "running", "log": str(sub.log)}
+            "mounts": mounts_json(job), "start": time.time(), "status": "running", "log": str(sub.log)}
         self.state.write_manifest(self.run_id, self.manifest)
 
     def _outcome(self, sub: Submission, out: Outcome, stopping: bool) -> Outcome | None:

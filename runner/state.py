@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def _own_output_files() -> set[tuple[int, int]]:
             st = os.fstat(fd)
         except OSError:
             continue
-        if os.path.stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode):
             out.add((st.st_dev, st.st_ino))
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticError
 
 from runner.errors import UserError, ValidationError
@@ -16,12 +16,24 @@ from runner.errors import UserError, ValidationError
 Scalar = Union[bool, int, float, str]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-# SLURM options become #SBATCH lines of a batch script that runs on the host: each has the shape sbatch documents.
-Partition = Annotated[str, StringConstraints(max_length=256, pattern=r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$")]
-SlurmTime = Annotated[str, StringConstraints(
-    max_length=32, pattern=r"^(\d+(-\d{1,2}(:\d{1,2}){0,2})?|\d+(:\d{1,2}){1,2}|UNLIMITED|INFINITE)$")]
+# SLURM options become #SBATCH lines of a batch script that runs on the host: each has the shape sbatch documents
+# (the SLURM executor checks its command-line defaults against the same patterns).
+PARTITION = r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$"
+SLURM_TIME = r"^(\d+(-\d{1,2}(:\d{1,2}){0,2})?|\d+(:\d{1,2}){1,2}|UNLIMITED|INFINITE)$"
+SBATCH_FLAG = r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:/@%+=-]+)?$"
+
+
+def sbatch_flag(x: str) -> str:
+    """One `--flag[=value]` token of sbatch's, but --wrap (it replaces the batch script)."""
+    if x == "--wrap" or x.startswith("--wrap="):
+        raise ValueError("--wrap would replace the step's batch script")
+    return x
+
+
+Partition = Annotated[str, StringConstraints(max_length=256, pattern=PARTITION)]
+SlurmTime = Annotated[str, StringConstraints(max_length=32, pattern=SLURM_TIME)]
 Memory = Annotated[str, StringConstraints(max_length=32, pattern=r"^\d+[KMGT]?B?$")]
-SbatchFlag = Annotated[str, StringConstraints(max_length=512, pattern=r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:/@%+=-]+)?$")]
+SbatchFlag = Annotated[str, StringConstraints(max_length=512, pattern=SBATCH_FLAG), AfterValidator(sbatch_flag)]
 
 
 class Env(BaseModel):

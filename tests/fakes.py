@@ -51,9 +51,6 @@ class FakeRunner:
     def end(self):
         pass
 
-    def stop(self, ids, force):
-        pass
-
     def interrupt(self, force: bool) -> None:
         with self._lock:
             self.stopped.set()

@@ -148,12 +148,12 @@ class ApptainerBuilder:
     def base(self, bootstrap: bool = False) -> str:
         return self._need_docker("the base image").base(bootstrap)
 
-    def push(self, ref: str, target: str) -> str:
+    def push(self, ref: str, registry: str) -> str:
         """Push the OCI image the SIF was made from: a lock file then serves Docker and Apptainer (docker://)."""
         origin = self._origin.get(ref)
         if origin is None:
             raise UserError(f"{ref}: not converted from a Docker image here, so there is nothing to push")
-        return self._need_docker("--push").push(origin, target)
+        return self._need_docker("--push").push(origin, registry)
 
     def save(self, refs: list[str], dest: Path) -> list[Path]:
         """The SIFs into dest/sif (a cluster's nodes load them into their SIF cache), and the Docker images they
@@ -232,9 +232,6 @@ class ApptainerRunner:
 
     def end(self) -> None:
         pass
-
-    def stop(self, ids: list[str], force: bool) -> None:
-        self.interrupt(force)  # cwltool's apptainer processes are in its process group, which the executor ends
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         me = f"{os.getuid()}:{os.getgid()}"

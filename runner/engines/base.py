@@ -49,8 +49,9 @@ class ImageBuilder(Protocol):
         """Make sure the project base image exists (bootstrapping its parent offline when asked); its reference."""
         ...
 
-    def push(self, ref: str, target: str) -> str:
-        """Publish a resolved image under `target` (HOST[:PORT]/NS/NAME:TAG); returns the pinned `target@digest`."""
+    def push(self, ref: str, registry: str) -> str:
+        """Publish a resolved image under `registry` (HOST[:PORT]/NAMESPACE); returns its pinned reference
+        (REGISTRY/NAME:TAG@DIGEST)."""
         ...
 
     def save(self, refs: list[str], dest: Path) -> list[Path]:
@@ -87,8 +88,4 @@ class StepRunner(Protocol):
 
     def end(self) -> None:
         """The run is over (or interrupted): remove what begin() set up."""
-        ...
-
-    def stop(self, ids: list[str], force: bool) -> None:
-        """Stop containers another tool started with this engine (cwltool's, by id)."""
         ...

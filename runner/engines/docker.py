@@ -51,6 +51,18 @@ def client() -> docker.DockerClient:
     return _clients[key]
 
 
+def image_id(ref: str) -> str | None:
+    """The local image's id, or None when the daemon has no such image."""
+    try:
+        return client().api.inspect_image(ref)["Id"]
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 404 or "no such image" in str(exc).lower():
+            return None
+        raise UserError(f"docker: {exc.explanation or exc}") from None
+
+
 def security_options() -> dict[str, Any]:
     """Least privilege for every container itwin-run starts: no capabilities, no new privileges, a pids limit;
     never privileged, no host namespaces."""
@@ -175,14 +187,7 @@ class DockerBuilder:
         return client()
 
     def _image_id(self, ref: str) -> str | None:
-        try:
-            return self.client.api.inspect_image(ref)["Id"]
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.APIError as exc:
-            if exc.status_code == 404 or "no such image" in str(exc).lower():
-                return None
-            raise UserError(f"docker: {exc.explanation or exc}") from None
+        return image_id(ref)
 
     # ------------------------------------------------------------ base image
 
@@ -301,8 +306,9 @@ class DockerBuilder:
         self._transfer("pulling", ref, self.client.api.pull, f"step {step!r}: cannot pull {ref}")
         ui.say(f" {ref}", "green", prefix="pulled")
 
-    def push(self, ref: str, target: str) -> str:
-        """Tag `ref` as `target` and push it; returns `target@digest`."""
+    def push(self, ref: str, registry: str) -> str:
+        """Tag `ref` as REGISTRY/NAME:TAG and push it; returns that reference with its digest."""
+        target = f"{registry.rstrip('/')}/{ref.removeprefix('itwin-run/')}"
         repo, tag = _split_ref(target)
         self.client.api.tag(ref, repo, tag)
         digest = self._transfer("pushing", target, self.client.api.push, f"cannot push {target}")
@@ -417,7 +423,7 @@ class DockerRunner:
         with self._pod_lock:
             if self._pod is None:
                 labels = {f"{LABEL}.managed": "1", f"{LABEL}.role": "network", **self._labels}
-                pod_image = "itwin-run/base:latest" if DockerBuilder()._image_id("itwin-run/base:latest") else image
+                pod_image = "itwin-run/base:latest" if image_id("itwin-run/base:latest") else image
                 self._pod = _Pod(client().api, pod_image, labels)
         return self._pod.network_mode()
 
@@ -442,10 +448,6 @@ class DockerRunner:
             t.start()
         for t in threads:
             t.join(timeout=12)
-
-    def stop(self, ids: list[str], force: bool) -> None:
-        for cid in ids:
-            self._stop(cid, force)
 
     @staticmethod
     def _stop(cid: str, force: bool) -> None:

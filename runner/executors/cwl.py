@@ -174,6 +174,8 @@ class CwlExecutor:
         self._outcomes = outs
 
     def cancel(self, active: dict[str, Submission], force: bool, interrupted: bool = True) -> None:
+        """cwltool's process group holds its `docker run` clients (which pass the signal on to their containers) or
+        its apptainer processes: signalling the group stops them all."""
         self._cancelled = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -181,8 +183,6 @@ class CwlExecutor:
                 os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        # the process group holds cwltool's `docker run` clients, which pass the signal on to their containers
-        threading.Thread(target=self.runner.stop, args=([], force), daemon=True).start()
 
     def close(self) -> None:
         if self._thread is not None:

@@ -17,14 +17,11 @@ from runner import ui
 from runner.errors import UsageError, UserError
 from runner.executors.base import Outcome, Submission
 from runner.session import job_json
-from runner.workflow import StepSpec
+from runner.workflow import PARTITION, SBATCH_FLAG, SLURM_TIME, StepSpec, sbatch_flag
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "SPECIAL_EXIT", "REVOKED"}
 POLL = 1.0  # seconds between controller calls, whatever the number of jobs
-_PARTITION = re.compile(r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$")
-_TIME = re.compile(r"^(\d+(-\d{1,2}(:\d{1,2}){0,2})?|\d+(:\d{1,2}){1,2}|UNLIMITED|INFINITE)$")
-_FLAG = re.compile(r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:/@%+=-]+)?$")
 
 
 def command(args: list[str]) -> str:
@@ -91,13 +88,16 @@ class SlurmExecutor:
         self.calls = 0  # controller calls made (bench/slurm.py reports them per second)
 
     def check(self, opts, steps: list[StepSpec]) -> None:
-        for flag, value, pattern in (("--partition", self.partition, _PARTITION), ("--account", self.account, _PARTITION),
-                                     ("--time", self.time, _TIME)):
-            if value is not None and not pattern.match(value):
+        for flag, value, pattern in (("--partition", self.partition, PARTITION), ("--account", self.account, PARTITION),
+                                     ("--time", self.time, SLURM_TIME)):
+            if value is not None and not re.fullmatch(pattern, value):
                 raise UsageError(f"{flag}: {value!r} is not a SLURM {flag[2:]}")
         for x in self.extra:
-            if not _FLAG.match(x) or x.startswith("--wrap"):
-                raise UsageError(f"--sbatch-arg: {x!r} is not one --flag[=value] token")
+            try:
+                if not re.fullmatch(SBATCH_FLAG, sbatch_flag(x)):
+                    raise ValueError("not one --flag[=value] token")
+            except ValueError as exc:
+                raise UsageError(f"--sbatch-arg: {x!r}: {exc}") from None
         if opts.jobs > 1:
             raise UsageError("--jobs does not apply to --executor slurm: the cluster runs independent steps at once")
         if opts.keep_going:
@@ -170,22 +170,14 @@ class SlurmExecutor:
             if self._last_poll + POLL > time.monotonic():
                 return []
         self._last_poll = time.monotonic()
-        ids = {self._job(name): name for name in active}
+        ids = {self._handles[name]: name for name in active}
         self.calls += 1
-        states = queue_states(list(ids))
-        gone = [j for j in ids if j not in states]
-        if gone:
-            states.update({j: (st, "") for j, (st, _) in accounting_states(gone).items()})
+        states = job_states({j: active[n].log for j, n in ids.items()})
         outs = []
         for job_id, name in ids.items():
             sub = active[name]
             self._tail(sub)
-            state, reason = states.get(job_id, ("", ""))
-            code = exit_code(sub.log)
-            if not state:  # left the controller, and no accounting: what the job wrote
-                state = "COMPLETED" if code == 0 else "FAILED" if code is not None else "UNKNOWN"
-            if state == "PENDING" and reason == "DependencyNeverSatisfied":
-                state = "CANCELLED"
+            state, code = states[job_id]
             if self._seen.get(name) != state:
                 self._seen[name] = state
                 ui.say(f"{name}: {state}", "green" if state == "COMPLETED" else "red" if state in FINAL else "dim")
@@ -202,9 +194,6 @@ class SlurmExecutor:
             why = "" if state in ("COMPLETED", "FAILED") else f"job {job_id} of step {name!r} ended {state}"
             outs.append(Outcome(name, "failed", exit_code=code or 1, reason=why, tail=tail, ended=time.monotonic()))
         return outs
-
-    def _job(self, name: str) -> str:
-        return self._handles[name]
 
     def cancel(self, active: dict[str, Submission], force: bool, interrupted: bool = True) -> None:
         """A failed step: scancel the others. Ctrl-C: with --cancel-on-exit (or a yes on a terminal) scancel them,
@@ -244,6 +233,25 @@ def _upstream(sub: Submission, subs: list[Submission]) -> list[str]:
     return [writers[p] for p in sub.inputs.values() if p in writers]
 
 
+def job_states(jobs: dict[str, Path]) -> dict[str, tuple[str, int | None]]:
+    """job id -> (state, the step's exit code if its job wrote one), for jobs given with their step logs: squeue
+    for the jobs the controller knows (one call), sacct for those that left it, else what the job wrote (UNKNOWN
+    when it wrote nothing)."""
+    queued = queue_states(list(jobs))
+    gone = [j for j in jobs if j not in queued]
+    accounted = accounting_states(gone) if gone else {}
+    out = {}
+    for job_id, log in jobs.items():
+        code = exit_code(log)
+        state, reason = queued.get(job_id) or accounted.get(job_id) or ("", "")
+        if not state:
+            state = "COMPLETED" if code == 0 else "FAILED" if code is not None else "UNKNOWN"
+        if state == "PENDING" and reason == "DependencyNeverSatisfied":
+            state = "CANCELLED"
+        out[job_id] = (state, code)
+    return out
+
+
 def exit_code(log: Path) -> int | None:
     """The step's own exit code, written by its job (runner.stepjob) beside its log; None if it never ran."""
     try:
@@ -253,27 +261,11 @@ def exit_code(log: Path) -> int | None:
 
 
 def status(root: Path, run_id: str) -> list[tuple[str, str, str]]:
-    """(step, job id, state) of a run's steps: squeue for the jobs the controller knows, sacct for those that left
-    it, else what the job itself wrote (its exit code) or the state last seen."""
+    """(step, job id, state) of a run's steps, as job_states() finds them now."""
     from runner.state import State
 
-    m = State(root).manifest(run_id)
-    steps = m.get("steps", {})
-    ids = [info["handle"] for info in steps.values() if info.get("handle")]
-    states = {j: st for j, (st, _) in queue_states(ids).items()} if ids else {}
-    gone = [j for j in ids if j not in states]
-    if gone:
-        states.update({j: st for j, (st, _) in accounting_states(gone).items()})
-    rows = []
-    for name, info in steps.items():
-        job_id = info.get("handle")
-        if not job_id:
-            rows.append((name, "-", info.get("status", "?")))
-            continue
-        state = states.get(job_id)
-        if state is None:
-            code = exit_code(Path(info.get("log", "")))
-            state = ("COMPLETED" if code == 0 else f"FAILED ({code})" if code is not None else
-                     f"{info.get('status', '?')} (left the controller)")
-        rows.append((name, job_id, state))
-    return rows
+    steps = State(root).manifest(run_id).get("steps", {})
+    jobs = {info["handle"]: Path(info.get("log", "")) for info in steps.values() if info.get("handle")}
+    states = job_states(jobs) if jobs else {}
+    return [(name, info.get("handle", "-"), states[info["handle"]][0] if info.get("handle") else info.get("status", "?"))
+            for name, info in steps.items()]
