@@ -1,49 +1,72 @@
-"""SLURM figure, one run (issue: SLURM executor): submission-to-completion time per step of the toy workflow under
-SLURM vs the local executor (same engine, Apptainer). Needs the cluster from ../shared/hpc/slurm/start-slurm.sh and
-apptainer on PATH.
+"""SLURM figures, one run (issue: runs you can trust), local executor and SLURM side by side (same engine, Apptainer):
 
-Run: PATH=/tmp/applab/bin:$PATH .venv/bin/python bench/slurm.py [--repeat N]
+  - added latency per step: a 20-step chain of trivial steps, (SLURM - local) / 20 (goal <= 1.5 s)
+  - controller calls while following it: squeue/scontrol/sacct calls per second, and the most in any one second
+    (goal <= 1), counted by wrappers put first on PATH; sbatch calls (one per step) reported apart
+
+Needs the cluster from ../shared/hpc/slurm/start-slurm.sh and apptainer on PATH.
+Run: PATH=/tmp/applab/bin:$PATH .venv/bin/python bench/slurm.py [--steps N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
+from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-ITWIN = str(Path(sys.executable).parent / "itwin-run")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import timed, toy  # noqa: E402
+
+POLLING = ("squeue", "scontrol", "sacct")
 
 
-def timed(args: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run([ITWIN, "--engine", "apptainer", "--force", *args, "workflow.yml"], cwd=cwd, check=True,
-                   capture_output=True)
-    return time.perf_counter() - start
+def chain(n: int) -> str:
+    lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
+    for i in range(n):
+        inp = f"d{i - 1}" if i else "null"
+        lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"python -c pass\", "
+                     "env: {file: ./envs/requirements.txt}}")
+    return "\n".join(lines) + "\n"
+
+
+def wrappers(where: Path, log: Path) -> None:
+    """A wrapper per SLURM command that notes the time of each call, then runs the real one."""
+    where.mkdir()
+    for name in (*POLLING, "sbatch", "scancel"):
+        real = shutil.which(name)
+        if real:
+            (where / name).write_text(f"#!/bin/sh\necho \"$(date +%s.%N) {name}\" >> {log}\nexec {real} \"$@\"\n")
+            (where / name).chmod(0o755)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
+    n = args.steps
     with tempfile.TemporaryDirectory(prefix="itwin-bench-slurm-") as tmp:
-        toy = Path(tmp, "toy")
-        shutil.copytree(REPO / "tests" / "toy", toy, ignore=shutil.ignore_patterns("data", ".itwin-run"))
-        timed([], toy)  # images and SIFs
-        local, slurm = [], []
-        for _ in range(args.repeat):
-            local.append(timed([], toy))
-            slurm.append(timed(["--executor", "slurm"], toy))
-    lo, sl = statistics.median(local) / 3, statistics.median(slurm) / 3
-    print(f"toy workflow (3 dependent steps), median of {args.repeat}, per step (seconds):")
-    print(f"  local  {lo:.2f}   runs: {' '.join(f'{x:.2f}' for x in local)} (whole workflow)")
-    print(f"  slurm  {sl:.2f}   runs: {' '.join(f'{x:.2f}' for x in slurm)} (whole workflow)")
-    print(f"SLURM overhead per step: +{sl - lo:.2f} s ({sl / lo:.1f}x the local executor)")
+        root = toy(Path(tmp, "toy"))
+        (root / "chain.yml").write_text(chain(n))
+        log = Path(tmp, "calls.log")
+        wrappers(Path(tmp, "bin"), log)
+        env = {**os.environ, "PATH": f"{tmp}/bin:{os.environ['PATH']}"}
+        engine = ["--engine", "apptainer", "--force"]
+        timed([*engine, "chain.yml"], root)  # images and SIFs
+        local = timed([*engine, "chain.yml"], root)
+        log.write_text("")
+        slurm = timed([*engine, "--executor", "slurm", "chain.yml"], root, env=env)
+        calls = [line.split() for line in log.read_text().splitlines()]
+    polls = [float(t) for t, name in calls if name in POLLING]
+    submits = sum(1 for _, name in calls if name == "sbatch")
+    per_second = Counter(int(t) for t in polls)
+    print(f"{n}-step chain of trivial steps (Apptainer): local {local:.2f} s, SLURM {slurm:.2f} s")
+    print(f"added latency per step under SLURM: {(slurm - local) / n:.2f} s  (goal <= 1.5 s)")
+    print(f"controller calls following the run: {len(polls)} in {slurm:.1f} s = {len(polls) / slurm:.2f}/s, "
+          f"at most {max(per_second.values(), default=0)} in one second  (goal <= 1); sbatch calls: {submits}")
 
 
 if __name__ == "__main__":

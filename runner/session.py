@@ -390,8 +390,9 @@ class RunSession:
         if stopping:
             self._finish(name, "stopped: another step failed", **info)
             return None
+        first = "failed" not in self.status.values()
         self._finish(name, "failed", **info, **({"reason": out.reason} if out.reason else {}))
-        if out.reason:
+        if out.reason and not first:  # the first failure is what the run ends with, and the CLI says it
             ui.say(f" {out.reason}", "red", prefix="error:")
         return out
 

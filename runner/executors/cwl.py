@@ -117,6 +117,15 @@ class CwlExecutor:
         return outs
 
     def _run(self) -> None:
+        try:
+            self._outcomes = self._cwltool()
+        except Exception as exc:  # a bad CWL file, say: every step fails with it, rather than the run hanging
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self._outcomes = [Outcome(s.step.name, "failed", exit_code=1, reason=reason, ended=time.monotonic())
+                              for s in self.subs[:1]]
+            self._outcomes += [Outcome(s.step.name, "cancelled", ended=time.monotonic()) for s in self.subs[1:]]
+
+    def _cwltool(self) -> list[Outcome]:
         work = self.run_dir / "cwl"
         work.mkdir(parents=True, exist_ok=True)
         args, ov, job = self._command(work)
@@ -142,11 +151,7 @@ class CwlExecutor:
             code = proc.wait()
         ended = time.monotonic()
         if code != 0 and any(_VALIDATION.search(ln) for ln in tail):
-            reason = f"CWL validation failed: {_deepest_problem(list(tail))} (log: {log_path})"
-            self._outcomes = [Outcome(s.step.name, "failed", exit_code=code, reason=reason, ended=ended)
-                              for s in self.subs[:1]]
-            self._outcomes += [Outcome(s.step.name, "cancelled", ended=ended) for s in self.subs[1:]]
-            return
+            raise UsageError(f"CWL validation failed: {_deepest_problem(list(tail))} (log: {log_path})")
         try:
             result = json.loads(out) if out.strip() else {}
         except json.JSONDecodeError:
@@ -171,7 +176,7 @@ class CwlExecutor:
             first = next((o for o in outs if o.status != "done"), outs[0])
             first.status, first.exit_code, first.tail = "failed", code, list(tail)
             first.reason = f"cwltool failed with exit code {code} (log: {log_path})"
-        self._outcomes = outs
+        return outs
 
     def cancel(self, active: dict[str, Submission], force: bool, interrupted: bool = True) -> None:
         """cwltool's process group holds its `docker run` clients (which pass the signal on to their containers) or

@@ -1,0 +1,26 @@
+"""What the benchmarks share: the CLI in this venv, a timed run of it, and the toy project in a temporary folder."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ITWIN = str(BIN / "itwin-run")
+
+
+def timed(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+    """Seconds one `itwin-run ARGS` takes (it must succeed)."""
+    start = time.perf_counter()
+    subprocess.run([ITWIN, *args], cwd=cwd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def toy(dest: Path) -> Path:
+    """A fresh copy of the toy project (three steps, one env file of each kind)."""
+    shutil.copytree(REPO / "tests" / "toy", dest, ignore=shutil.ignore_patterns("data", ".itwin-run"))
+    return dest
