@@ -198,6 +198,7 @@ class RunSession:
                 images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self.opts.build,
                                                                    pinned=self.opts.pinned).items()}
                 self._check_inputs(steps)
+                self._check_access(steps)
                 self._phase = "steps"
                 if self.cancel_code:
                     raise Interrupted(self.cancel_code)
@@ -215,6 +216,20 @@ class RunSession:
         images = resolve_images(self.wf, self.builder, self.opts.build, build=False, pinned=self.opts.pinned)
         subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps]
         self.executor.dry_run(subs, {k: present for k, (_, present) in images.items()})
+
+    def _check_access(self, steps: list[StepSpec]) -> None:
+        """As root, steps run as another uid by default: the project and the inputs must be readable by it."""
+        uid_s, _, gid_s = self.user.partition(":")
+        if os.getuid() != 0 or not uid_s.isdigit() or int(uid_s) == 0:
+            return
+        uid, gid = int(uid_s), int(gid_s) if gid_s.isdigit() else -1
+        paths = [self.wf.root, *{self.wf.datasets[d] for s in steps for d in s.inputs if self.wf.datasets[d].exists()}]
+        for path in paths:
+            st = path.stat()
+            bits = 0o5 if st.st_uid != uid and st.st_gid != gid else 0o50 if st.st_uid != uid else 0o500
+            if st.st_mode & bits != bits:
+                raise UsageError(f"{path} is not readable by uid {uid}, which steps run as when itwin-run runs as "
+                                 f"root: make it readable (chmod o+rx {path}) or run the steps as root (--user 0:0)")
 
     def _check_inputs(self, steps: list[StepSpec]) -> None:
         written = {s.output for s in steps if s.output}
@@ -258,7 +273,20 @@ class RunSession:
             env_files = [s.env_file for s in self.wf.steps if s.env_file]  # in the image hash already
             self._files = ProjectFiles(self.wf.root, self.state, [*self.wf.datasets.values(), *env_files])
         return {"image": job.image, "engine": self.runner.name, "argv": job.argv, "env": job.env, "user": job.user,
-                "gpus": job.gpus, "project": self._files.digest(step.depends)}
+                "gpus": job.gpus, "project": self._files.digest(step.depends, self._named_by_others(step))}
+
+    def _named_by_others(self, step: StepSpec) -> set[str]:
+        """Project files other steps' commands name and this one's does not: editing another step's script reruns
+        that step (and what reads its output), not this one."""
+        def named(s: StepSpec) -> set[str]:
+            out = set()
+            for token in self.wf.argv(s):
+                path = (self.wf.root / token).resolve()
+                if self.wf.root in path.parents and path.is_file():
+                    out.add(str(path.relative_to(self.wf.root)))
+            return out
+        mine = named(step)
+        return {f for s in self.wf.steps if s.name != step.name for f in named(s)} - mine
 
     def _up_to_date(self, sub: Submission) -> bool:
         force = self.opts.force
@@ -378,6 +406,7 @@ class RunSession:
         if out.status == "done" and not cancelled:
             if not self.executor.records_itself:
                 complete_step(self.wf.root, sub.key, sub.parts, sub.inputs, sub.output, self.run_id)
+            info["fingerprint"] = (self.state.record(sub.key) or {}).get("fingerprint")
             self._finish(name, "done", **info)
             ui.say(f" {name} ({info['end'] - self.manifest['steps'][name]['start']:.1f}s)", "green", prefix="✓")
             return None

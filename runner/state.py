@@ -108,12 +108,14 @@ class ProjectFiles:
             return False
         return bool(_WORKFLOW_TEXT.search(head)) and "command:" in head
 
-    def digest(self, depends: list[str] | None = None) -> str:
-        """One digest of the files a step may read: all of them, or those its `depends:` globs match."""
-        files = self.files
+    def digest(self, depends: list[str] | None = None, others: set[str] = frozenset()) -> str:
+        """One digest of the files a step may read: those its `depends:` globs match, or else all of them but
+        `others` (the files other steps' commands name: their scripts are theirs)."""
         if depends is not None:
             matcher = PatternMatcher(depends)
-            files = {k: v for k, v in files.items() if matcher.matches(k)}
+            files = {k: v for k, v in self.files.items() if matcher.matches(k)}
+        else:
+            files = {k: v for k, v in self.files.items() if k not in others}
         return fingerprint(files=files)
 
 

@@ -3,6 +3,7 @@ test that claims an engine works: those run against the real one."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ class FakeRunner:
         self.refused_after_cancel: list[str] = []
 
     def default_user(self, root: Path) -> str:
-        return "1000:1000"
+        return f"{os.getuid()}:{os.getgid()}"
 
     def begin(self, labels):
         pass

@@ -27,6 +27,7 @@ def wheelhouse() -> str:
 def project(tmp_path_factory) -> Path:
     """A copy of the use case with the offline 10k MNIST set; training shortened to 2 epochs."""
     root = tmp_path_factory.mktemp("mnist")
+    root.chmod(0o755)  # a project as people have them (mktemp's are private): steps run unprivileged under root
     shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
     shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     (root / "data" / "mnist" / "raw").mkdir(parents=True)

@@ -130,7 +130,7 @@ def test_slices(toy, docker_client, no_leftovers):
     res = itwin("--from", "square", "--force", "workflow.yml", cwd=toy)
     assert set(statuses(res)) == {"square", "summarize"}
     res = itwin("--only", "nope", "workflow.yml", cwd=toy)
-    assert res.returncode == 1 and "no step named 'nope'" in res.stderr
+    assert res.returncode == 2 and "no step named 'nope'" in res.stderr  # a usage error
 
 
 def start_slow(toy: Path) -> subprocess.Popen:

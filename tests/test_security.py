@@ -50,3 +50,14 @@ def test_fork_bomb_hits_the_pids_limit(toy, docker_client, no_leftovers):
     assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-2000:]
     assert "bomb | stopped after" in res.stdout and "Resource temporarily unavailable" in res.stdout
     assert itwin("history", cwd=toy).returncode == 0  # the host answers
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="steps run as another uid only when itwin-run runs as root")
+def test_private_project_under_root_is_one_clear_line(toy, docker_client, no_leftovers):
+    toy.chmod(0o700)
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: {toy} is not readable by uid 65534, which steps run as when itwin-run runs as root: make it readable "
+        f"(chmod o+rx {toy}) or run the steps as root (--user 0:0)")
+    assert itwin("--user", "0:0", "workflow.yml", cwd=toy).returncode == 0

@@ -256,3 +256,16 @@ def test_secret_env_vars_are_masked_in_the_manifest_and_log(project):
     assert m["steps"]["one"]["env"] == {"API_TOKEN": "********", "MODE": "fast"}
     log = (s.run_dir / "one.log").read_text()
     assert "hunter22" not in log and "token is ********" in log
+
+
+def test_another_steps_script_reruns_that_step_and_downstream_only(project):
+    run(project, FakeRunner())
+    (project / "two.py").write_text("print('edited')\n")
+
+    def writes(job):  # a new output: what reads it reruns too
+        (project / "data/b/out.txt").write_text("new\n")
+        return 0
+
+    r = FakeRunner({"two": writes})
+    run(project, r)
+    assert r.started == ["two", "three"]
