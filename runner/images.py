@@ -11,16 +11,18 @@ import re
 import shutil
 import string
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from runner import tree
 from runner.errors import UsageError, UserError, ValidationError
 from runner.workflow import StepSpec, Workflow, _compose, _dotted, _line
 
-HERE = Path(__file__).resolve().parent
-PROJECT = HERE.parent
-TEMPLATES = PROJECT / "images"
-BASE_DOCKERFILE = PROJECT / "Dockerfile.base"
+# Templates and scripts: the repository's images/ and Dockerfile.base, reached through runner/data (links in the
+# checkout, files in the wheel), so the installed tool finds them too.
+DATA = Path(str(resources.files("runner") / "data"))
+TEMPLATES = DATA / "images"
+BASE_DOCKERFILE = DATA / "Dockerfile.base"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_PYTHON = "3.11"
 LABEL = "org.itwin-run"  # every image, container and volume the runner creates carries f"{LABEL}.managed"

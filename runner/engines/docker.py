@@ -20,7 +20,7 @@ from docker.types import DeviceRequest
 from runner import ui
 from runner.engines.base import Cancelled, Job
 from runner.errors import UserError
-from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, PROJECT, BuildOptions, ImageSpec
+from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, TEMPLATES, BuildOptions, ImageSpec
 
 DEFAULT_PARENT = "python:3.11-slim"
 BOOTSTRAP_PARENT = "itwin-run/parent:bookworm"  # made offline by images/bootstrap-parent.sh
@@ -243,7 +243,7 @@ class DockerBuilder:
 
     def bootstrap_parent(self) -> str:
         """Make the offline parent (debootstrap + docker import), for hosts with no registry."""
-        script = PROJECT / "images" / "bootstrap-parent.sh"
+        script = TEMPLATES / "bootstrap-parent.sh"
         with ui.console().status(f"bootstrapping {BOOTSTRAP_PARENT} from the Debian mirror (about a minute)…"):
             proc = subprocess.run(["bash", str(script), BOOTSTRAP_PARENT], capture_output=True, text=True)
         if proc.returncode != 0:

@@ -1,0 +1,310 @@
+"""The `itwin-run` command line: a thin typer layer over the workflow model, engines and executor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from runner import ui
+from runner.errors import StepFailed, UsageError, UserError, ValidationError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run AI/ML digital-twin workflows step by step in containers.")
+SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status",
+               "--help", "-h", "--version"}
+
+WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
+RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
+WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
+ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]
+ParentOpt = Annotated[str | None, typer.Option("--base-parent", help="Parent of the base image (default python:3.11-slim, "
+                                                  "else the offline-bootstrapped one; or ITWIN_RUN_BASE_PARENT).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full build output.")]
+PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
+ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Image pin file from `build --push`: run exactly "
+                                                                  "these images.")]
+
+
+def _gpus(value: str | None) -> str | int | list[int] | None:
+    if value is None:
+        return None
+    if value == "all":
+        return "all"
+    if value.isdigit():
+        return int(value)
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UsageError(f"--gpus: expected 'all', a count or device ids like 0,1; got {value!r}") from None
+
+
+def _builder(name: str, parent: str | None = None, verbose: bool = False):
+    from runner.engines import get_builder
+
+    return get_builder(name, parent=parent, verbose=verbose)
+
+
+AllowOpt = Annotated[list[str] | None, typer.Option(
+    "--allow-mount", help="Allow a dataset at or under PATH that the mount policy refuses (repeatable; recorded).")]
+
+
+@app.command()
+def run(
+    workflow: WorkflowArg,
+    engine: EngineOpt = "docker",
+    root: RootOpt = None,
+    user: Annotated[str | None, typer.Option(help="uid:gid the steps run as (default: yours; as root, the project's "
+                                                  "owner or nobody; 0:0 for root).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs for every step: all, a count, or ids (0,1).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images, argv, mounts); run nothing.")] = False,
+    cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images "
+                                                   "(the cwl executor).")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Independent steps run at once.")] = 1,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run just this step (repeatable).")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Run this step and everything downstream.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Run this step and everything upstream.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every step, up to date or not.")] = False,
+    force_step: Annotated[list[str] | None, typer.Option("--force-step", help="Rerun this step (repeatable).")] = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="After a failure, let independent steps "
+                                                                  "finish (default: stop them).")] = False,
+    allow_mount: AllowOpt = None,
+    images: ImagesOpt = None,
+    pull: PullOpt = "missing",
+    executor_: Annotated[str, typer.Option("--executor", help="local, slurm (one sbatch job per step) or cwl.")] = "local",
+    detach: Annotated[bool, typer.Option(help="slurm: return after submission (`itwin-run status RUN` later).")] = False,
+    cancel_on_exit: Annotated[bool, typer.Option(help="slurm: scancel the run's jobs on Ctrl-C.")] = False,
+    partition: Annotated[str | None, typer.Option(help="slurm: default partition.")] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", help="slurm: default time limit.")] = None,
+    account: Annotated[str | None, typer.Option(help="slurm: default account.")] = None,
+    sbatch_arg: Annotated[list[str] | None, typer.Option(help="slurm: extra sbatch option, --flag[=value] (repeatable).")] = None,
+    wheelhouse: WheelOpt = None,
+    constraints: ConsOpt = None,
+    base_parent: ParentOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build (when needed) each step's image and run the steps in containers; steps whose image, argv, env, inputs
+    and project files are unchanged since they last succeeded (and whose output is intact) are skipped."""
+    from runner import session
+    from runner import workflow as wfmod
+    from runner.engines import get_runner
+    from runner.executors import get_executor
+    from runner.images import BuildOptions, read_pins
+
+    if cwl and executor_ not in ("local", "cwl"):
+        raise UsageError(f"--cwl runs the workflow with cwltool on this machine: it does not combine with "
+                         f"--executor {executor_}")
+    executor_ = "cwl" if cwl else executor_
+    slurm_flags = [f for f, v in (("--detach", detach), ("--cancel-on-exit", cancel_on_exit), ("--partition", partition),
+                                  ("--time", time_limit), ("--account", account), ("--sbatch-arg", sbatch_arg)) if v]
+    if slurm_flags and executor_ != "slurm":
+        raise UsageError(f"{', '.join(slurm_flags)}: only with --executor slurm")
+    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
+    opts = session.RunOptions(user=user, gpus=_gpus(gpus), build=BuildOptions.from_env(wheelhouse, constraints, pull),
+                              pinned=read_pins(images) if images else None, jobs=jobs, only=only or [],
+                              from_=from_, until=until, force=[] if force else (force_step or None),
+                              keep_going=keep_going, dry_run=dry_run, allowed_mounts=allow_mount or [])
+    runner = get_runner(engine)
+    options: dict[str, object] = {
+        "local": {"runner": runner, "jobs": jobs},
+        "cwl": {"runner": runner, "wf": wf, "jobs": jobs, "keep_going": keep_going},
+        "slurm": {"partition": partition, "time": time_limit, "account": account, "extra": sbatch_arg or [],
+                  "detach": detach, "cancel_on_exit": cancel_on_exit, "engine": runner.name},
+    }.get(executor_, {})  # type: ignore[assignment]
+    executor = get_executor(executor_, **options)  # type: ignore[arg-type]
+    session.RunSession(wf, _builder(engine, base_parent, verbose), runner, executor, opts).run()
+
+
+@app.command()
+def build(
+    workflow: WorkflowArg,
+    engine: EngineOpt = "docker",
+    root: RootOpt = None,
+    push: Annotated[bool, typer.Option("--push", help="Push every step image to --registry and write an image pin "
+                                                      "file.")] = False,
+    registry: Annotated[str | None, typer.Option(help="HOST[:PORT]/NAMESPACE to push to.")] = None,
+    pins: Annotated[Path | None, typer.Option("--pins", help="Image pin file to write (default: WORKFLOW.images.json "
+                                                             "beside it).")] = None,
+    save: Annotated[Path | None, typer.Option(help="Write the images (and SIFs with --engine apptainer) into DIR.")] = None,
+    allow_mount: AllowOpt = None,
+    pull: PullOpt = "missing",
+    wheelhouse: WheelOpt = None,
+    constraints: ConsOpt = None,
+    base_parent: ParentOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build the step images only (and push them, writing an image pin file, with --push)."""
+    from runner import session
+    from runner import workflow as wfmod
+    from runner.images import BuildOptions, write_pins
+
+    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
+    if push and not registry:
+        raise UsageError("--push needs --registry HOST[:PORT]/NAMESPACE")
+    builder = _builder(engine, base_parent, verbose)
+    opts = BuildOptions.from_env(wheelhouse, constraints, pull)
+    refs = {k: ref for k, (ref, _) in session.resolve_images(wf, builder, opts).items()}
+    shown = refs
+    if push:
+        assert registry
+        pushed: dict[str, str] = {}
+        for ref in dict.fromkeys(refs.values()):
+            pushed[ref] = builder.push(ref, registry)
+        shown = {step: pushed[ref] for step, ref in refs.items()}
+        pins = pins or wf.path.with_name(wf.path.stem + ".images.json")
+        write_pins(pins, wf.path, shown)
+        ui.say(f"image pin file: {pins}")
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+        builder.save(list(dict.fromkeys(refs.values())), save)
+        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": refs}, indent=2) + "\n")
+    for step, ref in shown.items():
+        print(f"{step}\t{ref}")
+
+
+@app.command("export-cwl")
+def export_cwl(
+    workflow: WorkflowArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for workflow.cwl and one tool per step.")],
+    root: RootOpt = None,
+    wheelhouse: WheelOpt = None,
+    constraints: ConsOpt = None,
+    base_parent: ParentOpt = None,
+) -> None:
+    """Write a CWL v1.2 Workflow + one CommandLineTool per step (DockerRequirement with the step image)."""
+    from runner import cwl, session
+    from runner import workflow as wfmod
+    from runner.images import BuildOptions
+
+    wf = wfmod.load(workflow, root)
+    builder = _builder("docker", base_parent)  # CWL's DockerRequirement names OCI images
+    images = {k: ref for k, (ref, _) in session.resolve_images(wf, builder, BuildOptions.from_env(wheelhouse, constraints)).items()}
+    for path in cwl.export(wf, images, output):
+        print(path)
+
+
+@app.command()
+def load(
+    directory: Annotated[Path, typer.Argument(help="Directory written by `itwin-run build --save`.")],
+    engine: EngineOpt = "docker",
+) -> None:
+    """Load image archives (Docker) or SIFs (Apptainer) saved by `build --save`, for sites with no registry."""
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: no such directory")
+    for ref in _builder(engine).load(directory):
+        print(ref)
+
+
+@app.command()
+def base(
+    engine: EngineOpt = "docker",
+    base_parent: ParentOpt = None,
+    bootstrap: Annotated[bool, typer.Option(help="Bootstrap the parent offline (debootstrap) when it is missing.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build the project base image (Dockerfile.base)."""
+    print(_builder(engine, base_parent, verbose).base(bootstrap=bootstrap))
+
+
+@app.command()
+def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt = None) -> None:
+    """Check a workflow file, its env files and its datasets (the mount policy); print nothing and exit 0 when all
+    is well."""
+    from runner import session
+    from runner import workflow as wfmod
+
+    session.image_specs(wfmod.load(workflow, root, allowed_mounts=allow_mount or []))
+
+
+@app.command()
+def history(root: RootOpt = None) -> None:
+    """List the runs recorded in this project's .itwin-run/."""
+    import time as _time
+
+    from runner.state import State
+
+    for m in State((root or Path.cwd()).resolve()).manifests():
+        steps = m.get("steps", {})
+        counts: dict[str, int] = {}
+        for info in steps.values():
+            counts[info.get("status", "?")] = counts.get(info.get("status", "?"), 0) + 1
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(m.get("started", 0)))
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        print(f"{m['run_id']}  {when}  {m.get('status', '?'):<11}  {m.get('engine', '?'):<9}  "
+              f"{Path(m.get('workflow', '?')).name}  ({summary})")
+
+
+@app.command()
+def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) from `itwin-run history`.")],
+         root: RootOpt = None) -> None:
+    """Print one run's provenance manifest (JSON): per step its image, engine, argv, mounts, times, exit code."""
+    from runner.state import State
+
+    print(json.dumps(State((root or Path.cwd()).resolve()).manifest(run_id), indent=2))
+
+
+@app.command("status")
+def status_(run_id: Annotated[str, typer.Argument(help="A run id from `itwin-run history`.")], root: RootOpt = None) -> None:
+    """The state of each step of a run, as its executor knows it now (SLURM: squeue, then sacct)."""
+    from runner.executors import status
+
+    for name, handle, state in status((root or Path.cwd()).resolve(), run_id):
+        print(f"{name}\t{handle}\t{state}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the workflow file format."""
+    from runner.workflow import schema as wf_schema
+
+    print(json.dumps(wf_schema(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `itwin-run [options] workflow.yml` is `itwin-run run …`: insert the default command.
+    if args and args[0] not in SUBCOMMANDS:
+        args.insert(0, "run")
+    try:
+        code = app(args, standalone_mode=False, prog_name="itwin-run")
+        if isinstance(code, int) and code:  # typer turns Ctrl-C into exit code 130 when not standalone
+            if code == 130:
+                ui.say("interrupted", "red")
+            sys.exit(code)
+    except ValidationError as exc:
+        for p in exc.problems:
+            ui.say(p)
+        sys.exit(2)
+    except StepFailed as exc:
+        ui.say(f" {exc}", "red", prefix="error:")
+        for line in exc.tail:
+            ui.say(f"  {exc.step} | {line}")
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        ui.say(f" {exc}", "red", prefix="error:")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        ui.say("interrupted", "red")
+        sys.exit(130)
+    except Exception as exc:
+        from runner.session import Interrupted
+
+        if isinstance(exc, Interrupted):
+            ui.say("interrupted: the interrupted steps are not marked complete", "red")
+            sys.exit(exc.code)
+        _usage_error(exc)
+
+
+def _usage_error(exc: Exception) -> None:
+    """typer's (vendored) click reports usage problems as exceptions that know how to show themselves."""
+    if type(exc).__name__ == "Abort":
+        sys.exit(130)
+    if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
+        if type(exc).__name__ != "NoArgsIsHelpError":  # the help text was shown already
+            exc.show()
+        sys.exit(exc.exit_code)
+    raise exc

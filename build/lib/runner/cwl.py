@@ -1,0 +1,189 @@
+"""CWL documents: the overrides that give a workflow's CWL tools their step images, the job order, and the export
+of classical workflows to CWL (running them is runner/executors/cwl.py).
+
+The CWL files stay engine-neutral: itwin-run injects each tool's image (DockerRequirement.dockerImageId, the
+content-hashed tag or SIF) through cwltool's --overrides, matching CWL step ids to classical step names."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner.errors import UserError
+from runner.workflow import StepSpec, Workflow
+
+CWL_KEY = "workflowFileCWL"
+
+
+def cwltool() -> str:
+    exe = Path(sys.executable).parent / "cwltool"
+    return str(exe) if exe.exists() else (shutil.which("cwltool") or "cwltool")
+
+
+def _steps(cwl: dict[str, Any]) -> dict[str, Any]:
+    steps = cwl.get("steps") or {}
+    if isinstance(steps, list):
+        return {str(s.get("id", "")).lstrip("#"): s.get("run") for s in steps if isinstance(s, dict)}
+    return {k: (v.get("run") if isinstance(v, dict) else None) for k, v in steps.items()}
+
+
+def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: bool = True,
+              gpus: dict[str, Any] | None = None) -> dict[str, Any]:
+    """cwltool overrides: each tool run by a step named like a classical step gets that step's image."""
+    try:
+        cwl = yaml.safe_load(cwl_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{cwl_file}: cannot read the CWL workflow: {str(exc).splitlines()[0]}") from None
+    if not isinstance(cwl, dict) or cwl.get("class") != "Workflow":
+        raise UserError(f"{cwl_file}: not a CWL Workflow (class: Workflow)")
+    by_name = {s.name: s for s in wf.steps}
+    out: dict[str, Any] = {}
+    unknown = []
+    for step_id, run in _steps(cwl).items():
+        step = by_name.get(step_id)
+        if step is None:
+            unknown.append(step_id)
+            continue
+        if not isinstance(run, str):
+            raise UserError(f"{cwl_file}: step {step_id}: put its tool in a file of its own (run: tool.cwl) so that "
+                            "itwin-run can give it the step image")
+        reqs = requirements(wf, step, images[step.name], at_dataset, (gpus or {}).get(step.name, step.gpus))
+        out[(cwl_file.parent / run).resolve().as_uri()] = {"requirements": reqs}
+    if unknown:
+        raise UserError(f"{cwl_file}: CWL steps {', '.join(unknown)} match no step of {wf.path.name} "
+                        f"({', '.join(by_name)}): name them alike")
+    return {"$namespaces": {"cwltool": "http://commonwl.org/cwltool#"}, "cwltool:overrides": out}
+
+
+def requirements(wf: Workflow, step: StepSpec, image: str, at_dataset: bool = True, gpus: Any = None) -> dict[str, Any]:
+    docker: dict[str, Any] = {"dockerImageId": image}
+    if step.output and at_dataset:  # the output at the dataset's host path, as in classical runs (MLflow URIs stay valid)
+        docker["dockerOutputDirectory"] = str(wf.datasets[step.output])
+    reqs: dict[str, Any] = {"DockerRequirement": docker}
+    if step.env.vars:
+        reqs["EnvVarRequirement"] = {"envDef": {k: str(v) for k, v in step.env.vars.items()}}
+    gpus = step.gpus if gpus is None else gpus
+    if gpus:
+        count = 1 if gpus == "all" else (gpus if isinstance(gpus, int) else len(gpus))
+        reqs["cwltool:CUDARequirement"] = {"cudaVersionMin": "11.0", "cudaComputeCapability": "3.0",
+                                           "cudaDeviceCountMin": count}
+    return reqs
+
+
+def job_order(wf: Workflow) -> dict[str, Any]:
+    """The workflow file's CWL keys; File/Directory paths resolve against the workflow file's directory."""
+    def absolute(v: Any) -> Any:
+        if isinstance(v, dict):
+            out = {k: absolute(x) for k, x in v.items()}
+            if v.get("class") in ("File", "Directory") and isinstance(v.get("path"), str):
+                out["path"] = str((wf.path.parent / v["path"]).resolve())
+            return out
+        return [absolute(x) for x in v] if isinstance(v, list) else v
+
+    return {k: absolute(v) for k, v in wf.extra.items() if k != CWL_KEY}
+
+
+# ---------------------------------------------------------------- export
+
+
+def _cwl_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
+def _id(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def export(wf: Workflow, images: dict[str, str], outdir: Path) -> list[Path]:
+    """A CWL v1.2 Workflow plus one CommandLineTool per step; argv and outputs as the classical run has them."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    wf_inputs: dict[str, Any] = {}
+    wf_steps: dict[str, Any] = {}
+    writers = {s.output: s.name for s in wf.steps if s.output}
+    for step in wf.steps:
+        tool, step_in = tool_for(wf, step, images[step.name], writers, wf_inputs)
+        path = outdir / f"{step.name}.cwl"
+        path.write_text("#!/usr/bin/env cwl-runner\n" + yaml.safe_dump(tool, sort_keys=False))
+        written.append(path)
+        wf_steps[step.name] = {"run": path.name, "in": step_in, "out": ["output"] if step.output else []}
+    workflow = {
+        "cwlVersion": "v1.2", "class": "Workflow",
+        "doc": f"Exported by itwin-run from {wf.path.name}",
+        "inputs": wf_inputs,
+        "outputs": {s.output: {"type": "Directory", "outputSource": f"{s.name}/output"} for s in wf.steps if s.output},
+        "steps": wf_steps,
+    }
+    path = outdir / "workflow.cwl"
+    path.write_text("#!/usr/bin/env cwl-runner\n" + yaml.safe_dump(workflow, sort_keys=False))
+    return [path, *written]
+
+
+def tool_for(wf: Workflow, step: StepSpec, image: str, writers: dict[str, str],
+             wf_inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    argv = shlex.split(step.command)
+    inputs: dict[str, Any] = {}
+    step_in: dict[str, Any] = {}
+    base: list[str] = []
+    pos = 0
+    for token in argv:  # files of the project named in the command become File inputs (CWL stages them)
+        local = (wf.root / token).resolve()
+        if not base or not local.is_file() or wf.root not in local.parents:
+            if inputs:
+                raise UserError(f"{wf.path}:{step.line}: {step.name}.command: export needs the project files "
+                                f"after the fixed words of the command ({token!r} follows one)")
+            base.append(token)
+            continue
+        pos += 1
+        key = f"file_{pos}"
+        inputs[key] = {"type": "File", "inputBinding": {"position": pos}}
+        wf_key = _id(f"{step.name}_{key}")
+        wf_inputs[wf_key] = {"type": "File", "default": {"class": "File", "location": local.as_uri()}}
+        step_in[key] = wf_key
+    for i, ds in enumerate(step.inputs):
+        pos += 1
+        key = f"input_{i}"
+        inputs[key] = {"type": "Directory", "inputBinding": {"position": pos, "prefix": "--input"}}
+        if ds in writers:
+            step_in[key] = f"{writers[ds]}/output"
+        else:
+            wf_inputs[_id(ds)] = {"type": "Directory", "default": {"class": "Directory",
+                                                                    "location": wf.datasets[ds].as_uri()}}
+            step_in[key] = _id(ds)
+    arguments = []
+    if step.output:
+        pos += 1
+        arguments.append({"position": pos, "prefix": "--output", "valueFrom": "$(runtime.outdir)"})
+    for key, value in step.params.items():
+        pos += 1
+        name = f"param_{_id(key)}"
+        if isinstance(value, list):
+            typ: Any = {"type": "array", "items": _cwl_type(value[0]) if value else "string",
+                        "inputBinding": {"prefix": f"--{key}"}}
+            inputs[name] = {"type": typ, "default": value, "inputBinding": {"position": pos}}
+        elif value is None:
+            continue
+        else:
+            inputs[name] = {"type": _cwl_type(value), "default": value,
+                            "inputBinding": {"position": pos, "prefix": f"--{key}"}}
+    reqs = requirements(wf, step, image)
+    reqs["DockerRequirement"]["dockerPull"] = reqs["DockerRequirement"].pop("dockerImageId")
+    tool = {"cwlVersion": "v1.2", "class": "CommandLineTool", "doc": f"Step {step.name} of {wf.path.name}",
+            "requirements": reqs, "baseCommand": base, "arguments": arguments, "inputs": inputs,
+            "outputs": {"output": {"type": "Directory", "outputBinding": {"glob": "$(runtime.outdir)"}}}
+            if step.output else {}}
+    if "cwltool:CUDARequirement" in reqs:
+        tool = {"$namespaces": {"cwltool": "http://commonwl.org/cwltool#"}, **tool}
+    return tool, step_in

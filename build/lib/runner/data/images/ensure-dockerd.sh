@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Make sure a Docker daemon answers: start dockerd by hand (no systemd), installing Debian's docker.io if needed.
+# As root it also installs what the tests use beside the daemon: debootstrap (offline parent image) and
+# docker-registry (the CNCF Distribution registry, started on 127.0.0.1 by the registry tests).
+set -euo pipefail
+if [ "$(id -u)" = 0 ]; then
+  want=()
+  command -v debootstrap >/dev/null || want+=(debootstrap)
+  command -v docker-registry >/dev/null || want+=(docker-registry)
+  command -v dockerd >/dev/null || want+=(docker.io)
+  if [ ${#want[@]} -gt 0 ]; then
+    echo "ensure-dockerd: installing ${want[*]} (Debian)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" >/dev/null
+  fi
+fi
+if docker info >/dev/null 2>&1 || python3 - <<'PY' 2>/dev/null
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect("/var/run/docker.sock")
+s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n"); sys.exit(0 if b"200 OK" in s.recv(100) else 1)
+PY
+then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "ensure-dockerd: no Docker daemon answers and starting one needs root (ask for one, or set DOCKER_HOST)" >&2
+  exit 1
+fi
+echo "ensure-dockerd: starting dockerd (log: /var/log/itwin-dockerd.log)"
+setsid dockerd >/var/log/itwin-dockerd.log 2>&1 < /dev/null &
+for _ in $(seq 60); do
+  [ -S /var/run/docker.sock ] && python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect("/var/run/docker.sock")' 2>/dev/null && exit 0
+  sleep 0.5
+done
+echo "ensure-dockerd: dockerd did not come up; see /var/log/itwin-dockerd.log" >&2
+exit 1

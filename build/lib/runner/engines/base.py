@@ -1,0 +1,91 @@
+"""The engine protocols. An engine is two small classes: an ImageBuilder (step images: resolve, base, push, save,
+load) and a StepRunner (run a step in a container: begin, run, interrupt, end). Adding an engine is adding one
+module under runner/engines/ with both, and its name in runner.engines.ENGINES."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from runner.images import BuildOptions, ImageSpec
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: Path
+    read_only: bool
+
+
+@dataclass
+class Job:
+    """One step, ready to run: everything an engine needs and nothing engine-specific."""
+
+    step: str
+    image: str
+    argv: list[str]
+    workdir: Path
+    mounts: list[Mount]
+    env: dict[str, str]
+    user: str  # "uid:gid"
+    gpus: str | int | list[int] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Cancelled(Exception):
+    """The run was cancelled before this step's container (or process) started: nothing ran."""
+
+
+class ImageBuilder(Protocol):
+    name: str
+
+    def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
+        """The runnable reference for a spec and whether it is present; builds (or pulls) it when `build`."""
+        ...
+
+    def base(self, bootstrap: bool = False) -> str:
+        """Make sure the project base image exists (bootstrapping its parent offline when asked); its reference."""
+        ...
+
+    def push(self, ref: str, registry: str) -> str:
+        """Publish a resolved image under `registry` (HOST[:PORT]/NAMESPACE); returns its pinned reference
+        (REGISTRY/NAME:TAG@DIGEST)."""
+        ...
+
+    def save(self, refs: list[str], dest: Path) -> list[Path]:
+        """Write these images (as resolve() returned them) into dest, for a site with no registry."""
+        ...
+
+    def load(self, src: Path) -> list[str]:
+        """Make images saved into src by save() available to this engine."""
+        ...
+
+
+class StepRunner(Protocol):
+    name: str
+    cwltool_args: list[str]  # how cwltool runs DockerRequirement tools with this engine
+    cwl_output_at_dataset: bool  # whether cwltool can put a tool's output directory at the dataset's own path
+
+    def default_user(self, root: Path) -> str:
+        """The uid:gid steps run as when --user is not given."""
+        ...
+
+    def begin(self, labels: dict[str, str]) -> None:
+        """A run starts: set up what its steps share (labelled with `labels`)."""
+        ...
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> int:
+        """Run a job to completion, calling on_line for each output line; returns its exit code. Raises Cancelled
+        when interrupt() came first. The container (or process) is gone when this returns or raises."""
+        ...
+
+    def interrupt(self, force: bool) -> None:
+        """Stop every step of this run, running or about to start (kill at once when `force`); from now on run()
+        starts nothing."""
+        ...
+
+    def end(self) -> None:
+        """The run is over (or interrupted): remove what begin() set up."""
+        ...

@@ -1,0 +1,513 @@
+"""Docker engine through docker-py (no docker CLI): DockerBuilder makes step images, DockerRunner runs steps."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest
+
+from runner import ui
+from runner.engines.base import Cancelled, Job
+from runner.errors import UserError
+from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, TEMPLATES, BuildOptions, ImageSpec
+
+DEFAULT_PARENT = "python:3.11-slim"
+BOOTSTRAP_PARENT = "itwin-run/parent:bookworm"  # made offline by images/bootstrap-parent.sh
+SHM_SIZE = "1g"  # DataLoader workers need more than Docker's 64 MB /dev/shm
+PIDS_LIMIT = 1024  # processes and threads a step may have (ITWIN_RUN_PIDS_LIMIT): a fork bomb stops there
+UNPRIVILEGED = "65534:65534"  # nobody: what steps run as when root starts itwin-run in a root-owned project
+_ERROR_LINE = re.compile(r"(error|ERROR|E: |No matching distribution|Could not find|failed|returned a non-zero)")
+
+
+def _daemon_error(exc: Exception) -> UserError:
+    return UserError(f"cannot reach the Docker daemon ({exc.__class__.__name__}): start dockerd "
+                     "(as root: `dockerd &`, or `make engine`) or point DOCKER_HOST at a running one")
+
+
+_clients: dict[str, docker.DockerClient] = {}
+
+
+def client() -> docker.DockerClient:
+    """One docker-py client per DOCKER_HOST, connected on first use; one clear line when no daemon answers."""
+    key = os.environ.get("DOCKER_HOST", "")
+    if key not in _clients:
+        try:
+            c = docker.from_env(timeout=600)
+            c.api.ping()
+        except Exception as exc:  # docker-py's and requests' connection errors
+            raise _daemon_error(exc) from None
+        _clients[key] = c
+    return _clients[key]
+
+
+def image_id(ref: str) -> str | None:
+    """The local image's id, or None when the daemon has no such image."""
+    try:
+        return client().api.inspect_image(ref)["Id"]
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 404 or "no such image" in str(exc).lower():
+            return None
+        raise UserError(f"docker: {exc.explanation or exc}") from None
+
+
+def security_options() -> dict[str, Any]:
+    """Least privilege for every container itwin-run starts: no capabilities, no new privileges, a pids limit;
+    never privileged, no host namespaces."""
+    return {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "privileged": False,
+            "pids_limit": int(os.environ.get("ITWIN_RUN_PIDS_LIMIT") or PIDS_LIMIT)}
+
+
+def gpu_requests(gpus: str | int | list[int] | None) -> list[DeviceRequest]:
+    """`gpus:` (all, a count, or device ids) as Docker device requests."""
+    if gpus is None or gpus == 0 or gpus == []:
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if isinstance(gpus, int):
+        return [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
+
+
+def _auth() -> dict[str, str] | None:
+    """Registry credentials from the environment; without them docker-py uses the Docker config (`docker login`)."""
+    user, password = os.environ.get("ITWIN_RUN_REGISTRY_USER"), os.environ.get("ITWIN_RUN_REGISTRY_PASSWORD")
+    return {"username": user, "password": password} if user and password else None
+
+
+def _archive_name(ref: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in ref)
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    """'host:5000/ns/name:tag' -> ('host:5000/ns/name', 'tag'); digests stay in the repository part."""
+    if "@" in ref:
+        return ref, None
+    name, _, tag = ref.rpartition(":")
+    if name and "/" not in tag:
+        return name, tag
+    return ref, "latest"
+
+
+def _registry_problem(msg: str) -> str:
+    low = msg.lower()
+    if any(w in low for w in ("unauthorized", "authentication required", "denied", "no basic auth credentials")):
+        return f"the registry asks for credentials: `docker login` to it (or set them in the Docker config) [{msg}]"
+    if "connection refused" in low or "no such host" in low or "i/o timeout" in low or "dial tcp" in low:
+        return f"the registry is unreachable [{msg}]"
+    if "not found" in low or "manifest unknown" in low or "does not exist" in low:
+        return f"no such image in the registry [{msg}]"
+    return msg
+
+
+class _Waiter(threading.Thread):
+    """`wait` on a container from a thread, so its answer is not a round trip after the log stream ends."""
+
+    def __init__(self, api: Any, cid: str):
+        super().__init__(daemon=True)
+        self.api, self.cid = api, cid
+        self.code: int | None = None
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.code = int(self.api.wait(self.cid)["StatusCode"])
+        except Exception as exc:  # surfaced in result()
+            self.error = exc
+
+    def result(self) -> int:
+        self.join()
+        if self.error is not None:
+            raise UserError(f"docker: lost the container while waiting for it: {self.error}")
+        assert self.code is not None
+        return self.code
+
+
+class _Pod:
+    """A sleeping container whose network namespace every step of a run joins (as a Kubernetes pod's containers
+    do): steps keep Docker's default bridge networking, and a step's start skips setting up a network of its own,
+    which is most of what a short step costs."""
+
+    def __init__(self, api: Any, image: str, labels: dict[str, str]):
+        self.api, self.id, self.error = api, "", ""
+        self._thread = threading.Thread(target=self._start, args=(image, labels), daemon=True)
+        self._thread.start()
+
+    def _start(self, image: str, labels: dict[str, str]) -> None:
+        try:
+            host = self.api.create_host_config(init=True, auto_remove=True, **security_options())
+            self.id = self.api.create_container(image, command=["sleep", "infinity"], user=UNPRIVILEGED, labels=labels,
+                                                host_config=host, detach=True)["Id"]
+            self.api.start(self.id)
+        except docker.errors.DockerException as exc:
+            self.error = str(exc)
+
+    def network_mode(self) -> str | None:
+        """`container:ID` once the pod runs; None (each step gets its own network) if it could not start."""
+        self._thread.join()
+        return f"container:{self.id}" if self.id and not self.error else None
+
+    def remove(self) -> None:
+        """Kill it; the daemon removes it (auto-remove), so the run need not wait for that."""
+        self._thread.join()
+        if not self.id:
+            return
+        try:
+            self.api.kill(self.id)
+        except docker.errors.APIError:
+            try:
+                self.api.remove_container(self.id, force=True)
+            except docker.errors.APIError:
+                pass
+
+
+class DockerBuilder:
+    name = "docker"
+
+    def __init__(self, parent: str | None = None, verbose: bool = False):
+        self.parent = parent or os.environ.get("ITWIN_RUN_BASE_PARENT") or None
+        self.verbose = verbose
+        self._base: tuple[str, str] | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return client()
+
+    def _image_id(self, ref: str) -> str | None:
+        return image_id(ref)
+
+    # ------------------------------------------------------------ base image
+
+    def base(self, bootstrap: bool = False) -> str:
+        """The project base image, built when missing; its parent bootstrapped offline (debootstrap) when asked and
+        no parent is local or pullable."""
+        if bootstrap and not self.parent and not (self._image_id(DEFAULT_PARENT) or self._image_id(BOOTSTRAP_PARENT)):
+            try:
+                self.client.images.pull(DEFAULT_PARENT)
+            except docker.errors.DockerException:
+                ui.say(f"{DEFAULT_PARENT} cannot be pulled: bootstrapping a parent offline")
+                self.bootstrap_parent()
+        return self.base_image()[0]
+
+    def base_image(self, build: bool = True) -> tuple[str, str]:
+        """(reference, id) of the project base image, built from Dockerfile.base when missing."""
+        if self._base:
+            return self._base
+        parent, parent_id = self._parent()
+        dockerfile = BASE_DOCKERFILE.read_bytes()
+        ca = CA_BUNDLE.read_bytes() if CA_BUNDLE.is_file() else b""
+        digest = hashlib.sha256(dockerfile + b"\0" + parent_id.encode() + b"\0" + ca).hexdigest()[:16]
+        ref = f"itwin-run/base:{digest}"
+        image_id = self._image_id(ref)
+        if image_id is None:
+            if not build:
+                return ref, ""
+            with tempfile.TemporaryDirectory(prefix="itwin-base-") as ctx:
+                Path(ctx, "Dockerfile").write_bytes(dockerfile)
+                Path(ctx, "ca-certificates.crt").write_bytes(ca)
+                self._build(ctx, "Dockerfile", ref, {"PARENT": parent}, step="base")
+            image_id = self._image_id(ref) or ""
+            self.client.api.tag(ref, "itwin-run/base", "latest")
+        self._base = (ref, image_id)
+        return self._base
+
+    def _parent(self) -> tuple[str, str]:
+        candidates = [self.parent] if self.parent else [DEFAULT_PARENT, BOOTSTRAP_PARENT]
+        for ref in candidates:
+            image_id = self._image_id(ref)
+            if image_id:
+                return ref, image_id
+        first = candidates[0]
+        try:
+            ui.say(f"pulling {first}…", "dim")
+            image = self.client.images.pull(first)
+            return first, image.id
+        except docker.errors.APIError as exc:
+            hint = ("run `make` (it bootstraps a parent offline) or `itwin-run base --bootstrap`"
+                    if not self.parent else "check the name, or pull/load it first")
+            raise UserError(f"no parent image for the base: {first} is not local and cannot be pulled "
+                            f"({exc.explanation or exc}); {hint}") from None
+
+    def bootstrap_parent(self) -> str:
+        """Make the offline parent (debootstrap + docker import), for hosts with no registry."""
+        script = TEMPLATES / "bootstrap-parent.sh"
+        with ui.console().status(f"bootstrapping {BOOTSTRAP_PARENT} from the Debian mirror (about a minute)…"):
+            proc = subprocess.run(["bash", str(script), BOOTSTRAP_PARENT], capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"bootstrap of {BOOTSTRAP_PARENT} failed: {last}")
+        return BOOTSTRAP_PARENT
+
+    # ------------------------------------------------------------ step images
+
+    def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
+        if spec.kind == "image":
+            assert spec.image
+            present = self._image_id(spec.image) is not None
+            if opts.pull == "never" and not present:
+                raise UserError(f"step {spec.step!r}: image {spec.image} is not present locally and --pull never "
+                                "forbids pulling it (pull or load it first)")
+            if not build or (present and opts.pull != "always"):
+                return spec.image, present
+            self.pull(spec.image, spec.step)
+            return spec.image, True
+        base_ref, base_id = self.base_image(build=build)
+        if not base_id:
+            return f"{spec.name}:<after base build>", False
+        ref = spec.tag(base_id, opts)
+        if self._image_id(ref):
+            return ref, True
+        if not build:
+            return ref, False
+        with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
+            dockerfile = spec.context(Path(ctx), base_ref, opts)
+            self._build(ctx, dockerfile, ref, {"ITWIN_BASE": base_ref, "BASE": base_ref}, step=spec.step,
+                        labels={f"{LABEL}.kind": spec.kind})
+        return ref, True
+
+    def _transfer(self, verb: str, ref: str, call: Callable[..., Iterator[dict[str, Any]]], what: str) -> str:
+        """Stream a pull or push with layer progress; raises UserError naming the registry problem; returns the
+        digest the daemon reported (pushes)."""
+        repo, tag = _split_ref(ref)
+        layers: dict[str, str] = {}
+        digest = ""
+        try:
+            with ui.console().status(f"{verb} {ref}") as status:
+                for item in call(repo, tag=tag, stream=True, decode=True, auth_config=_auth()):
+                    if "error" in item:
+                        raise docker.errors.APIError(item["error"])
+                    if item.get("id") and item.get("status"):
+                        layers[item["id"]] = item["status"]
+                        done = sum(1 for v in layers.values() if v in ("Pull complete", "Already exists", "Pushed",
+                                                                      "Layer already exists"))
+                        status.update(f"{verb} {ref}: {done}/{len(layers)} layers")
+                    digest = (item.get("aux") or {}).get("Digest", digest)
+        except docker.errors.APIError as exc:
+            raise UserError(f"{what}: {_registry_problem(str(exc.explanation or exc))}") from None
+        except docker.errors.DockerException as exc:
+            raise _daemon_error(exc) from None
+        return digest
+
+    def pull(self, ref: str, step: str) -> None:
+        """Credentials: ITWIN_RUN_REGISTRY_USER/PASSWORD, else the Docker config (`docker login`), as the CLI does."""
+        self._transfer("pulling", ref, self.client.api.pull, f"step {step!r}: cannot pull {ref}")
+        ui.say(f" {ref}", "green", prefix="pulled")
+
+    def push(self, ref: str, registry: str) -> str:
+        """Tag `ref` as REGISTRY/NAME:TAG and push it; returns that reference with its digest."""
+        target = f"{registry.rstrip('/')}/{ref.removeprefix('itwin-run/')}"
+        repo, tag = _split_ref(target)
+        self.client.api.tag(ref, repo, tag)
+        digest = self._transfer("pushing", target, self.client.api.push, f"cannot push {target}")
+        if not digest:
+            raise UserError(f"push of {target} reported no digest")
+        ui.say(f" {target}@{digest}", "green", prefix="pushed")
+        return f"{target}@{digest}"
+
+    def save(self, refs: list[str], dest: Path) -> list[Path]:
+        """`docker save` each image (and the base image and its parent, so that content tags match on the other
+        side) into dest, for sites with no registry."""
+        base_ref, _ = self.base_image()
+        parent, _ = self._parent()
+        out = []
+        for ref in dict.fromkeys([parent, base_ref, *refs]):
+            path = dest / f"{_archive_name(ref)}.tar"
+            partial = path.with_name(f".{path.name}.partial")
+            with ui.console().status(f"saving {ref} to {path}"), open(partial, "wb") as f:
+                for chunk in self.client.images.get(ref).save(named=True):
+                    f.write(chunk)
+            partial.replace(path)
+            ui.say(f" {ref} -> {path} ({path.stat().st_size / 1e6:.0f} MB)", "green", prefix="saved")
+            out.append(path)
+        return out
+
+    def load(self, src: Path) -> list[str]:
+        loaded = []
+        for path in sorted(src.glob("*.tar")):
+            with ui.console().status(f"loading {path.name}"), open(path, "rb") as f:
+                try:
+                    images = self.client.images.load(f)
+                except docker.errors.APIError as exc:
+                    raise UserError(f"{path}: docker could not load it: {exc.explanation or exc}") from None
+            for image in images:
+                loaded += image.tags
+                ui.say(f" {', '.join(image.tags)}", "green", prefix="loaded")
+        return loaded
+
+    def _build(self, ctx: str, dockerfile: str, ref: str, buildargs: dict[str, str], step: str,
+               labels: dict[str, str] | None = None) -> None:
+        lines: list[str] = []
+        start = time.monotonic()
+        error: str | None = None
+        labels = {f"{LABEL}.managed": "1", f"{LABEL}.step": step, **(labels or {})}
+        try:
+            stream: Iterator[dict[str, Any]] = self.client.api.build(
+                path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels,
+                rm=True, forcerm=True, decode=True, pull=False)
+            with ui.console().status(f"building {ref} (step {step})") as status:
+                for item in stream:
+                    if "error" in item:
+                        error = item["error"].strip()
+                        lines.append(error)
+                        break
+                    text = item.get("stream", "")
+                    for line in text.splitlines():
+                        if not line.strip():
+                            continue
+                        lines.append(line)
+                        if self.verbose:
+                            ui.console().print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
+                        if line.startswith("Step "):
+                            status.update(f"building {ref} (step {step}) {time.monotonic() - start:.0f}s: {line[:100]}")
+        except docker.errors.APIError as exc:
+            error = str(exc.explanation or exc)
+        except docker.errors.DockerException as exc:
+            raise _daemon_error(exc) from None
+        if error is not None:
+            failing = [ln for ln in lines if _ERROR_LINE.search(ln)][-12:] or lines[-12:]
+            detail = "\n".join("  " + ln for ln in failing)
+            if "no space left on device" in "\n".join(lines).lower():
+                raise UserError(f"build of {ref} for step {step!r} failed: no space left on device "
+                                "(free disk space, e.g. `docker image prune`)")
+            raise UserError(f"build of {ref} for step {step!r} failed: {error.splitlines()[-1] if error else ''}\n"
+                            f"{detail}")
+        ui.say(f" {ref} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="built")
+
+class DockerRunner:
+    """Runs steps as containers: the caller's uid (an unprivileged one when root), no capabilities, the project
+    read-only, inputs read-only, the output read-write, all at their host paths; the run's steps share one network
+    namespace (see _Pod)."""
+
+    name = "docker"
+    cwltool_args: list[str] = []
+    cwl_output_at_dataset = True  # DockerRequirement.dockerOutputDirectory
+
+    def __init__(self) -> None:
+        self._pod: _Pod | None = None
+        self._labels: dict[str, str] = {}
+        self._pod_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _active and _cancelled: no container starts after interrupt()
+        self._active: set[str] = set()
+        self._cancelled = False
+        self._forced = False
+
+    def default_user(self, root: Path) -> str:
+        """Your uid:gid; when you are root, the project directory's owner, or nobody (65534) for a root-owned
+        project: a workflow file gets no root in its containers unless `--user 0:0` asks for it."""
+        if os.getuid() != 0:
+            return f"{os.getuid()}:{os.getgid()}"
+        st = root.stat()
+        return f"{st.st_uid}:{st.st_gid}" if st.st_uid != 0 else UNPRIVILEGED
+
+    # ------------------------------------------------------------ running
+
+    def begin(self, labels: dict[str, str]) -> None:
+        self._labels = labels
+
+    def _network(self, image: str) -> str | None:
+        """The run's network holder (see _Pod), started with the run's first step: a run whose steps are all up to
+        date starts no container. It runs the base image (any step image will do where there is none)."""
+        with self._pod_lock:
+            if self._pod is None:
+                labels = {f"{LABEL}.managed": "1", f"{LABEL}.role": "network", **self._labels}
+                pod_image = "itwin-run/base:latest" if image_id("itwin-run/base:latest") else image
+                self._pod = _Pod(client().api, pod_image, labels)
+        return self._pod.network_mode()
+
+    def end(self) -> None:
+        if self._pod is not None:
+            self._pod.remove()
+            self._pod = None
+
+    def interrupt(self, force: bool) -> None:
+        """Stop the run's containers, started or only created, and start no new one."""
+        with self._lock:
+            self._cancelled = True
+            self._forced = self._forced or force
+            ids = list(self._active)
+        api = client().api
+        filters = {"label": [f"{k}={v}" for k, v in self._labels.items()]}
+        if self._labels:  # and any a step thread has not registered yet
+            ids += [c["Id"] for c in api.containers(all=True, filters=filters)
+                    if c["Labels"].get(f"{LABEL}.role") != "network" and c["Id"] not in ids]
+        threads = [threading.Thread(target=self._stop, args=(cid, force), daemon=True) for cid in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=12)
+
+    @staticmethod
+    def _stop(cid: str, force: bool) -> None:
+        try:
+            if force:
+                client().api.kill(cid)
+            else:
+                client().api.stop(cid, timeout=4)
+        except docker.errors.APIError:
+            pass  # gone already, or never started
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> int:
+        api = client().api
+        binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
+        network = self._network(job.image) if self._labels else None
+        host_config = api.create_host_config(
+            binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None, init=True,
+            network_mode=network, **security_options())
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled(job.step)
+            try:
+                cid = api.create_container(
+                    job.image, command=job.argv, user=job.user, working_dir=str(job.workdir),
+                    environment=job.env, labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config,
+                    detach=True)["Id"]
+            except docker.errors.ImageNotFound:
+                raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
+            except docker.errors.APIError as exc:
+                raise UserError(f"step {job.step!r}: docker could not create the container: "
+                                f"{exc.explanation or exc}") from None
+            self._active.add(cid)
+        try:
+            try:
+                api.start(cid)
+            except docker.errors.APIError as exc:
+                msg = str(exc.explanation or exc)
+                if job.gpus and ("device driver" in msg or "gpu" in msg.lower()):
+                    raise UserError(f"step {job.step!r} asks for GPUs ({job.gpus}) but this Docker daemon has no "
+                                    "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
+                raise UserError(f"step {job.step!r}: docker could not start the container: {msg}") from None
+            with self._lock:
+                cancelled, forced = self._cancelled, self._forced
+            if cancelled:  # interrupt() came between create and start: it could not stop what had not started
+                self._stop(cid, forced)
+            # Ask for the exit status while the output streams: the daemon answers as soon as the container exits.
+            waiter = _Waiter(api, cid)
+            pending = b""
+            for chunk in api.logs(cid, stream=True, follow=True):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    on_line(raw.decode("utf-8", "replace"))
+            if pending:
+                on_line(pending.decode("utf-8", "replace"))
+            return waiter.result()
+        finally:
+            with self._lock:
+                self._active.discard(cid)
+            try:
+                api.remove_container(cid, force=True)
+            except docker.errors.APIError:
+                pass

@@ -1,0 +1,36 @@
+"""Errors a user can act on: printed as one line each, never as a traceback.
+
+Exit codes: 2 for a usage or workflow problem (bad flag, bad file, refused mount), 1 for the machine's side (engine,
+daemon, registry, build), the step's own code when a step fails, 130/143 when interrupted."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(UserError):
+    """A flag, a flag combination or a workflow that cannot be run as asked: nothing was started."""
+
+    exit_code = 2
+
+
+class ValidationError(UsageError):
+    """One or more problems in a workflow file, each `file:line: field: message`."""
+
+    def __init__(self, problems: list[str]):
+        # one line each, whatever the file held (a key with a newline, say)
+        self.problems = [p.encode("unicode_escape").decode("ascii") if not p.isprintable() else p for p in problems]
+        super().__init__("\n".join(problems))
+
+
+class StepFailed(UserError):
+    """A step exited non-zero; the run exits with the step's own code."""
+
+    def __init__(self, step: str, code: int, tail: list[str], log: str, reason: str = ""):
+        self.step, self.code, self.tail, self.log = step, code, tail, log
+        self.exit_code = code if 0 < code < 256 else 1
+        super().__init__(reason or f"step {step!r} failed with exit code {code} (log: {log})")

@@ -1,0 +1,34 @@
+"""Executors: where a run's steps execute. Each module here is one thin backend (submit / poll / cancel) that the
+run session (runner.session) drives; adding one is adding a module and its name below."""
+
+from __future__ import annotations
+
+import importlib
+
+from runner.errors import UsageError
+from runner.executors.base import Executor, Outcome, Submission
+
+EXECUTORS = {"local": ("runner.executors.local", "LocalExecutor"),
+             "slurm": ("runner.executors.slurm", "SlurmExecutor"),
+             "cwl": ("runner.executors.cwl", "CwlExecutor")}
+
+
+def get_executor(name: str, **options: object) -> Executor:
+    if name not in EXECUTORS:
+        raise UsageError(f"--executor: choose one of {', '.join(EXECUTORS)}, not {name!r}")
+    module, cls = EXECUTORS[name]
+    return getattr(importlib.import_module(module), cls)(**options)
+
+
+__all__ = ["Executor", "Outcome", "Submission", "get_executor", "EXECUTORS"]
+
+
+def status(root, run_id: str) -> list[tuple[str, str, str]]:
+    """(step, handle, state) of a run's steps: the executor's own view where it has one (SLURM), else the record."""
+    from runner.state import State
+
+    m = State(root).manifest(run_id)
+    module = importlib.import_module(EXECUTORS.get(m.get("executor", "local"), EXECUTORS["local"])[0])
+    if hasattr(module, "status"):
+        return module.status(root, run_id)
+    return [(name, info.get("handle", "-"), info.get("status", "?")) for name, info in m.get("steps", {}).items()]

@@ -1,0 +1,77 @@
+"""The executor protocol: what the run session asks of a backend (Snakemake's executor plugins are the model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runner.engines.base import Job
+from runner.workflow import StepSpec
+
+if TYPE_CHECKING:
+    from runner.session import RunOptions
+
+
+@dataclass
+class Submission:
+    """One step handed to an executor: the job to run and what its completion record is made of."""
+
+    step: StepSpec
+    job: Job
+    key: str  # the step record's key (workflow file and step)
+    parts: dict[str, Any]  # fingerprint parts but the inputs
+    inputs: dict[str, str]  # dataset -> path
+    output: str | None
+    log: Path
+    after: list[str] = field(default_factory=list)  # handles of upstream steps (executors that order themselves)
+
+
+@dataclass
+class Outcome:
+    """What became of a submitted step: status done | failed | interrupted; `ended` is time.monotonic()."""
+
+    step: str
+    status: str
+    exit_code: int | None = None
+    reason: str = ""  # a failure that is not the step's own exit code (engine error, GPU refused, job cancelled)
+    tail: list[str] = field(default_factory=list)
+    ended: float = 0.0
+
+
+class Executor(Protocol):
+    name: str
+    orders_itself: bool  # takes steps whose upstream steps are still running (their handles in `after`)
+    records_itself: bool  # writes step records where the step runs (SLURM jobs outlive a detached session)
+    whole_workflow: bool  # runs all selected steps or none (cwltool): skipped only when every one is up to date
+
+    def check(self, opts: RunOptions, steps: list[StepSpec]) -> None:
+        """Refuse (UsageError) what this executor cannot honour, before anything starts."""
+        ...
+
+    def dry_run(self, subs: list[Submission], present: dict[str, bool]) -> None:
+        """Print what would run."""
+        ...
+
+    def start(self, run_id: str, run_dir: Path, labels: dict[str, str]) -> None: ...
+
+    def has_room(self, active: int) -> bool: ...
+
+    def submit(self, sub: Submission) -> str:
+        """Start (or queue) a step; returns its handle (a job id, a step name)."""
+        ...
+
+    def detached(self, active: dict[str, Submission]) -> bool:
+        """True when the session should leave the submitted steps to run on their own (SLURM --detach)."""
+        ...
+
+    def poll(self, active: dict[str, Submission], timeout: float) -> list[Outcome]:
+        """Outcomes of active steps that ended, waiting up to `timeout` for one."""
+        ...
+
+    def cancel(self, active: dict[str, Submission], force: bool, interrupted: bool) -> None:
+        """Stop these steps (kill when `force`) because the run was interrupted, or because a step failed; must not
+        block for long. Their outcomes come through poll()."""
+        ...
+
+    def close(self) -> None: ...

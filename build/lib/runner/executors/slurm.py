@@ -1,0 +1,271 @@
+"""The SLURM executor: each step is one sbatch job (afterok on the jobs of the steps it needs) whose script runs the
+step through the chosen engine (`python -m runner.stepjob`). One `squeue` call per poll follows all the run's jobs,
+at most one a second; the step jobs write their exit code and step record themselves (they outlive --detach)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import ui
+from runner.errors import UsageError, UserError
+from runner.executors.base import Outcome, Submission
+from runner.session import job_json
+from runner.workflow import PARTITION, SBATCH_FLAG, SLURM_TIME, StepSpec, sbatch_flag
+
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+         "PREEMPTED", "SPECIAL_EXIT", "REVOKED"}
+POLL = 1.0  # seconds between controller calls, whatever the number of jobs
+
+
+def command(args: list[str]) -> str:
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError(f"{args[0]} not found: the SLURM executor needs SLURM's client commands on PATH") from None
+    if proc.returncode != 0:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"{' '.join(args[:2])} failed: {last[0]}")
+    return proc.stdout
+
+
+def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """job id -> (state, reason) for the jobs the controller still knows: one squeue call."""
+    if not job_ids:
+        return {}
+    out = command(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])
+    states = {}
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            states[parts[0]] = (parts[1], parts[2])
+    return states
+
+
+def accounting_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """job id -> (state, exit code) from sacct, for jobs that left the controller (none without accounting)."""
+    try:
+        proc = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,ExitCode"],
+                              capture_output=True, text=True, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return {}
+    if proc.returncode != 0:
+        return {}
+    out = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3:
+            out[parts[0]] = (parts[1].split()[0], parts[2])
+    return out
+
+
+@dataclass
+class SlurmExecutor:
+    partition: str | None = None
+    time: str | None = None
+    account: str | None = None
+    extra: list[str] = field(default_factory=list)
+    detach: bool = False
+    cancel_on_exit: bool = False
+    engine: str = "docker"
+    name: str = "slurm"
+    orders_itself: bool = True
+    records_itself: bool = True
+    whole_workflow: bool = False
+
+    def __post_init__(self) -> None:
+        self.run_id, self.run_dir = "", Path(".")
+        self._last_poll = 0.0
+        self._offsets: dict[str, int] = {}
+        self._seen: dict[str, str] = {}
+        self._handles: dict[str, str] = {}  # step -> job id
+        self.calls = 0  # controller calls made (bench/slurm.py reports them per second)
+
+    def check(self, opts, steps: list[StepSpec]) -> None:
+        for flag, value, pattern in (("--partition", self.partition, PARTITION), ("--account", self.account, PARTITION),
+                                     ("--time", self.time, SLURM_TIME)):
+            if value is not None and not re.fullmatch(pattern, value):
+                raise UsageError(f"{flag}: {value!r} is not a SLURM {flag[2:]}")
+        for x in self.extra:
+            try:
+                if not re.fullmatch(SBATCH_FLAG, sbatch_flag(x)):
+                    raise ValueError("not one --flag[=value] token")
+            except ValueError as exc:
+                raise UsageError(f"--sbatch-arg: {x!r}: {exc}") from None
+        if opts.jobs > 1:
+            raise UsageError("--jobs does not apply to --executor slurm: the cluster runs independent steps at once")
+        if opts.keep_going:
+            raise UsageError("--keep-going does not apply to --executor slurm: a failed job cancels its dependents "
+                             "and the others run on")
+
+    # ------------------------------------------------------------ scripts
+
+    def script(self, sub: Submission, spec_file: Path) -> str:
+        s = sub.step.slurm
+        lines = ["#!/bin/bash", f"#SBATCH --job-name=itwin-{sub.step.name}", f"#SBATCH --output={sub.log}",
+                 f"#SBATCH --chdir={sub.job.workdir}"]
+        if sub.after:
+            lines += [f"#SBATCH --dependency=afterok:{':'.join(sub.after)}", "#SBATCH --kill-on-invalid-dep=yes"]
+        opts = {"partition": (s and s.partition) or self.partition, "time": (s and s.time) or self.time,
+                "account": (s and s.account) or self.account, "nodes": s and s.nodes,
+                "ntasks-per-node": s and s.ntasks_per_node, "cpus-per-task": s and s.cpus_per_task, "mem": s and s.mem}
+        lines += [f"#SBATCH --{k}={v}" for k, v in opts.items() if v]
+        gpus = sub.job.gpus
+        if gpus:
+            count = gpus if isinstance(gpus, int) else (len(gpus) if isinstance(gpus, list) else 1)
+            lines.append(f"#SBATCH --gres=gpu:{count}")
+        lines += [f"#SBATCH {x}" for x in [*self.extra, *((s and s.extra) or [])]]
+        for line in lines:  # validated fields; this is the last guard against a line break into the script
+            if "\n" in line or "\0" in line:
+                raise UsageError(f"step {sub.step.name!r}: a SLURM option holds a line break")
+        run = f"{shlex.quote(sys.executable)} -m runner.stepjob {shlex.quote(str(spec_file))}"
+        tasks = ((s and s.nodes) or 1) * ((s and s.ntasks_per_node) or 1)
+        lines.append(f"srun --kill-on-bad-exit=1 {run}" if tasks > 1 else f"exec {run}")
+        return "\n".join(lines) + "\n"
+
+    def _spec(self, sub: Submission) -> str:
+        return json.dumps({"engine": self.engine, "run_id": self.run_id, "root": str(sub.job.workdir), "key": sub.key,
+                           "output": sub.output, "parts": sub.parts, "inputs": sub.inputs, "job": job_json(sub.job),
+                           "exit_file": str(sub.log.with_suffix(".exit"))}, indent=1, default=str)
+
+    def dry_run(self, subs: list[Submission], present: dict[str, bool]) -> None:
+        handles = {}
+        for sub in subs:
+            sub.after = [handles[u] for u in _upstream(sub, subs) if u in handles]
+            handles[sub.step.name] = f"<{sub.step.name}>"
+            print(f"# ---- {sub.step.name}.sbatch\n{self.script(sub, sub.log.with_suffix('.job.json'))}")
+
+    # ------------------------------------------------------------ submit / poll / cancel
+
+    def start(self, run_id: str, run_dir: Path, labels: dict[str, str]) -> None:
+        self.run_id, self.run_dir = run_id, run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def has_room(self, active: int) -> bool:
+        return True
+
+    def detached(self, active: dict[str, Submission]) -> bool:
+        return self.detach and bool(active)
+
+    def submit(self, sub: Submission) -> str:
+        spec_file = self.run_dir / f"{sub.step.name}.job.json"
+        spec_file.write_text(self._spec(sub))
+        script = self.run_dir / f"{sub.step.name}.sbatch"
+        script.write_text(self.script(sub, spec_file))
+        job_id = command(["sbatch", "--parsable", str(script)]).strip().split(";")[0]
+        self._handles[sub.step.name] = job_id
+        ui.say(f"submitted {sub.step.name} as job {job_id}" + (f" (after {', '.join(sub.after)})" if sub.after else ""))
+        return job_id
+
+    def poll(self, active: dict[str, Submission], timeout: float) -> list[Outcome]:
+        wait = self._last_poll + POLL - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, max(timeout, 0.05)))
+            if self._last_poll + POLL > time.monotonic():
+                return []
+        self._last_poll = time.monotonic()
+        ids = {self._handles[name]: name for name in active}
+        self.calls += 1
+        states = job_states({j: active[n].log for j, n in ids.items()})
+        outs = []
+        for job_id, name in ids.items():
+            sub = active[name]
+            self._tail(sub)
+            state, code = states[job_id]
+            if self._seen.get(name) != state:
+                self._seen[name] = state
+                ui.say(f"{name}: {state}", "green" if state == "COMPLETED" else "red" if state in FINAL else "dim")
+            if state not in FINAL and state != "UNKNOWN":
+                continue
+            if state == "COMPLETED" and code == 0:
+                outs.append(Outcome(name, "done", exit_code=0, ended=time.monotonic()))
+                continue
+            tail = sub.log.read_text(errors="replace").splitlines()[-20:] if sub.log.exists() else []
+            if state == "CANCELLED" and code is None:
+                outs.append(Outcome(name, "cancelled", reason=f"job {job_id} of step {name!r} was cancelled",
+                                    ended=time.monotonic()))
+                continue
+            why = "" if state in ("COMPLETED", "FAILED") else f"job {job_id} of step {name!r} ended {state}"
+            outs.append(Outcome(name, "failed", exit_code=code or 1, reason=why, tail=tail, ended=time.monotonic()))
+        return outs
+
+    def cancel(self, active: dict[str, Submission], force: bool, interrupted: bool = True) -> None:
+        """A failed step: scancel the others. Ctrl-C: with --cancel-on-exit (or a yes on a terminal) scancel them,
+        else leave them running and detach."""
+        ids = [self._handles[n] for n in active]
+        if not ids or self.detach:
+            return
+        if force or not interrupted or self.cancel_on_exit or (sys.stdin.isatty() and input(
+                f"\ncancel the run's {len(ids)} unfinished jobs? [y/N] ").strip().lower() == "y"):
+            subprocess.run(["scancel", *ids])
+            ui.say(f"cancelled jobs {' '.join(ids)}", "yellow")
+        else:
+            ui.say(f"the jobs go on: `itwin-run status {self.run_id}`, `scancel {' '.join(ids)}`", "yellow")
+            self.detach = True
+
+    def close(self) -> None:
+        pass
+
+    def _tail(self, sub: Submission) -> None:
+        log, name = sub.log, sub.step.name
+        if not log.exists():
+            return
+        with open(log, errors="replace") as f:
+            f.seek(self._offsets.get(name, 0))
+            data = f.read()
+            if "\n" not in data:
+                return
+            complete, _, _ = data.rpartition("\n")
+            self._offsets[name] = self._offsets.get(name, 0) + len((complete + "\n").encode())
+        for line in complete.split("\n"):
+            sys.stdout.write(f"{name} | {line}\n")
+        sys.stdout.flush()
+
+
+def _upstream(sub: Submission, subs: list[Submission]) -> list[str]:
+    writers = {s.output: s.step.name for s in subs if s.output}
+    return [writers[p] for p in sub.inputs.values() if p in writers]
+
+
+def job_states(jobs: dict[str, Path]) -> dict[str, tuple[str, int | None]]:
+    """job id -> (state, the step's exit code if its job wrote one), for jobs given with their step logs: squeue
+    for the jobs the controller knows (one call), sacct for those that left it, else what the job wrote (UNKNOWN
+    when it wrote nothing)."""
+    queued = queue_states(list(jobs))
+    gone = [j for j in jobs if j not in queued]
+    accounted = accounting_states(gone) if gone else {}
+    out = {}
+    for job_id, log in jobs.items():
+        code = exit_code(log)
+        state, reason = queued.get(job_id) or accounted.get(job_id) or ("", "")
+        if not state:
+            state = "COMPLETED" if code == 0 else "FAILED" if code is not None else "UNKNOWN"
+        if state == "PENDING" and reason == "DependencyNeverSatisfied":
+            state = "CANCELLED"
+        out[job_id] = (state, code)
+    return out
+
+
+def exit_code(log: Path) -> int | None:
+    """The step's own exit code, written by its job (runner.stepjob) beside its log; None if it never ran."""
+    try:
+        return int(log.with_suffix(".exit").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def status(root: Path, run_id: str) -> list[tuple[str, str, str]]:
+    """(step, job id, state) of a run's steps, as job_states() finds them now."""
+    from runner.state import State
+
+    steps = State(root).manifest(run_id).get("steps", {})
+    jobs = {info["handle"]: Path(info.get("log", "")) for info in steps.values() if info.get("handle")}
+    states = job_states(jobs) if jobs else {}
+    return [(name, info.get("handle", "-"), states[info["handle"]][0] if info.get("handle") else info.get("status", "?"))
+            for name, info in steps.items()]

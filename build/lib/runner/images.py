@@ -1,0 +1,271 @@
+"""Image specs: what goes into a step's image, and the content hash it is tagged with.
+
+Engine-neutral: an engine turns an ImageSpec into something it can run (a Docker image, a SIF).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from runner import tree
+from runner.errors import UsageError, UserError, ValidationError
+from runner.workflow import StepSpec, Workflow, _compose, _dotted, _line
+
+# Templates and scripts: the repository's images/ and Dockerfile.base, reached through runner/data (links in the
+# checkout, files in the wheel), so the installed tool finds them too.
+DATA = Path(str(resources.files("runner") / "data"))
+TEMPLATES = DATA / "images"
+BASE_DOCKERFILE = DATA / "Dockerfile.base"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BASE_PYTHON = "3.11"
+LABEL = "org.itwin-run"  # every image, container and volume the runner creates carries f"{LABEL}.managed"
+
+# Conda names whose pip name differs; anything else is suggested as-is.
+_PIP_NAMES = {"pytorch": "torch", "pytorch-lightning": "lightning", "pytorch-cpu": "torch", "py-opencv": "opencv-python",
+              "pyyaml": "pyyaml", "tensorflow-gpu": "tensorflow", "matplotlib-base": "matplotlib"}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    wheelhouse: Path | None = None
+    constraints: Path | None = None
+    pull: str = "missing"  # prebuilt images: missing | always | never
+
+    @classmethod
+    def from_env(cls, wheelhouse: str | None = None, constraints: str | None = None, pull: str = "missing") -> BuildOptions:
+        """--wheelhouse, else ITWIN_RUN_WHEELHOUSE, else the host pip's own find-links directory ('none': no wheelhouse)."""
+        wh = wheelhouse or os.environ.get("ITWIN_RUN_WHEELHOUSE") or host_find_links()
+        if wh == "none":
+            wh = None
+        cs = constraints or os.environ.get("ITWIN_RUN_CONSTRAINTS") or None
+        if pull not in ("missing", "always", "never"):
+            raise UserError(f"--pull: expected missing, always or never; got {pull!r}")
+        opts = cls(Path(wh).resolve() if wh else None, Path(cs).resolve() if cs else None, pull)
+        if opts.wheelhouse and not opts.wheelhouse.is_dir():
+            raise UserError(f"wheelhouse {opts.wheelhouse} is not a directory")
+        if opts.constraints and not opts.constraints.is_file():
+            raise UserError(f"constraints file {opts.constraints} not found")
+        return opts
+
+
+@dataclass
+class ImageSpec:
+    """A step image: `kind` is requirements | conda | dockerfile | image."""
+
+    kind: str
+    name: str
+    step: str
+    env_file: Path | None = None
+    requirements: str = ""  # pip lines (requirements / conda kinds)
+    source: Path | None = None
+    image: str | None = None  # prebuilt reference (image kind)
+    digest_parts: list[str] = field(default_factory=list)
+    exclude: tuple[Path, ...] = ()  # never in the build context nor the hash: datasets, the state folder
+    def spec_digest(self, opts: BuildOptions) -> str:
+        """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
+        h = hashlib.sha256()
+        for part in [self.kind, self.name, *self.digest_parts, *_options_digest(opts, self.kind)]:
+            h.update(part.encode() + b"\0")
+        return h.hexdigest()[:16]
+
+    def tag(self, base_id: str, opts: BuildOptions) -> str:
+        """Content tag: env file, source tree, base image id, template and build options."""
+        h = hashlib.sha256()
+        for part in [self.kind, base_id, *self.digest_parts, *_options_digest(opts, self.kind)]:
+            h.update(part.encode() + b"\0")
+        return f"{self.name}:{h.hexdigest()[:16]}"
+
+    def context(self, dest: Path, base_ref: str, opts: BuildOptions) -> str:
+        """Lay out the build context in `dest`; returns the Dockerfile's path relative to it."""
+        if self.kind == "dockerfile":
+            assert self.env_file
+            _link_tree(self.env_file.parent, dest, self.exclude)
+            return self.env_file.name
+        (dest / "requirements.txt").write_text(self.requirements)
+        pip_args, copies = [], ["COPY requirements.txt ./"]
+        if opts.wheelhouse:
+            _link_tree(opts.wheelhouse, dest / "wheels")
+            pip_args.append("--find-links wheels")
+            copies.append("COPY wheels ./wheels")
+        if opts.constraints:
+            shutil.copy(opts.constraints, dest / "constraints.txt")
+            pip_args.append("-c constraints.txt")
+            copies.append("COPY constraints.txt ./")
+        source_steps = ""
+        if self.source:
+            _link_tree(self.source, dest / "source", self.exclude)
+            source_steps = f"COPY source ./source\nRUN pip install --prefer-binary {' '.join(pip_args)} ./source"
+        template = string.Template((TEMPLATES / "Dockerfile.pip").read_text())
+        (dest / "Dockerfile").write_text(template.substitute(
+            base=base_ref, pip_args=" ".join(pip_args), copy_requirements="\n".join(copies), source_steps=source_steps))
+        return "Dockerfile"
+
+
+def host_find_links() -> str | None:
+    """The first local directory pip on this host is told to find wheels in (PIP_FIND_LINKS or a pip.conf),
+    so a site's local wheels (a CPU torch build, say) go into images as they go into host installs."""
+    import configparser
+
+    values = [os.environ.get("PIP_FIND_LINKS", "")]
+    home = Path.home()
+    for conf in [Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"), home / ".pip/pip.conf",
+                 home / ".config/pip/pip.conf", Path(os.environ.get("PIP_CONFIG_FILE", "/nonexistent"))]:
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(conf)
+        except (configparser.Error, OSError):
+            continue
+        values += [parser.get(section, "find-links", fallback="") for section in ("global", "install")]
+    for value in values:
+        for item in value.split():
+            path = Path(item.removeprefix("file://"))
+            if path.is_absolute() and path.is_dir():
+                return str(path)
+    return None
+
+
+def _options_digest(opts: BuildOptions, kind: str) -> list[str]:
+    if kind == "dockerfile":
+        return []
+    parts = [(TEMPLATES / "Dockerfile.pip").read_text()]
+    if opts.wheelhouse:
+        parts += sorted(f"{p.name}:{p.stat().st_size}" for p in opts.wheelhouse.iterdir() if p.is_file())
+    if opts.constraints:
+        parts.append(opts.constraints.read_text())
+    return parts
+
+
+def context_files(root: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
+    """`relative path:sha256` of what goes into a build context from root: not the datasets, the state folder,
+    caches, VCS or virtual envs, nor what root's .dockerignore excludes."""
+    return tree.content_digest(root, exclude, tree.read_ignore(root / ".dockerignore"))
+
+
+def _link_tree(src: Path, dest: Path, exclude: tuple[Path, ...] = ()) -> None:
+    """Hard-link (or copy) into a build context what context_files() hashes."""
+    for rel, _ in tree.walk(src, exclude, tree.read_ignore(src / ".dockerignore")):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src / rel, target)
+        except OSError:
+            shutil.copy2(src / rel, target)
+
+
+def image_name(step: StepSpec) -> str:
+    stem = step.env_file.stem if step.env_file else step.name
+    if step.env_file and stem.lower() in {"dockerfile", "requirements", "environment", "env"}:
+        stem = f"{step.env_file.parent.name}-{stem}"
+    return "itwin-run/" + (re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "step")
+
+
+def spec_for(step: StepSpec, wf: Workflow | None = None) -> ImageSpec:
+    """Read a step's env file into an ImageSpec (raises ValidationError with file:line on bad input)."""
+    env = step.env
+    if env.image:
+        return ImageSpec(kind="image", name=env.image, step=step.name, image=env.image)
+    assert step.env_file is not None
+    f = step.env_file
+    name = image_name(step)
+    exclude = (*wf.datasets.values(), wf.root / ".itwin-run") if wf else ()
+    source_parts = context_files(step.source, exclude) if step.source else []
+    text = f.read_text(encoding="utf-8", errors="replace")
+    lower = f.name.lower()
+    if lower == "dockerfile" or lower.endswith(".dockerfile") or lower.startswith("dockerfile."):
+        if step.source:
+            raise UserError(f"{f}: a Dockerfile env builds its own context; 'source' is not used with it (step {step.name!r})")
+        return ImageSpec(kind="dockerfile", name=name, step=step.name, env_file=f,
+                         digest_parts=context_files(f.parent, exclude), exclude=exclude)
+    if f.suffix in {".yml", ".yaml"}:
+        reqs = conda_to_pip(f, text)
+        return ImageSpec(kind="conda", name=name, step=step.name, env_file=f, requirements=reqs, source=step.source,
+                         digest_parts=[text, *source_parts], exclude=exclude)
+    return ImageSpec(kind="requirements", name=name, step=step.name, env_file=f, requirements=text,
+                     source=step.source, digest_parts=[text, *source_parts], exclude=exclude)
+
+
+def conda_to_pip(f: Path, text: str) -> str:
+    """A conda environment.yml with python + pip packages only, as a requirements list."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    data, lines = _compose(text, str(f))
+    problems: list[str] = []
+
+    def problem(loc: tuple, msg: str) -> None:
+        problems.append(f"{f}:{_line(lines, loc)}: {_dotted(loc)}: {msg}")
+
+    if not isinstance(data, dict):
+        raise ValidationError([f"{f}:1: top: an environment file is a mapping with 'dependencies'"])
+    deps = data.get("dependencies") or []
+    if not isinstance(deps, list):
+        raise ValidationError([f"{f}:{_line(lines, ('dependencies',))}: dependencies: must be a list"])
+    pip_lines: list[str] = []
+    for i, dep in enumerate(deps):
+        loc = ("dependencies", i)
+        if isinstance(dep, dict) and set(dep) == {"pip"} and isinstance(dep["pip"], list):
+            for j, p in enumerate(dep["pip"]):
+                if not isinstance(p, str):
+                    problem(loc + ("pip", j), "must be a pip requirement string")
+                else:
+                    pip_lines.append(p)
+            continue
+        if not isinstance(dep, str):
+            problem(loc, "must be a package spec or a 'pip:' list")
+            continue
+        m = re.match(r"^\s*(?:[\w.-]+::)?([A-Za-z0-9_.-]+)\s*(.*)$", dep)
+        pkg, ver = (m.group(1).lower(), m.group(2).strip()) if m else (dep, "")
+        if pkg == "pip":
+            continue
+        if pkg == "python":
+            spec = ver.replace(" ", "")
+            if spec and spec[0].isdigit():
+                spec = "==" + spec + (".*" if spec.count(".") < 2 else "")
+            elif spec.startswith("=") and not spec.startswith("=="):
+                spec = "=" + spec + (".*" if spec.count(".") < 2 else "")
+            try:
+                ok = not spec or SpecifierSet(spec).contains(BASE_PYTHON + ".0") or SpecifierSet(spec).contains(BASE_PYTHON)
+            except InvalidSpecifier:
+                problem(loc, f"cannot read the python version {dep!r}")
+                continue
+            if not ok:
+                problem(loc, f"{dep!r} does not match the base image's Python {BASE_PYTHON}")
+            continue
+        pip_name = _PIP_NAMES.get(pkg, pkg)
+        pin = ver.lstrip("=")
+        hint = f"{pip_name}=={pin}" if pin and pin[0].isdigit() else pip_name + ver
+        problem(loc, f"conda package {dep!r} is not supported (no conda channel is used): "
+                     f"list it under 'pip:' as {hint!r}")
+    if problems:
+        raise ValidationError(problems)
+    return "".join(p + "\n" for p in pip_lines)
+
+
+# ---------------------------------------------------------------- image pin files
+
+
+def write_pins(path: Path, workflow: Path, images: dict[str, str]) -> None:
+    """step -> image reference with digest: what `itwin-run --images FILE` runs exactly."""
+    import json
+
+    path.write_text(json.dumps({"workflow": str(workflow), "images": images}, indent=2) + "\n")
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        images = data["images"]
+        assert isinstance(images, dict) and all(isinstance(v, str) for v in images.values())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such image pin file") from None
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise UsageError(f"{path}: not an itwin-run image pin file (expected {{\"images\": {{step: reference}}}})") from None
+    return images

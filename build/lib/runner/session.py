@@ -1,0 +1,466 @@
+"""A run's whole lifecycle, for every executor: the project lock, step selection, images, fingerprints and step
+records, the provenance manifest, one run-wide cancel flag, signal handling and the status table.
+
+Executors (runner/executors/: local, slurm, cwl) only submit, poll and cancel; engines (runner/engines/) only
+build images and run one container. Reading this file top to bottom is reading what `itwin-run WORKFLOW` does."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import ui
+from runner.engines.base import ImageBuilder, Job, Mount, StepRunner
+from runner.errors import StepFailed, UsageError
+from runner.executors.base import Executor, Outcome, Submission
+from runner.images import LABEL, BuildOptions, ImageSpec, spec_for
+from runner.policy import mask_env
+from runner.state import ProjectFiles, State, fingerprint, tree_manifest
+from runner.workflow import StepSpec, Workflow, dependencies
+
+GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
+
+
+@dataclass
+class RunOptions:
+    user: str | None = None
+    gpus: str | int | list[int] | None = None
+    build: BuildOptions = field(default_factory=BuildOptions)
+    pinned: dict[str, str] | None = None  # step -> prebuilt image (--images FILE)
+    jobs: int = 1
+    only: list[str] = field(default_factory=list)
+    from_: str | None = None
+    until: str | None = None
+    force: list[str] | None = None  # None: nothing forced; []: everything; names: those steps
+    keep_going: bool = False
+    dry_run: bool = False
+    allowed_mounts: list[str] = field(default_factory=list)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: `code` is what the run exits with (130 or 143)."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+# ---------------------------------------------------------------- selection and images
+
+
+def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
+    """--only / --from / --until: the slice of the workflow to run, in dependency order."""
+    deps = dependencies(wf)
+    names = [s.name for s in wf.steps]
+    for n in [*opts.only, opts.from_, opts.until, *(opts.force or [])]:
+        if n is not None and n not in names:
+            raise UsageError(f"no step named {n!r} in {wf.path.name} (steps: {', '.join(names)})")
+
+    def closure(start: str, edges: dict[str, set[str]]) -> set[str]:
+        seen, todo = {start}, [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    chosen = set(names)
+    if opts.only:
+        chosen &= set(opts.only)
+    if opts.from_:
+        downstream: dict[str, set[str]] = {n: set() for n in names}
+        for n, ups in deps.items():
+            for up in ups:
+                downstream[up].add(n)
+        chosen &= closure(opts.from_, downstream)
+    if opts.until:
+        chosen &= closure(opts.until, deps)
+    return [s for s in wf.steps if s.name in chosen]
+
+
+def image_specs(wf: Workflow, pinned: dict[str, str] | None = None) -> dict[str, ImageSpec]:
+    """Each step's image spec; with a pin file's images, exactly those prebuilt references."""
+    if pinned is None:
+        return {s.name: spec_for(s, wf) for s in wf.steps}
+    missing = [s.name for s in wf.steps if s.name not in pinned]
+    if missing:
+        raise UsageError(f"the image file names no image for step(s) {', '.join(missing)}: rebuild it with "
+                         "`itwin-run build --push`")
+    return {s.name: ImageSpec(kind="image", name=pinned[s.name], step=s.name, image=pinned[s.name]) for s in wf.steps}
+
+
+def resolve_images(wf: Workflow, builder: ImageBuilder, opts: BuildOptions, *, build: bool = True,
+                   pinned: dict[str, str] | None = None) -> dict[str, tuple[str, bool]]:
+    """Step name -> (image reference, present); equal specs are resolved (and built) once."""
+    specs = image_specs(wf, pinned)
+    done: dict[tuple, tuple[str, bool]] = {}
+    out = {}
+    for name, spec in specs.items():
+        key = (spec.kind, spec.name, spec.image, tuple(spec.digest_parts))
+        if key not in done:
+            done[key] = builder.resolve(spec, opts, build=build)
+        out[name] = done[key]
+    return out
+
+
+def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_id: str) -> Job:
+    mounts = [Mount(wf.root, wf.root, read_only=True)]
+    mounts += [Mount(wf.datasets[d], wf.datasets[d], read_only=True) for d in step.inputs]
+    if step.output:
+        mounts.append(Mount(wf.datasets[step.output], wf.datasets[step.output], read_only=False))
+    env = {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in step.env.vars.items()}
+    return Job(step=step.name, image=image, argv=wf.argv(step), workdir=wf.root, mounts=mounts, env=env, user=user,
+               gpus=gpus if gpus is not None else step.gpus,
+               labels={f"{LABEL}.run": run_id, f"{LABEL}.step": step.name})
+
+
+def prepare_output(path: Path, user: str) -> None:
+    """Create an output dataset directory; when we are root, it (and what an earlier run left in it) belongs to
+    the step's uid, so that the step can write it."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.getuid() != 0:
+        return
+    uid_s, _, gid_s = user.partition(":")
+    if not uid_s.isdigit():
+        return
+    uid, gid = int(uid_s), int(gid_s) if gid_s.isdigit() else int(uid_s)
+    if path.stat().st_uid == uid:
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        os.chown(dirpath, uid, gid)
+        for name in [*dirnames, *filenames]:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
+
+
+def mounts_json(job: Job) -> list[dict[str, Any]]:
+    return [{"source": str(m.source), "target": str(m.target), "read_only": m.read_only} for m in job.mounts]
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    return {**job.__dict__, "workdir": str(job.workdir), "mounts": mounts_json(job)}
+
+
+def step_fingerprint(parts: dict, inputs: dict[str, str]) -> str:
+    """What a step's record is checked against: its image, argv, env, user, the project files it may read, and
+    its inputs as they are now."""
+    return fingerprint(**parts, inputs={d: tree_manifest(Path(p)) for d, p in inputs.items()})
+
+
+def complete_step(root: Path, key: str, parts: dict, inputs: dict[str, str], output: str | None, run_id: str) -> None:
+    """Mark a step's output complete (after it succeeded): used by the session and by SLURM's step jobs."""
+    State(root).complete(key, step_fingerprint(parts, inputs), Path(output) if output else None, run_id)
+
+
+# ---------------------------------------------------------------- the session
+
+
+class RunSession:
+    """One run: `RunSession(...).run()`; raises StepFailed, UserError or Interrupted as the CLI reports them."""
+
+    def __init__(self, wf: Workflow, builder: ImageBuilder, runner: StepRunner, executor: Executor, opts: RunOptions):
+        self.wf, self.builder, self.runner, self.executor, self.opts = wf, builder, runner, executor, opts
+        self.run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        self.state = State(wf.root)
+        self.run_dir = self.state.runs / self.run_id
+        self.user = opts.user or runner.default_user(wf.root)
+        self.status: dict[str, str] = {}
+        self.manifest: dict[str, Any] = {}
+        self.cancel_code = 0  # 130 or 143 once cancelled
+        self._cancelled_at: float | None = None
+        self._phase = "prepare"
+        self._files: ProjectFiles | None = None
+        self._deps: dict[str, set[str]] = {}
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> None:
+        steps = select(self.wf, self.opts)
+        self.executor.check(self.opts, steps)  # flags this executor cannot honour: refused before anything starts
+        if any(s.env.prefix for s in steps):
+            ui.say("note: env.prefix (the prototype's conda location) is ignored: steps run in container images", "dim")
+        if self.opts.dry_run:
+            return self._dry_run(steps)
+        self.state.lock()
+        previous = self._install_signals()
+        try:
+            self._start_manifest(steps)
+            try:
+                self._phase = "images"
+                sub = Workflow(path=self.wf.path, root=self.wf.root, datasets=self.wf.datasets, steps=steps,
+                               extra=self.wf.extra)
+                images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self.opts.build,
+                                                                   pinned=self.opts.pinned).items()}
+                self._check_inputs(steps)
+                self._check_access(steps)
+                self._phase = "steps"
+                if self.cancel_code:
+                    raise Interrupted(self.cancel_code)
+                self._schedule(steps, images)
+            except BaseException as exc:
+                self._end_manifest(steps, exc)
+                raise
+            self._end_manifest(steps, None)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.state.unlock()
+
+    def _dry_run(self, steps: list[StepSpec]) -> None:
+        images = resolve_images(self.wf, self.builder, self.opts.build, build=False, pinned=self.opts.pinned)
+        subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps]
+        self.executor.dry_run(subs, {k: present for k, (_, present) in images.items()})
+
+    def _check_access(self, steps: list[StepSpec]) -> None:
+        """As root, steps run as another uid by default: the project and the inputs must be readable by it."""
+        uid_s, _, gid_s = self.user.partition(":")
+        if os.getuid() != 0 or not uid_s.isdigit() or int(uid_s) == 0:
+            return
+        uid, gid = int(uid_s), int(gid_s) if gid_s.isdigit() else -1
+        paths = [self.wf.root, *{self.wf.datasets[d] for s in steps for d in s.inputs if self.wf.datasets[d].exists()}]
+        for path in paths:
+            st = path.stat()
+            bits = 0o5 if st.st_uid != uid and st.st_gid != gid else 0o50 if st.st_uid != uid else 0o500
+            if st.st_mode & bits != bits:
+                raise UsageError(f"{path} is not readable by uid {uid}, which steps run as when itwin-run runs as "
+                                 f"root: make it readable (chmod o+rx {path}) or run the steps as root (--user 0:0)")
+
+    def _check_inputs(self, steps: list[StepSpec]) -> None:
+        written = {s.output for s in steps if s.output}
+        for step in steps:
+            for d in step.inputs:
+                if d not in written and not self.wf.datasets[d].exists():
+                    raise UsageError(f"{self.wf.path}:{step.line}: {step.name}.input: dataset {d!r} "
+                                     f"({self.wf.datasets[d]}) does not exist and no selected step writes it")
+
+    # ------------------------------------------------------------ signals: one flag for the whole run
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        first = not self.cancel_code
+        self.cancel_code = self.cancel_code or (130 if signum == signal.SIGINT else 143)
+        if first:
+            self._cancelled_at = time.monotonic()
+        if self._phase != "steps":
+            # building or converting an image: stop it now (the build's own process goes with the exception)
+            raise Interrupted(self.cancel_code)
+        if not first and signum == signal.SIGINT:
+            self._cancelled_at = -GRACE  # a second Ctrl-C: kill at once
+
+    # ------------------------------------------------------------ scheduling
+
+    def _submission(self, step: StepSpec, image: str, after: list[str], fingerprinted: bool = True) -> Submission:
+        job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id)
+        output = self.wf.datasets[step.output] if step.output else None
+        return Submission(step=step, job=job, key=State.record_key(self.wf.root, self.wf.path, step.name),
+                          parts=self._parts(step, job) if fingerprinted else {},
+                          inputs={d: str(self.wf.datasets[d]) for d in step.inputs},
+                          output=str(output) if output else None, log=self.run_dir / f"{step.name}.log", after=after)
+
+    def _parts(self, step: StepSpec, job: Job) -> dict[str, Any]:
+        """What a step's fingerprint is made of, but its inputs (taken when it is checked or done)."""
+        if self._files is None:
+            env_files = [s.env_file for s in self.wf.steps if s.env_file]  # in the image hash already
+            self._files = ProjectFiles(self.wf.root, self.state, [*self.wf.datasets.values(), *env_files])
+        return {"image": job.image, "engine": self.runner.name, "argv": job.argv, "env": job.env, "user": job.user,
+                "gpus": job.gpus, "project": self._files.digest(step.depends, self._named_by_others(step))}
+
+    def _named_by_others(self, step: StepSpec) -> set[str]:
+        """Project files other steps' commands name and this one's does not: editing another step's script reruns
+        that step (and what reads its output), not this one."""
+        def named(s: StepSpec) -> set[str]:
+            out = set()
+            for token in self.wf.argv(s):
+                path = (self.wf.root / token).resolve()
+                if self.wf.root in path.parents and path.is_file():
+                    out.add(str(path.relative_to(self.wf.root)))
+            return out
+        mine = named(step)
+        return {f for s in self.wf.steps if s.name != step.name for f in named(s)} - mine
+
+    def _up_to_date(self, sub: Submission) -> bool:
+        force = self.opts.force
+        if force is not None and (not force or sub.step.name in force):
+            return False
+        return self.state.up_to_date(sub.key, step_fingerprint(sub.parts, sub.inputs),
+                                     Path(sub.output) if sub.output else None)
+
+    def _schedule(self, steps: list[StepSpec], images: dict[str, str]) -> None:
+        deps = self._deps = {s.name: dependencies(self.wf)[s.name] & {x.name for x in steps} for s in steps}
+        pending = list(steps)
+        active: dict[str, Submission] = {}
+        handles: dict[str, str] = {}
+        failure: Outcome | None = None
+        stopping = False  # siblings of a failed step are being stopped (no --keep-going)
+        cancel_sent = kill_sent = False
+        self.executor.start(self.run_id, self.run_dir, {f"{LABEL}.run": self.run_id})
+        whole = self.executor.whole_workflow
+        if whole:  # all or nothing: up to date only when every step is
+            subs = [self._submission(s, images[s.name], []) for s in steps]
+            if all(self._up_to_date(sub) for sub in subs):
+                for step in steps:
+                    self._finish(step.name, "up to date")
+                pending = []
+        try:
+            while pending or active:
+                if not self.cancel_code and not stopping:
+                    for step in list(pending):
+                        if not self.executor.has_room(len(active)):
+                            break
+                        if self._upstream_failed(step.name, deps):
+                            pending.remove(step)
+                            self._finish(step.name, "skipped: upstream failed")
+                            continue
+                        waiting = [u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date")]
+                        if waiting and not (self.executor.orders_itself and all(u in handles for u in waiting)):
+                            continue
+                        pending.remove(step)
+                        sub = self._submission(step, images[step.name], [handles[u] for u in waiting])
+                        if not waiting and not whole and self._up_to_date(sub):
+                            self._finish(step.name, "up to date")
+                            continue
+                        self._begin_step(sub)
+                        handles[step.name] = self.executor.submit(sub)
+                        self.manifest["steps"][step.name]["handle"] = handles[step.name]
+                        active[step.name] = sub
+                        self.status[step.name] = "running"
+                    if self.executor.detached(active):
+                        self.manifest["status"] = "submitted"
+                        active = {}  # they run on without us
+                        return
+                if self.cancel_code or stopping:
+                    for step in pending:
+                        self._finish(step.name, "skipped: upstream failed" if self._upstream_failed(step.name, deps)
+                                     else "not run")
+                    pending = []
+                if not active:
+                    continue
+                for out in self.executor.poll(active, timeout=0.2):
+                    sub = active.pop(out.step)
+                    failure = self._outcome(sub, out, stopping) or failure
+                if failure and not self.opts.keep_going and not stopping:
+                    stopping = True
+                    if active:
+                        ui.say(f"stopping the running steps: {failure.step} failed (--keep-going lets them finish)",
+                               "yellow")
+                        self.executor.cancel(active, force=False, interrupted=False)
+                if self.cancel_code and active:
+                    if not cancel_sent:
+                        cancel_sent = True
+                        ui.say("interrupted: stopping running steps (Ctrl-C again to kill them now)", "yellow")
+                        self.executor.cancel(active, force=False, interrupted=True)
+                    elif not kill_sent and time.monotonic() - (self._cancelled_at or 0) >= GRACE:
+                        kill_sent = True
+                        self.executor.cancel(active, force=True, interrupted=True)
+                    if self.executor.detached(active):  # SLURM: the jobs go on without us
+                        self.manifest["status"] = "submitted"
+                        active = {}
+                        break
+        finally:
+            if active:  # an error of ours (not of a step): leave nothing running behind
+                self.executor.cancel(active, force=True, interrupted=True)
+            self.executor.close()
+        if self.cancel_code:
+            raise Interrupted(self.cancel_code)
+        if failure:
+            raise StepFailed(failure.step, failure.exit_code or 1, failure.tail, str(self.run_dir / f"{failure.step}.log"),
+                             reason=failure.reason)
+
+    def _upstream_failed(self, name: str, deps: dict[str, set[str]]) -> bool:
+        todo, seen = list(deps[name]), set()
+        while todo:
+            d = todo.pop()
+            if self.status.get(d) == "failed" or self.status.get(d, "").startswith(("stopped", "skipped")):
+                return True
+            if d not in seen:
+                seen.add(d)
+                todo += deps.get(d, ())
+        return False
+
+    def _begin_step(self, sub: Submission) -> None:
+        job = sub.job
+        if sub.output:
+            prepare_output(Path(sub.output), job.user)
+        self.state.forget(sub.key)  # the output is not complete until this step says so again
+        self.manifest["steps"][job.step] = {
+            "image": job.image, "engine": self.runner.name, "executor": self.executor.name, "argv": job.argv,
+            "user": job.user, "gpus": job.gpus, "env": mask_env(job.env),
+            "mounts": mounts_json(job), "start": time.time(), "status": "running", "log": str(sub.log)}
+        self.state.write_manifest(self.run_id, self.manifest)
+
+    def _outcome(self, sub: Submission, out: Outcome, stopping: bool) -> Outcome | None:
+        """Record what happened to a step; returns the outcome when it is a failure of the step itself."""
+        name = sub.step.name
+        info: dict[str, Any] = {"end": time.time(), "exit_code": out.exit_code}
+        cancelled = self.cancel_code and (self._cancelled_at is None or out.ended >= self._cancelled_at)
+        if out.status == "done" and not cancelled:
+            if not self.executor.records_itself:
+                complete_step(self.wf.root, sub.key, sub.parts, sub.inputs, sub.output, self.run_id)
+            info["fingerprint"] = (self.state.record(sub.key) or {}).get("fingerprint")
+            self._finish(name, "done", **info)
+            ui.say(f" {name} ({info['end'] - self.manifest['steps'][name]['start']:.1f}s)", "green", prefix="✓")
+            return None
+        if out.status == "cancelled" and self._upstream_failed(name, self._deps):
+            self._finish(name, "skipped: upstream failed", **info)
+            return None
+        if cancelled:
+            self._finish(name, "interrupted", **info)
+            return None
+        if stopping:
+            self._finish(name, "stopped: another step failed", **info)
+            return None
+        first = "failed" not in self.status.values()
+        self._finish(name, "failed", **info, **({"reason": out.reason} if out.reason else {}))
+        if out.reason and not first:  # the first failure is what the run ends with, and the CLI says it
+            ui.say(f" {out.reason}", "red", prefix="error:")
+        return out
+
+    def _finish(self, name: str, status: str, **info: Any) -> None:
+        self.status[name] = status
+        self.manifest["steps"].setdefault(name, {}).update(status=status, **info)
+        if status in ("up to date", "skipped: upstream failed", "not run"):
+            ui.say(f"- {name}: {status}", "dim")
+
+    # ------------------------------------------------------------ the manifest and the table
+
+    def _start_manifest(self, steps: list[StepSpec]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest = {"run_id": self.run_id, "workflow": str(self.wf.path), "root": str(self.wf.root),
+                         "engine": self.runner.name, "executor": self.executor.name, "started": time.time(),
+                         "status": "running", "selected": [s.name for s in steps],
+                         "allowed_mounts": self.opts.allowed_mounts, "steps": {}}
+        self.state.write_manifest(self.run_id, self.manifest)
+
+    def _end_manifest(self, steps: list[StepSpec], exc: BaseException | None) -> None:
+        for s in steps:
+            self.status.setdefault(s.name, "not run")
+            self.manifest["steps"].setdefault(s.name, {}).setdefault("status", self.status[s.name])
+        if self.manifest.get("status") != "submitted":
+            self.manifest["ended"] = time.time()
+            self.manifest["status"] = ("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) or
+                                       self.cancel_code else "failed" if exc is not None else "succeeded")
+            if exc is not None and not isinstance(exc, (Interrupted, KeyboardInterrupt, StepFailed)):
+                self.manifest["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.state.write_manifest(self.run_id, self.manifest)
+        if self._phase == "steps":
+            self._table(steps)
+        if self.manifest["status"] == "submitted":
+            ui.say(f"run {self.run_id}: follow it with `itwin-run status {self.run_id}`")
+
+    def _table(self, steps: list[StepSpec]) -> None:
+        width = max(len(s.name) for s in steps)
+        for s in steps:
+            st = self.status.get(s.name, "not run")
+            style = "green" if st in ("done", "up to date") else "red" if st in ("failed", "interrupted") else "dim"
+            ui.say(f"  {s.name:<{width}}  {st}", style)
+

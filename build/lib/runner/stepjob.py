@@ -1,0 +1,51 @@
+"""Run one step inside a batch job: `python -m runner.stepjob JOB.json` (written by the SLURM executor).
+
+The step runs through the chosen engine with the same argv, binds and env as a local run; task 0 writes the step's
+exit code beside its log and, on success, the step record (runner.session.complete_step). SIGTERM (scancel) stops
+the step's container or apptainer process before the job ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from runner.engines import Cancelled, get_runner
+from runner.engines.base import Job, Mount
+from runner.policy import masker
+from runner.session import complete_step
+
+
+def main(argv: list[str] | None = None) -> int:
+    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    fields = spec["job"]
+    job = Job(**{**fields, "workdir": Path(fields["workdir"]),
+                 "mounts": [Mount(Path(m["source"]), Path(m["target"]), m["read_only"]) for m in fields["mounts"]]})
+    task = os.environ.get("SLURM_PROCID", "0")
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # several tasks (srun): what Lightning's SLURM environment reads to set up DDP goes into the container
+        job.env.update({k: v for k, v in os.environ.items() if k.startswith("SLURM_")})
+    slurm_job = os.environ.get("SLURM_JOB_ID", "")
+    job.labels = {**job.labels, "org.itwin-run.task": task, "org.itwin-run.slurm-job": slurm_job}
+    runner = get_runner(spec["engine"])
+    runner.begin({"org.itwin-run.run": spec["run_id"], "org.itwin-run.slurm-job": slurm_job,
+                  "org.itwin-run.task": task})
+    signal.signal(signal.SIGTERM, lambda signum, frame: runner.interrupt(force=False))
+    hide = masker(job.env)
+    try:
+        code = runner.run(job, lambda line: print(hide(line), flush=True))
+    except Cancelled:
+        code = 143
+    finally:
+        runner.end()
+    if task == "0":
+        Path(spec["exit_file"]).write_text(f"{code}\n")
+        if code == 0:
+            complete_step(Path(spec["root"]), spec["key"], spec["parts"], spec["inputs"], spec["output"], spec["run_id"])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Terminal output. Plain lines go straight to stderr; rich (spinners, build progress) is imported only when used,
+so a warm run pays nothing for it."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+_ANSI = {"green": "32", "red": "31", "dim": "2", "yellow": "33"}
+
+
+def say(text: str, style: str | None = None, prefix: str = "") -> None:
+    """One line on stderr; `style` colours `prefix` (or the whole line) on a terminal."""
+    head = prefix or text
+    if style and sys.stderr.isatty():
+        head = f"\033[{_ANSI[style]}m{head}\033[0m"
+    sys.stderr.write((head + text if prefix else head) + "\n")
+    sys.stderr.flush()
+
+
+@functools.cache
+def console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)

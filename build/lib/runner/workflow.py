@@ -1,0 +1,373 @@
+"""The workflow model: the 2023 prototype's YAML (datasets + steps), validated with line numbers."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ValidationError as PydanticError
+
+from runner.errors import UserError, ValidationError
+
+Scalar = Union[bool, int, float, str]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# SLURM options become #SBATCH lines of a batch script that runs on the host: each has the shape sbatch documents
+# (the SLURM executor checks its command-line defaults against the same patterns).
+PARTITION = r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$"
+SLURM_TIME = r"^(\d+(-\d{1,2}(:\d{1,2}){0,2})?|\d+(:\d{1,2}){1,2}|UNLIMITED|INFINITE)$"
+SBATCH_FLAG = r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:/@%+=-]+)?$"
+
+
+def sbatch_flag(x: str) -> str:
+    """One `--flag[=value]` token of sbatch's, but --wrap (it replaces the batch script)."""
+    if x == "--wrap" or x.startswith("--wrap="):
+        raise ValueError("--wrap would replace the step's batch script")
+    return x
+
+
+Partition = Annotated[str, StringConstraints(max_length=256, pattern=PARTITION)]
+SlurmTime = Annotated[str, StringConstraints(max_length=32, pattern=SLURM_TIME)]
+Memory = Annotated[str, StringConstraints(max_length=32, pattern=r"^\d+[KMGT]?B?$")]
+SbatchFlag = Annotated[str, StringConstraints(max_length=512, pattern=SBATCH_FLAG), AfterValidator(sbatch_flag)]
+
+
+class Env(BaseModel):
+    """How a step's image is made: an env file, a prebuilt image, and a local package to install."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str | None = None
+    prefix: str | None = None  # the prototype's conda location: accepted and ignored
+    source: str | None = None
+    image: str | None = None
+    vars: dict[EnvName, Scalar] = Field(default_factory=dict)
+
+
+class Slurm(BaseModel):
+    """Per-step SLURM options (the SLURM executor; ignored by the local one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    partition: Partition | None = None
+    time: SlurmTime | None = None
+    nodes: Annotated[int, Field(ge=1, le=100000)] | None = None
+    ntasks_per_node: Annotated[int, Field(ge=1, le=4096)] | None = None
+    cpus_per_task: Annotated[int, Field(ge=1, le=4096)] | None = None
+    mem: Memory | None = None
+    account: Partition | None = None
+    extra: list[SbatchFlag] = Field(default_factory=list)
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: Name | list[Name] | None = None
+    output: Name | None = None
+    command: Annotated[str, StringConstraints(min_length=1, max_length=65536)]
+    env: Env | None = None
+    params: dict[Name, Scalar | list[Scalar] | None] | None = None
+    gpus: Literal["all"] | Annotated[int, Field(ge=0, le=1024)] | list[Annotated[int, Field(ge=0)]] | None = None
+    slurm: Slurm | None = None
+    depends: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] | None = None
+
+
+class Dataset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    location: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class WorkflowFile(BaseModel):
+    """The file as written. Top-level keys other than these (the CWL-style section) are kept in `extra`."""
+
+    model_config = ConfigDict(extra="allow")
+    datasets: dict[Name, Dataset] = Field(default_factory=dict)
+    steps: list[dict[Name, Step]] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step, resolved: absolute paths and its place in the file."""
+
+    name: str
+    line: int
+    command: str
+    inputs: tuple[str, ...]
+    output: str | None
+    env: Env
+    env_file: Path | None
+    source: Path | None
+    params: dict[str, Any]
+    gpus: str | int | list[int] | None
+    slurm: Slurm | None = None
+    depends: list[str] | None = None  # globs of project files the step reads (default: the whole project)
+
+
+@dataclass
+class Workflow:
+    path: Path
+    root: Path
+    datasets: dict[str, Path]
+    steps: list[StepSpec]  # in dependency order (file order where free)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, name: str) -> StepSpec:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise UserError(f"no step named {name!r} in {self.path}")
+
+    def argv(self, step: StepSpec) -> list[str]:
+        """The prototype's contract: CMD --input IN… --output OUT --key value…; no shell."""
+        argv = shlex.split(step.command)
+        for name in step.inputs:
+            argv += ["--input", str(self.datasets[name])]
+        if step.output:
+            argv += ["--output", str(self.datasets[step.output])]
+        for key, value in step.params.items():
+            for v in value if isinstance(value, list) else [value]:
+                if v is None or v is False:
+                    continue
+                argv += [f"--{key}"] if v is True else [f"--{key}", str(v)]
+        return argv
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+
+def _compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
+    """Load YAML into plain objects and remember the line of every key/item path."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValidationError([f"{fname}:{line}: yaml: {problem}"]) from None
+    lines: dict[tuple, int] = {}
+    constructor = yaml.SafeLoader("")
+
+    def build(n: yaml.Node, path: tuple) -> Any:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            constructor.flatten_mapping(n)
+            out: dict[Any, Any] = {}
+            for k, v in n.value:
+                # keys are names as written: YAML 1.1 would turn `on:`/`off:`/`1:` into bools and ints
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                if not isinstance(key, str) or not key:
+                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {_dotted(path) or 'top'}: keys must be plain names"])
+                if key in out:
+                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key"])
+                lines[path + (key,)] = k.start_mark.line + 1
+                out[key] = build(v, path + (key,))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [build(v, path + (i,)) for i, v in enumerate(n.value)]
+        try:
+            return constructor.construct_object(n, deep=True)
+        except yaml.YAMLError as exc:
+            raise ValidationError([f"{fname}:{n.start_mark.line + 1}: {_dotted(path)}: {exc}"]) from None
+
+    if node is None:
+        return None, lines
+    return build(node, ()), lines
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for p in path:
+        if p == "[key]":  # pydantic's marker for a problem with a mapping's key: the key is already named
+            continue
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _line(lines: dict[tuple, int], path: tuple) -> int:
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path, 1)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[str] | tuple[str, ...] = ()) -> Workflow:
+    """Parse and validate a workflow file; raise ValidationError with every problem found (a dataset the mount
+    policy refuses included, unless `allowed_mounts` names it)."""
+    path = Path(path)
+    fname = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{fname}: no such workflow file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{fname}: cannot read workflow file: {exc}") from None
+    data, lines = _compose(text, fname)
+    if not isinstance(data, dict):
+        raise ValidationError([f"{fname}:1: top: a workflow is a mapping with 'datasets' and 'steps'"])
+    control = _control_characters(data, lines, fname)
+    if control:
+        raise ValidationError(control)
+    try:
+        wf = WorkflowFile.model_validate(data)
+    except PydanticError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc) or 'top'}: {_short(err)}")
+        raise ValidationError(sorted(set(problems), key=_by_line)) from None
+    root = Path(root).resolve() if root else Path.cwd().resolve()
+    return _resolve(wf, path, root, lines, allowed_mounts)
+
+
+def _control_characters(data: Any, lines: dict[tuple, int], fname: str) -> list[str]:
+    """No NUL anywhere, and no line break but in a command (where it is a space between words): workflow strings
+    end up in argv, bind options and batch scripts."""
+    problems = []
+
+    def visit(v: Any, path: tuple) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                visit(x, path + (k,))
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                visit(x, path + (i,))
+        elif isinstance(v, str):
+            in_command = len(path) >= 4 and path[0] == "steps" and path[3] == "command"
+            if "\0" in v or (not in_command and ("\n" in v or "\r" in v)):
+                problems.append(f"{fname}:{_line(lines, path)}: {_dotted(path)}: "
+                                f"{'NUL' if chr(0) in v else 'a line break'} is not allowed here")
+    visit(data, ())
+    return problems
+
+
+def _is_union_tag(p: Any) -> bool:
+    return isinstance(p, str) and (p in {"str", "int", "float", "bool", "list[...]", "literal['all']"} or
+                                   p.startswith(("constrained-", "list[", "dict[", "function-", "literal[")))
+
+
+def _short(err: dict) -> str:
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "required field is missing"
+    return msg
+
+
+def _by_line(problem: str) -> tuple[int, str]:
+    parts = problem.split(":")
+    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, problem)
+
+
+def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = ()) -> Workflow:
+    from runner.policy import mount_problem
+
+    fname = str(path)
+    problems: list[str] = []
+
+    def problem(loc: tuple, msg: str) -> None:
+        problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc)}: {msg}")
+
+    datasets: dict[str, Path] = {}
+    for name, ds in wf.datasets.items():
+        loc = Path(ds.location).expanduser()
+        full = Path(root, loc).resolve() if not loc.is_absolute() else loc.resolve()
+        if full == Path("/") or full == root or full in root.parents:
+            problem(("datasets", name, "location"), f"{ds.location!r} would expose {full} read-write; use a directory of its own")
+            continue
+        refused = mount_problem(full, allowed)
+        if refused:
+            problem(("datasets", name, "location"), f"refused: {refused} (itwin-run --allow-mount PATH allows it)")
+            continue
+        for other, other_path in datasets.items():
+            if full == other_path or other_path in full.parents or full in other_path.parents:
+                problem(("datasets", name, "location"), f"overlaps dataset {other!r} ({other_path})")
+        datasets[name] = full
+
+    steps: list[StepSpec] = []
+    writers: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for i, item in enumerate(wf.steps):
+        if len(item) != 1:
+            problem(("steps", i), "each step is a one-key map: '- NAME: {command: ...}'")
+            continue
+        (name, step), = item.items()
+        here = ("steps", i, name)
+        if name in seen:
+            problem(here, f"duplicate step name (first at line {seen[name]})")
+        seen.setdefault(name, _line(lines, here))
+        inputs = (step.input,) if isinstance(step.input, str) else tuple(step.input or ())
+        for ds in inputs:
+            if ds not in datasets and ds not in wf.datasets:
+                problem(here + ("input",), f"unknown dataset {ds!r}")
+        if step.output:
+            if step.output not in wf.datasets:
+                problem(here + ("output",), f"unknown dataset {step.output!r}")
+            elif step.output in writers:
+                problem(here + ("output",), f"dataset {step.output!r} is also written by step {writers[step.output]!r}")
+            else:
+                writers[step.output] = name
+            if step.output in inputs:
+                problem(here + ("output",), f"step reads and writes the same dataset {step.output!r}")
+        env = step.env or Env()
+        env_file = source = None
+        if env.file and env.image:
+            problem(here + ("env",), "give either 'file' or 'image', not both")
+        if env.file:
+            env_file = (root / env.file).resolve()
+            if not env_file.is_file():
+                problem(here + ("env", "file"), f"env file not found: {env.file} (looked in {env_file})")
+        elif not env.image:
+            problem(here + ("env",), "needs 'file' (requirements.txt, environment.yml, Dockerfile) or 'image'")
+        if env.source:
+            source = (root / env.source).resolve()
+            if not source.is_dir():
+                problem(here + ("env", "source"), f"source directory not found: {env.source}")
+        steps.append(StepSpec(name=name, line=_line(lines, here), command=step.command, inputs=inputs,
+                              output=step.output, env=env, env_file=env_file, source=source,
+                              params=step.params or {}, gpus=step.gpus, slurm=step.slurm, depends=step.depends))
+        try:
+            shlex.split(step.command)
+        except ValueError as exc:
+            problem(here + ("command",), f"cannot split command: {exc}")
+
+    if not problems:
+        ordered = _order(steps, writers)
+        if isinstance(ordered, str):
+            problem(("steps",), ordered)
+        else:
+            steps = ordered
+    if problems:
+        raise ValidationError(sorted(problems, key=_by_line))
+    extra = dict(wf.model_extra or {})
+    return Workflow(path=path.resolve(), root=root, datasets=datasets, steps=steps, extra=extra)
+
+
+def _order(steps: list[StepSpec], writers: dict[str, str]) -> list[StepSpec] | str:
+    """Topological order from datasets (reader after writer), file order where free; or a cycle message."""
+    deps = {s.name: {writers[d] for d in s.inputs if d in writers} for s in steps}
+    done: list[StepSpec] = []
+    placed: set[str] = set()
+    pending = list(steps)
+    while pending:
+        ready = next((s for s in pending if deps[s.name] <= placed), None)
+        if ready is None:
+            cycle = " -> ".join(s.name for s in pending)
+            return f"steps form a cycle through their datasets: {cycle}"
+        done.append(ready)
+        placed.add(ready.name)
+        pending.remove(ready)
+    return done
+
+
+def dependencies(wf: Workflow) -> dict[str, set[str]]:
+    """Step name -> names of the steps that write its inputs."""
+    writers = {s.output: s.name for s in wf.steps if s.output}
+    return {s.name: {writers[d] for d in s.inputs if d in writers} for s in wf.steps}
+
+
+def schema() -> dict[str, Any]:
+    return WorkflowFile.model_json_schema()
