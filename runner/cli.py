@@ -12,10 +12,9 @@ import typer
 from runner import ui
 from runner.errors import StepFailed, UsageError, UserError, ValidationError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Run AI/ML digital-twin workflows step by step in containers.")
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status",
-               "--help", "-h", "--version"}
+               "init", "doctor", "--help", "-h", "--version", "--install-completion", "--show-completion"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
@@ -28,6 +27,21 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full bui
 PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
 ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Image pin file from `build --push`: run exactly "
                                                                   "these images.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"itwin-run {version('itwin-run')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Run AI/ML digital-twin workflows step by step in containers. `itwin-run [OPTIONS] WORKFLOW.yml` is
+    `itwin-run run [OPTIONS] WORKFLOW.yml`."""
 
 
 def _gpus(value: str | None) -> str | int | list[int] | None:
@@ -254,6 +268,63 @@ def status_(run_id: Annotated[str, typer.Argument(help="A run id from `itwin-run
 
     for name, handle, state in status((root or Path.cwd()).resolve(), run_id):
         print(f"{name}\t{handle}\t{state}")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to start the project (default: here); empty or new.")] = Path("."),
+) -> None:
+    """Start a project: a two-step workflow, an env file per step, the step scripts, a .gitignore and a README that
+    runs at once with `itwin-run workflow.yml`. Writes nothing into a folder that holds anything."""
+    from importlib import resources
+
+    template = resources.files("runner") / "data" / "init" / "basic"
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise UsageError(f"{directory}: not empty; itwin-run init writes only into an empty or new folder")
+    files: list[tuple[str, bytes]] = []
+
+    def collect(node, rel: str) -> None:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir():
+                collect(child, f"{rel}{child.name}/")
+            else:
+                files.append((f"{rel}{child.name}".replace("gitignore", ".gitignore"), child.read_bytes()))
+    collect(template, "")
+    for rel, data in files:
+        dest = directory / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    ui.say(f" {directory.resolve()}: run it with `cd {directory} && itwin-run workflow.yml`", "green", prefix="created")
+
+
+@app.command()
+def doctor(
+    workflow: Annotated[Path | None, typer.Argument(help="A workflow: check what it needs (its GPUs, its registries).",
+                                                     show_default=False)] = None,
+    engine: EngineOpt = "docker",
+    executor_: Annotated[str, typer.Option("--executor", help="local, slurm or cwl.")] = "local",
+    root: RootOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
+) -> None:
+    """Check what this machine offers (Docker, the NVIDIA runtime, Apptainer, SLURM, disk, registries, the
+    wheelhouse), one line each with what to do about a gap; exit 0 when what the run needs is usable, else 1."""
+    from runner import doctor as doc
+    from runner.engines import ALIASES, ENGINES
+
+    engine = ALIASES.get(engine, engine)
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    needs_gpu, refs = False, []
+    if workflow is not None:
+        from runner import workflow as wfmod
+
+        wf = wfmod.load(workflow, root)
+        needs_gpu = any(s.gpus for s in wf.steps)
+        refs = [s.env.image for s in wf.steps if s.env.image]
+    checks, usable = doc.diagnose(engine, "cwl" if executor_ == "cwl" else executor_, needs_gpu, refs)
+    doc.report(checks, usable, as_json)
+    if not usable:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -61,3 +61,15 @@ def apptainer_env() -> dict[str, str]:
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     return {"PATH": f"/tmp/applab/bin:{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="session")
+def slurm_env(apptainer_env):
+    res = subprocess.run(["bash", str(SHARED / "hpc" / "slurm" / "start-slurm.sh")], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    env = dict(apptainer_env)
+    if not Path("/etc/slurm/slurm.conf").exists():
+        env["SLURM_CONF"] = "/tmp/slurmlab/etc/slurm.conf"
+    yield env
+    subprocess.run(["bash", str(SHARED / "hpc" / "slurm" / "stop-slurm.sh")], capture_output=True, timeout=120)

@@ -18,18 +18,6 @@ from tests.conftest import ITWIN_RUN, REPO, SHARED, itwin
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture(scope="session")
-def slurm_env(apptainer_env):
-    res = subprocess.run(["bash", str(SHARED / "hpc" / "slurm" / "start-slurm.sh")], capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    env = dict(apptainer_env)
-    if not Path("/etc/slurm/slurm.conf").exists():
-        env["SLURM_CONF"] = "/tmp/slurmlab/etc/slurm.conf"
-    yield env
-    subprocess.run(["bash", str(SHARED / "hpc" / "slurm" / "stop-slurm.sh")], capture_output=True, timeout=120)
-
-
 def outputs(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

@@ -270,3 +270,37 @@ def _safe(ref: str) -> str:
 def _plain_http(ref: str) -> bool:
     host = ref.removeprefix("docker://").split("/", 1)[0]
     return host.startswith(("127.", "localhost"))
+
+
+def doctor(needs_gpu: bool) -> list:
+    """The Apptainer side of `itwin-run doctor`."""
+    from runner.doctor import Check, free_space
+
+    area = "apptainer"
+    try:
+        exe = _executable()
+    except UserError as exc:
+        return [Check(area, False, "apptainer (or singularity) not on PATH",
+                      str(exc).split(": ", 1)[-1])]
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [Check(area, False, f"{exe} --version fails: {(proc.stderr or proc.stdout).strip()[:200]}",
+                      "repair the installation")]
+    checks = [Check(area, True, f"{proc.stdout.strip()} ({exe})")]
+    if os.getuid() == 0:
+        checks.append(Check(area, True, "you are root: exec works (steps run with --no-privs)"))
+    else:
+        try:
+            userns = int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
+        except (OSError, ValueError):
+            userns = False
+        starter = Path(exe).resolve().parent.parent / "libexec" / "apptainer" / "bin" / "starter-suid"
+        setuid = starter.exists() and bool(starter.stat().st_mode & 0o4000)
+        checks.append(Check(area, userns or setuid, "non-root exec through " + (
+            "user namespaces" if userns else "the setuid starter" if setuid else "nothing"),
+            "ask the site to enable user namespaces (or the setuid starter)"))
+    nv = shutil.which("nvidia-smi") is not None
+    checks.append(Check(area, nv if needs_gpu else None, "--nv: nvidia-smi found" if nv else "--nv: no NVIDIA driver here",
+                        "run on a GPU node with the NVIDIA driver"))
+    checks.append(free_space(area, sif_cache(), "the SIF cache"))
+    return checks

@@ -511,3 +511,39 @@ class DockerRunner:
                 api.remove_container(cid, force=True)
             except docker.errors.APIError:
                 pass
+
+
+def doctor(needs_gpu: bool) -> list:
+    """The Docker side of `itwin-run doctor`."""
+    import grp
+    import shutil
+
+    from runner.doctor import Check, free_space
+
+    area = "docker"
+    try:
+        info = client().info()
+        version = client().version().get("Version", "?")
+    except UserError:
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return [Check(area, False, f"no Docker daemon answers at {host}",
+                      "start dockerd (as root: `dockerd &`, or `make engine`) or point DOCKER_HOST at a running one")]
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    checks = [Check(area, True, f"daemon {version} answers at {host}")]
+    if os.getuid() == 0:
+        checks.append(Check(area, None, "you are root: steps run as the project's owner, or nobody (see README)"))
+    else:
+        try:
+            member = "docker" in [grp.getgrgid(g).gr_name for g in os.getgroups()]
+        except KeyError:
+            member = False
+        checks.append(Check(area, None, "you are in the docker group" if member else "rootless or socket access"))
+    gpus = "nvidia" in info.get("Runtimes", {})
+    smi = shutil.which("nvidia-smi")
+    checks.append(Check(area, gpus if needs_gpu else None,
+                        "NVIDIA runtime present" + (" and nvidia-smi found" if smi else "") if gpus else
+                        "no NVIDIA runtime: steps get no GPU", "install nvidia-container-toolkit and restart dockerd"))
+    root_dir = Path(info.get("DockerRootDir", "/var/lib/docker"))
+    if root_dir.exists():
+        checks.append(free_space(area, root_dir, "images"))
+    return checks

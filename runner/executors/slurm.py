@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -269,3 +270,21 @@ def status(root: Path, run_id: str) -> list[tuple[str, str, str]]:
     states = job_states(jobs) if jobs else {}
     return [(name, info.get("handle", "-"), states[info["handle"]][0] if info.get("handle") else info.get("status", "?"))
             for name, info in steps.items()]
+
+
+def doctor(needs_gpu: bool) -> list:
+    """The SLURM side of `itwin-run doctor`."""
+    from runner.doctor import Check, which
+
+    checks, present = which("slurm", ["sbatch", "squeue", "scontrol", "scancel"],
+                            "load SLURM's client commands (`module load slurm`) or run on a login node")
+    if not present:
+        return checks
+    proc = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    up = proc.returncode == 0 and "UP" in proc.stdout
+    checks.append(Check("slurm", up, "controller: " + (proc.stdout.strip() or proc.stderr.strip() or "no answer"),
+                        "check SLURM_CONF and that slurmctld runs"))
+    acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True) if shutil.which("sacct") else None
+    checks.append(Check("slurm", None, "sacct answers (status of finished jobs)" if acct and acct.returncode == 0 else
+                        "no accounting: `itwin-run status` reads what the jobs wrote"))
+    return checks

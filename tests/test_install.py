@@ -1,0 +1,66 @@
+"""The installed tool, not the checkout: the wheel and the sdist, each in a fresh venv, outside the checkout: `init`
+a project, run it with Docker (and, from the wheel, Apptainer), `doctor`, `--version`, `python -m runner`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.mark.parametrize("kind", ["wheel", "sdist"])
+def test_installed_package_runs_a_workflow_outside_the_checkout(kind, tmp_path, docker_client, apptainer_env,
+                                                                 no_leftovers):
+    dist = tmp_path / "dist"
+    if kind == "wheel":
+        build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO), "-w", str(dist)]
+    else:
+        build = [sys.executable, "-c", "import sys, setuptools.build_meta as b; b.build_sdist(sys.argv[1])", str(dist)]
+    res = subprocess.run(build, cwd=REPO if kind == "sdist" else tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # its dependencies from this environment (no network needed), itwin-run itself from the package alone
+    site = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    package = next(dist.iterdir())
+    res = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          str(package)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def cli(*args: str, cwd: Path = elsewhere, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(venv / "bin/itwin-run"), *args], cwd=cwd, env={**env, **(extra or {})},
+                              capture_output=True, text=True, timeout=900)
+
+    where = subprocess.run([str(venv / "bin/python"), "-c", "import runner; print(runner.__file__)"], cwd=elsewhere,
+                           env=env, capture_output=True, text=True).stdout
+    assert where.startswith(str(venv)), where  # not the checkout
+    assert cli("init", "proj").returncode == 0
+    project = elsewhere / "proj"
+    res = cli("workflow.yml", cwd=project)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (project / "data/summary/summary.txt").read_text() == "count=10\nsum=55\nmean=5.5\n"
+    assert "up to date" in cli("workflow.yml", cwd=project).stderr
+    if kind == "wheel":
+        res = cli("--engine", "apptainer", "--force", "workflow.yml", cwd=project, extra=apptainer_env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert (project / "data/summary/summary.txt").read_text() == "count=10\nsum=55\nmean=5.5\n"
+    base = cli("base")
+    assert base.returncode == 0 and base.stdout.startswith("itwin-run/base:"), base.stderr[-2000:]
+    doctor = cli("doctor")
+    assert doctor.returncode == 0 and doctor.stdout.startswith("ok   docker: daemon"), doctor.stdout
+    version = subprocess.run([str(venv / "bin/python"), "-m", "runner", "--version"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True)
+    assert version.stdout == cli("--version").stdout == "itwin-run 0.1.0\n"
