@@ -149,7 +149,7 @@ def test_cli_exit_code_2_and_no_traceback(tmp_path):
 
 def test_cli_missing_file_is_one_line(tmp_path):
     res = itwin("nothing.yml", cwd=tmp_path)
-    assert res.returncode == 1 and res.stderr.strip() == "error: nothing.yml: no such workflow file"
+    assert res.returncode == 2 and res.stderr.strip() == "error: nothing.yml: no such workflow file"  # a usage error
 
 
 def test_schema_command_prints_json_schema(tmp_path):
@@ -157,3 +157,28 @@ def test_schema_command_prints_json_schema(tmp_path):
     assert res.returncode == 0
     schema = json.loads(res.stdout)
     assert "steps" in schema["properties"] and "Step" in schema["$defs"]
+
+
+def test_newcomer_mistakes_get_one_sentence_each(tmp_path):
+    (tmp_path / "afile").write_text("")
+    got = problems(tmp_path, "datasets:\n  points: {location: ./data/points}\n  f: {location: ./afile}\nsteps:\n"
+                   "  - fit: {input: pointz, output: f, command: python x.py, env: {file: env.txt}}\n")
+    assert got == [f"{tmp_path}/wf.yml:3: datasets.f.location: {tmp_path}/afile is a file: a dataset is a directory",
+                   f"{tmp_path}/wf.yml:5: steps[0].fit.input: unknown dataset 'pointz' (did you mean 'points'?)"]
+    got = problems(tmp_path, "steps:\n  - fit: {command: python x.py, env: {file: env.txt}, params: {a: {b: 1}}}\n")
+    assert got == [f"{tmp_path}/wf.yml:2: steps[0].fit.params.a: a param is a scalar (text, number, true/false) "
+                   "or a list of scalars"]
+
+
+def test_a_missing_relative_path_says_where_it_looked_and_how_to_fix_it(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "env.txt").write_text("")
+    wf = project / "wf.yml"
+    wf.write_text("steps:\n  - s: {command: python x.py, env: {file: ./env.txt}}\n")
+    with pytest.raises(ValidationError) as exc:
+        workflow.load(wf, root=tmp_path)
+    assert exc.value.problems == [
+        f"{wf}:2: steps[0].s.env.file: env file not found: ./env.txt (looked in {tmp_path}/env.txt); relative paths "
+        f"resolve against the current directory {tmp_path}, and the workflow file is in {project}: cd there, or pass "
+        f"--root {project}"]
