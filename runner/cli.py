@@ -175,7 +175,8 @@ def build(
     if save:
         save.mkdir(parents=True, exist_ok=True)
         builder.save(list(dict.fromkeys(refs.values())), save)
-        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": refs}, indent=2) + "\n")
+        oci = {step: builder.oci_ref(ref) for step, ref in refs.items()}  # what `load` brings back into Docker
+        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": oci}, indent=2) + "\n")
     for step, ref in shown.items():
         print(f"{step}\t{ref}")
 

@@ -148,6 +148,9 @@ class ApptainerBuilder:
     def base(self, bootstrap: bool = False) -> str:
         return self._need_docker("the base image").base(bootstrap)
 
+    def oci_ref(self, ref: str) -> str:
+        return self._origin.get(ref, ref)
+
     def push(self, ref: str, registry: str) -> str:
         """Push the OCI image the SIF was made from: a lock file then serves Docker and Apptainer (docker://)."""
         origin = self._origin.get(ref)

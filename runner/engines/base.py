@@ -54,6 +54,10 @@ class ImageBuilder(Protocol):
         (REGISTRY/NAME:TAG@DIGEST)."""
         ...
 
+    def oci_ref(self, ref: str) -> str:
+        """The OCI image behind a resolved reference (itself for Docker, the image a SIF was made from)."""
+        ...
+
     def save(self, refs: list[str], dest: Path) -> list[Path]:
         """Write these images (as resolve() returned them) into dest, for a site with no registry."""
         ...

@@ -306,6 +306,9 @@ class DockerBuilder:
         self._transfer("pulling", ref, self.client.api.pull, f"step {step!r}: cannot pull {ref}")
         ui.say(f" {ref}", "green", prefix="pulled")
 
+    def oci_ref(self, ref: str) -> str:
+        return ref
+
     def push(self, ref: str, registry: str) -> str:
         """Tag `ref` as REGISTRY/NAME:TAG and push it; returns that reference with its digest."""
         target = f"{registry.rstrip('/')}/{ref.removeprefix('itwin-run/')}"
