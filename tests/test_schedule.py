@@ -271,6 +271,7 @@ def test_image_tag_does_not_change_with_run_state(toy, docker_client, no_leftove
 
 def test_cwl_flags_are_honoured_or_refused(toy, docker_client):
     """Defect 5: --cwl refuses what it cannot honour (exit 2, one line) instead of ignoring it."""
+    assert itwin("export-cwl", "workflow.yml", "-o", "cwl", cwd=toy).returncode == 0
     (toy / "workflow.yml").write_text((toy / "workflow.yml").read_text() + "\nworkflowFileCWL: cwl/workflow.cwl\n")
     for args in (["--only", "square"], ["--executor", "slurm"], ["--from", "square"], ["--user", "1:1"]):
         res = itwin("--cwl", *args, "workflow.yml", cwd=toy)
