@@ -9,8 +9,13 @@ export ITWIN_RUN_WHEELHOUSE ?= $(WHEELHOUSE)
 PIP_FIND := $(if $(WHEELHOUSE),--find-links $(WHEELHOUSE))
 PYTEST_ARGS ?=
 
-.PHONY: all venv engine base test test-fast lint demo clean
-all: venv engine base
+.PHONY: all venv bytecode engine base test test-fast lint demo clean
+all: venv bytecode engine base
+
+# Byte-compile the checkout's packages (pip does it for installed ones): every itwin-run start then skips compiling
+# them, which matters where PYTHONDONTWRITEBYTECODE is set (about 0.2 s a start here).
+bytecode: venv
+	$(PY) -m compileall -q runner itwinai/src >/dev/null
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml itwinai/pyproject.toml

@@ -10,6 +10,7 @@ Run: .venv/bin/python bench/core.py [--repeat N]
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -50,17 +51,20 @@ steps:
 """
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, env=env)
     return time.perf_counter() - start
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--baseline", type=Path, help="another checkout (an older commit, say): its runner is measured in "
+                                                  "the same loop, through PYTHONPATH")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="itwin-bench-"))
+    tmp.chmod(0o755)  # a project as people have them (mkdtemp's are private): as root, steps run unprivileged
     try:
         (tmp / "workflow.yml").write_text(WORKFLOW)
         (tmp / "bench-core").mkdir()
@@ -85,9 +89,14 @@ def main() -> None:
 
         cwl_out = tmp / "cwl-out"
         results: dict[str, list[float]] = {"raw docker run": [], "itwin-run": [], "cwltool": []}
+        if args.baseline:
+            results["baseline"] = []
         for _ in range(args.repeat):
             results["raw docker run"].append(raw())
             results["itwin-run"].append(timed([*itwin, "--force", "workflow.yml"], tmp))  # run, not skip
+            if args.baseline:
+                env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
+                results["baseline"].append(timed([*itwin, "--force", "workflow.yml"], tmp, env))
             results["cwltool"].append(timed([str(BIN / "cwltool"), "--quiet", "--outdir", str(cwl_out), "--tmpdir-prefix",
                                              f"{tmp}/cwl-tmp/", "--tmp-outdir-prefix", f"{tmp}/cwl-tmp/", "wf.cwl"], tmp))
 
@@ -111,6 +120,8 @@ def main() -> None:
             print(f"  {k:15s} {v:.3f}   runs: {' '.join(f'{x:.2f}' for x in results[k])}")
         print(f"itwin-run / raw docker run = {med['itwin-run'] / med['raw docker run']:.2f}  (goal <= 1.3)")
         print(f"itwin-run / cwltool        = {med['itwin-run'] / med['cwltool']:.2f}  (goal <= 0.3)")
+        if args.baseline:
+            print(f"itwin-run / baseline       = {med['itwin-run'] / med['baseline']:.2f}  ({args.baseline})")
         print(f"warm image resolution: {statistics.median(per_step):.1f} ms per step, 0 builds  (goal <= 50 ms)")
     finally:
         subprocess.run(["docker", "run", "--rm", "-v", f"{tmp}:/t", "itwin-run/base:latest", "rm", "-rf", "/t/data"],

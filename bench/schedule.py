@@ -50,6 +50,7 @@ def main() -> None:
     client = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="itwin-bench-sched-") as tmp:
         root = Path(tmp)
+        root.chmod(0o755)  # a project as people have them (mkdtemp's are private): as root, steps run unprivileged
         # (a) warm rerun of the MNIST training workflow
         shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
         shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))

@@ -1,6 +1,5 @@
 """The `itwin-run` command line: a thin typer layer over the workflow model, engines and executor."""
 
-from __future__ import annotations
 
 import json
 import sys

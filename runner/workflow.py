@@ -1,6 +1,5 @@
 """The workflow model: the 2023 prototype's YAML (datasets + steps), validated with line numbers."""
 
-from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
