@@ -10,6 +10,8 @@ Run: .venv/bin/python bench/schedule.py
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -25,9 +27,9 @@ ITWIN = str(Path(sys.executable).parent / "itwin-run")
 BUSY = "python -c \"import time; t = time.time(); all(time.time() - t < 5 for _ in iter(int, 1))\""
 
 
-def run(args: list[str], cwd: Path) -> float:
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run([ITWIN, *args], cwd=cwd, check=True, capture_output=True)
+    subprocess.run([ITWIN, *args], cwd=cwd, check=True, capture_output=True, env=env)
     return time.perf_counter() - start
 
 
@@ -47,6 +49,9 @@ def chain(n: int) -> str:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline", type=Path, help="another checkout: its runner runs the chains too (PYTHONPATH)")
+    args = ap.parse_args()
     client = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="itwin-bench-sched-") as tmp:
         root = Path(tmp)
@@ -76,16 +81,22 @@ def main() -> None:
         j1 = run(["--force", "--jobs", "1", "par.yml"], root)
         j2 = run(["--force", "--jobs", "2", "par.yml"], root)
         # (c) chains of trivial steps
-        per_step = {}
+        per_step, base_step = {}, {}
+        base_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())} if args.baseline else None
         for n in (10, 200):
             (root / f"chain{n}.yml").write_text(chain(n))
             per_step[n] = run(["--force", f"chain{n}.yml"], root) / n
+            if base_env:
+                base_step[n] = run(["--force", f"chain{n}.yml"], root, base_env) / n
     print(f"(a) warm rerun of the MNIST training workflow: median {statistics.median(warm):.2f} s "
           f"(runs {' '.join(f'{x:.2f}' for x in warm)}), containers started: {started}  (goal < 1 s, 0)")
     print(f"(b) two independent 5 s CPU-bound steps: --jobs 1 {j1:.2f} s, --jobs 2 {j2:.2f} s, "
           f"ratio {j2 / j1:.2f}  (goal <= 0.56)")
     print(f"(c) chain of trivial steps: {per_step[10]:.3f} s/step at 10 steps, {per_step[200]:.3f} s/step at 200, "
           f"ratio {per_step[200] / per_step[10]:.2f}  (goal: flat)")
+    if base_step:
+        print(f"    baseline ({args.baseline}): {base_step[10]:.3f} s/step at 10, {base_step[200]:.3f} at 200; this / "
+              f"baseline {per_step[10] / base_step[10]:.2f} at 10, {per_step[200] / base_step[200]:.2f} at 200")
 
 
 if __name__ == "__main__":

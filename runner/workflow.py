@@ -272,7 +272,7 @@ def _by_line(problem: str) -> tuple[int, str]:
 
 
 def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = ()) -> Workflow:
-    from runner.policy import mount_problem
+    from runner.policy import mount_problem, under
 
     fname = str(path)
     problems: list[str] = []
@@ -299,7 +299,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
             problem(("datasets", name, "location"), f"{full} is a file: a dataset is a directory")
             continue
         for other, other_path in datasets.items():
-            if full == other_path or other_path in full.parents or full in other_path.parents:
+            if under(full, other_path) or under(other_path, full):
                 problem(("datasets", name, "location"), f"overlaps dataset {other!r} ({other_path})")
         datasets[name] = full
 
