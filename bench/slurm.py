@@ -46,6 +46,7 @@ def wrappers(where: Path, log: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--baseline", type=Path, help="another checkout: its SLURM executor runs the chain too (PYTHONPATH)")
     args = ap.parse_args()
     n = args.steps
     with tempfile.TemporaryDirectory(prefix="itwin-bench-slurm-") as tmp:
@@ -60,6 +61,12 @@ def main() -> None:
         log.write_text("")
         slurm = timed([*engine, "--executor", "slurm", "chain.yml"], root, env=env)
         calls = [line.split() for line in log.read_text().splitlines()]
+        baseline = None
+        if args.baseline:
+            log.write_text("")
+            baseline = timed([*engine, "--executor", "slurm", "chain.yml"], root,
+                             env={**env, "PYTHONPATH": str(args.baseline.resolve())})
+            base_polls = sum(1 for line in log.read_text().splitlines() if line.split()[1] in POLLING)
     polls = [float(t) for t, name in calls if name in POLLING]
     submits = sum(1 for _, name in calls if name == "sbatch")
     per_second = Counter(int(t) for t in polls)
@@ -67,6 +74,9 @@ def main() -> None:
     print(f"added latency per step under SLURM: {(slurm - local) / n:.2f} s  (goal <= 1.5 s)")
     print(f"controller calls following the run: {len(polls)} in {slurm:.1f} s = {len(polls) / slurm:.2f}/s, "
           f"at most {max(per_second.values(), default=0)} in one second  (goal <= 1); sbatch calls: {submits}")
+    if baseline is not None:
+        print(f"baseline ({args.baseline}): SLURM {baseline:.2f} s, {(baseline - local) / n:.2f} s per step added, "
+              f"{base_polls / baseline:.2f} controller calls/s")
 
 
 if __name__ == "__main__":
