@@ -236,29 +236,49 @@ def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt 
 
 @app.command()
 def history(root: RootOpt = None) -> None:
-    """List the runs recorded in this project's .itwin-run/."""
-    import time as _time
-
+    """List the runs recorded in this project's .itwin-run/, oldest first."""
     from runner.state import State
 
-    for m in State((root or Path.cwd()).resolve()).manifests():
-        steps = m.get("steps", {})
+    where = (root or Path.cwd()).resolve()
+    runs = sorted(State(where).manifests(), key=lambda m: m.get("started", 0))
+    if not runs:
+        ui.say(f"no runs yet in {where}")
+        return
+    print(f"{'RUN':<22}  {'STARTED':<19}  {'STATUS':<11}  {'ENGINE':<9}  {'EXECUTOR':<8}  WORKFLOW  (STEPS)")
+    for m in runs:
         counts: dict[str, int] = {}
-        for info in steps.values():
+        for info in m.get("steps", {}).values():
             counts[info.get("status", "?")] = counts.get(info.get("status", "?"), 0) + 1
-        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(m.get("started", 0)))
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        print(f"{m['run_id']}  {when}  {m.get('status', '?'):<11}  {m.get('engine', '?'):<9}  "
-              f"{Path(m.get('workflow', '?')).name}  ({summary})")
+        error = f"  {m['error']}" if m.get("error") else ""
+        print(f"{m['run_id']:<22}  {_when(m.get('started'), 'seconds').replace('T', ' ')[:19]}  "
+              f"{m.get('status', '?'):<11}  {m.get('engine', '?'):<9}  {m.get('executor', 'local'):<8}  "
+              f"{Path(m.get('workflow', '?')).name}  ({summary}){error}")
+
+
+def _when(stamp: float | None, spec: str = "milliseconds") -> str:
+    """A manifest's time (seconds since the epoch) in ISO 8601, local time with its offset."""
+    from datetime import datetime
+
+    return datetime.fromtimestamp(stamp).astimezone().isoformat(timespec=spec) if stamp else "-"
 
 
 @app.command()
 def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) from `itwin-run history`.")],
          root: RootOpt = None) -> None:
-    """Print one run's provenance manifest (JSON): per step its image, engine, argv, mounts, times, exit code."""
+    """Print one run's provenance manifest (JSON, times in ISO 8601): per step its image, engine, argv, mounts,
+    times, exit code."""
     from runner.state import State
 
-    print(json.dumps(State((root or Path.cwd()).resolve()).manifest(run_id), indent=2))
+    m = State((root or Path.cwd()).resolve()).manifest(run_id)
+    for key in ("started", "ended"):
+        if key in m:
+            m[key] = _when(m[key])
+    for info in m.get("steps", {}).values():
+        for key in ("start", "end"):
+            if key in info:
+                info[key] = _when(info[key])
+    print(json.dumps(m, indent=2))
 
 
 @app.command("status")

@@ -173,16 +173,20 @@ def test_signal_stops_containers_and_records_interruption(toy, docker_client, no
 
 
 def test_provenance_history_and_show(toy, docker_client, no_leftovers):
+    assert itwin("history", cwd=toy).stderr == f"no runs yet in {toy}\n"
     assert itwin("workflow.yml", cwd=toy).returncode == 0
     hist = itwin("history", cwd=toy)
     assert hist.returncode == 0 and "succeeded" in hist.stdout and "(3 done)" in hist.stdout
-    run_id = hist.stdout.split()[0]
+    header, row = hist.stdout.splitlines()
+    assert header.split()[:3] == ["RUN", "STARTED", "STATUS"]
+    run_id = row.split()[0]
     shown = json.loads(itwin("show", run_id[:18], cwd=toy).stdout)
     gen = shown["steps"]["generate"]
     assert gen["exit_code"] == 0 and gen["image"].startswith("itwin-run/envs-requirements:")
     assert gen["argv"][:3] == ["python", "./steps/generate.py", "--output"] and gen["engine"] == "docker"
     assert {"source": str(toy), "target": str(toy), "read_only": True} in gen["mounts"]
     assert len(gen["fingerprint"]) == 64 and gen["end"] >= gen["start"]
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$", shown["started"])  # ISO 8601
 
 
 def test_signal_stops_apptainer_processes(toy, apptainer_env, docker_client):
@@ -276,3 +280,11 @@ def test_cwl_flags_are_honoured_or_refused(toy, docker_client):
     for args in (["--only", "square"], ["--executor", "slurm"], ["--from", "square"], ["--user", "1:1"]):
         res = itwin("--cwl", *args, "workflow.yml", cwd=toy)
         assert res.returncode == 2 and res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr, args
+
+
+def test_a_build_failure_is_a_failed_run_in_history(toy, docker_client, no_leftovers):
+    (toy / "envs" / "requirements.txt").write_text("this-package-does-not-exist-itwin==0.0.1\n")
+    res = itwin("workflow.yml", cwd=toy)
+    assert res.returncode == 1
+    row = itwin("history", cwd=toy).stdout.splitlines()[1]
+    assert " failed " in row and "build of itwin-run/envs-requirements:" in row and "(3 not run)" in row
