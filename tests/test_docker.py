@@ -191,3 +191,40 @@ def test_steps_get_a_shared_memory_large_enough_for_loader_workers(docker_client
     res = itwin("--only", "generate", "workflow.yml", cwd=toy)
     assert res.returncode == 0, res.stderr
     assert "generate | 256 MB in /dev/shm" in res.stdout
+
+
+def test_build_feedback_without_a_terminal_and_errors_that_name_the_env_file(docker_client, toy, no_leftovers):
+    env = toy / "envs" / "requirements.txt"
+    env.write_text("this-package-does-not-exist-itwin==0.0.1\n")
+    res = itwin("build", "workflow.yml", cwd=toy)  # output to pipes, as in CI or `| tee`
+    assert "\x1b" not in res.stdout + res.stderr
+    assert "building itwin-run/envs-requirements:" in res.stderr and "(pip's progress every 20 s)" in res.stderr
+    error = next(ln for ln in res.stderr.splitlines() if ln.startswith("error:"))
+    assert error.endswith(f"for step 'generate' failed (env file {env}): No matching distribution found for "
+                          "this-package-does-not-exist-itwin==0.0.1")
+    assert f"{env} (line 1)" in res.stderr and "-r requirements.txt" not in res.stderr
+
+
+def test_no_escape_codes_on_a_terminal_with_no_color(docker_client, toy, no_leftovers):
+    import pty
+    import subprocess
+
+    from tests.conftest import ITWIN_RUN
+
+    env = toy / "envs" / "requirements.txt"
+    env.write_text(env.read_text() + f"# {os.getpid()}: a build\n")
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen([*ITWIN_RUN, "workflow.yml"], cwd=toy, stdout=secondary, stderr=secondary,
+                            env={**os.environ, "NO_COLOR": "1"})
+    os.close(secondary)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=600) == 0, out[-2000:]
+    assert b"\x1b" not in out and b"summarize | sum=55" in out

@@ -112,6 +112,29 @@ def _registry_problem(msg: str) -> str:
     return msg
 
 
+_DECISIVE = re.compile(r"(No matching distribution found for .*|Could not find a version that satisfies .*|"
+                       r"ResolutionImpossible.*|Cannot install .*|conflicting dependencies.*|No space left on device)")
+
+
+def _build_error(ref: str, step: str, error: str, lines: list[str], env_file: Path | None) -> str:
+    """A failed build in a few lines: pip's decisive line first, naming the user's env file rather than the
+    requirements.txt the image was built from, then the lines around the failure."""
+    def mine(line: str) -> str:
+        if env_file is None:
+            return line
+        return re.sub(r"-r requirements\.txt \(line (\d+)\)", lambda m: f"{env_file}" + (
+            f" (line {m.group(1)})" if env_file.suffix not in (".yml", ".yaml") else ""), line)
+
+    if "no space left on device" in "\n".join(lines).lower():
+        return f"build of {ref} for step {step!r} failed: no space left on device (free disk space, e.g. `docker image prune`)"
+    decisive = next((m.group(1) for ln in reversed(lines) if (m := _DECISIVE.search(ln))), None)
+    head = mine(decisive) if decisive else (error.splitlines()[-1] if error else "")
+    where = f" (env file {env_file})" if env_file else ""
+    failing = [mine(ln) for ln in lines if _ERROR_LINE.search(ln)][-12:] or [mine(ln) for ln in lines[-12:]]
+    detail = "\n".join("  " + ln for ln in failing if decisive is None or ln.strip() != head)
+    return f"build of {ref} for step {step!r} failed{where}: {head}" + (f"\n{detail}" if detail else "")
+
+
 class _Waiter(threading.Thread):
     """`wait` on a container from a thread, so its answer is not a round trip after the log stream ends."""
 
@@ -275,7 +298,7 @@ class DockerBuilder:
         with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
             dockerfile = spec.context(Path(ctx), base_ref, opts)
             self._build(ctx, dockerfile, ref, {"ITWIN_BASE": base_ref, "BASE": base_ref}, step=spec.step,
-                        labels={f"{LABEL}.kind": spec.kind})
+                        labels={f"{LABEL}.kind": spec.kind}, env_file=spec.env_file)
         return ref, True
 
     def _transfer(self, verb: str, ref: str, call: Callable[..., Iterator[dict[str, Any]]], what: str) -> str:
@@ -351,11 +374,17 @@ class DockerBuilder:
         return loaded
 
     def _build(self, ctx: str, dockerfile: str, ref: str, buildargs: dict[str, str], step: str,
-               labels: dict[str, str] | None = None) -> None:
+               labels: dict[str, str] | None = None, env_file: Path | None = None) -> None:
+        """Build, showing progress: on a terminal a status line (elapsed time, the build step or pip's latest
+        line); elsewhere (CI, `| tee`) a start line and a heartbeat every 20 s with pip's latest line."""
         lines: list[str] = []
         start = time.monotonic()
         error: str | None = None
         labels = {f"{LABEL}.managed": "1", f"{LABEL}.step": step, **(labels or {})}
+        terminal = ui.console().is_terminal
+        beat = start
+        if not terminal:
+            ui.say(f"building {ref} for step {step} (pip's progress every 20 s)")
         try:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
                 path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels,
@@ -366,27 +395,25 @@ class DockerBuilder:
                         error = item["error"].strip()
                         lines.append(error)
                         break
-                    text = item.get("stream", "")
-                    for line in text.splitlines():
+                    for line in item.get("stream", "").splitlines():
                         if not line.strip():
                             continue
                         lines.append(line)
                         if self.verbose:
                             ui.console().print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
-                        if line.startswith("Step "):
-                            status.update(f"building {ref} (step {step}) {time.monotonic() - start:.0f}s: {line[:100]}")
+                        elapsed = time.monotonic() - start
+                        if terminal:
+                            width = max(20, ui.console().width - 8)
+                            status.update(f"building {step} {elapsed:.0f}s: {line.strip()}"[:width])
+                        elif time.monotonic() - beat >= 20:
+                            beat = time.monotonic()
+                            ui.say(f"building {step} {elapsed:.0f}s: {line.strip()[:160]}")
         except docker.errors.APIError as exc:
             error = str(exc.explanation or exc)
         except docker.errors.DockerException as exc:
             raise _daemon_error(exc) from None
         if error is not None:
-            failing = [ln for ln in lines if _ERROR_LINE.search(ln)][-12:] or lines[-12:]
-            detail = "\n".join("  " + ln for ln in failing)
-            if "no space left on device" in "\n".join(lines).lower():
-                raise UserError(f"build of {ref} for step {step!r} failed: no space left on device "
-                                "(free disk space, e.g. `docker image prune`)")
-            raise UserError(f"build of {ref} for step {step!r} failed: {error.splitlines()[-1] if error else ''}\n"
-                            f"{detail}")
+            raise UserError(_build_error(ref, step, error, lines, env_file))
         ui.say(f" {ref} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="built")
 
 class DockerRunner:
