@@ -52,6 +52,9 @@ class FakeRunner:
     def end(self):
         pass
 
+    def explain(self, job, code, tail) -> str:
+        return ""
+
     def interrupt(self, force: bool) -> None:
         with self._lock:
             self.stopped.set()

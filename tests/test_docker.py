@@ -228,3 +228,11 @@ def test_no_escape_codes_on_a_terminal_with_no_color(docker_client, toy, no_left
         out += chunk
     assert proc.wait(timeout=600) == 0, out[-2000:]
     assert b"\x1b" not in out and b"summarize | sum=55" in out
+
+
+def test_a_command_not_in_the_image_says_so(docker_client, toy, no_leftovers):
+    wf = toy / "workflow.yml"
+    wf.write_text(wf.read_text().replace("command: python ./steps/generate.py", "command: fitter ./steps/generate.py"))
+    res = itwin("--only", "generate", "workflow.yml", cwd=toy)
+    assert res.returncode == 127 and "Traceback" not in res.stderr
+    assert "error: command 'fitter' not found in the image of step 'generate' (PATH /opt/venv/bin:" in res.stderr

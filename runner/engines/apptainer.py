@@ -7,6 +7,7 @@ engine where a daemon answers), or from a registry (`docker://`, `oras://`) for 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -216,6 +217,11 @@ class ApptainerRunner:
 
     def begin(self, labels: dict[str, str]) -> None:
         pass
+
+    def explain(self, job: Job, code: int, tail: list[str]) -> str:
+        missing = next((m.group(1) for ln in tail[-3:] if (m := re.search(r'"([^"]+)": executable file not found', ln))),
+                       None)
+        return f"command {missing!r} not found in the image of step {job.step!r} ($PATH of the SIF)" if missing else ""
 
     def interrupt(self, force: bool) -> None:
         """SIGTERM (SIGKILL when forced) to the apptainer processes this runner started (its children)."""

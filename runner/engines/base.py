@@ -85,6 +85,11 @@ class StepRunner(Protocol):
         when interrupt() came first. The container (or process) is gone when this returns or raises."""
         ...
 
+    def explain(self, job: Job, code: int, tail: list[str]) -> str:
+        """What a failed step's exit code means when the engine says more than the step (a command not in the
+        image, say); "" when it does not."""
+        ...
+
     def interrupt(self, force: bool) -> None:
         """Stop every step of this run, running or about to start (kill at once when `force`); from now on run()
         starts nothing."""

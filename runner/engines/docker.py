@@ -462,6 +462,17 @@ class DockerRunner:
             self._pod.remove()
             self._pod = None
 
+    def explain(self, job: Job, code: int, tail: list[str]) -> str:
+        missing = next((m.group(1) for ln in tail[-3:] if (m := re.search(r"exec (\S+) failed: No such file", ln))), None)
+        if code != 127 or not missing:
+            return ""
+        try:
+            env = client().api.inspect_image(job.image)["Config"].get("Env") or []
+        except docker.errors.DockerException:
+            env = []
+        path = next((e.split("=", 1)[1] for e in env if e.startswith("PATH=")), "?")
+        return f"command {missing!r} not found in the image of step {job.step!r} (PATH {path})"
+
     def interrupt(self, force: bool) -> None:
         """Stop the run's containers, started or only created, and start no new one."""
         with self._lock:

@@ -83,7 +83,8 @@ class LocalExecutor:
                         sys.stdout.write(prefix + line + "\n")
                         sys.stdout.flush()
                 code = self.runner.run(job, on_line)
-            out = Outcome(job.step, "done" if code == 0 else "failed", exit_code=code, tail=list(tail))
+            out = Outcome(job.step, "done" if code == 0 else "failed", exit_code=code, tail=list(tail),
+                          reason=self.runner.explain(job, code, list(tail)) if code else "")
         except Cancelled:
             out = Outcome(job.step, "interrupted", reason="cancelled before it started")
         except UserError as exc:
