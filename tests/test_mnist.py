@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -137,3 +140,34 @@ def test_training_workflow_in_cwl_mode(trained):
     assert (dest / "model/checkpoints/best-checkpoint/best-checkpoint.ckpt").is_file()
     assert (dest / "pl-training.yml").is_file()
     assert json.loads((project / "data/mnist/preproc-images/meta.json").read_text())["counts"]["train"] == 8000
+
+
+def test_the_runs_page_the_demo_prints_shows_the_run_in_chromium(trained):
+    """What `make demo` prints opens, in a real browser, the page with the run on it (not MLflow 3's empty GenAI
+    overview); the screenshot is kept in test-artifacts/."""
+    project, run_id, _ = trained
+    base, server = start_mlflow_server(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db", project)
+    try:
+        urls = subprocess.run([sys.executable, str(REPO / "use-cases/mnist/mlflow-urls.py"), "--store",
+                               str(project / "data/mnist/ml-logs"), "--ui", base], capture_output=True, text=True)
+        assert urls.returncode == 0, urls.stderr
+        runs_url = urls.stdout.split()[1]
+        assert re.fullmatch(re.escape(base) + r"/#/experiments/\d+/runs", runs_url) and "#/models/MNIST-clf-lite" in urls.stdout
+        artifacts = REPO / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                   "--window-size=1600,1000"]
+        shot = subprocess.run([*browser, f"--screenshot={artifacts / 'mlflow-runs.png'}", runs_url], capture_output=True,
+                              text=True, timeout=120)
+        assert shot.returncode == 0 and (artifacts / "mlflow-runs.png").stat().st_size > 10_000, shot.stderr[-1000:]
+        dom = subprocess.run([*browser, "--dump-dom", runs_url], capture_output=True, text=True, timeout=120).stdout
+        from mlflow.tracking import MlflowClient
+
+        name = MlflowClient(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db").get_run(run_id).info.run_name
+        assert name in dom  # the run is listed on the page
+        run_page = subprocess.run([*browser, "--dump-dom", f"{runs_url}/{run_id}"], capture_output=True, text=True,
+                                  timeout=120).stdout
+        assert "test_acc" in run_page and "val_loss" in run_page  # and its metrics, one click away
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

@@ -15,4 +15,6 @@ s = json.load(open("data/mnist/ml-predictions/summary.json"))
 print(f"\nrun id {s['run_id']}: test accuracy {s['accuracy']:.4f} on {s['samples']} held-out images")
 PY
 echo "predictions: data/mnist/ml-predictions/predictions.csv"
-echo "open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/data/mnist/ml-logs/mlflow.db --port 5000"
+echo "MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/data/mnist/ml-logs/mlflow.db --port 5000"
+echo "then open (the experiment's Runs view; MLflow 3 opens experiments on an empty GenAI overview):"
+.venv/bin/python use-cases/mnist/mlflow-urls.py --store data/mnist/ml-logs
