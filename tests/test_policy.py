@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from runner.cli import main
 from runner.policy import mask_env, mount_problem
+from tests.test_hostile import PYTHONISH
 
 REFUSED = ["/var/run", "/run", "/var/run/docker.sock", "/etc", "/etc/ssl", "/usr/lib", "/proc", "/sys/kernel", "/dev",
            "/boot", "/bin", "/sbin", "/lib", "/var/lib/docker", "/var", "/", "~", "~/.ssh", "~/.docker", "~/.config/x",
@@ -47,6 +48,7 @@ def check_refused(doc: dict | str, extra_args: tuple[str, ...] = ()) -> str:
     assert "Traceback" not in text
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert lines and all(re.match(r"^(.+:\d+: \S.*: .+|error: .+)$", ln) for ln in lines), text
+    assert not PYTHONISH.search(text), text
     return text
 
 
