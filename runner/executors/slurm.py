@@ -86,7 +86,6 @@ class SlurmExecutor:
         self._offsets: dict[str, int] = {}
         self._seen: dict[str, str] = {}
         self._handles: dict[str, str] = {}  # step -> job id
-        self.calls = 0  # controller calls made (bench/slurm.py reports them per second)
 
     def check(self, opts, steps: list[StepSpec]) -> None:
         for flag, value, pattern in (("--partition", self.partition, PARTITION), ("--account", self.account, PARTITION),
@@ -172,7 +171,6 @@ class SlurmExecutor:
                 return []
         self._last_poll = time.monotonic()
         ids = {self._handles[name]: name for name in active}
-        self.calls += 1
         states = job_states({j: active[n].log for j, n in ids.items()})
         outs = []
         for job_id, name in ids.items():
