@@ -14,7 +14,6 @@ import argparse
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ITWIN, REPO  # noqa: E402
+from tests.services import fresh_venv  # noqa: E402
 
 
 def seconds(cmd: list[str], cwd: Path) -> float:
@@ -40,12 +40,7 @@ def main() -> None:
         work = Path(tmp)
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
                         "-w", str(work / "dist")], check=True, capture_output=True)
-        subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
-        site = subprocess.run([str(work / "venv/bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        subprocess.run([str(work / "venv/bin/python"), "-m", "pip", "install", "-q", "--no-deps",
-                        *map(str, (work / "dist").glob("*.whl"))], check=True, capture_output=True)
+        fresh_venv(work / "venv", next((work / "dist").glob("*.whl")))
         installed = str(work / "venv/bin/itwin-run")
         first: dict[str, float] = {}
         for kind in ("cold", "warm"):

@@ -67,3 +67,19 @@ def start_mlflow_server(backend: str, cwd: Path, artifacts: Path | None = None) 
         except OSError:
             time.sleep(0.5)
     return uri, proc
+
+
+def fresh_venv(venv: Path, package: Path) -> Path:
+    """A new venv with `package` (a wheel or sdist of itwin-run) installed from the file alone; its dependencies come
+    from this environment (a .pth line: no network needed). Returns the venv's bin folder."""
+    import sys
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    res = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          str(package)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return venv / "bin"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from tests.services import fresh_venv
 
 pytestmark = pytest.mark.docker
 
@@ -26,16 +26,7 @@ def test_installed_package_runs_a_workflow_outside_the_checkout(kind, tmp_path, 
         build = [sys.executable, "-c", "import sys, setuptools.build_meta as b; b.build_sdist(sys.argv[1])", str(dist)]
     res = subprocess.run(build, cwd=REPO if kind == "sdist" else tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # its dependencies from this environment (no network needed), itwin-run itself from the package alone
-    site = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    package = next(dist.iterdir())
-    res = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          str(package)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
+    venv = fresh_venv(tmp_path / "venv", next(dist.iterdir())).parent
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
