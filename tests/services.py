@@ -76,6 +76,8 @@ def fresh_venv(venv: Path, package: Path) -> Path:
     import sysconfig
 
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # its own setuptools (an old one, bundled with venv) would shadow this environment's, which builds from the sdist
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True)
     site = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
