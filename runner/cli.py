@@ -40,7 +40,10 @@ def _version(value: bool) -> None:
 def _top(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """Run AI/ML digital-twin workflows step by step in containers. `itwin-run [OPTIONS] WORKFLOW.yml` is
-    `itwin-run run [OPTIONS] WORKFLOW.yml`."""
+    `itwin-run run [OPTIONS] WORKFLOW.yml`.
+
+    Exit codes: 0 success; 2 a usage or workflow problem (nothing started); 1 the engine or machine (daemon, registry, build);
+    a failed step's own code; 130/143 interrupted."""
 
 
 def _gpus(value: str | None) -> str | int | list[int] | None:

@@ -60,7 +60,11 @@ def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
     names = [s.name for s in wf.steps]
     for n in [*opts.only, opts.from_, opts.until, *(opts.force or [])]:
         if n is not None and n not in names:
-            raise UsageError(f"no step named {n!r} in {wf.path.name} (steps: {', '.join(names)})")
+            import difflib
+
+            close = difflib.get_close_matches(n, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"no step named {n!r} in {wf.path.name} ({hint}steps: {', '.join(names)})")
 
     def closure(start: str, edges: dict[str, set[str]]) -> set[str]:
         seen, todo = {start}, [start]

@@ -269,3 +269,11 @@ def test_another_steps_script_reruns_that_step_and_downstream_only(project):
     r = FakeRunner({"two": writes})
     run(project, r)
     assert r.started == ["two", "three"]
+
+
+def test_an_unknown_step_name_suggests_the_closest(project):
+    from runner.errors import UsageError
+
+    with pytest.raises(UsageError) as exc:
+        run(project, FakeRunner(), only=["tow"])
+    assert str(exc.value) == "no step named 'tow' in chain.yml (did you mean 'two'? steps: one, two, three)"
