@@ -149,3 +149,14 @@ def test_detach_then_status(toy, slurm_env):
         time.sleep(0.2)
     assert [r[0] for r in rows] == ["generate", "square", "summarize"] and all(r[2] == "COMPLETED" for r in rows)
     assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55")
+
+
+def test_a_failed_submission_is_a_failed_run_in_history(toy, slurm_env):
+    res = slurm("--partition", "nosuchpartition", "workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: sbatch --parsable failed:")
+    row = itwin("history", cwd=toy).stdout.splitlines()[1]
+    assert " failed " in row and "slurm" in row and "sbatch --parsable failed" in row
+    run_id = row.split()[0]
+    shown = itwin("show", run_id, cwd=toy)
+    assert shown.returncode == 0 and '"status": "failed"' in shown.stdout
