@@ -455,10 +455,15 @@ class RunSession:
         self.state.write_manifest(self.run_id, self.manifest)
 
     def _end_manifest(self, steps: list[StepSpec], exc: BaseException | None) -> None:
+        detached = self.manifest.get("status") == "submitted"
         for s in steps:
-            self.status.setdefault(s.name, "not run")
-            self.manifest["steps"].setdefault(s.name, {}).setdefault("status", self.status[s.name])
-        if self.manifest.get("status") != "submitted":
+            entry = self.manifest["steps"].setdefault(s.name, {})
+            if entry.get("status") in (None, "running"):  # never more than what happened
+                now = self.status.get(s.name, "not run")
+                entry["status"] = ("submitted" if detached and entry.get("status") else
+                                   "interrupted" if now == "running" else now)
+            self.status.setdefault(s.name, entry["status"])
+        if not detached:
             self.manifest["ended"] = time.time()
             self.manifest["status"] = ("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) or
                                        self.cancel_code else "failed" if exc is not None else "succeeded")
