@@ -15,7 +15,7 @@ all: venv bytecode engine base
 # Byte-compile the checkout's packages (pip does it for installed ones): every itwin-run start then skips compiling
 # them, which matters where PYTHONDONTWRITEBYTECODE is set (about 0.2 s a start here).
 bytecode: venv
-	$(PY) -m compileall -q runner itwinai/src >/dev/null
+	$(PY) -m compileall -q -x 'runner/data' runner itwinai/src >/dev/null  # not init's templates
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml itwinai/pyproject.toml

@@ -308,6 +308,8 @@ def init(
 
     def collect(node, rel: str) -> None:
         for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.name == "__pycache__":
+                continue
             if child.is_dir():
                 collect(child, f"{rel}{child.name}/")
             else:
