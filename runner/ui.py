@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,14 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 _ANSI = {"green": "32", "red": "31", "dim": "2", "yellow": "33"}
+
+
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def strip_escapes(line: str) -> str:
+    """A line without terminal escape sequences (colours, cursor moves) that a program printed."""
+    return _ESCAPE.sub("", line) if "\x1b" in line else line
 
 
 def plain() -> bool:

@@ -128,8 +128,10 @@ def _build_error(ref: str, step: str, error: str, lines: list[str], env_file: Pa
     if "no space left on device" in "\n".join(lines).lower():
         return f"build of {ref} for step {step!r} failed: no space left on device (free disk space, e.g. `docker image prune`)"
     decisive = next((m.group(1) for ln in reversed(lines) if (m := _DECISIVE.search(ln))), None)
-    head = mine(decisive) if decisive else (error.splitlines()[-1] if error else "")
+    head = mine(decisive) if decisive else mine(error.splitlines()[-1] if error else "")
     where = f" (env file {env_file})" if env_file else ""
+    # docker's own "The command '/bin/sh -c pip install … -r requirements.txt' returned …" says nothing more
+    lines = [ln for ln in lines if not ln.startswith("The command '/bin/sh -c ")] or lines
     failing = [mine(ln) for ln in lines if _ERROR_LINE.search(ln)][-12:] or [mine(ln) for ln in lines[-12:]]
     detail = "\n".join("  " + ln for ln in failing if decisive is None or ln.strip() != head)
     return f"build of {ref} for step {step!r} failed{where}: {head}" + (f"\n{detail}" if detail else "")
@@ -392,10 +394,10 @@ class DockerBuilder:
             with ui.console().status(f"building {ref} (step {step})") as status:
                 for item in stream:
                     if "error" in item:
-                        error = item["error"].strip()
+                        error = ui.strip_escapes(item["error"]).strip()
                         lines.append(error)
                         break
-                    for line in item.get("stream", "").splitlines():
+                    for line in ui.strip_escapes(item.get("stream", "")).splitlines():
                         if not line.strip():
                             continue
                         lines.append(line)

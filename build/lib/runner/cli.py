@@ -1,6 +1,5 @@
 """The `itwin-run` command line: a thin typer layer over the workflow model, engines and executor."""
 
-from __future__ import annotations
 
 import json
 import sys
@@ -12,10 +11,9 @@ import typer
 from runner import ui
 from runner.errors import StepFailed, UsageError, UserError, ValidationError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Run AI/ML digital-twin workflows step by step in containers.")
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status",
-               "--help", "-h", "--version"}
+               "init", "doctor", "--help", "-h", "--version", "--install-completion", "--show-completion"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
@@ -28,6 +26,24 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full bui
 PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
 ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Image pin file from `build --push`: run exactly "
                                                                   "these images.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"itwin-run {version('itwin-run')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Run AI/ML digital-twin workflows step by step in containers. `itwin-run [OPTIONS] WORKFLOW.yml` is
+    `itwin-run run [OPTIONS] WORKFLOW.yml`.
+
+    Exit codes: 0 success; 2 a usage or workflow problem (nothing started); 1 the engine or machine (daemon, registry, build);
+    a failed step's own code; 130/143 interrupted."""
 
 
 def _gpus(value: str | None) -> str | int | list[int] | None:
@@ -161,7 +177,8 @@ def build(
     if save:
         save.mkdir(parents=True, exist_ok=True)
         builder.save(list(dict.fromkeys(refs.values())), save)
-        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": refs}, indent=2) + "\n")
+        oci = {step: builder.oci_ref(ref) for step, ref in refs.items()}  # what `load` brings back into Docker
+        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": oci}, indent=2) + "\n")
     for step, ref in shown.items():
         print(f"{step}\t{ref}")
 
@@ -222,29 +239,49 @@ def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt 
 
 @app.command()
 def history(root: RootOpt = None) -> None:
-    """List the runs recorded in this project's .itwin-run/."""
-    import time as _time
-
+    """List the runs recorded in this project's .itwin-run/, oldest first."""
     from runner.state import State
 
-    for m in State((root or Path.cwd()).resolve()).manifests():
-        steps = m.get("steps", {})
+    where = (root or Path.cwd()).resolve()
+    runs = sorted(State(where).manifests(), key=lambda m: m.get("started", 0))
+    if not runs:
+        ui.say(f"no runs yet in {where}")
+        return
+    print(f"{'RUN':<22}  {'STARTED':<19}  {'STATUS':<11}  {'ENGINE':<9}  {'EXECUTOR':<8}  WORKFLOW  (STEPS)")
+    for m in runs:
         counts: dict[str, int] = {}
-        for info in steps.values():
+        for info in m.get("steps", {}).values():
             counts[info.get("status", "?")] = counts.get(info.get("status", "?"), 0) + 1
-        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(m.get("started", 0)))
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        print(f"{m['run_id']}  {when}  {m.get('status', '?'):<11}  {m.get('engine', '?'):<9}  "
-              f"{Path(m.get('workflow', '?')).name}  ({summary})")
+        error = f"  {m['error']}" if m.get("error") else ""
+        print(f"{m['run_id']:<22}  {_when(m.get('started'), 'seconds').replace('T', ' ')[:19]}  "
+              f"{m.get('status', '?'):<11}  {m.get('engine', '?'):<9}  {m.get('executor', 'local'):<8}  "
+              f"{Path(m.get('workflow', '?')).name}  ({summary}){error}")
+
+
+def _when(stamp: float | None, spec: str = "milliseconds") -> str:
+    """A manifest's time (seconds since the epoch) in ISO 8601, local time with its offset."""
+    from datetime import datetime
+
+    return datetime.fromtimestamp(stamp).astimezone().isoformat(timespec=spec) if stamp else "-"
 
 
 @app.command()
 def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) from `itwin-run history`.")],
          root: RootOpt = None) -> None:
-    """Print one run's provenance manifest (JSON): per step its image, engine, argv, mounts, times, exit code."""
+    """Print one run's provenance manifest (JSON, times in ISO 8601): per step its image, engine, argv, mounts,
+    times, exit code."""
     from runner.state import State
 
-    print(json.dumps(State((root or Path.cwd()).resolve()).manifest(run_id), indent=2))
+    m = State((root or Path.cwd()).resolve()).manifest(run_id)
+    for key in ("started", "ended"):
+        if key in m:
+            m[key] = _when(m[key])
+    for info in m.get("steps", {}).values():
+        for key in ("start", "end"):
+            if key in info:
+                info[key] = _when(info[key])
+    print(json.dumps(m, indent=2))
 
 
 @app.command("status")
@@ -254,6 +291,65 @@ def status_(run_id: Annotated[str, typer.Argument(help="A run id from `itwin-run
 
     for name, handle, state in status((root or Path.cwd()).resolve(), run_id):
         print(f"{name}\t{handle}\t{state}")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to start the project (default: here); empty or new.")] = Path("."),
+) -> None:
+    """Start a project: a two-step workflow, an env file per step, the step scripts, a .gitignore and a README that
+    runs at once with `itwin-run workflow.yml`. Writes nothing into a folder that holds anything."""
+    from importlib import resources
+
+    template = resources.files("runner") / "data" / "init" / "basic"
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise UsageError(f"{directory}: not empty; itwin-run init writes only into an empty or new folder")
+    files: list[tuple[str, bytes]] = []
+
+    def collect(node, rel: str) -> None:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.name == "__pycache__":
+                continue
+            if child.is_dir():
+                collect(child, f"{rel}{child.name}/")
+            else:
+                files.append((f"{rel}{child.name}".replace("gitignore", ".gitignore"), child.read_bytes()))
+    collect(template, "")
+    for rel, data in files:
+        dest = directory / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    ui.say(f" {directory.resolve()}: run it with `cd {directory} && itwin-run workflow.yml`", "green", prefix="created")
+
+
+@app.command()
+def doctor(
+    workflow: Annotated[Path | None, typer.Argument(help="A workflow: check what it needs (its GPUs, its registries).",
+                                                     show_default=False)] = None,
+    engine: EngineOpt = "docker",
+    executor_: Annotated[str, typer.Option("--executor", help="local, slurm or cwl.")] = "local",
+    root: RootOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
+) -> None:
+    """Check what this machine offers (Docker, the NVIDIA runtime, Apptainer, SLURM, disk, registries, the
+    wheelhouse), one line each with what to do about a gap; exit 0 when what the run needs is usable, else 1."""
+    from runner import doctor as doc
+    from runner.engines import ALIASES, ENGINES
+
+    engine = ALIASES.get(engine, engine)
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    needs_gpu, refs = False, []
+    if workflow is not None:
+        from runner import workflow as wfmod
+
+        wf = wfmod.load(workflow, root)
+        needs_gpu = any(s.gpus for s in wf.steps)
+        refs = [s.env.image for s in wf.steps if s.env.image]
+    checks, usable = doc.diagnose(engine, "cwl" if executor_ == "cwl" else executor_, needs_gpu, refs)
+    doc.report(checks, usable, as_json)
+    if not usable:
+        raise typer.Exit(1)
 
 
 @app.command()

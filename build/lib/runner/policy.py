@@ -63,16 +63,22 @@ def _variants(p: Path) -> set[Path]:
         return {p}
 
 
+def under(path: Path, top: Path) -> bool:
+    """path is top or inside it (as strings: pathlib's `in .parents` is slow over hundreds of datasets)."""
+    p, t = str(path), str(top).rstrip("/") or "/"
+    return p == t or p.startswith(t + "/") or t == "/"
+
+
 def mount_problem(path: Path, allowed: Iterable[str] = ()) -> str | None:
     """Why a dataset at `path` (already resolved, symlinks followed) may not be mounted, or None."""
     for a in allowed:
         for allow in _variants(Path(a).expanduser()):
-            if path == allow or allow in path.parents:
+            if under(path, allow):
                 return None
     for b, why, inside in refused():
-        if path == b or (inside and b in path.parents):
+        if path == b or (inside and under(path, b)):
             return f"{path} is {why}" + ("" if path == b else f" ({b})")
-        if path in b.parents:
+        if under(b, path):
             return f"{path} contains {b}, {why}"
     homes = {b for b, why, _ in refused() if why == "a home directory"}
     for above in [path, *path.parents]:  # anyone's home, by who owns it (no user database enumeration)
@@ -81,7 +87,7 @@ def mount_problem(path: Path, allowed: Iterable[str] = ()) -> str | None:
                 return f"{path} is a home directory"
             homes.add(above)
     for h in homes:
-        if h in path.parents and path.relative_to(h).parts[0].startswith("."):
+        if path != h and under(path, h) and path.relative_to(h).parts[0].startswith("."):
             return f"{path} is in a home directory's dot-directory (credentials, settings)"
     if ":" in str(path) or "," in str(path):
         return f"{path}: ':' and ',' in a dataset path cannot be passed to the engines' bind options"

@@ -60,7 +60,11 @@ def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
     names = [s.name for s in wf.steps]
     for n in [*opts.only, opts.from_, opts.until, *(opts.force or [])]:
         if n is not None and n not in names:
-            raise UsageError(f"no step named {n!r} in {wf.path.name} (steps: {', '.join(names)})")
+            import difflib
+
+            close = difflib.get_close_matches(n, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"no step named {n!r} in {wf.path.name} ({hint}steps: {', '.join(names)})")
 
     def closure(start: str, edges: dict[str, set[str]]) -> set[str]:
         seen, todo = {start}, [start]
@@ -177,6 +181,8 @@ class RunSession:
         self._phase = "prepare"
         self._files: ProjectFiles | None = None
         self._deps: dict[str, set[str]] = {}
+        self._named: dict[str, set[str]] = {}  # step -> project files its command names
+        self._written = 0.0  # when the manifest was last written
 
     # ------------------------------------------------------------ the run
 
@@ -278,15 +284,15 @@ class RunSession:
     def _named_by_others(self, step: StepSpec) -> set[str]:
         """Project files other steps' commands name and this one's does not: editing another step's script reruns
         that step (and what reads its output), not this one."""
-        def named(s: StepSpec) -> set[str]:
-            out = set()
-            for token in self.wf.argv(s):
-                path = (self.wf.root / token).resolve()
-                if self.wf.root in path.parents and path.is_file():
-                    out.add(str(path.relative_to(self.wf.root)))
-            return out
-        mine = named(step)
-        return {f for s in self.wf.steps if s.name != step.name for f in named(s)} - mine
+        if not self._named:
+            for s in self.wf.steps:
+                files = set()
+                for token in self.wf.argv(s):
+                    path = (self.wf.root / token).resolve()
+                    if self.wf.root in path.parents and path.is_file():
+                        files.add(str(path.relative_to(self.wf.root)))
+                self._named[s.name] = files
+        return set().union(*(f for name, f in self._named.items() if name != step.name)) - self._named[step.name]
 
     def _up_to_date(self, sub: Submission) -> bool:
         force = self.opts.force
@@ -317,7 +323,7 @@ class RunSession:
                     for step in list(pending):
                         if not self.executor.has_room(len(active)):
                             break
-                        if self._upstream_failed(step.name, deps):
+                        if any(self._failed(self.status.get(u)) for u in deps[step.name]):
                             pending.remove(step)
                             self._finish(step.name, "skipped: upstream failed")
                             continue
@@ -376,11 +382,16 @@ class RunSession:
             raise StepFailed(failure.step, failure.exit_code or 1, failure.tail, str(self.run_dir / f"{failure.step}.log"),
                              reason=failure.reason)
 
+    @staticmethod
+    def _failed(status: str | None) -> bool:
+        """A status that keeps what reads the step's output from running (skipped ones pass it on downstream)."""
+        return status == "failed" or (status or "").startswith(("stopped", "skipped"))
+
     def _upstream_failed(self, name: str, deps: dict[str, set[str]]) -> bool:
         todo, seen = list(deps[name]), set()
         while todo:
             d = todo.pop()
-            if self.status.get(d) == "failed" or self.status.get(d, "").startswith(("stopped", "skipped")):
+            if self._failed(self.status.get(d)):
                 return True
             if d not in seen:
                 seen.add(d)
@@ -396,7 +407,9 @@ class RunSession:
             "image": job.image, "engine": self.runner.name, "executor": self.executor.name, "argv": job.argv,
             "user": job.user, "gpus": job.gpus, "env": mask_env(job.env),
             "mounts": mounts_json(job), "start": time.time(), "status": "running", "log": str(sub.log)}
-        self.state.write_manifest(self.run_id, self.manifest)
+        if time.monotonic() - self._written >= 1.0:  # what runs now, on disk; at most once a second (long chains)
+            self.state.write_manifest(self.run_id, self.manifest)
+            self._written = time.monotonic()
 
     def _outcome(self, sub: Submission, out: Outcome, stopping: bool) -> Outcome | None:
         """Record what happened to a step; returns the outcome when it is a failure of the step itself."""
@@ -442,10 +455,15 @@ class RunSession:
         self.state.write_manifest(self.run_id, self.manifest)
 
     def _end_manifest(self, steps: list[StepSpec], exc: BaseException | None) -> None:
+        detached = self.manifest.get("status") == "submitted"
         for s in steps:
-            self.status.setdefault(s.name, "not run")
-            self.manifest["steps"].setdefault(s.name, {}).setdefault("status", self.status[s.name])
-        if self.manifest.get("status") != "submitted":
+            entry = self.manifest["steps"].setdefault(s.name, {})
+            if entry.get("status") in (None, "running"):  # never more than what happened
+                now = self.status.get(s.name, "not run")
+                entry["status"] = ("submitted" if detached and entry.get("status") else
+                                   "interrupted" if now == "running" else now)
+            self.status.setdefault(s.name, entry["status"])
+        if not detached:
             self.manifest["ended"] = time.time()
             self.manifest["status"] = ("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) or
                                        self.cancel_code else "failed" if exc is not None else "succeeded")

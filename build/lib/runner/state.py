@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from docker.utils.build import PatternMatcher
-
 from runner import tree
 from runner.errors import UserError
 
@@ -112,6 +110,8 @@ class ProjectFiles:
         """One digest of the files a step may read: those its `depends:` globs match, or else all of them but
         `others` (the files other steps' commands name: their scripts are theirs)."""
         if depends is not None:
+            from docker.utils.build import PatternMatcher
+
             matcher = PatternMatcher(depends)
             files = {k: v for k, v in self.files.items() if matcher.matches(k)}
         else:

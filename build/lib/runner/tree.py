@@ -10,8 +10,6 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from docker.utils.build import PatternMatcher
-
 # Never part of what a step or an image is made of.
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", ".tox", ".nox", "node_modules",
                        ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis", ".ipynb_checkpoints",
@@ -33,7 +31,11 @@ def walk(root: Path, exclude: Iterable[Path] = (), patterns: Iterable[str] = ())
     """(path relative to root, stat) of every regular file under root, in a stable order."""
     excluded = {str(p) for p in exclude}
     pats = list(patterns)
-    matcher = PatternMatcher(pats) if pats else None
+    matcher = None
+    if pats:
+        from docker.utils.build import PatternMatcher  # docker-py's .dockerignore matcher (imported when needed)
+
+        matcher = PatternMatcher(pats)
     root_s = str(root)
     for dirpath, dirnames, filenames in os.walk(root_s):
         rel_dir = os.path.relpath(dirpath, root_s)

@@ -4,6 +4,8 @@ so a warm run pays nothing for it."""
 from __future__ import annotations
 
 import functools
+import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -13,10 +15,23 @@ if TYPE_CHECKING:
 _ANSI = {"green": "32", "red": "31", "dim": "2", "yellow": "33"}
 
 
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def strip_escapes(line: str) -> str:
+    """A line without terminal escape sequences (colours, cursor moves) that a program printed."""
+    return _ESCAPE.sub("", line) if "\x1b" in line else line
+
+
+def plain() -> bool:
+    """No escape codes: stderr is not a terminal, or NO_COLOR is set (https://no-color.org)."""
+    return not sys.stderr.isatty() or bool(os.environ.get("NO_COLOR"))
+
+
 def say(text: str, style: str | None = None, prefix: str = "") -> None:
     """One line on stderr; `style` colours `prefix` (or the whole line) on a terminal."""
     head = prefix or text
-    if style and sys.stderr.isatty():
+    if style and not plain():
         head = f"\033[{_ANSI[style]}m{head}\033[0m"
     sys.stderr.write((head + text if prefix else head) + "\n")
     sys.stderr.flush()
@@ -26,4 +41,6 @@ def say(text: str, style: str | None = None, prefix: str = "") -> None:
 def console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, soft_wrap=True)
+    # no live display (spinners, cursor moves) where plain() says no escape codes
+    return Console(stderr=True, soft_wrap=True, force_terminal=False if plain() else None,
+                   no_color=bool(os.environ.get("NO_COLOR")))

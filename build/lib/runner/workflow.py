@@ -1,6 +1,5 @@
 """The workflow model: the 2023 prototype's YAML (datasets + steps), validated with line numbers."""
 
-from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticError
 
-from runner.errors import UserError, ValidationError
+from runner.errors import UsageError, UserError, ValidationError
 
 Scalar = Union[bool, int, float, str]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -201,7 +200,7 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{fname}: no such workflow file") from None
+        raise UsageError(f"{fname}: no such workflow file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{fname}: cannot read workflow file: {exc}") from None
     data, lines = _compose(text, fname)
@@ -216,7 +215,10 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
         problems = []
         for err in exc.errors(include_url=False):
             loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
-            problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc) or 'top'}: {_short(err)}")
+            msg = _short(err)
+            if len(loc) >= 5 and loc[0] == "steps" and loc[3] == "params" and err["type"] != "missing":
+                loc, msg = loc[:5], "a param is a scalar (text, number, true/false) or a list of scalars"
+            problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc) or 'top'}: {msg}")
         raise ValidationError(sorted(set(problems), key=_by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
     return _resolve(wf, path, root, lines, allowed_mounts)
@@ -257,13 +259,20 @@ def _short(err: dict) -> str:
     return msg
 
 
+def _closest(name: str, known: Any) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 def _by_line(problem: str) -> tuple[int, str]:
     parts = problem.split(":")
     return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, problem)
 
 
 def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = ()) -> Workflow:
-    from runner.policy import mount_problem
+    from runner.policy import mount_problem, under
 
     fname = str(path)
     problems: list[str] = []
@@ -271,6 +280,10 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
     def problem(loc: tuple, msg: str) -> None:
         problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc)}: {msg}")
 
+    here_dir = path.resolve().parent
+    # relative paths resolve against the current directory (the prototype's rule): say so when the file is elsewhere
+    elsewhere = (f"; relative paths resolve against the current directory {root}, and the workflow file is in "
+                 f"{here_dir}: cd there, or pass --root {here_dir}") if here_dir != root else ""
     datasets: dict[str, Path] = {}
     for name, ds in wf.datasets.items():
         loc = Path(ds.location).expanduser()
@@ -282,8 +295,11 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         if refused:
             problem(("datasets", name, "location"), f"refused: {refused} (itwin-run --allow-mount PATH allows it)")
             continue
+        if full.exists() and not full.is_dir():
+            problem(("datasets", name, "location"), f"{full} is a file: a dataset is a directory")
+            continue
         for other, other_path in datasets.items():
-            if full == other_path or other_path in full.parents or full in other_path.parents:
+            if under(full, other_path) or under(other_path, full):
                 problem(("datasets", name, "location"), f"overlaps dataset {other!r} ({other_path})")
         datasets[name] = full
 
@@ -302,10 +318,10 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         inputs = (step.input,) if isinstance(step.input, str) else tuple(step.input or ())
         for ds in inputs:
             if ds not in datasets and ds not in wf.datasets:
-                problem(here + ("input",), f"unknown dataset {ds!r}")
+                problem(here + ("input",), f"unknown dataset {ds!r}{_closest(ds, wf.datasets)}")
         if step.output:
             if step.output not in wf.datasets:
-                problem(here + ("output",), f"unknown dataset {step.output!r}")
+                problem(here + ("output",), f"unknown dataset {step.output!r}{_closest(step.output, wf.datasets)}")
             elif step.output in writers:
                 problem(here + ("output",), f"dataset {step.output!r} is also written by step {writers[step.output]!r}")
             else:
@@ -319,13 +335,14 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         if env.file:
             env_file = (root / env.file).resolve()
             if not env_file.is_file():
-                problem(here + ("env", "file"), f"env file not found: {env.file} (looked in {env_file})")
+                problem(here + ("env", "file"), f"env file not found: {env.file} (looked in {env_file}){elsewhere}")
         elif not env.image:
             problem(here + ("env",), "needs 'file' (requirements.txt, environment.yml, Dockerfile) or 'image'")
         if env.source:
             source = (root / env.source).resolve()
             if not source.is_dir():
-                problem(here + ("env", "source"), f"source directory not found: {env.source}")
+                problem(here + ("env", "source"), f"source directory not found: {env.source} (looked in {source})"
+                                                  f"{elsewhere}")
         steps.append(StepSpec(name=name, line=_line(lines, here), command=step.command, inputs=inputs,
                               output=step.output, env=env, env_file=env_file, source=source,
                               params=step.params or {}, gpus=step.gpus, slurm=step.slurm, depends=step.depends))

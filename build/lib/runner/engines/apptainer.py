@@ -7,6 +7,7 @@ engine where a daemon answers), or from a registry (`docker://`, `oras://`) for 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -148,6 +149,9 @@ class ApptainerBuilder:
     def base(self, bootstrap: bool = False) -> str:
         return self._need_docker("the base image").base(bootstrap)
 
+    def oci_ref(self, ref: str) -> str:
+        return self._origin.get(ref, ref)
+
     def push(self, ref: str, registry: str) -> str:
         """Push the OCI image the SIF was made from: a lock file then serves Docker and Apptainer (docker://)."""
         origin = self._origin.get(ref)
@@ -214,6 +218,11 @@ class ApptainerRunner:
     def begin(self, labels: dict[str, str]) -> None:
         pass
 
+    def explain(self, job: Job, code: int, tail: list[str]) -> str:
+        missing = next((m.group(1) for ln in tail[-3:] if (m := re.search(r'"([^"]+)": executable file not found', ln))),
+                       None)
+        return f"command {missing!r} not found in the image of step {job.step!r} ($PATH of the SIF)" if missing else ""
+
     def interrupt(self, force: bool) -> None:
         """SIGTERM (SIGKILL when forced) to the apptainer processes this runner started (its children)."""
         with self._lock:
@@ -270,3 +279,37 @@ def _safe(ref: str) -> str:
 def _plain_http(ref: str) -> bool:
     host = ref.removeprefix("docker://").split("/", 1)[0]
     return host.startswith(("127.", "localhost"))
+
+
+def doctor(needs_gpu: bool) -> list:
+    """The Apptainer side of `itwin-run doctor`."""
+    from runner.doctor import Check, free_space
+
+    area = "apptainer"
+    try:
+        exe = _executable()
+    except UserError as exc:
+        return [Check(area, False, "apptainer (or singularity) not on PATH",
+                      str(exc).split(": ", 1)[-1])]
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [Check(area, False, f"{exe} --version fails: {(proc.stderr or proc.stdout).strip()[:200]}",
+                      "repair the installation")]
+    checks = [Check(area, True, f"{proc.stdout.strip()} ({exe})")]
+    if os.getuid() == 0:
+        checks.append(Check(area, True, "you are root: exec works (steps run with --no-privs)"))
+    else:
+        try:
+            userns = int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
+        except (OSError, ValueError):
+            userns = False
+        starter = Path(exe).resolve().parent.parent / "libexec" / "apptainer" / "bin" / "starter-suid"
+        setuid = starter.exists() and bool(starter.stat().st_mode & 0o4000)
+        checks.append(Check(area, userns or setuid, "non-root exec through " + (
+            "user namespaces" if userns else "the setuid starter" if setuid else "nothing"),
+            "ask the site to enable user namespaces (or the setuid starter)"))
+    nv = shutil.which("nvidia-smi") is not None
+    checks.append(Check(area, nv if needs_gpu else None, "--nv: nvidia-smi found" if nv else "--nv: no NVIDIA driver here",
+                        "run on a GPU node with the NVIDIA driver"))
+    checks.append(free_space(area, sif_cache(), "the SIF cache"))
+    return checks

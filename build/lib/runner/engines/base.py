@@ -54,6 +54,10 @@ class ImageBuilder(Protocol):
         (REGISTRY/NAME:TAG@DIGEST)."""
         ...
 
+    def oci_ref(self, ref: str) -> str:
+        """The OCI image behind a resolved reference (itself for Docker, the image a SIF was made from)."""
+        ...
+
     def save(self, refs: list[str], dest: Path) -> list[Path]:
         """Write these images (as resolve() returned them) into dest, for a site with no registry."""
         ...
@@ -79,6 +83,11 @@ class StepRunner(Protocol):
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         """Run a job to completion, calling on_line for each output line; returns its exit code. Raises Cancelled
         when interrupt() came first. The container (or process) is gone when this returns or raises."""
+        ...
+
+    def explain(self, job: Job, code: int, tail: list[str]) -> str:
+        """What a failed step's exit code means when the engine says more than the step (a command not in the
+        image, say); "" when it does not."""
         ...
 
     def interrupt(self, force: bool) -> None:

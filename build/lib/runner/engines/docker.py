@@ -112,6 +112,29 @@ def _registry_problem(msg: str) -> str:
     return msg
 
 
+_DECISIVE = re.compile(r"(No matching distribution found for .*|Could not find a version that satisfies .*|"
+                       r"ResolutionImpossible.*|Cannot install .*|conflicting dependencies.*|No space left on device)")
+
+
+def _build_error(ref: str, step: str, error: str, lines: list[str], env_file: Path | None) -> str:
+    """A failed build in a few lines: pip's decisive line first, naming the user's env file rather than the
+    requirements.txt the image was built from, then the lines around the failure."""
+    def mine(line: str) -> str:
+        if env_file is None:
+            return line
+        return re.sub(r"-r requirements\.txt \(line (\d+)\)", lambda m: f"{env_file}" + (
+            f" (line {m.group(1)})" if env_file.suffix not in (".yml", ".yaml") else ""), line)
+
+    if "no space left on device" in "\n".join(lines).lower():
+        return f"build of {ref} for step {step!r} failed: no space left on device (free disk space, e.g. `docker image prune`)"
+    decisive = next((m.group(1) for ln in reversed(lines) if (m := _DECISIVE.search(ln))), None)
+    head = mine(decisive) if decisive else (error.splitlines()[-1] if error else "")
+    where = f" (env file {env_file})" if env_file else ""
+    failing = [mine(ln) for ln in lines if _ERROR_LINE.search(ln)][-12:] or [mine(ln) for ln in lines[-12:]]
+    detail = "\n".join("  " + ln for ln in failing if decisive is None or ln.strip() != head)
+    return f"build of {ref} for step {step!r} failed{where}: {head}" + (f"\n{detail}" if detail else "")
+
+
 class _Waiter(threading.Thread):
     """`wait` on a container from a thread, so its answer is not a round trip after the log stream ends."""
 
@@ -275,7 +298,7 @@ class DockerBuilder:
         with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
             dockerfile = spec.context(Path(ctx), base_ref, opts)
             self._build(ctx, dockerfile, ref, {"ITWIN_BASE": base_ref, "BASE": base_ref}, step=spec.step,
-                        labels={f"{LABEL}.kind": spec.kind})
+                        labels={f"{LABEL}.kind": spec.kind}, env_file=spec.env_file)
         return ref, True
 
     def _transfer(self, verb: str, ref: str, call: Callable[..., Iterator[dict[str, Any]]], what: str) -> str:
@@ -305,6 +328,9 @@ class DockerBuilder:
         """Credentials: ITWIN_RUN_REGISTRY_USER/PASSWORD, else the Docker config (`docker login`), as the CLI does."""
         self._transfer("pulling", ref, self.client.api.pull, f"step {step!r}: cannot pull {ref}")
         ui.say(f" {ref}", "green", prefix="pulled")
+
+    def oci_ref(self, ref: str) -> str:
+        return ref
 
     def push(self, ref: str, registry: str) -> str:
         """Tag `ref` as REGISTRY/NAME:TAG and push it; returns that reference with its digest."""
@@ -348,11 +374,17 @@ class DockerBuilder:
         return loaded
 
     def _build(self, ctx: str, dockerfile: str, ref: str, buildargs: dict[str, str], step: str,
-               labels: dict[str, str] | None = None) -> None:
+               labels: dict[str, str] | None = None, env_file: Path | None = None) -> None:
+        """Build, showing progress: on a terminal a status line (elapsed time, the build step or pip's latest
+        line); elsewhere (CI, `| tee`) a start line and a heartbeat every 20 s with pip's latest line."""
         lines: list[str] = []
         start = time.monotonic()
         error: str | None = None
         labels = {f"{LABEL}.managed": "1", f"{LABEL}.step": step, **(labels or {})}
+        terminal = ui.console().is_terminal
+        beat = start
+        if not terminal:
+            ui.say(f"building {ref} for step {step} (pip's progress every 20 s)")
         try:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
                 path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels,
@@ -360,30 +392,28 @@ class DockerBuilder:
             with ui.console().status(f"building {ref} (step {step})") as status:
                 for item in stream:
                     if "error" in item:
-                        error = item["error"].strip()
+                        error = ui.strip_escapes(item["error"]).strip()
                         lines.append(error)
                         break
-                    text = item.get("stream", "")
-                    for line in text.splitlines():
+                    for line in ui.strip_escapes(item.get("stream", "")).splitlines():
                         if not line.strip():
                             continue
                         lines.append(line)
                         if self.verbose:
                             ui.console().print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
-                        if line.startswith("Step "):
-                            status.update(f"building {ref} (step {step}) {time.monotonic() - start:.0f}s: {line[:100]}")
+                        elapsed = time.monotonic() - start
+                        if terminal:
+                            width = max(20, ui.console().width - 8)
+                            status.update(f"building {step} {elapsed:.0f}s: {line.strip()}"[:width])
+                        elif time.monotonic() - beat >= 20:
+                            beat = time.monotonic()
+                            ui.say(f"building {step} {elapsed:.0f}s: {line.strip()[:160]}")
         except docker.errors.APIError as exc:
             error = str(exc.explanation or exc)
         except docker.errors.DockerException as exc:
             raise _daemon_error(exc) from None
         if error is not None:
-            failing = [ln for ln in lines if _ERROR_LINE.search(ln)][-12:] or lines[-12:]
-            detail = "\n".join("  " + ln for ln in failing)
-            if "no space left on device" in "\n".join(lines).lower():
-                raise UserError(f"build of {ref} for step {step!r} failed: no space left on device "
-                                "(free disk space, e.g. `docker image prune`)")
-            raise UserError(f"build of {ref} for step {step!r} failed: {error.splitlines()[-1] if error else ''}\n"
-                            f"{detail}")
+            raise UserError(_build_error(ref, step, error, lines, env_file))
         ui.say(f" {ref} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="built")
 
 class DockerRunner:
@@ -431,6 +461,17 @@ class DockerRunner:
         if self._pod is not None:
             self._pod.remove()
             self._pod = None
+
+    def explain(self, job: Job, code: int, tail: list[str]) -> str:
+        missing = next((m.group(1) for ln in tail[-3:] if (m := re.search(r"exec (\S+) failed: No such file", ln))), None)
+        if code != 127 or not missing:
+            return ""
+        try:
+            env = client().api.inspect_image(job.image)["Config"].get("Env") or []
+        except docker.errors.DockerException:
+            env = []
+        path = next((e.split("=", 1)[1] for e in env if e.startswith("PATH=")), "?")
+        return f"command {missing!r} not found in the image of step {job.step!r} (PATH {path})"
 
     def interrupt(self, force: bool) -> None:
         """Stop the run's containers, started or only created, and start no new one."""
@@ -511,3 +552,39 @@ class DockerRunner:
                 api.remove_container(cid, force=True)
             except docker.errors.APIError:
                 pass
+
+
+def doctor(needs_gpu: bool) -> list:
+    """The Docker side of `itwin-run doctor`."""
+    import grp
+    import shutil
+
+    from runner.doctor import Check, free_space
+
+    area = "docker"
+    try:
+        info = client().info()
+        version = client().version().get("Version", "?")
+    except UserError:
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return [Check(area, False, f"no Docker daemon answers at {host}",
+                      "start dockerd (as root: `dockerd &`, or `make engine`) or point DOCKER_HOST at a running one")]
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    checks = [Check(area, True, f"daemon {version} answers at {host}")]
+    if os.getuid() == 0:
+        checks.append(Check(area, None, "you are root: steps run as the project's owner, or nobody (see README)"))
+    else:
+        try:
+            member = "docker" in [grp.getgrgid(g).gr_name for g in os.getgroups()]
+        except KeyError:
+            member = False
+        checks.append(Check(area, None, "you are in the docker group" if member else "rootless or socket access"))
+    gpus = "nvidia" in info.get("Runtimes", {})
+    smi = shutil.which("nvidia-smi")
+    checks.append(Check(area, gpus if needs_gpu else None,
+                        "NVIDIA runtime present" + (" and nvidia-smi found" if smi else "") if gpus else
+                        "no NVIDIA runtime: steps get no GPU", "install nvidia-container-toolkit and restart dockerd"))
+    root_dir = Path(info.get("DockerRootDir", "/var/lib/docker"))
+    if root_dir.exists():
+        checks.append(free_space(area, root_dir, "images"))
+    return checks

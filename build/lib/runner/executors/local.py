@@ -11,6 +11,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from runner import ui
 from runner.engines.base import Cancelled, StepRunner
 from runner.errors import UserError
 from runner.executors.base import Outcome, Submission
@@ -73,17 +74,19 @@ class LocalExecutor:
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         prefix = f"{job.step} | "
         hide = masker(job.env)
+        clean = ui.strip_escapes if ui.plain() else (lambda line: line)  # a step's colours, only on a terminal
         try:
             with open(sub.log, "w", encoding="utf-8") as log:
                 def on_line(line: str) -> None:
-                    line = hide(line)
+                    line = clean(hide(line))
                     tail.append(line)
                     log.write(line + "\n")
                     with self._out:
                         sys.stdout.write(prefix + line + "\n")
                         sys.stdout.flush()
                 code = self.runner.run(job, on_line)
-            out = Outcome(job.step, "done" if code == 0 else "failed", exit_code=code, tail=list(tail))
+            out = Outcome(job.step, "done" if code == 0 else "failed", exit_code=code, tail=list(tail),
+                          reason=self.runner.explain(job, code, list(tail)) if code else "")
         except Cancelled:
             out = Outcome(job.step, "interrupted", reason="cancelled before it started")
         except UserError as exc:

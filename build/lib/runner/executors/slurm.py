@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -85,7 +86,6 @@ class SlurmExecutor:
         self._offsets: dict[str, int] = {}
         self._seen: dict[str, str] = {}
         self._handles: dict[str, str] = {}  # step -> job id
-        self.calls = 0  # controller calls made (bench/slurm.py reports them per second)
 
     def check(self, opts, steps: list[StepSpec]) -> None:
         for flag, value, pattern in (("--partition", self.partition, PARTITION), ("--account", self.account, PARTITION),
@@ -171,7 +171,6 @@ class SlurmExecutor:
                 return []
         self._last_poll = time.monotonic()
         ids = {self._handles[name]: name for name in active}
-        self.calls += 1
         states = job_states({j: active[n].log for j, n in ids.items()})
         outs = []
         for job_id, name in ids.items():
@@ -269,3 +268,21 @@ def status(root: Path, run_id: str) -> list[tuple[str, str, str]]:
     states = job_states(jobs) if jobs else {}
     return [(name, info.get("handle", "-"), states[info["handle"]][0] if info.get("handle") else info.get("status", "?"))
             for name, info in steps.items()]
+
+
+def doctor(needs_gpu: bool) -> list:
+    """The SLURM side of `itwin-run doctor`."""
+    from runner.doctor import Check, which
+
+    checks, present = which("slurm", ["sbatch", "squeue", "scontrol", "scancel"],
+                            "load SLURM's client commands (`module load slurm`) or run on a login node")
+    if not present:
+        return checks
+    proc = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    up = proc.returncode == 0 and "UP" in proc.stdout
+    checks.append(Check("slurm", up, "controller: " + (proc.stdout.strip() or proc.stderr.strip() or "no answer"),
+                        "check SLURM_CONF and that slurmctld runs"))
+    acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True) if shutil.which("sacct") else None
+    checks.append(Check("slurm", None, "sacct answers (status of finished jobs)" if acct and acct.returncode == 0 else
+                        "no accounting: `itwin-run status` reads what the jobs wrote"))
+    return checks

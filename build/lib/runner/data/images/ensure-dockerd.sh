@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Make sure a Docker daemon answers: start dockerd by hand (no systemd), installing Debian's docker.io if needed.
-# As root it also installs what the tests use beside the daemon: debootstrap (offline parent image) and
-# docker-registry (the CNCF Distribution registry, started on 127.0.0.1 by the registry tests).
+# As root it also installs what the tests use beside the daemon: debootstrap (offline parent image),
+# docker-registry (the CNCF Distribution registry, started on 127.0.0.1 by the registry tests) and chromium.
 set -euo pipefail
 if [ "$(id -u)" = 0 ]; then
   want=()
   command -v debootstrap >/dev/null || want+=(debootstrap)
   command -v docker-registry >/dev/null || want+=(docker-registry)
+  command -v chromium >/dev/null || want+=(chromium)  # headless page tests (the MLflow runs page)
   command -v dockerd >/dev/null || want+=(docker.io)
   if [ ${#want[@]} -gt 0 ]; then
     echo "ensure-dockerd: installing ${want[*]} (Debian)"

@@ -1,0 +1,112 @@
+"""`itwin-run doctor`: what this machine offers for running workflows, and what to do about each gap.
+
+Each engine module (runner/engines/) and executor module (runner/executors/) that has machine requirements gives a
+`doctor(needs_gpu)` function returning Checks; this module adds the image-building side and puts them together."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from importlib import import_module
+from pathlib import Path
+
+
+@dataclass
+class Check:
+    area: str  # docker, apptainer, slurm, images
+    ok: bool | None  # None: worth knowing, not a requirement
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = {True: "ok  ", False: "FAIL", None: "info"}[self.ok]
+        return f"{mark} {self.area}: {self.detail}" + (f" -> {self.fix}" if self.fix and not self.ok else "")
+
+
+def free_space(area: str, path: Path, what: str, minimum_gb: float = 5.0) -> Check:
+    """Free disk where `path` is (or would be), as a check."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free / 1e9
+    return Check(area, free >= minimum_gb, f"{free:.1f} GB free for {what} ({path})",
+                 f"free disk there (less than {minimum_gb:.0f} GB left), or move it")
+
+
+def which(area: str, names: list[str], fix: str) -> tuple[list[Check], bool]:
+    missing = [n for n in names if not shutil.which(n)]
+    if missing:
+        return [Check(area, False, f"{', '.join(missing)} not on PATH", fix)], False
+    return [Check(area, True, f"{', '.join(names)} on PATH")], True
+
+
+def registry_checks(refs: list[str]) -> list[Check]:
+    """Reachability and credentials of the registries a workflow's prebuilt images name."""
+    out = []
+    hosts = sorted({r.split("/", 1)[0] for r in refs if "/" in r and ("." in r.split("/", 1)[0] or ":" in r.split("/", 1)[0])})
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    try:
+        auths = json.loads(config.read_text()).get("auths", {})
+    except (OSError, ValueError):
+        auths = {}
+    for host in hosts:
+        scheme = "http" if host.startswith(("127.", "localhost")) else "https"
+        try:
+            urllib.request.urlopen(f"{scheme}://{host}/v2/", timeout=5)
+            status = "answers"
+        except urllib.error.HTTPError as exc:
+            status = "answers, asks for credentials" if exc.code == 401 else f"answers {exc.code}"
+        except OSError as exc:
+            out.append(Check("images", False, f"registry {host} unreachable ({exc})", "check the name and the network"))
+            continue
+        creds = host in auths or bool(os.environ.get("ITWIN_RUN_REGISTRY_USER"))
+        needs = "credentials" in status
+        out.append(Check("images", creds or not needs, f"registry {host} {status}" +
+                         ("; credentials found" if creds else ""), f"`docker login {host}`"))
+    return out
+
+
+def image_checks(refs: list[str]) -> list[Check]:
+    from runner.images import BuildOptions
+
+    out = []
+    try:
+        wheelhouse = BuildOptions.from_env().wheelhouse
+    except Exception as exc:  # a wheelhouse that is set but broken: said, not raised
+        return [Check("images", False, str(exc), "fix ITWIN_RUN_WHEELHOUSE or --wheelhouse")]
+    if wheelhouse:
+        wheels = list(wheelhouse.glob("*.whl"))
+        out.append(Check("images", None, f"wheelhouse {wheelhouse}: {len(wheels)} wheels used in image builds"))
+    else:
+        out.append(Check("images", None, "no wheelhouse: image builds take every package from the index"))
+    return out + registry_checks(refs)
+
+
+def diagnose(engine: str, executor: str, needs_gpu: bool, refs: list[str]) -> tuple[list[Check], bool]:
+    """All checks, and whether what the engine and executor need is usable."""
+    from runner.engines import ENGINES
+    from runner.executors import EXECUTORS
+
+    checks: list[Check] = []
+    needed: set[str] = {engine, executor, "images"}
+    modules = [ENGINES[name][0] for name in ENGINES] + [EXECUTORS[name][0] for name in EXECUTORS]
+    for module in dict.fromkeys(modules):
+        found = getattr(import_module(module), "doctor", None)
+        if found:
+            checks += found(needs_gpu)
+    checks += image_checks(refs)
+    usable = not any(c.ok is False and c.area in needed for c in checks)
+    return checks, usable
+
+
+def report(checks: list[Check], usable: bool, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"usable": usable, "checks": [asdict(c) for c in checks]}, indent=1))
+        return
+    for c in checks:
+        print(c.line())
+    print("usable" if usable else "not usable: see the FAIL lines above")
