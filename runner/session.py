@@ -189,6 +189,9 @@ class RunSession:
     def run(self) -> None:
         steps = select(self.wf, self.opts)
         self.executor.check(self.opts, steps)  # flags this executor cannot honour: refused before anything starts
+        if os.getuid() == 0 and not self.opts.user and not self.user.startswith("0:"):
+            ui.say(f"note: steps run as uid:gid {self.user}, not root (you are root; --user 0:0 runs them as root)",
+                   "dim")
         if any(s.env.prefix for s in steps):
             ui.say("note: env.prefix (the prototype's conda location) is ignored: steps run in container images", "dim")
         if self.opts.dry_run:

@@ -182,3 +182,21 @@ def test_a_missing_relative_path_says_where_it_looked_and_how_to_fix_it(tmp_path
         f"{wf}:2: steps[0].s.env.file: env file not found: ./env.txt (looked in {tmp_path}/env.txt); relative paths "
         f"resolve against the current directory {tmp_path}, and the workflow file is in {project}: cd there, or pass "
         f"--root {project}"]
+
+
+def test_top_level_help_lists_the_commands_and_the_default(tmp_path):
+    res = itwin("--help", cwd=tmp_path)
+    assert res.returncode == 0
+    for command in ("run", "build", "validate", "history", "show", "status", "init", "doctor"):
+        assert f" {command} " in res.stdout
+    assert "is `itwin-run run [OPTIONS] WORKFLOW.yml`" in " ".join(res.stdout.split())
+    assert "Exit codes: 0 success; 2 a usage or workflow problem" in " ".join(res.stdout.split())
+
+
+def test_the_readme_first_workflow_is_what_init_writes(tmp_path):
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Your first workflow", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    assert itwin("init", "p", cwd=tmp_path).returncode == 0
+    assert yaml.safe_load(block) == yaml.safe_load((tmp_path / "p" / "workflow.yml").read_text())
