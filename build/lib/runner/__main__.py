@@ -1,5 +1,0 @@
-"""`python -m runner`: the same as the `itwin-run` command."""
-
-from runner.cli import main
-
-main()
