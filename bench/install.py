@@ -4,6 +4,10 @@
     step images removed; the base image kept) and warm (report both)
   - `itwin-run --help` start-up: the installed wheel (a fresh venv outside the checkout) / the editable install
     (goal <= 1: the installed one must not be slower)
+  - the same first run for `init --template ml` (a data step, an itwinai training step), cold and warm
+
+The cold runs remove the scaffold's step images; Docker's build cache stays (a machine that ran the MNIST use case
+has the training image's dependency install there).
 
 Run: .venv/bin/python bench/install.py [--repeat N]
 """
@@ -43,21 +47,26 @@ def main() -> None:
         fresh_venv(work / "venv", next((work / "dist").glob("*.whl")))
         installed = str(work / "venv/bin/itwin-run")
         first: dict[str, float] = {}
-        for kind in ("cold", "warm"):
-            if kind == "cold":
-                for image in client.images.list(name="itwin-run/generate") + client.images.list(name="itwin-run/stats"):
-                    for tag in image.tags:
-                        client.images.remove(tag, force=True)
-            project = work / f"proj-{kind}"
-            start = time.perf_counter()
-            subprocess.run([installed, "init", str(project)], check=True, capture_output=True)
-            subprocess.run([installed, "workflow.yml"], cwd=project, check=True, capture_output=True)
-            first[kind] = time.perf_counter() - start
+        templates = {"basic": ("generate", "stats"), "ml": ("data", "train")}
+        for template, images in templates.items():
+            extra = ["--template", "ml", "--itwinai", str(REPO / "itwinai")] if template == "ml" else []
+            for kind in ("cold", "warm"):
+                if kind == "cold":
+                    for image in [i for name in images for i in client.images.list(name=f"itwin-run/{name}")]:
+                        for tag in image.tags:
+                            client.images.remove(tag, force=True)
+                project = work / f"{template}-{kind}"
+                start = time.perf_counter()
+                subprocess.run([installed, "init", str(project), *extra], check=True, capture_output=True)
+                subprocess.run([installed, "workflow.yml"], cwd=project, check=True, capture_output=True)
+                first[f"{template} {kind}"] = time.perf_counter() - start
         help_times: dict[str, list[float]] = {"installed": [], "editable": []}
         for _ in range(args.repeat):
             help_times["installed"].append(seconds([installed, "--help"], work))
             help_times["editable"].append(seconds([ITWIN, "--help"], work))
-    print(f"empty folder -> finished first run of the scaffold: cold {first['cold']:.1f} s, warm {first['warm']:.1f} s")
+    for template in templates:
+        print(f"empty folder -> finished first run of the {template} scaffold: cold {first[f'{template} cold']:.1f} s, "
+              f"warm {first[f'{template} warm']:.1f} s")
     med = {k: statistics.median(v) for k, v in help_times.items()}
     print(f"`itwin-run --help`, median of {args.repeat}: installed {med['installed']:.3f} s, editable "
           f"{med['editable']:.3f} s, installed / editable = {med['installed'] / med['editable']:.2f}  (goal <= 1)")

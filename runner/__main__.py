@@ -1,5 +1,5 @@
 """`python -m runner`: the same as the `itwin-run` command."""
 
-from runner.cli import main
+from runner.cli import entry
 
-main()
+entry()

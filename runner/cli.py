@@ -2,7 +2,10 @@
 
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -293,15 +296,26 @@ def status_(run_id: Annotated[str, typer.Argument(help="A run id from `itwin-run
         print(f"{name}\t{handle}\t{state}")
 
 
+TEMPLATES = ("basic", "ml")
+
+
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to start the project (default: here); empty or new.")] = Path("."),
+    template: Annotated[str, typer.Option(help="basic: two plain Python steps. ml: a data step and an itwinai "
+                                               "training step (a tiny Lightning model, tracked in MLflow).")] = "basic",
+    itwinai: Annotated[Path | None, typer.Option(help="ml: the itwinai wheel, or the itwinai directory of an "
+                                                      "itwin-run checkout to build it from (default: this "
+                                                      "checkout's, when itwin-run runs from one).")] = None,
 ) -> None:
     """Start a project: a two-step workflow, an env file per step, the step scripts, a .gitignore and a README that
     runs at once with `itwin-run workflow.yml`. Writes nothing into a folder that holds anything."""
     from importlib import resources
 
-    template = resources.files("runner") / "data" / "init" / "basic"
+    if template not in TEMPLATES:
+        raise UsageError(f"--template {template}: not a template (one of: {', '.join(TEMPLATES)})")
+    if itwinai and template != "ml":
+        raise UsageError("--itwinai: only with --template ml")
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise UsageError(f"{directory}: not empty; itwin-run init writes only into an empty or new folder")
     files: list[tuple[str, bytes]] = []
@@ -314,12 +328,47 @@ def init(
                 collect(child, f"{rel}{child.name}/")
             else:
                 files.append((f"{rel}{child.name}".replace("gitignore", ".gitignore"), child.read_bytes()))
-    collect(template, "")
-    for rel, data in files:
-        dest = directory / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+    collect(resources.files("runner") / "data" / "init" / template, "")
+    wheel: Path | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if template == "ml":  # before anything is written: a wheel that cannot be had leaves no half project
+            wheel = _itwinai_wheel(itwinai, Path(tmp))
+            files = [(rel, data.replace(b"ITWINAI_WHEEL", wheel.name.encode())) for rel, data in files]
+        for rel, data in files:
+            dest = directory / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        if wheel:
+            (directory / "wheels").mkdir()
+            shutil.copy(wheel, directory / "wheels" / wheel.name)
     ui.say(f" {directory.resolve()}: run it with `cd {directory} && itwin-run workflow.yml`", "green", prefix="created")
+
+
+def _itwinai_wheel(given: Path | None, tmp: Path) -> Path:
+    """The itwinai wheel the ml template's training image installs: the one given, or built from a directory."""
+    import importlib.util
+    import subprocess
+
+    import runner
+
+    checkout = Path(runner.__file__).resolve().parents[1] / "itwinai"
+    source = given or (checkout if (checkout / "pyproject.toml").is_file() else None)
+    if source is None:
+        raise UsageError("the ml template installs itwinai into its training image: pass --itwinai PATH (an itwinai "
+                         "wheel, or the itwinai directory of an itwin-run checkout)")
+    if source.is_file() and source.suffix == ".whl":
+        return source
+    if not (source / "pyproject.toml").is_file():
+        raise UsageError(f"--itwinai {source}: neither a .whl file nor a package directory (no pyproject.toml)")
+    # Offline sites: build with the setuptools at hand rather than fetch one, where there is one.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", str(tmp),
+                           str(source)], capture_output=True, text=True)
+    wheels = sorted(tmp.glob("itwinai-*.whl"))
+    if done.returncode or not wheels:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel came out"]
+        raise UserError(f"could not build the itwinai wheel from {source}: {last[0]}")
+    return wheels[0]
 
 
 @app.command()
@@ -393,6 +442,27 @@ def main(argv: list[str] | None = None) -> None:
             ui.say("interrupted: the interrupted steps are not marked complete", "red")
             sys.exit(exc.code)
         _usage_error(exc)
+
+
+def entry() -> None:
+    """The `itwin-run` command: main(), then out without tearing the interpreter down (freeing every module and
+    object costs a short run about a tenth of a second; atexit handlers still run and stdio is flushed)."""
+    import atexit
+
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def _usage_error(exc: Exception) -> None:

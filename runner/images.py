@@ -64,7 +64,7 @@ class ImageSpec:
     step: str
     env_file: Path | None = None
     requirements: str = ""  # pip lines (requirements / conda kinds)
-    source: Path | None = None
+    sources: tuple[Path, ...] = ()  # package directories and wheels, installed on top of the requirements
     image: str | None = None  # prebuilt reference (image kind)
     digest_parts: list[str] = field(default_factory=list)
     exclude: tuple[Path, ...] = ()  # never in the build context nor the hash: datasets, the state folder
@@ -99,9 +99,18 @@ class ImageSpec:
             pip_args.append("-c constraints.txt")
             copies.append("COPY constraints.txt ./")
         source_steps = ""
-        if self.source:
-            _link_tree(self.source, dest / "source", self.exclude)
-            source_steps = f"COPY source ./source\nRUN pip install --prefer-binary {' '.join(pip_args)} ./source"
+        if self.sources:
+            targets = []
+            for i, src in enumerate(self.sources):
+                if src.is_file():  # a wheel keeps its name: pip reads the package and version from it
+                    (dest / "source" / str(i)).mkdir(parents=True)
+                    _link(src, dest / "source" / str(i) / src.name)
+                    targets.append(f"./source/{i}/{src.name}")
+                else:
+                    _link_tree(src, dest / "source" / str(i), self.exclude)
+                    targets.append(f"./source/{i}")
+            source_steps = (f"COPY source ./source\nRUN pip install --prefer-binary {' '.join(pip_args)} "
+                            f"{' '.join(targets)}")
         template = string.Template((TEMPLATES / "Dockerfile.pip").read_text())
         (dest / "Dockerfile").write_text(template.substitute(
             base=base_ref, pip_args=" ".join(pip_args), copy_requirements="\n".join(copies), source_steps=source_steps))
@@ -153,10 +162,21 @@ def _link_tree(src: Path, dest: Path, exclude: tuple[Path, ...] = ()) -> None:
     for rel, _ in tree.walk(src, exclude, tree.read_ignore(src / ".dockerignore")):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src / rel, target)
-        except OSError:
-            shutil.copy2(src / rel, target)
+        _link(src / rel, target)
+
+
+def _link(src: Path, target: Path) -> None:
+    try:
+        os.link(src, target)
+    except OSError:
+        shutil.copy2(src, target)
+
+
+def _source_digest(src: Path, exclude: tuple[Path, ...]) -> list[str]:
+    """What a source puts into the image hash: a wheel's name and bytes, a directory's context files."""
+    if src.is_file():
+        return [f"{src.name}:{hashlib.sha256(src.read_bytes()).hexdigest()}"]
+    return [f"source {src.name}", *context_files(src, exclude)]
 
 
 def image_name(step: StepSpec) -> str:
@@ -175,20 +195,20 @@ def spec_for(step: StepSpec, wf: Workflow | None = None) -> ImageSpec:
     f = step.env_file
     name = image_name(step)
     exclude = (*wf.datasets.values(), wf.root / ".itwin-run") if wf else ()
-    source_parts = context_files(step.source, exclude) if step.source else []
+    source_parts = [part for src in step.sources for part in _source_digest(src, exclude)]
     text = f.read_text(encoding="utf-8", errors="replace")
     lower = f.name.lower()
     if lower == "dockerfile" or lower.endswith(".dockerfile") or lower.startswith("dockerfile."):
-        if step.source:
+        if step.sources:
             raise UserError(f"{f}: a Dockerfile env builds its own context; 'source' is not used with it (step {step.name!r})")
         return ImageSpec(kind="dockerfile", name=name, step=step.name, env_file=f,
                          digest_parts=context_files(f.parent, exclude), exclude=exclude)
     if f.suffix in {".yml", ".yaml"}:
         reqs = conda_to_pip(f, text)
-        return ImageSpec(kind="conda", name=name, step=step.name, env_file=f, requirements=reqs, source=step.source,
+        return ImageSpec(kind="conda", name=name, step=step.name, env_file=f, requirements=reqs, sources=step.sources,
                          digest_parts=[text, *source_parts], exclude=exclude)
     return ImageSpec(kind="requirements", name=name, step=step.name, env_file=f, requirements=text,
-                     source=step.source, digest_parts=[text, *source_parts], exclude=exclude)
+                     sources=step.sources, digest_parts=[text, *source_parts], exclude=exclude)
 
 
 def conda_to_pip(f: Path, text: str) -> str:

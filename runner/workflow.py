@@ -36,12 +36,12 @@ SbatchFlag = Annotated[str, StringConstraints(max_length=512, pattern=SBATCH_FLA
 
 
 class Env(BaseModel):
-    """How a step's image is made: an env file, a prebuilt image, and a local package to install."""
+    """How a step's image is made: an env file, a prebuilt image, and local packages to install on top of it."""
 
     model_config = ConfigDict(extra="forbid")
     file: str | None = None
     prefix: str | None = None  # the prototype's conda location: accepted and ignored
-    source: str | None = None
+    source: str | list[str] | None = None  # package directories or wheel files, installed after the env file's
     image: str | None = None
     vars: dict[EnvName, Scalar] = Field(default_factory=dict)
 
@@ -96,7 +96,7 @@ class StepSpec:
     output: str | None
     env: Env
     env_file: Path | None
-    source: Path | None
+    sources: tuple[Path, ...]  # env.source: local package directories and wheel files
     params: dict[str, Any]
     gpus: str | int | list[int] | None
     slurm: Slurm | None = None
@@ -329,7 +329,8 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
             if step.output in inputs:
                 problem(here + ("output",), f"step reads and writes the same dataset {step.output!r}")
         env = step.env or Env()
-        env_file = source = None
+        env_file = None
+        sources: list[Path] = []
         if env.file and env.image:
             problem(here + ("env",), "give either 'file' or 'image', not both")
         if env.file:
@@ -338,13 +339,20 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
                 problem(here + ("env", "file"), f"env file not found: {env.file} (looked in {env_file}){elsewhere}")
         elif not env.image:
             problem(here + ("env",), "needs 'file' (requirements.txt, environment.yml, Dockerfile) or 'image'")
-        if env.source:
-            source = (root / env.source).resolve()
-            if not source.is_dir():
-                problem(here + ("env", "source"), f"source directory not found: {env.source} (looked in {source})"
-                                                  f"{elsewhere}")
+        for i, item in enumerate([env.source] if isinstance(env.source, str) else env.source or []):
+            where = here + (("env", "source") if isinstance(env.source, str) else ("env", "source", i))
+            source = (root / item).resolve()
+            if source.is_file() and source.suffix == ".whl":
+                sources.append(source)
+            elif not source.is_dir():
+                problem(where, f"source not found: {item} (looked in {source}; a package directory or a .whl file)"
+                               f"{elsewhere}")
+            elif not any((source / f).is_file() for f in ("pyproject.toml", "setup.py", "setup.cfg")):
+                problem(where, f"{item}: not a Python package directory (no pyproject.toml or setup.py in {source})")
+            else:
+                sources.append(source)
         steps.append(StepSpec(name=name, line=_line(lines, here), command=step.command, inputs=inputs,
-                              output=step.output, env=env, env_file=env_file, source=source,
+                              output=step.output, env=env, env_file=env_file, sources=tuple(sources),
                               params=step.params or {}, gpus=step.gpus, slurm=step.slurm, depends=step.depends))
         try:
             shlex.split(step.command)

@@ -48,6 +48,7 @@ def test_installed_package_runs_a_workflow_outside_the_checkout(kind, tmp_path, 
         res = cli("--engine", "apptainer", "--force", "workflow.yml", cwd=project, extra=apptainer_env)
         assert res.returncode == 0, res.stderr[-3000:]
         assert (project / "data/summary/summary.txt").read_text() == "count=10\nsum=55\nmean=5.5\n"
+        _ml_template_trains_a_model(cli, elsewhere)
     base = cli("base")
     assert base.returncode == 0 and base.stdout.startswith("itwin-run/base:"), base.stderr[-2000:]
     doctor = cli("doctor")
@@ -55,3 +56,20 @@ def test_installed_package_runs_a_workflow_outside_the_checkout(kind, tmp_path, 
     version = subprocess.run([str(venv / "bin/python"), "-m", "runner", "--version"], cwd=elsewhere, env=env,
                              capture_output=True, text=True)
     assert version.stdout == cli("--version").stdout == "itwin-run 0.1.0\n"
+
+
+def _ml_template_trains_a_model(cli, elsewhere: Path) -> None:
+    """`init --template ml` from the installed tool: it needs the itwinai wheel (no checkout beside it), then the
+    scaffold trains its tiny model in the itwinai image and records it in MLflow."""
+    refused = cli("init", "ml", "--template", "ml")
+    assert refused.returncode == 2 and "pass --itwinai PATH" in refused.stderr, refused.stderr
+    assert not (elsewhere / "ml").exists(), "a refused init writes nothing"
+    assert cli("init", "ml", "--template", "ml", "--itwinai", str(REPO / "itwinai")).returncode == 0
+    project = elsewhere / "ml"
+    res = cli("workflow.yml", cwd=project)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/data/runs/mlflow.db")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")
+    assert len(runs) == 1 and runs["metrics.test_acc"][0] > 0.5, runs.T  # ten classes: chance is 0.1

@@ -32,7 +32,7 @@ def test_prototype_mnist_file_loads_with_cwl_section_ignored():
     assert [s.name for s in wf.steps] == ["preprocessing", "ml-training"]
     train = wf.step("ml-training")
     assert train.inputs == ("preproc-images",) and train.output == "ml-logs"
-    assert train.env.prefix == "./ai/.venv-pytorch" and train.source == REPO / "itwinai"
+    assert train.env.prefix == "./ai/.venv-pytorch" and train.sources == (REPO / "itwinai",)
     assert wf.extra["workflowFileCWL"] == "use-cases/mnist/workflow.cwl"
     assert wf.argv(train) == ["itwinai", "train", "--input", str(REPO / "data/mnist/preproc-images"),
                               "--output", str(REPO / "data/mnist/ml-logs"),
@@ -200,3 +200,57 @@ def test_the_readme_first_workflow_is_what_init_writes(tmp_path):
     block = readme.split("## Your first workflow", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     assert itwin("init", "p", cwd=tmp_path).returncode == 0
     assert yaml.safe_load(block) == yaml.safe_load((tmp_path / "p" / "workflow.yml").read_text())
+
+
+def test_env_source_takes_package_directories_and_wheels(tmp_path):
+    """env.source: one path (the prototype's form) or a list of package directories and wheel files; each is
+    installed on top of the env file's requirements and is part of the image hash."""
+    from runner.images import BuildOptions, spec_for
+
+    pkg = tmp_path / "libs" / "mypkg"
+    pkg.mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text("[project]\nname = 'mypkg'\nversion = '1'\n")
+    wheel = tmp_path / "wheels" / "other-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"first")
+    wf = workflow.load(write(tmp_path, "steps:\n  - s:\n      command: python x.py\n      env:\n        file: env.txt\n"
+                                      "        source: [./libs/mypkg, ./wheels/other-1.0-py3-none-any.whl]\n"),
+                       root=tmp_path)
+    step = wf.steps[0]
+    assert step.sources == (pkg, wheel)
+    spec = spec_for(step, wf)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    opts = BuildOptions()
+    spec.context(ctx, "itwin-run/base:x", opts)
+    dockerfile = (ctx / "Dockerfile").read_text()
+    assert "pip install --prefer-binary  ./source/0 ./source/1/other-1.0-py3-none-any.whl" in dockerfile
+    assert (ctx / "source" / "0" / "pyproject.toml").is_file()
+    assert (ctx / "source" / "1" / wheel.name).read_bytes() == b"first"
+    tag = spec.tag("base", opts)
+    wheel.write_bytes(b"second")
+    assert spec_for(step, wf).tag("base", opts) != tag, "a new wheel is a new image"
+
+    got = problems(tmp_path, "steps:\n  - s:\n      command: python x.py\n      env:\n        file: env.txt\n"
+                             "        source:\n          - ./libs\n          - ./nothing.whl\n")
+    assert got == [f"{tmp_path}/wf.yml:7: steps[0].s.env.source[0]: ./libs: not a Python package directory "
+                   f"(no pyproject.toml or setup.py in {tmp_path}/libs)",
+                   f"{tmp_path}/wf.yml:8: steps[0].s.env.source[1]: source not found: ./nothing.whl (looked in "
+                   f"{tmp_path}/nothing.whl; a package directory or a .whl file)"]
+
+
+def test_ml_template_loads_and_shares_the_itwinai_image_dependencies(tmp_path):
+    """`init --template ml` writes a workflow that validates (its itwinai wheel included), and its training env file
+    asks for exactly what itwinai's own does: the two images share the dependency layer, and the pins do not drift."""
+    from runner.images import conda_to_pip
+
+    assert itwin("init", "p", "--template", "ml", cwd=tmp_path).returncode == 0
+    project = tmp_path / "p"
+    wf = workflow.load(project / "workflow.yml", root=project)
+    train = next(s for s in wf.steps if s.name == "train")
+    assert [p.name for p in train.sources] == [next((project / "wheels").iterdir()).name]
+    ours, theirs = project / "envs" / "train.yml", REPO / "itwinai" / "env.yml"
+    assert conda_to_pip(ours, ours.read_text()) == conda_to_pip(theirs, theirs.read_text())
+    assert {".gitignore", "README.md", "workflow.yml"} <= {p.name for p in project.iterdir()}
+    again = itwin("init", "p", "--template", "ml", cwd=tmp_path)
+    assert again.returncode == 2 and "not empty" in again.stderr

@@ -186,12 +186,14 @@ class _Pod:
         return f"container:{self.id}" if self.id and not self.error else None
 
     def remove(self) -> None:
-        """Kill it; the daemon removes it (auto-remove), so the run need not wait for that."""
+        """Stop it; the daemon removes it (auto-remove), so the run need not wait for that. SIGTERM, not SIGKILL:
+        the daemon answers a SIGKILL only once the container is down, a SIGTERM at once (tini passes it to `sleep`,
+        which ends at it)."""
         self._thread.join()
         if not self.id:
             return
         try:
-            self.api.kill(self.id)
+            self.api.kill(self.id, signal="SIGTERM")
         except docker.errors.APIError:
             try:
                 self.api.remove_container(self.id, force=True)
