@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -80,6 +81,12 @@ def run(
     user: Annotated[str | None, typer.Option(help="uid:gid the steps run as (default: yours; as root, the project's "
                                                   "owner or nobody; 0:0 for root).")] = None,
     gpus: Annotated[str | None, typer.Option(help="GPUs for every step: all, a count, or ids (0,1).")] = None,
+    cpus: Annotated[float | None, typer.Option(min=0.01, help="CPUs each step may use (over resources.cpus).",
+                                               show_default=False)] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory each step may use: 512M, 2G (over resources.memory).",
+                                               show_default=False)] = None,
+    retries: Annotated[int | None, typer.Option(min=0, help="Run a failed step again up to N times (over each "
+                                                            "step's retries).", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images, argv, mounts); run nothing.")] = False,
     cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images "
                                                    "(the cwl executor).")] = False,
@@ -122,8 +129,11 @@ def run(
                                   ("--time", time_limit), ("--account", account), ("--sbatch-arg", sbatch_arg)) if v]
     if slurm_flags and executor_ != "slurm":
         raise UsageError(f"{', '.join(slurm_flags)}: only with --executor slurm")
+    if memory is not None and not re.match(wfmod.MEMORY, memory):
+        raise UsageError(f"--memory {memory}: a size such as 512M or 2G")
     wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
-    opts = session.RunOptions(user=user, gpus=_gpus(gpus), build=BuildOptions.from_env(wheelhouse, constraints, pull),
+    opts = session.RunOptions(user=user, gpus=_gpus(gpus), cpus=cpus, memory=memory, retries=retries,
+                              build=BuildOptions.from_env(wheelhouse, constraints, pull),
                               pinned=read_pins(images) if images else None, jobs=jobs, only=only or [],
                               from_=from_, until=until, force=[] if force else (force_step or None),
                               keep_going=keep_going, dry_run=dry_run, allowed_mounts=allow_mount or [])

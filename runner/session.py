@@ -6,6 +6,7 @@ build images and run one container. Reading this file top to bottom is reading w
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -22,7 +23,7 @@ from runner.executors.base import Executor, Outcome, Submission
 from runner.images import LABEL, BuildOptions, ImageSpec, spec_for
 from runner.policy import mask_env
 from runner.state import ProjectFiles, State, fingerprint, tree_manifest
-from runner.workflow import StepSpec, Workflow, dependencies
+from runner.workflow import Limits, StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
 
@@ -31,6 +32,9 @@ GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
 class RunOptions:
     user: str | None = None
     gpus: str | int | list[int] | None = None
+    cpus: float | None = None  # --cpus / --memory / --retries: for every step, over the file's values
+    memory: str | None = None
+    retries: int | None = None
     build: BuildOptions = field(default_factory=BuildOptions)
     pinned: dict[str, str] | None = None  # step -> prebuilt image (--images FILE)
     jobs: int = 1
@@ -114,14 +118,15 @@ def resolve_images(wf: Workflow, builder: ImageBuilder, opts: BuildOptions, *, b
     return out
 
 
-def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_id: str) -> Job:
+def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_id: str,
+            limits: Limits | None = None) -> Job:
     mounts = [Mount(wf.root, wf.root, read_only=True)]
     mounts += [Mount(wf.datasets[d], wf.datasets[d], read_only=True) for d in step.inputs]
     if step.output:
         mounts.append(Mount(wf.datasets[step.output], wf.datasets[step.output], read_only=False))
     env = {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in step.env.vars.items()}
     return Job(step=step.name, image=image, argv=wf.argv(step), workdir=wf.root, mounts=mounts, env=env, user=user,
-               gpus=gpus if gpus is not None else step.gpus,
+               gpus=gpus if gpus is not None else step.gpus, limits=limits or step.limits,
                labels={f"{LABEL}.run": run_id, f"{LABEL}.step": step.name})
 
 
@@ -269,7 +274,9 @@ class RunSession:
     # ------------------------------------------------------------ scheduling
 
     def _submission(self, step: StepSpec, image: str, after: list[str], fingerprinted: bool = True) -> Submission:
-        job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id)
+        limits = dataclasses.replace(step.limits, cpus=self.opts.cpus or step.limits.cpus,
+                                     memory=self.opts.memory or step.limits.memory)
+        job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits)
         output = self.wf.datasets[step.output] if step.output else None
         return Submission(step=step, job=job, key=State.record_key(self.wf.root, self.wf.path, step.name),
                           parts=self._parts(step, job) if fingerprinted else {},
@@ -356,7 +363,13 @@ class RunSession:
                     continue
                 for out in self.executor.poll(active, timeout=0.2):
                     sub = active.pop(out.step)
-                    failure = self._outcome(sub, out, stopping) or failure
+                    again = self._retry(sub, out, stopping)
+                    if again:
+                        handles[out.step] = self.executor.submit(again)
+                        active[out.step] = again
+                        continue
+                    failed = self._outcome(sub, out, stopping)
+                    failure = failure or failed  # the run ends with the first failure (later ones are said as they come)
                 if failure and not self.opts.keep_going and not stopping:
                     stopping = True
                     if active:
@@ -401,15 +414,42 @@ class RunSession:
                 todo += deps.get(d, ())
         return False
 
+    def _retry(self, sub: Submission, out: Outcome, stopping: bool) -> Submission | None:
+        """A failed attempt of a step with retries left: keep its log and record, and the submission to run again.
+        Never after an interrupt, nor once another step's failure is stopping the run."""
+        name = sub.step.name
+        retries = self.opts.retries if self.opts.retries is not None else sub.step.retries
+        attempt = len(self.manifest["steps"][name].get("attempts", [])) + 1
+        if out.status != "failed" or self.cancel_code or stopping or attempt > retries:
+            return None
+        kept = sub.log.with_name(f"{name}.attempt{attempt}.log")
+        if sub.log.exists():
+            sub.log.rename(kept)
+        self._attempt(name, out, kept)
+        ui.say(f" {name}: attempt {attempt} of {retries + 1} failed ({out.reason or f'exit code {out.exit_code}'}); "
+               "running it again", "yellow", prefix="!")
+        again = dataclasses.replace(sub, job=dataclasses.replace(sub.job, usage={}), after=[])
+        self._begin_step(again)
+        return again
+
+    def _attempt(self, name: str, out: Outcome, log: Path) -> None:
+        entry = self.manifest["steps"][name]
+        entry.setdefault("attempts", []).append({
+            "attempt": len(entry["attempts"]) + 1, "status": out.status, "exit_code": out.exit_code,
+            **({"reason": out.reason} if out.reason else {}), "start": entry.get("start"), "end": time.time(),
+            "log": str(log), "usage": out.usage})
+
     def _begin_step(self, sub: Submission) -> None:
         job = sub.job
         if sub.output:
             prepare_output(Path(sub.output), job.user)
         self.state.forget(sub.key)  # the output is not complete until this step says so again
+        attempts = self.manifest["steps"].get(job.step, {}).get("attempts")
         self.manifest["steps"][job.step] = {
             "image": job.image, "engine": self.runner.name, "executor": self.executor.name, "argv": job.argv,
-            "user": job.user, "gpus": job.gpus, "env": mask_env(job.env),
-            "mounts": mounts_json(job), "start": time.time(), "status": "running", "log": str(sub.log)}
+            "user": job.user, "gpus": job.gpus, "env": mask_env(job.env), "mounts": mounts_json(job),
+            "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
+            "start": time.time(), "status": "running", "log": str(sub.log), **({"attempts": attempts} if attempts else {})}
         if time.monotonic() - self._written >= 1.0:  # what runs now, on disk; at most once a second (long chains)
             self.state.write_manifest(self.run_id, self.manifest)
             self._written = time.monotonic()
@@ -417,7 +457,9 @@ class RunSession:
     def _outcome(self, sub: Submission, out: Outcome, stopping: bool) -> Outcome | None:
         """Record what happened to a step; returns the outcome when it is a failure of the step itself."""
         name = sub.step.name
-        info: dict[str, Any] = {"end": time.time(), "exit_code": out.exit_code}
+        info: dict[str, Any] = {"end": time.time(), "exit_code": out.exit_code, "usage": out.usage}
+        if self.manifest["steps"][name].get("attempts"):  # it was retried: the last attempt joins the list
+            self._attempt(name, out, sub.log)
         cancelled = self.cancel_code and (self._cancelled_at is None or out.ended >= self._cancelled_at)
         if out.status == "done" and not cancelled:
             if not self.executor.records_itself:

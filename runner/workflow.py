@@ -60,6 +60,60 @@ class Slurm(BaseModel):
     extra: list[SbatchFlag] = Field(default_factory=list)
 
 
+MEMORY = r"^\d+(\.\d+)?([KMGTkmgt][Bb]?)?$"
+DURATION = r"^(\d+(\.\d+)?[smhd]|\d+(:\d{1,2}){1,2})$"
+PATTERN_WORDS = {MEMORY: "a size such as 512M, 2G or 1.5G", DURATION: "a duration such as 90s, 30m, 2h or 01:30:00"}
+GpuSpec = Literal["all"] | Annotated[int, Field(ge=0, le=1024)] | list[Annotated[int, Field(ge=0)]] | None
+
+
+class Resources(BaseModel):
+    """What a step may use, for every engine and executor (per step, or a workflow-wide default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpus: Annotated[float, Field(gt=0, le=4096)] | None = None
+    memory: Annotated[str, StringConstraints(max_length=32, pattern=MEMORY)] | None = None  # 512M, 2G, 1.5G
+    time: Annotated[str, StringConstraints(max_length=32, pattern=DURATION)] | None = None  # 30m, 2h, 90s, 01:30:00
+    gpus: GpuSpec = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A step's resources, resolved: `memory` and `time` keep the text people wrote (for messages)."""
+
+    cpus: float | None = None
+    memory: str | None = None
+    time: str | None = None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return memory_bytes(self.memory) if self.memory else None
+
+    @property
+    def seconds(self) -> float | None:
+        return duration_seconds(self.time) if self.time else None
+
+    def __bool__(self) -> bool:
+        return bool(self.cpus or self.memory or self.time)
+
+
+def memory_bytes(text: str) -> int:
+    """`512M`, `2G`, `1.5GB`, `1024` (bytes): binary units, as Docker, Apptainer and SLURM read them."""
+    text = text.upper().removesuffix("B")
+    unit = text[-1] if text[-1].isalpha() else ""
+    number = float(text[:-1] if unit else text)
+    return int(number * 1024 ** ("KMGT".index(unit) + 1 if unit else 0))
+
+
+def duration_seconds(text: str) -> float:
+    """`30m`, `2h`, `90s`, `1d`, or `[HH:]MM:SS` (SLURM's and `time`'s way)."""
+    if ":" in text:
+        total = 0.0
+        for part in text.split(":"):
+            total = total * 60 + int(part)
+        return total
+    return float(text[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
+
+
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: Name | list[Name] | None = None
@@ -67,7 +121,9 @@ class Step(BaseModel):
     command: Annotated[str, StringConstraints(min_length=1, max_length=65536)]
     env: Env | None = None
     params: dict[Name, Scalar | list[Scalar] | None] | None = None
-    gpus: Literal["all"] | Annotated[int, Field(ge=0, le=1024)] | list[Annotated[int, Field(ge=0)]] | None = None
+    gpus: GpuSpec = None
+    resources: Resources | None = None
+    retries: Annotated[int, Field(ge=0, le=100)] = 0  # a failed step runs again up to this many times
     slurm: Slurm | None = None
     depends: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] | None = None
 
@@ -83,6 +139,7 @@ class WorkflowFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     datasets: dict[Name, Dataset] = Field(default_factory=dict)
     steps: list[dict[Name, Step]] = Field(min_length=1)
+    resources: Resources | None = None  # every step's default
 
 
 @dataclass(frozen=True)
@@ -99,6 +156,8 @@ class StepSpec:
     sources: tuple[Path, ...]  # env.source: local package directories and wheel files
     params: dict[str, Any]
     gpus: str | int | list[int] | None
+    limits: Limits = Limits()
+    retries: int = 0
     slurm: Slurm | None = None
     depends: list[str] | None = None  # globs of project files the step reads (default: the whole project)
 
@@ -256,6 +315,8 @@ def _short(err: dict) -> str:
         return "unknown field"
     if err["type"] == "missing":
         return "required field is missing"
+    if err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in PATTERN_WORDS:
+        return f"{err['input']!r} is not {PATTERN_WORDS[err['ctx']['pattern']]}"
     return msg
 
 
@@ -351,9 +412,16 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
                 problem(where, f"{item}: not a Python package directory (no pyproject.toml or setup.py in {source})")
             else:
                 sources.append(source)
+        own, default = step.resources or Resources(), wf.resources or Resources()
+        if step.gpus is not None and own.gpus is not None:
+            problem(here + ("resources", "gpus"), "gpus given twice (gpus and resources.gpus): keep one")
+        gpus = next((g for g in (step.gpus, own.gpus, default.gpus) if g is not None), None)
+        limits = Limits(cpus=own.cpus or default.cpus, memory=own.memory or default.memory,
+                        time=own.time or default.time)
         steps.append(StepSpec(name=name, line=_line(lines, here), command=step.command, inputs=inputs,
                               output=step.output, env=env, env_file=env_file, sources=tuple(sources),
-                              params=step.params or {}, gpus=step.gpus, slurm=step.slurm, depends=step.depends))
+                              params=step.params or {}, gpus=gpus, limits=limits, retries=step.retries,
+                              slurm=step.slurm, depends=step.depends))
         try:
             shlex.split(step.command)
         except ValueError as exc:

@@ -277,3 +277,70 @@ def test_an_unknown_step_name_suggests_the_closest(project):
     with pytest.raises(UsageError) as exc:
         run(project, FakeRunner(), only=["tow"])
     assert str(exc.value) == "no step named 'tow' in chain.yml (did you mean 'two'? steps: one, two, three)"
+
+
+def test_retries_keep_each_failed_attempt_and_never_retry_an_interrupt(project):
+    """retries: N runs a failed step again; each failed attempt's log is kept (STEP.attemptN.log) and the manifest
+    lists every attempt; the step record is written only by the attempt that succeeded."""
+    tries = []
+
+    def flaky(job):
+        tries.append(job.step)
+        return 3 if len(tries) < 3 else 0
+
+    (project / "chain.yml").write_text(CHAIN.replace('command: "python two.py"', 'command: "python two.py", retries: 2'))
+    s = run(project, FakeRunner({"two": flaky}))
+    assert s.status["two"] == "done" and len(tries) == 3
+    m = last_manifest(project)
+    attempts = m["steps"]["two"]["attempts"]
+    assert [(a["attempt"], a["status"], a["exit_code"]) for a in attempts] == [(1, "failed", 3), (2, "failed", 3),
+                                                                               (3, "done", 0)]
+    run_dir = project / ".itwin-run/runs" / m["run_id"]
+    assert sorted(p.name for p in run_dir.glob("two*.log")) == ["two.attempt1.log", "two.attempt2.log", "two.log"]
+    assert State(project).record("chain.yml/two")
+
+    # --retries over the file: one retry is not enough for a step that fails twice
+    tries.clear()
+    with pytest.raises(StepFailed):
+        run(project, FakeRunner({"two": flaky}), force=[], retries=1)
+    assert len(tries) == 2 and len(last_manifest(project)["steps"]["two"]["attempts"]) == 2
+
+    # an interrupted step is not retried
+    tries.clear()
+    r = FakeRunner()
+
+    def interrupted(job):
+        tries.append(job.step)
+        os.kill(os.getpid(), signal.SIGINT)
+        r.stopped.wait(5)
+        return 143
+    r.plan = {"two": interrupted}
+    with pytest.raises(session.Interrupted):
+        run(project, r, force=[])
+    assert tries == ["two"] and last_manifest(project)["steps"]["two"]["status"] == "interrupted"
+
+
+def test_resources_default_step_and_cli_override_reach_the_job(project):
+    (project / "chain.yml").write_text("resources: {memory: 1G, time: 30m}\n" + CHAIN.replace(
+        'command: "python two.py"', 'command: "python two.py", resources: {cpus: 1.5, memory: 256M}'))
+    r = FakeRunner()
+    jobs = {}
+    r.plan = {name: (lambda job: jobs.setdefault(job.step, job.limits) and 0) for name in ("one", "two", "three")}
+    run(project, r)
+    assert jobs["one"] == workflow.Limits(memory="1G", time="30m")
+    assert jobs["two"] == workflow.Limits(cpus=1.5, memory="256M", time="30m")
+    assert jobs["two"].memory_bytes == 256 * 2**20 and jobs["two"].seconds == 1800
+    assert last_manifest(project)["steps"]["two"]["limits"] == {"cpus": 1.5, "memory": "256M", "time": "30m"}
+    jobs.clear()
+    run(project, r, force=[], cpus=2.0, memory="2G")
+    assert jobs["two"] == workflow.Limits(cpus=2.0, memory="2G", time="30m")
+
+
+def test_keep_going_ends_with_the_first_failure_and_says_each_once(project, capsys):
+    """Two steps fail under --keep-going: the run ends with the first one's error; the second's is said once."""
+    r = FakeRunner({"a": engine_error, "b": lambda job: time.sleep(0.3) or engine_error(job)})
+    with pytest.raises(StepFailed) as exc:
+        run(project, r, wf="fork.yml", jobs=2, keep_going=True)
+    assert exc.value.step == "a"
+    err = capsys.readouterr().err
+    assert err.count("step 'b' asks for GPUs") == 1 and "step 'a' asks for GPUs" not in err, err

@@ -254,3 +254,19 @@ def test_ml_template_loads_and_shares_the_itwinai_image_dependencies(tmp_path):
     assert {".gitignore", "README.md", "workflow.yml"} <= {p.name for p in project.iterdir()}
     again = itwin("init", "p", "--template", "ml", cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_resources_are_checked_with_file_and_line(tmp_path):
+    got = problems(tmp_path, "resources: {memory: lots}\nsteps:\n  - s:\n      command: python x.py\n"
+                             "      env: {file: env.txt}\n      gpus: all\n"
+                             "      resources: {cpus: 0, time: soon, gpus: 1, disk: 2G}\n      retries: -1\n")
+    assert len(got) == 5, got  # (gpus twice is checked once the file has the right shape)
+    assert got[0] == f"{tmp_path}/wf.yml:1: resources.memory: 'lots' is not a size such as 512M, 2G or 1.5G"
+    assert any(p.startswith(f"{tmp_path}/wf.yml:7: steps[0].s.resources.disk: ") for p in got), got
+    assert any(p.startswith(f"{tmp_path}/wf.yml:8: steps[0].s.retries: ") for p in got), got
+    assert workflow.memory_bytes("1.5G") == 1536 * 2**20 and workflow.memory_bytes("2gb") == 2 * 2**30
+    assert workflow.duration_seconds("01:30:00") == 5400 and workflow.duration_seconds("2s") == 2
+    got = problems(tmp_path, "steps:\n  - s:\n      command: python x.py\n      env: {file: env.txt}\n"
+                             "      gpus: all\n      resources: {gpus: 1}\n")
+    assert got == [f"{tmp_path}/wf.yml:6: steps[0].s.resources.gpus: gpus given twice (gpus and resources.gpus): "
+                   "keep one"]

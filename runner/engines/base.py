@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from runner.images import BuildOptions, ImageSpec
+from runner.workflow import Limits
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class Job:
     user: str  # "uid:gid"
     gpus: str | int | list[int] | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    limits: Limits = Limits()
+    # What the engine measured, filled by run(): wall_s, cpu_s, peak_memory (bytes), and `killed` (why the engine
+    # stopped it: "out of memory (limit 2G)", "time limit (30m)"). A key is absent when it could not be measured.
+    usage: dict[str, Any] = field(default_factory=dict)
 
 
 class Cancelled(Exception):

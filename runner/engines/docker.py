@@ -17,7 +17,7 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest
 
-from runner import ui
+from runner import ui, usage
 from runner.engines.base import Cancelled, Job
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, TEMPLATES, BuildOptions, ImageSpec
@@ -437,6 +437,7 @@ class DockerRunner:
         self._active: set[str] = set()
         self._cancelled = False
         self._forced = False
+        self._cgroup_v: int | None = -1  # not asked yet
 
     def default_user(self, root: Path) -> str:
         """Your uid:gid; when you are root, the project directory's owner, or nobody (65534) for a root-owned
@@ -467,6 +468,8 @@ class DockerRunner:
             self._pod = None
 
     def explain(self, job: Job, code: int, tail: list[str]) -> str:
+        if job.usage.get("killed"):
+            return f"step {job.step!r} killed: {job.usage['killed']}"
         missing = next((m.group(1) for ln in tail[-3:] if (m := re.search(r"exec (\S+) failed: No such file", ln))), None)
         if code != 127 or not missing:
             return ""
@@ -495,6 +498,14 @@ class DockerRunner:
             t.join(timeout=12)
 
     @staticmethod
+    def _time_up(job: Job, cid: str) -> None:
+        job.usage["killed"] = f"time limit ({job.limits.time})"
+        try:
+            client().api.kill(cid)
+        except docker.errors.APIError:
+            pass  # it ended just now
+
+    @staticmethod
     def _stop(cid: str, force: bool) -> None:
         try:
             if force:
@@ -504,13 +515,38 @@ class DockerRunner:
         except docker.errors.APIError:
             pass  # gone already, or never started
 
+    def _cgroups(self) -> int | None:
+        """The cgroup version to measure steps with: where the daemon shares this machine's cgroup tree and uses
+        the cgroupfs driver (a systemd driver takes slices, not paths); None: not measured."""
+        if self._cgroup_v == -1:
+            self._cgroup_v = None
+            if usage.enabled() and client().api.base_url.startswith("http+docker://localhost"):
+                try:
+                    if client().api.info().get("CgroupDriver") == "cgroupfs":
+                        self._cgroup_v = usage.version()
+                except docker.errors.DockerException:
+                    pass
+        return self._cgroup_v
+
+    @staticmethod
+    def _limits(job: Job) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if job.limits.cpus:
+            out["nano_cpus"] = int(job.limits.cpus * 1e9)
+        if job.limits.memory:
+            out["mem_limit"] = out["memswap_limit"] = job.limits.memory_bytes  # and no swap beyond it
+        return out
+
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         api = client().api
         binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
         network = self._network(job.image) if self._labels else None
+        v = self._cgroups()
+        parent = usage.Parent(v) if v else None
         host_config = api.create_host_config(
             binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None, init=True,
-            network_mode=network, **security_options())
+            network_mode=network, cgroup_parent=parent.path if parent else None, **self._limits(job),
+            **security_options())
         with self._lock:
             if self._cancelled:
                 raise Cancelled(job.step)
@@ -534,6 +570,12 @@ class DockerRunner:
                     raise UserError(f"step {job.step!r} asks for GPUs ({job.gpus}) but this Docker daemon has no "
                                     "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
                 raise UserError(f"step {job.step!r}: docker could not start the container: {msg}") from None
+            started = time.monotonic()
+            timer = None
+            if job.limits.time:
+                timer = threading.Timer(job.limits.seconds or 0, self._time_up, args=(job, cid))
+                timer.daemon = True
+                timer.start()
             with self._lock:
                 cancelled, forced = self._cancelled, self._forced
             if cancelled:  # interrupt() came between create and start: it could not stop what had not started
@@ -548,7 +590,17 @@ class DockerRunner:
                     on_line(raw.decode("utf-8", "replace"))
             if pending:
                 on_line(pending.decode("utf-8", "replace"))
-            return waiter.result()
+            code = waiter.result()
+            job.usage["wall_s"] = round(time.monotonic() - started, 3)
+            if timer:
+                timer.cancel()
+            if code and job.limits.memory and "killed" not in job.usage:
+                try:
+                    if api.inspect_container(cid)["State"].get("OOMKilled"):
+                        job.usage["killed"] = f"out of memory (limit {job.limits.memory})"
+                except docker.errors.APIError:
+                    pass
+            return code
         finally:
             with self._lock:
                 self._active.discard(cid)
@@ -556,6 +608,9 @@ class DockerRunner:
                 api.remove_container(cid, force=True)
             except docker.errors.APIError:
                 pass
+            if parent:
+                job.usage.update(parent.read())
+                parent.remove()
 
 
 def doctor(needs_gpu: bool) -> list:

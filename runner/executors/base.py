@@ -37,6 +37,7 @@ class Outcome:
     reason: str = ""  # a failure that is not the step's own exit code (engine error, GPU refused, job cancelled)
     tail: list[str] = field(default_factory=list)
     ended: float = 0.0
+    usage: dict[str, Any] = field(default_factory=dict)  # what the step used, as far as it was measured
 
 
 class Executor(Protocol):

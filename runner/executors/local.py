@@ -94,6 +94,7 @@ class LocalExecutor:
         except Exception as exc:  # the daemon lost, say: the step failed, and the run says so
             out = Outcome(job.step, "failed", reason=f"step {job.step!r}: {type(exc).__name__}: {exc}", tail=list(tail))
         out.ended = time.monotonic()
+        out.usage = dict(job.usage)
         self._done.put(out)
 
     def poll(self, active: dict[str, Submission], timeout: float) -> list[Outcome]:
