@@ -43,6 +43,8 @@ def mutate(data: st.DataObject) -> str:
         value = data.draw(WRONG)
         if field in ("input", "output") and isinstance(value, list):
             value = [value]  # a list of names is valid; a list of lists is not
+        if field == "params" and isinstance(value, dict):
+            value = [value]  # a mapping of names to numbers is valid params; a list of them is not
         step[name][field] = value
     elif kind == "missing":
         target = data.draw(st.sampled_from(["command", "steps", "location"]))
