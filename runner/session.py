@@ -153,7 +153,8 @@ def mounts_json(job: Job) -> list[dict[str, Any]]:
 
 
 def job_json(job: Job) -> dict[str, Any]:
-    return {**job.__dict__, "workdir": str(job.workdir), "mounts": mounts_json(job)}
+    return {**job.__dict__, "workdir": str(job.workdir), "mounts": mounts_json(job),
+            "limits": dataclasses.asdict(job.limits)}
 
 
 def step_fingerprint(parts: dict, inputs: dict[str, str]) -> str:

@@ -16,12 +16,13 @@ from runner.engines import Cancelled, get_runner
 from runner.engines.base import Job, Mount
 from runner.policy import masker
 from runner.session import complete_step
+from runner.workflow import Limits
 
 
 def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     fields = spec["job"]
-    job = Job(**{**fields, "workdir": Path(fields["workdir"]),
+    job = Job(**{**fields, "workdir": Path(fields["workdir"]), "limits": Limits(**fields.get("limits") or {}),
                  "mounts": [Mount(Path(m["source"]), Path(m["target"]), m["read_only"]) for m in fields["mounts"]]})
     task = os.environ.get("SLURM_PROCID", "0")
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -41,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         runner.end()
     if task == "0":
-        Path(spec["exit_file"]).write_text(f"{code}\n")
+        exit_file = Path(spec["exit_file"])
+        # what the step used and why the engine stopped it, for the session's record (written before the exit code)
+        reason = runner.explain(job, code, []) if code else ""
+        exit_file.with_suffix(".usage.json").write_text(json.dumps({**job.usage, "reason": reason}))
+        exit_file.write_text(f"{code}\n")
         if code == 0:
             complete_step(Path(spec["root"]), spec["key"], spec["parts"], spec["inputs"], spec["output"], spec["run_id"])
     return code

@@ -5,6 +5,7 @@ at most one a second; the step jobs write their exit code and step record themse
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import shutil
@@ -112,9 +113,16 @@ class SlurmExecutor:
                  f"#SBATCH --chdir={sub.job.workdir}"]
         if sub.after:
             lines += [f"#SBATCH --dependency=afterok:{':'.join(sub.after)}", "#SBATCH --kill-on-invalid-dep=yes"]
-        opts = {"partition": (s and s.partition) or self.partition, "time": (s and s.time) or self.time,
+        # resources: map to SLURM's own options; a step's `slurm:` values, where given, are more specific
+        limits = sub.job.limits
+        seconds = math.ceil(limits.seconds) if limits.time else None
+        opts = {"partition": (s and s.partition) or self.partition,
+                "time": (s and s.time) or (f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+                                           if seconds else None) or self.time,
                 "account": (s and s.account) or self.account, "nodes": s and s.nodes,
-                "ntasks-per-node": s and s.ntasks_per_node, "cpus-per-task": s and s.cpus_per_task, "mem": s and s.mem}
+                "ntasks-per-node": s and s.ntasks_per_node,
+                "cpus-per-task": (s and s.cpus_per_task) or (math.ceil(limits.cpus) if limits.cpus else None),
+                "mem": (s and s.mem) or (f"{math.ceil((limits.memory_bytes or 0) / 2**20)}M" if limits.memory else None)}
         lines += [f"#SBATCH --{k}={v}" for k, v in opts.items() if v]
         gpus = sub.job.gpus
         if gpus:
@@ -154,6 +162,8 @@ class SlurmExecutor:
         return self.detach and bool(active)
 
     def submit(self, sub: Submission) -> str:
+        for stale in (sub.log.with_suffix(".exit"), sub.log.with_suffix(".usage.json")):  # an earlier attempt's
+            stale.unlink(missing_ok=True)
         spec_file = self.run_dir / f"{sub.step.name}.job.json"
         spec_file.write_text(self._spec(sub))
         script = self.run_dir / f"{sub.step.name}.sbatch"
@@ -182,16 +192,19 @@ class SlurmExecutor:
                 ui.say(f"{name}: {state}", "green" if state == "COMPLETED" else "red" if state in FINAL else "dim")
             if state not in FINAL and state != "UNKNOWN":
                 continue
+            used = _usage(sub.log)
             if state == "COMPLETED" and code == 0:
-                outs.append(Outcome(name, "done", exit_code=0, ended=time.monotonic()))
+                outs.append(Outcome(name, "done", exit_code=0, ended=time.monotonic(), usage=used))
                 continue
             tail = sub.log.read_text(errors="replace").splitlines()[-20:] if sub.log.exists() else []
             if state == "CANCELLED" and code is None:
                 outs.append(Outcome(name, "cancelled", reason=f"job {job_id} of step {name!r} was cancelled",
                                     ended=time.monotonic()))
                 continue
-            why = "" if state in ("COMPLETED", "FAILED") else f"job {job_id} of step {name!r} ended {state}"
-            outs.append(Outcome(name, "failed", exit_code=code or 1, reason=why, tail=tail, ended=time.monotonic()))
+            why = used.pop("reason", "") or ("" if state in ("COMPLETED", "FAILED") else
+                                               f"job {job_id} of step {name!r} ended {state}")
+            outs.append(Outcome(name, "failed", exit_code=code or 1, reason=why, tail=tail, ended=time.monotonic(),
+                                usage=used))
         return outs
 
     def cancel(self, active: dict[str, Submission], force: bool, interrupted: bool = True) -> None:
@@ -286,3 +299,14 @@ def doctor(needs_gpu: bool) -> list:
     checks.append(Check("slurm", None, "sacct answers (status of finished jobs)" if acct and acct.returncode == 0 else
                         "no accounting: `itwin-run status` reads what the jobs wrote"))
     return checks
+
+
+def _usage(log: Path) -> dict:
+    """What the step job measured (runner.stepjob writes it beside the exit code); {} where it did not get there."""
+    try:
+        used = json.loads(log.with_suffix(".usage.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not used.get("reason"):
+        used.pop("reason", None)
+    return used
