@@ -24,3 +24,13 @@ def toy(dest: Path) -> Path:
     """A fresh copy of the toy project (three steps, one env file of each kind)."""
     shutil.copytree(REPO / "tests" / "toy", dest, ignore=shutil.ignore_patterns("data", ".itwin-run"))
     return dest
+
+
+def chain(n: int) -> str:
+    """A workflow of n trivial steps, each reading the one before; its env file is ./bench-env/requirements.txt."""
+    lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
+    for i in range(n):
+        inp = f"d{i - 1}" if i else "null"
+        lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"python -c pass\", "
+                     "env: {file: ./bench-env/requirements.txt}}")
+    return "\n".join(lines) + "\n"

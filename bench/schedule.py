@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,30 +21,16 @@ from pathlib import Path
 
 import docker
 
-REPO = Path(__file__).resolve().parent.parent
-ITWIN = str(Path(sys.executable).parent / "itwin-run")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import REPO, chain, timed  # noqa: E402
+
 BUSY = "python -c \"import time; t = time.time(); all(time.time() - t < 5 for _ in iter(int, 1))\""
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
-    subprocess.run([ITWIN, *args], cwd=cwd, check=True, capture_output=True, env=env)
-    return time.perf_counter() - start
 
 
 def containers_created(client, since: int) -> int:
     events = client.events(since=since, until=int(time.time()) + 1, decode=True,
                            filters={"type": "container", "event": "create", "label": "org.itwin-run.managed=1"})
     return sum(1 for _ in events)
-
-
-def chain(n: int) -> str:
-    lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
-    for i in range(n):
-        inp = f"d{i - 1}" if i else "null"
-        lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"python -c pass\", "
-                     "env: {file: ./bench-env/requirements.txt}}")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -65,10 +50,10 @@ def main() -> None:
         wf = root / "use-cases" / "mnist" / "training-workflow.yml"
         wf.write_text(wf.read_text().replace("config: ./use-cases/mnist/mnist-ai.yml",
                                              "config: ./use-cases/mnist/mnist-ai.yml\n        max-epochs: 1"))
-        run([str(wf.relative_to(root))], root)
+        timed([str(wf.relative_to(root))], root)
         mark = int(time.time()) + 1
         time.sleep(mark - time.time() + 0.05)
-        warm = [run([str(wf.relative_to(root))], root) for _ in range(3)]
+        warm = [timed([str(wf.relative_to(root))], root) for _ in range(3)]
         started = containers_created(client, mark)
         # (b) two independent CPU-bound steps
         (root / "bench-env").mkdir()
@@ -77,17 +62,17 @@ def main() -> None:
             "datasets: {a: {location: ./data/a}, b: {location: ./data/b}}\nsteps:\n"
             f"  - a: {{output: a, command: '{BUSY}', env: {{file: ./bench-env/requirements.txt}}}}\n"
             f"  - b: {{output: b, command: '{BUSY}', env: {{file: ./bench-env/requirements.txt}}}}\n")
-        run(["build", "par.yml"], root)
-        j1 = run(["--force", "--jobs", "1", "par.yml"], root)
-        j2 = run(["--force", "--jobs", "2", "par.yml"], root)
+        timed(["build", "par.yml"], root)
+        j1 = timed(["--force", "--jobs", "1", "par.yml"], root)
+        j2 = timed(["--force", "--jobs", "2", "par.yml"], root)
         # (c) chains of trivial steps
         per_step, base_step = {}, {}
         base_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())} if args.baseline else None
         for n in (10, 200):
             (root / f"chain{n}.yml").write_text(chain(n))
-            per_step[n] = run(["--force", f"chain{n}.yml"], root) / n
+            per_step[n] = timed(["--force", f"chain{n}.yml"], root) / n
             if base_env:
-                base_step[n] = run(["--force", f"chain{n}.yml"], root, base_env) / n
+                base_step[n] = timed(["--force", f"chain{n}.yml"], root, base_env) / n
     print(f"(a) warm rerun of the MNIST training workflow: median {statistics.median(warm):.2f} s "
           f"(runs {' '.join(f'{x:.2f}' for x in warm)}), containers started: {started}  (goal < 1 s, 0)")
     print(f"(b) two independent 5 s CPU-bound steps: --jobs 1 {j1:.2f} s, --jobs 2 {j2:.2f} s, "

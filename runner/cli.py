@@ -17,7 +17,7 @@ from runner.errors import StepFailed, UsageError, UserError, ValidationError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status",
-               "init", "doctor", "--help", "-h", "--version", "--install-completion", "--show-completion"}
+               "init", "doctor", "report", "dag", "--help", "-h", "--version", "--install-completion", "--show-completion"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
@@ -295,6 +295,61 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) fro
             if key in info:
                 info[key] = _when(info[key])
     print(json.dumps(m, indent=2))
+
+
+@app.command()
+def report(
+    run_id: Annotated[str | None, typer.Argument(help="A run id from `itwin-run history` (default: the latest).",
+                                                 show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write it (default: "
+                                                                      ".itwin-run/runs/RUN/report.html).",
+                                                show_default=False)] = None,
+    root: RootOpt = None,
+) -> None:
+    """Write a run's report: one self-contained HTML page (the DAG, a timeline, per step its status, duration, CPU,
+    peak memory against its limit, image, attempts, logs and MLflow run); it opens without a network."""
+    from runner import report as rep
+    from runner.state import State
+
+    state = State((root or Path.cwd()).resolve())
+    if run_id is None:
+        runs = sorted(state.manifests(), key=lambda m: m.get("started", 0))
+        if not runs:
+            raise UsageError(f"no runs yet in {state.root}")
+        run_id = runs[-1]["run_id"]
+    m = state.manifest(run_id)
+    dest = output or state.root / ".itwin-run" / "runs" / m["run_id"] / "report.html"
+    edges = [tuple(e) for e in m.get("dag", [])]
+    if "dag" not in m:  # a run recorded before manifests kept the DAG: the workflow file as it is now
+        try:
+            from runner import workflow as wfmod
+
+            edges = rep.edges_of(wfmod.load(m["workflow"], m.get("root")))
+        except (UserError, KeyError):
+            edges = []
+    try:
+        dest.write_text(rep.render(m, edges, dest), encoding="utf-8")  # type: ignore[arg-type]
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {dest}: {exc.strerror}") from None
+    print(dest)
+
+
+@app.command()
+def dag(
+    workflow: WorkflowArg,
+    fmt: Annotated[str, typer.Option("--format", help="dot (Graphviz), mermaid, or svg (drawn here, no Graphviz "
+                                                      "needed).")] = "dot",
+    root: RootOpt = None,
+) -> None:
+    """Print the workflow's steps and the datasets between them as a graph."""
+    from runner import report as rep
+    from runner import workflow as wfmod
+
+    render = {"dot": rep.to_dot, "mermaid": rep.to_mermaid, "svg": rep.to_svg}.get(fmt)
+    if render is None:
+        raise UsageError(f"--format {fmt}: one of dot, mermaid, svg")
+    wf = wfmod.load(workflow, root)
+    sys.stdout.write(render([s.name for s in wf.steps], rep.edges_of(wf)))
 
 
 @app.command("status")

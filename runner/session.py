@@ -22,6 +22,7 @@ from runner.errors import StepFailed, UsageError
 from runner.executors.base import Executor, Outcome, Submission
 from runner.images import LABEL, BuildOptions, ImageSpec, spec_for
 from runner.policy import mask_env
+from runner.report import edges_of
 from runner.state import ProjectFiles, State, fingerprint, tree_manifest
 from runner.workflow import Limits, StepSpec, Workflow, dependencies
 
@@ -189,6 +190,7 @@ class RunSession:
         self._deps: dict[str, set[str]] = {}
         self._named: dict[str, set[str]] = {}  # step -> project files its command names
         self._written = 0.0  # when the manifest was last written
+        self._image_ids: dict[str, str | None] = {}
 
     # ------------------------------------------------------------ the run
 
@@ -212,6 +214,7 @@ class RunSession:
                                extra=self.wf.extra)
                 images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self.opts.build,
                                                                    pinned=self.opts.pinned).items()}
+                self._image_ids = {ref: self.builder.identity(ref) for ref in set(images.values())}
                 self._check_inputs(steps)
                 self._check_access(steps)
                 self._phase = "steps"
@@ -450,6 +453,7 @@ class RunSession:
             "image": job.image, "engine": self.runner.name, "executor": self.executor.name, "argv": job.argv,
             "user": job.user, "gpus": job.gpus, "env": mask_env(job.env), "mounts": mounts_json(job),
             "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
+            **({"image_id": self._image_ids[job.image]} if self._image_ids.get(job.image) else {}),
             "start": time.time(), "status": "running", "log": str(sub.log), **({"attempts": attempts} if attempts else {})}
         if time.monotonic() - self._written >= 1.0:  # what runs now, on disk; at most once a second (long chains)
             self.state.write_manifest(self.run_id, self.manifest)
@@ -497,7 +501,9 @@ class RunSession:
         self.manifest = {"run_id": self.run_id, "workflow": str(self.wf.path), "root": str(self.wf.root),
                          "engine": self.runner.name, "executor": self.executor.name, "started": time.time(),
                          "status": "running", "selected": [s.name for s in steps],
-                         "allowed_mounts": self.opts.allowed_mounts, "steps": {}}
+                         "allowed_mounts": self.opts.allowed_mounts,
+                         "dag": [list(e) for e in edges_of(self.wf) if {e[0], e[1]} <= {s.name for s in steps}],
+                         "steps": {}}
         self.state.write_manifest(self.run_id, self.manifest)
 
     def _end_manifest(self, steps: list[StepSpec], exc: BaseException | None) -> None:

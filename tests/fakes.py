@@ -20,6 +20,9 @@ class FakeBuilder:
         self.on_resolve = on_resolve
         self.resolved: list[str] = []
 
+    def identity(self, ref: str) -> str | None:
+        return None
+
     def resolve(self, spec, opts, *, build: bool = True) -> tuple[str, bool]:
         if self.on_resolve:
             self.on_resolve(spec.step)

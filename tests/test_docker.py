@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -205,17 +206,15 @@ def test_build_feedback_without_a_terminal_and_errors_that_name_the_env_file(doc
     assert "-r requirements.txt" not in res.stderr  # the in-image file is not the user's
 
 
-def test_no_escape_codes_on_a_terminal_with_no_color(docker_client, toy, no_leftovers):
+def on_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, bytes]:
+    """Run the CLI with stdout and stderr on a pseudo-terminal, as in an interactive shell."""
     import pty
     import subprocess
 
     from tests.conftest import ITWIN_RUN
 
-    env = toy / "envs" / "requirements.txt"
-    env.write_text(env.read_text() + f"# {os.getpid()}: a build\n")
     main, secondary = pty.openpty()
-    proc = subprocess.Popen([*ITWIN_RUN, "workflow.yml"], cwd=toy, stdout=secondary, stderr=secondary,
-                            env={**os.environ, "NO_COLOR": "1"})
+    proc = subprocess.Popen([*ITWIN_RUN, *args], cwd=cwd, stdout=secondary, stderr=secondary, env=env)
     os.close(secondary)
     out = b""
     while True:
@@ -226,8 +225,27 @@ def test_no_escape_codes_on_a_terminal_with_no_color(docker_client, toy, no_left
         if not chunk:
             break
         out += chunk
-    assert proc.wait(timeout=600) == 0, out[-2000:]
+    return proc.wait(timeout=600), out
+
+
+def test_no_escape_codes_on_a_terminal_with_no_color(docker_client, toy, no_leftovers):
+    env = toy / "envs" / "requirements.txt"
+    env.write_text(env.read_text() + f"# {os.getpid()}: a build\n")
+    code, out = on_a_terminal(["workflow.yml"], toy, {**os.environ, "NO_COLOR": "1"})
+    assert code == 0, out[-2000:]
     assert b"\x1b" not in out and b"summarize | sum=55" in out
+
+
+def test_a_terminal_shows_a_live_line_per_running_step(docker_client, toy, no_leftovers):
+    wf = toy / "workflow.yml"
+    wf.write_text(wf.read_text().replace("command: python ./steps/generate.py",
+                                         "command: python -u -c \"import time; print('warming'); time.sleep(2)\""))
+    code, out = on_a_terminal(["--only", "generate", "workflow.yml"], toy,
+                              {k: v for k, v in os.environ.items() if k != "NO_COLOR"})
+    assert code == 0, out[-2000:]
+    text = out.decode()
+    assert re.search(r"▶ generate\x1b\[0m +[12]s \x1b\[2mwarming", text), text[-2000:]  # elapsed, last line
+    assert "generate | warming" in text  # the output itself still scrolls above it
 
 
 def test_a_command_not_in_the_image_says_so(docker_client, toy, no_leftovers):

@@ -130,6 +130,39 @@ def test_the_runs_page_the_demo_prints_shows_the_run_in_chromium(trained):
         server.wait(timeout=30)
 
 
+def test_the_run_report_opens_in_chromium_without_the_network(trained, tmp_path):
+    """`itwin-run report` of the training run: one self-contained page (a row per step, an SVG timeline, the MLflow
+    run id the training step logged) that Chromium renders with no request beyond the file itself."""
+    project, run_id, _ = trained
+    res = itwin("report", cwd=project)
+    assert res.returncode == 0, res.stderr
+    page = Path(res.stdout.strip())
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,900",
+               "--virtual-time-budget=5000"]
+
+    def page_requests(url: str, *args: str) -> set[str]:
+        """What the page asked the network for while loading, from Chromium's net log: requests made for a page
+        carry Blink's resource-loader traffic annotation (the browser's own update checks do not)."""
+        netlog = tmp_path / "netlog.json"
+        done = subprocess.run([*browser, f"--log-net-log={netlog}", *args, url], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-1000:]
+        return set(re.findall(r'"traffic_annotation":101845102,"url":"([^"]+)"', netlog.read_text()))
+
+    control = tmp_path / "control.html"  # the check can fail: a page with a CDN stylesheet is caught
+    control.write_text('<html><link rel="stylesheet" href="https://cdn.example.invalid/a.css"></html>')
+    assert page_requests(control.as_uri(), "--dump-dom") == {"https://cdn.example.invalid/a.css"}
+    assert page_requests(page.as_uri(), f"--screenshot={artifacts / 'run-report.png'}") == set()
+    assert (artifacts / "run-report.png").stat().st_size > 10_000
+    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    rows = dom.split("<tbody>")[1].split("</tbody>")[0]
+    assert rows.count("<tr>") == 2 and "preprocessing" in rows and "ml-training" in rows
+    assert 'class="timeline"' in dom and run_id in rows
+
+
 def test_inference_in_a_fresh_container_uses_the_run(trained, no_leftovers):
     project, run_id, _ = trained
     res = itwin("use-cases/mnist/inference-workflow.yml", cwd=project, env={"ITWIN_RUN_WHEELHOUSE": wheelhouse()},

@@ -149,6 +149,9 @@ class ApptainerBuilder:
     def base(self, bootstrap: bool = False) -> str:
         return self._need_docker("the base image").base(bootstrap)
 
+    def identity(self, ref: str) -> str | None:
+        return None  # a SIF's name carries its content hash already; hashing GBs per run would cost more than it says
+
     def oci_ref(self, ref: str) -> str:
         return self._origin.get(ref, ref)
 

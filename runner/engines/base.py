@@ -59,6 +59,10 @@ class ImageBuilder(Protocol):
         (REGISTRY/NAME:TAG@DIGEST)."""
         ...
 
+    def identity(self, ref: str) -> str | None:
+        """What a resolved image is, byte for byte, where the engine knows it cheaply (Docker's image id); None."""
+        ...
+
     def oci_ref(self, ref: str) -> str:
         """The OCI image behind a resolved reference (itself for Docker, the image a SIF was made from)."""
         ...

@@ -333,6 +333,9 @@ class DockerBuilder:
         self._transfer("pulling", ref, self.client.api.pull, f"step {step!r}: cannot pull {ref}")
         ui.say(f" {ref}", "green", prefix="pulled")
 
+    def identity(self, ref: str) -> str | None:
+        return image_id(ref)
+
     def oci_ref(self, ref: str) -> str:
         return ref
 

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from runner import ui
 from runner.engines.base import Cancelled, StepRunner
@@ -46,6 +47,8 @@ class LocalExecutor:
         self._done: queue.Queue[Outcome] = queue.Queue()
         self._out = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._running: dict[str, list] = {}  # step -> [started (monotonic), its last output line]
+        self._live: Any = None
 
     def check(self, opts, steps: list[StepSpec]) -> None:
         pass
@@ -57,6 +60,23 @@ class LocalExecutor:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.runner.begin(labels)
         self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step")
+        if not ui.plain() and sys.stdout.isatty():  # both on a terminal: a live line per running step below the output
+            from rich.live import Live
+
+            self._live = Live(get_renderable=self._progress, console=ui.console(), transient=True,
+                              refresh_per_second=4, redirect_stdout=True, redirect_stderr=True)
+            self._live.start()
+
+    def _progress(self) -> Any:
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 1))
+        now = time.monotonic()
+        with self._out:
+            running = sorted(self._running.items(), key=lambda item: item[1][0])
+        for step, (started, last) in running:
+            table.add_row(f"[cyan]▶ {step}[/]", f"{now - started:5.0f}s", f"[dim]{last[:100]}[/]")
+        return table
 
     def has_room(self, active: int) -> bool:
         return active < self.jobs
@@ -82,8 +102,11 @@ class LocalExecutor:
                     tail.append(line)
                     log.write(line + "\n")
                     with self._out:
+                        self._running[job.step][1] = line
                         sys.stdout.write(prefix + line + "\n")
                         sys.stdout.flush()
+                with self._out:
+                    self._running[job.step] = [time.monotonic(), ""]
                 code = self.runner.run(job, on_line)
             out = Outcome(job.step, "done" if code == 0 else "failed", exit_code=code, tail=list(tail),
                           reason=self.runner.explain(job, code, list(tail)) if code else "")
@@ -93,6 +116,8 @@ class LocalExecutor:
             out = Outcome(job.step, "failed", reason=str(exc), tail=list(tail))
         except Exception as exc:  # the daemon lost, say: the step failed, and the run says so
             out = Outcome(job.step, "failed", reason=f"step {job.step!r}: {type(exc).__name__}: {exc}", tail=list(tail))
+        with self._out:
+            self._running.pop(job.step, None)
         out.ended = time.monotonic()
         out.usage = dict(job.usage)
         self._done.put(out)
@@ -113,4 +138,7 @@ class LocalExecutor:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
         self.runner.end()
