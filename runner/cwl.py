@@ -6,6 +6,7 @@ content-hashed tag or SIF) through cwltool's --overrides, matching CWL step ids 
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import shutil
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 
 from runner.errors import UserError
-from runner.workflow import StepSpec, Workflow
+from runner.workflow import Limits, StepSpec, Workflow
 
 CWL_KEY = "workflowFileCWL"
 
@@ -34,7 +35,7 @@ def _steps(cwl: dict[str, Any]) -> dict[str, Any]:
 
 
 def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: bool = True,
-              gpus: dict[str, Any] | None = None) -> dict[str, Any]:
+              gpus: dict[str, Any] | None = None, limits: dict[str, Limits] | None = None) -> dict[str, Any]:
     """cwltool overrides: each tool run by a step named like a classical step gets that step's image."""
     try:
         cwl = yaml.safe_load(cwl_file.read_text())
@@ -53,7 +54,8 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
         if not isinstance(run, str):
             raise UserError(f"{cwl_file}: step {step_id}: put its tool in a file of its own (run: tool.cwl) so that "
                             "itwin-run can give it the step image")
-        reqs = requirements(wf, step, images[step.name], at_dataset, (gpus or {}).get(step.name, step.gpus))
+        reqs = requirements(wf, step, images[step.name], at_dataset, (gpus or {}).get(step.name, step.gpus),
+                            (limits or {}).get(step.name), overriding=True)
         out[(cwl_file.parent / run).resolve().as_uri()] = {"requirements": reqs}
     if unknown:
         raise UserError(f"{cwl_file}: CWL steps {', '.join(unknown)} match no step of {wf.path.name} "
@@ -61,7 +63,8 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
     return {"$namespaces": {"cwltool": "http://commonwl.org/cwltool#"}, "cwltool:overrides": out}
 
 
-def requirements(wf: Workflow, step: StepSpec, image: str, at_dataset: bool = True, gpus: Any = None) -> dict[str, Any]:
+def requirements(wf: Workflow, step: StepSpec, image: str, at_dataset: bool = True, gpus: Any = None,
+                 limits: Limits | None = None, overriding: bool = False) -> dict[str, Any]:
     docker: dict[str, Any] = {"dockerImageId": image}
     if step.output and at_dataset:  # the output at the dataset's host path, as in classical runs (MLflow URIs stay valid)
         docker["dockerOutputDirectory"] = str(wf.datasets[step.output])
@@ -73,6 +76,17 @@ def requirements(wf: Workflow, step: StepSpec, image: str, at_dataset: bool = Tr
         count = 1 if gpus == "all" else (gpus if isinstance(gpus, int) else len(gpus))
         reqs["cwltool:CUDARequirement"] = {"cudaVersionMin": "11.0", "cudaComputeCapability": "3.0",
                                            "cudaDeviceCountMin": count}
+    limits = step.limits if limits is None else limits
+    resources: dict[str, Any] = {}
+    if limits.cpus:
+        resources.update(coresMin=limits.cpus, coresMax=limits.cpus)
+    if limits.memory:
+        mib = math.ceil((limits.memory_bytes or 0) / 2**20)
+        resources.update(ramMin=mib, ramMax=mib)
+    if resources:
+        reqs["ResourceRequirement"] = resources
+    if limits.time and not overriding:  # cwltool's overrides cannot carry ToolTimeLimit (cwltool issue 1754)
+        reqs["ToolTimeLimit"] = {"timelimit": math.ceil(limits.seconds or 0)}
     return reqs
 
 

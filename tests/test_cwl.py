@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -102,3 +103,28 @@ def test_cwl_step_failure_is_surfaced(toy, docker_client, no_leftovers):
 def test_cwl_mode_needs_the_cwl_key(toy):
     res = itwin("--cwl", "workflow.yml", cwd=toy)
     assert res.returncode == 2 and "workflowFileCWL: --cwl needs the CWL workflow file" in res.stderr
+
+
+def test_cwl_mode_applies_resources_and_refuses_what_cwltool_cannot_take(toy, classical, no_leftovers):
+    """resources: cpus and memory reach cwltool as ResourceRequirement, enforced (--strict-*-limit), and a step
+    without them is not held to cwltool's defaults; a time limit and retries are refused, not dropped."""
+    with_cwl_section(toy)
+    wf = toy / "workflow.yml"
+    text = wf.read_text()
+    wf.write_text(text.replace("        prefix: ./envs/.venv-square\n",
+                               "        prefix: ./envs/.venv-square\n      resources: {cpus: 1, memory: 300M}\n"))
+    res = itwin("--cwl", "workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert outputs(toy / "data") == classical
+    log = next((toy / ".itwin-run" / "runs").glob("*/cwltool.log")).read_text()
+    square = log.split("[job square]")[1]
+    assert "--cpus=1 " in square.replace("\\\n", " ") and "--memory=300m" in square.lower(), square[:3000]
+    generate = log.split("[job generate]")[1].split("[job square]")[0]
+    assert f"--cpus={os.cpu_count()}" in generate and "--memory=256m" not in generate.lower(), generate[:3000]
+    wf.write_text(text.replace("        prefix: ./envs/.venv-square\n",
+                               "        prefix: ./envs/.venv-square\n      resources: {time: 30s}\n"))
+    timed = itwin("--cwl", "workflow.yml", cwd=toy)
+    assert timed.returncode == 2 and "resources.time (square) does not apply to --cwl" in timed.stderr
+    wf.write_text(text)
+    retried = itwin("--cwl", "--retries", "1", "workflow.yml", cwd=toy)
+    assert retried.returncode == 2 and "retries do not apply to --cwl" in retried.stderr

@@ -4,6 +4,7 @@ and gets back one outcome per step from cwltool's own report ("[step NAME] compl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -60,6 +61,12 @@ class CwlExecutor:
             raise UsageError("--force-step does not apply to --cwl: cwltool runs the whole CWL workflow (use --force)")
         if opts.user:
             raise UsageError("--user does not apply to --cwl: cwltool runs the tools as you")
+        if opts.retries or any(s.retries for s in steps):
+            raise UsageError("retries do not apply to --cwl: cwltool runs each tool once")
+        timed = [s.name for s in steps if s.limits.time]
+        if timed:
+            raise UsageError(f"resources.time ({', '.join(timed)}) does not apply to --cwl: cwltool takes time limits "
+                             "only from the CWL file (ToolTimeLimit in the tool), not from itwin-run's overrides")
         if CWL_KEY not in self.wf.extra:
             raise UsageError(f"{self.wf.path}: {CWL_KEY}: --cwl needs the CWL workflow file named here")
         if not self.cwl_file.is_file():
@@ -72,8 +79,17 @@ class CwlExecutor:
     def _command(self, workdir: Path) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
         images = {s.step.name: s.job.image for s in self.subs}
         gpus = {s.step.name: s.job.gpus for s in self.subs}
-        ov = overrides(self.wf, self.cwl_file, images, self.runner.cwl_output_at_dataset, gpus)
-        args = [cwltool(), "--disable-color", *self.runner.cwltool_args,
+        limits = {s.step.name: s.job.limits for s in self.subs}
+        strict = []
+        if any(limits.values()):
+            # ResourceRequirement becomes the containers' --cpus/--memory only when cwltool is told to enforce it, and
+            # then a tool with none gets cwltool's default (1 core, 256 MiB): give those the whole machine instead.
+            strict = ["--strict-cpu-limit", "--strict-memory-limit"]
+            whole = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+            limits = {name: dataclasses.replace(lim, cpus=lim.cpus or float(os.cpu_count() or 1),
+                                                memory=lim.memory or f"{whole}M") for name, lim in limits.items()}
+        ov = overrides(self.wf, self.cwl_file, images, self.runner.cwl_output_at_dataset, gpus, limits)
+        args = [cwltool(), "--disable-color", *self.runner.cwltool_args, *strict,
                 "--on-error", "continue" if self.keep_going else "stop"]
         if self.jobs > 1:
             args.append("--parallel")
