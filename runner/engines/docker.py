@@ -519,16 +519,11 @@ class DockerRunner:
             pass  # gone already, or never started
 
     def _cgroups(self) -> int | None:
-        """The cgroup version to measure steps with: where the daemon shares this machine's cgroup tree and uses
-        the cgroupfs driver (a systemd driver takes slices, not paths); None: not measured."""
+        """The cgroup version to measure steps with, where the daemon is on this machine (a unix socket); None: not
+        measured. A daemon with the systemd cgroup driver refuses the parent (it takes slices): see run()."""
         if self._cgroup_v == -1:
-            self._cgroup_v = None
-            if usage.enabled() and client().api.base_url.startswith("http+docker://localhost"):
-                try:
-                    if client().api.info().get("CgroupDriver") == "cgroupfs":
-                        self._cgroup_v = usage.version()
-                except docker.errors.DockerException:
-                    pass
+            local = client().api.base_url.startswith("http+docker://localhost")
+            self._cgroup_v = usage.version() if usage.enabled() and local else None
         return self._cgroup_v
 
     @staticmethod
@@ -546,18 +541,28 @@ class DockerRunner:
         network = self._network(job.image) if self._labels else None
         v = self._cgroups()
         parent = usage.Parent(v) if v else None
-        host_config = api.create_host_config(
-            binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None, init=True,
-            network_mode=network, cgroup_parent=parent.path if parent else None, **self._limits(job),
-            **security_options())
+
+        def create() -> str:
+            host_config = api.create_host_config(
+                binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None, init=True,
+                network_mode=network, cgroup_parent=parent.path if parent else None, **self._limits(job),
+                **security_options())
+            return api.create_container(
+                job.image, command=job.argv, user=job.user, working_dir=str(job.workdir), environment=job.env,
+                labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config, detach=True)["Id"]
+
         with self._lock:
             if self._cancelled:
                 raise Cancelled(job.step)
             try:
-                cid = api.create_container(
-                    job.image, command=job.argv, user=job.user, working_dir=str(job.workdir),
-                    environment=job.env, labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config,
-                    detach=True)["Id"]
+                try:
+                    cid = create()
+                except docker.errors.APIError as exc:
+                    if not parent or "cgroup" not in str(exc.explanation or exc).lower():
+                        raise
+                    self._cgroup_v = None  # the systemd driver: no cgroup parent, no measuring, from now on
+                    parent = None
+                    cid = create()
             except docker.errors.ImageNotFound:
                 raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
             except docker.errors.APIError as exc:
