@@ -98,7 +98,7 @@ class ImageSpec:
             shutil.copy(opts.constraints, dest / "constraints.txt")
             pip_args.append("-c constraints.txt")
             copies.append("COPY constraints.txt ./")
-        source_steps = ""
+        source_build = source_install = ""
         if self.sources:
             targets = []
             for i, src in enumerate(self.sources):
@@ -109,11 +109,16 @@ class ImageSpec:
                 else:
                     _link_tree(src, dest / "source" / str(i), self.exclude)
                     targets.append(f"./source/{i}")
-            source_steps = (f"COPY source ./source\nRUN pip install --prefer-binary {' '.join(pip_args)} "
-                            f"{' '.join(targets)}")
+            # Wheels of the sources, built beside the dependencies, installed on top without dependencies: what a
+            # source needs comes from the env file (README: Images).
+            source_build = (f"FROM deps AS sources\nCOPY source ./source\nRUN pip wheel --no-deps --prefer-binary "
+                            f"{' '.join(pip_args)} -w /tmp/itwin-wheels {' '.join(targets)}")
+            source_install = ("COPY --from=sources /tmp/itwin-wheels /tmp/itwin-wheels\nRUN pip install --no-deps "
+                              "--no-index /tmp/itwin-wheels/*.whl && rm -rf /tmp/itwin-wheels")
         template = string.Template((TEMPLATES / "Dockerfile.pip").read_text())
         (dest / "Dockerfile").write_text(template.substitute(
-            base=base_ref, pip_args=" ".join(pip_args), copy_requirements="\n".join(copies), source_steps=source_steps))
+            base=base_ref, pip_args=" ".join(pip_args), copy_requirements="\n".join(copies), source_build=source_build,
+            source_install=source_install))
         return "Dockerfile"
 
 

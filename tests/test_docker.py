@@ -254,3 +254,30 @@ def test_a_command_not_in_the_image_says_so(docker_client, toy, no_leftovers):
     res = itwin("--only", "generate", "workflow.yml", cwd=toy)
     assert res.returncode == 127 and "Traceback" not in res.stderr
     assert "error: command 'fitter' not found in the image of step 'generate' (PATH /opt/venv/bin:" in res.stderr
+
+
+def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, no_leftovers):
+    """env.source is installed in a layer of its own on top of the dependency layer: after an edit of the source
+    the new image shares every layer but the last two with the old one, and runs the edited code."""
+    tmp_path.chmod(0o755)
+    pkg = tmp_path / "mypkg"
+    (pkg / "mypkg").mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
+                                        '"setuptools.build_meta"\n[project]\nname = "mypkg"\nversion = "1.0"\n')
+    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'first'\n")
+    (tmp_path / "req.txt").write_text("# the base image only\n")
+    (tmp_path / "wf.yml").write_text("datasets:\n  out: {location: ./data/out}\nsteps:\n  - say:\n      output: out\n"
+                                     "      command: python -c \"import mypkg; print(mypkg.WORD)\"\n"
+                                     "      env: {file: req.txt, source: [./mypkg]}\n")
+
+    def build() -> list[str]:
+        res = itwin("build", "wf.yml", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return docker_client.images.get(res.stdout.split()[1]).attrs["RootFS"]["Layers"]
+
+    before = build()
+    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'second'\n")
+    after = build()
+    assert len(after) == len(before) and after[:-2] == before[:-2] and after[-2:] != before[-2:]
+    res = itwin("wf.yml", cwd=tmp_path)
+    assert res.returncode == 0 and "say | second" in res.stdout, res.stderr[-2000:]

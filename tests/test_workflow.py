@@ -224,7 +224,7 @@ def test_env_source_takes_package_directories_and_wheels(tmp_path):
     opts = BuildOptions()
     spec.context(ctx, "itwin-run/base:x", opts)
     dockerfile = (ctx / "Dockerfile").read_text()
-    assert "pip install --prefer-binary  ./source/0 ./source/1/other-1.0-py3-none-any.whl" in dockerfile
+    assert "-w /tmp/itwin-wheels ./source/0 ./source/1/other-1.0-py3-none-any.whl" in dockerfile
     assert (ctx / "source" / "0" / "pyproject.toml").is_file()
     assert (ctx / "source" / "1" / wheel.name).read_bytes() == b"first"
     tag = spec.tag("base", opts)
