@@ -17,7 +17,8 @@ from runner.errors import StepFailed, UsageError, UserError, ValidationError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status",
-               "init", "doctor", "report", "dag", "--help", "-h", "--version", "--install-completion", "--show-completion"}
+               "init", "doctor", "report", "dag", "images", "prune", "--help", "-h", "--version",
+               "--install-completion", "--show-completion"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
@@ -350,6 +351,54 @@ def dag(
         raise UsageError(f"--format {fmt}: one of dot, mermaid, svg")
     wf = wfmod.load(workflow, root)
     sys.stdout.write(render([s.name for s in wf.steps], rep.edges_of(wf)))
+
+
+@app.command()
+def images(root: RootOpt = None) -> None:
+    """List the images and SIFs itwin-run made: size, age, last use, and which step records or pin files of this
+    project still name them."""
+    from runner import cache
+
+    where = (root or Path.cwd()).resolve()
+    entries, notes = cache.inventory(where)
+    for note in notes:
+        ui.say(note, "yellow")
+    print(f"{'ENGINE':<9}  {'IMAGE':<58}  {'OWN SIZE':>8}  {'MADE':>9}  {'USED':>9}  NAMED BY")
+    for e in sorted(entries, key=lambda e: (e.item.engine, e.item.ref)):
+        named = ", ".join(e.named_by) or ("build stage (cache)" if e.item.stage else "-")
+        print(f"{e.item.engine:<9}  {e.item.ref:<58}  {cache.size(e.item.size):>8}  {cache.age(e.item.created):>9}  "
+              f"{cache.age(e.last_used):>9}  {named}{'  (in use)' if e.item.busy else ''}")
+
+
+@app.command()
+def prune(
+    older_than: Annotated[float | None, typer.Option("--older-than", min=0, help="Also remove what was not used "
+                                                     "for this many days (and build stages that old).",
+                                                     show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; remove nothing.")] = False,
+    everything: Annotated[bool, typer.Option("--all", help="Everything itwin-run made (the base image "
+                                                           "included), but what a container uses.")] = False,
+    root: RootOpt = None,
+) -> None:
+    """Remove images and SIFs itwin-run made that no step record or pin file of this project names (and, with
+    --older-than, what was not used for N days). Never an image a container uses, nor one itwin-run did not make."""
+    from runner import cache
+
+    entries, notes = cache.inventory((root or Path.cwd()).resolve())
+    for note in notes:
+        ui.say(note, "yellow")
+    doomed = cache.to_prune(entries, older_than, everything)
+    freed = 0
+    for e in doomed:
+        if not dry_run:
+            try:
+                cache.remove(e)
+            except UserError as exc:  # another image depends on it, say: the rest still go
+                ui.say(f" {exc}", "yellow", prefix="kept:")
+                continue
+        freed += e.item.size
+        print(f"{'would remove' if dry_run else 'removed'}  {e.item.engine}  {e.item.ref}  {cache.size(e.item.size)}")
+    ui.say(f"{'would free' if dry_run else 'freed'} about {cache.size(freed)} ({len(doomed)} of {len(entries)})")
 
 
 @app.command("status")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import ui
+from runner.cache import remember
 from runner.engines.base import ImageBuilder, Job, Mount, StepRunner
 from runner.errors import StepFailed, UsageError
 from runner.executors.base import Executor, Outcome, Submission
@@ -205,6 +206,7 @@ class RunSession:
         if self.opts.dry_run:
             return self._dry_run(steps)
         self.state.lock()
+        remember(self.wf.root)  # `prune` elsewhere keeps what this project's records name
         previous = self._install_signals()
         try:
             self._start_manifest(steps)

@@ -281,3 +281,50 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
     assert len(after) == len(before) and after[:-2] == before[:-2] and after[-2:] != before[-2:]
     res = itwin("wf.yml", cwd=tmp_path)
     assert res.returncode == 0 and "say | second" in res.stdout, res.stderr[-2000:]
+
+
+def test_images_lists_what_itwin_run_made_and_prune_removes_what_nothing_names(docker_client, toy, no_leftovers):
+    """`images` names each image by the step records that use it; `prune` removes an image no record names any
+    more, keeps the ones records name, the base image, an image a container uses, and images itwin-run did not make."""
+    assert itwin("workflow.yml", cwd=toy).returncode == 0
+    env = toy / "envs" / "requirements.txt"
+    env.write_text(env.read_text() + f"# {os.getpid()}: another image\n")
+    old = itwin("build", "workflow.yml", cwd=toy).stdout.split("\n")[0].split()[1]  # generate's image, as built now
+    assert itwin("workflow.yml", cwd=toy).returncode == 0
+    env.write_text(env.read_text() + "# and another\n")
+    assert itwin("workflow.yml", cwd=toy).returncode == 0  # `old` is now named by no record
+    current = {line.split()[1] for line in itwin("build", "workflow.yml", cwd=toy).stdout.splitlines()}
+    listed = itwin("images", cwd=toy)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[1]: line for line in listed.stdout.splitlines()[1:]}
+    for ref in current:
+        assert "workflow.yml/" in rows[ref], rows[ref]  # named by its step record
+    assert rows[old].rstrip().endswith("-")
+    busy = docker_client.containers.create(old, command=["true"])  # a container uses it: kept
+    try:
+        dry = itwin("prune", "--dry-run", cwd=toy)
+        assert dry.returncode == 0 and old not in dry.stdout and not any(r in dry.stdout for r in current)
+    finally:
+        busy.remove(force=True)
+    dry = itwin("prune", "--dry-run", cwd=toy)
+    assert f"would remove  docker  {old}" in dry.stdout and "itwin-run/base:" not in dry.stdout
+    assert not any(f"  {r} " in dry.stdout for r in current)
+    docker_client.images.get(old)  # a dry run removes nothing
+    import io
+    import tarfile
+
+    empty = io.BytesIO()
+    with tarfile.open(fileobj=empty, mode="w") as tar:
+        info = tarfile.TarInfo("hello")
+        tar.addfile(info, io.BytesIO(b""))
+    docker_client.api.import_image_from_data(empty.getvalue(), repository="mine/not-itwin", tag="x")  # not ours
+    try:
+        assert "mine/not-itwin" not in itwin("images", cwd=toy).stdout
+        res = itwin("prune", cwd=toy)
+        assert res.returncode == 0 and f"removed  docker  {old}" in res.stdout, res.stdout + res.stderr
+        for ref in current:
+            docker_client.images.get(ref)  # still there
+        docker_client.images.get("mine/not-itwin:x")
+        assert "up to date" in itwin("workflow.yml", cwd=toy).stderr
+    finally:
+        docker_client.images.remove("mine/not-itwin:x")

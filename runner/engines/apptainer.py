@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ui
-from runner.engines.base import Cancelled, Job
+from runner.engines.base import Cancelled, Job, Made
 from runner.errors import UserError
 from runner.images import BuildOptions, ImageSpec
 
@@ -352,3 +352,37 @@ def doctor(needs_gpu: bool) -> list:
                         "run on a GPU node with the NVIDIA driver"))
     checks.append(free_space(area, sif_cache(), "the SIF cache"))
     return checks
+
+
+def made() -> list[Made]:
+    """The SIFs in itwin-run's cache (converted from step images)."""
+    cache = sif_cache()
+    busy = _open_sifs()
+    return [Made("apptainer", str(p), p.stat().st_size, p.stat().st_mtime, key=str(p), busy=str(p) in busy)
+            for p in sorted(cache.glob("*.sif"))] if cache.is_dir() else []
+
+
+def _open_sifs() -> set[str]:
+    """SIFs a running step has open: an apptainer process's file, or a loop device's backing file."""
+    found = set()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            found.add(backing.read_text().strip())
+        except OSError:
+            continue
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.endswith(".sif"):
+            found.add(target)
+    return found
+
+
+def remove(item: Made) -> None:
+    try:
+        Path(item.key).unlink()
+    except OSError as exc:
+        raise UserError(f"cannot remove {item.ref}: {exc.strerror}") from None
+

@@ -39,6 +39,19 @@ class Job:
     usage: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Made:
+    """An image (or SIF) itwin-run made, as `itwin-run images` and `prune` see it."""
+
+    engine: str
+    ref: str  # what step records name: repo:tag, or a SIF's path ("<none>@ID" for an untagged build stage)
+    size: int
+    created: float
+    key: str  # what remove() takes: an image id, a path
+    stage: bool = False  # an untagged build stage (the dependency layer's cache)
+    busy: bool = False  # a container (running or not) uses it
+
+
 class Cancelled(Exception):
     """The run was cancelled before this step's container (or process) started: nothing ran."""
 

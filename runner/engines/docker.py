@@ -18,7 +18,7 @@ import docker.errors
 from docker.types import DeviceRequest
 
 from runner import ui, usage
-from runner.engines.base import Cancelled, Job
+from runner.engines.base import Cancelled, Job, Made
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, TEMPLATES, BuildOptions, ImageSpec
 
@@ -655,3 +655,29 @@ def doctor(needs_gpu: bool) -> list:
     if root_dir.exists():
         checks.append(free_space(area, root_dir, "images"))
     return checks
+
+
+def made() -> list[Made]:
+    """The images itwin-run made (its label), tagged or not (untagged: build stages kept as the build cache)."""
+    try:
+        df = client().api.df()  # sizes without the layers an image shares with others, and container counts
+    except docker.errors.DockerException as exc:
+        raise _daemon_error(exc) from None
+    out = []
+    for img in df.get("Images") or []:
+        if (img.get("Labels") or {}).get(f"{LABEL}.managed") != "1":
+            continue
+        tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+        own = max(0, int(img.get("Size") or 0) - max(0, int(img.get("SharedSize") or 0)))
+        for i, ref in enumerate(tags or [f"<none>@{img['Id'][7:19]}"]):
+            out.append(Made("docker", ref, own if i == 0 else 0, float(img.get("Created") or 0),
+                            key=ref if tags else img["Id"], stage=not tags, busy=int(img.get("Containers") or 0) > 0))
+    return out
+
+
+def remove(item: Made) -> None:
+    try:
+        client().api.remove_image(item.key, noprune=False)
+    except docker.errors.APIError as exc:
+        raise UserError(f"docker: cannot remove {item.ref}: {exc.explanation or exc}") from None
+

@@ -1,0 +1,132 @@
+"""`itwin-run images` and `itwin-run prune`: what itwin-run made (images, SIFs), which of this project's step records
+and image pin files still name it, when it was last used, and removing what nothing needs any more."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.engines import ENGINES
+from runner.engines.base import Made
+from runner.errors import UserError
+from runner.state import State
+
+DAY = 86400.0
+
+
+@dataclass
+class Entry:
+    item: Made
+    named_by: list[str] = field(default_factory=list)  # "workflow/step" of step records, pin files
+    last_used: float | None = None
+
+
+def _projects_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "itwin-run", "projects.json")
+
+
+def remember(root: Path) -> None:
+    """Note a project that runs here, so that `prune` in one project keeps what another one's records name."""
+    path = _projects_file()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = []
+    if str(root) in known:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(sorted({*known, str(root)}), indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: prune then sees only the project it runs in
+
+
+def projects(root: Path) -> list[Path]:
+    try:
+        known = [Path(p) for p in json.loads(_projects_file().read_text())]
+    except (OSError, ValueError, TypeError):
+        known = []
+    return [root, *(p for p in known if p != root and (p / ".itwin-run").is_dir())]
+
+
+def inventory(root: Path) -> tuple[list[Entry], list[str]]:
+    """Everything each engine made, with what names it in the projects itwin-run ran on this machine (`root`
+    first); and a note per engine that could not be asked (no daemon, say)."""
+    items: list[Made] = []
+    notes = []
+    for name, (module, _, _) in ENGINES.items():
+        try:
+            items += importlib.import_module(module).made()
+        except UserError as exc:
+            notes.append(f"{name}: not listed ({exc})")
+    named: dict[str, list[str]] = {}
+    used: dict[str, float] = {}
+    for project in projects(root):
+        where = "" if project == root else f"{project}: "
+        state = State(project)
+        for path in sorted(state.steps.glob("**/*.json")) if state.steps.is_dir() else []:
+            try:
+                rec = json.loads(path.read_text())
+                manifest = state.manifest(rec["run"])
+            except (OSError, ValueError, KeyError, UserError):
+                continue
+            key = str(path.relative_to(state.steps).with_suffix(""))
+            step = manifest.get("steps", {}).get(key.rsplit("/", 1)[-1], {})
+            if step.get("image"):
+                named.setdefault(step["image"], []).append(where + key)
+        for pins in project.glob("**/*.images.json"):
+            if ".itwin-run" in pins.parts:
+                continue
+            try:
+                images = json.loads(pins.read_text()).get("images", {})
+            except (OSError, ValueError, AttributeError):
+                continue
+            for ref in images.values() if isinstance(images, dict) else []:
+                named.setdefault(str(ref), []).append(where + str(pins.relative_to(project)))
+        for m in state.manifests():
+            for step in m.get("steps", {}).values():
+                if step.get("image") and step.get("start"):
+                    used[step["image"]] = max(used.get(step["image"], 0.0), float(step["start"]))
+    return [Entry(i, named.get(i.ref, []), used.get(i.ref)) for i in items], notes
+
+
+def to_prune(entries: list[Entry], older_than: float | None, everything: bool) -> list[Entry]:
+    """What prune removes: what no record or pin file names; with --older-than, also what was not used (or made,
+    when never used) for that many days, and build stages that old (younger ones are the dependency layers' build
+    cache: a source edit rebuilds from them); with --all, everything. Never what a container uses, nor the base."""
+    now = time.time()
+    out = []
+    for e in entries:
+        if e.item.busy or (not everything and e.item.ref.startswith("itwin-run/base:")):
+            continue
+        old = older_than is not None and now - (e.last_used or e.item.created) > older_than * DAY
+        stale_stage = e.item.stage and now - e.item.created > (older_than if older_than is not None else 7) * DAY
+        if everything or old or stale_stage or (not e.item.stage and not e.named_by):
+            out.append(e)
+    return out
+
+
+def remove(entry: Entry) -> None:
+    module = ENGINES[entry.item.engine][0]
+    importlib.import_module(module).remove(entry.item)
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return "-"
+
+
+def age(t: float | None) -> str:
+    if not t:
+        return "never"
+    d = time.time() - t
+    return f"{d / DAY:.0f}d ago" if d >= DAY else f"{d / 3600:.0f}h ago" if d >= 3600 else f"{d / 60:.0f}m ago"
