@@ -161,6 +161,38 @@ class _Waiter(threading.Thread):
         return self.code
 
 
+class _BuildPhase:
+    """Which layer a build is at (Dockerfile.pip's stages) and what pip is doing there, from the build's lines."""
+
+    PIP = (("Collecting", "resolving"), ("Downloading", "downloading"), ("Processing", "resolving"),
+           ("Building wheel", "building wheels"), ("Installing collected", "installing"),
+           ("Successfully installed", "installed"), ("Successfully built", "built"))
+
+    def __init__(self) -> None:
+        self.layer, self.pip = "base", ""
+
+    def see(self, line: str) -> None:
+        text = line.strip()
+        if text.startswith("Step ") and " : " in text:
+            instruction = text.split(" : ", 1)[1]
+            self.pip = ""
+            if "-r requirements.txt" in instruction:
+                self.layer = "dependencies"
+            elif "pip wheel" in instruction or "itwin-wheels" in instruction:
+                self.layer = "sources"
+            elif instruction.startswith("COPY --from=deps"):
+                self.layer = "dependencies (copy)"
+            elif instruction.startswith("RUN"):
+                self.layer = instruction[4:40]
+            return
+        for prefix, phase in self.PIP:
+            if text.startswith(prefix):
+                self.pip = phase
+
+    def __str__(self) -> str:
+        return f"{self.layer} layer" + (f", pip {self.pip}" if self.pip else "")
+
+
 class _Pod:
     """A sleeping container whose network namespace every step of a run joins (as a Kubernetes pod's containers
     do): steps keep Docker's default bridge networking, and a step's start skips setting up a network of its own,
@@ -390,6 +422,7 @@ class DockerBuilder:
         labels = {f"{LABEL}.managed": "1", f"{LABEL}.step": step, **(labels or {})}
         terminal = ui.console().is_terminal
         beat = start
+        where = _BuildPhase()
         if not terminal:
             ui.say(f"building {ref} for step {step} (pip's progress every 20 s)")
         try:
@@ -408,13 +441,14 @@ class DockerBuilder:
                         lines.append(line)
                         if self.verbose:
                             ui.console().print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
+                        where.see(line)
                         elapsed = time.monotonic() - start
                         if terminal:
                             width = max(20, ui.console().width - 8)
-                            status.update(f"building {step} {elapsed:.0f}s: {line.strip()}"[:width])
+                            status.update(f"building {step} ({where}, {elapsed:.0f}s): {line.strip()}"[:width])
                         elif time.monotonic() - beat >= 20:
                             beat = time.monotonic()
-                            ui.say(f"building {step} {elapsed:.0f}s: {line.strip()[:160]}")
+                            ui.say(f"building {step} ({where}, {elapsed:.0f}s): {line.strip()[:160]}")
         except docker.errors.APIError as exc:
             error = str(exc.explanation or exc)
         except docker.errors.DockerException as exc:
