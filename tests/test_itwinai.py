@@ -104,22 +104,54 @@ def test_missing_checkpoint_artifact_is_a_clear_error(tmp_path, store):
         predict(load_mlops(cfg), [str(data)], str(tmp_path / "out"), uri)
 
 
+def learnable_splits(data: Path) -> Path:
+    """Small MNIST-shaped train/val/test splits a model can learn (an image's mean is its label)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data.mkdir()
+    for split, n in (("train", 256), ("val", 64), ("test", 64)):
+        y = rng.integers(0, 10, n)
+        x = rng.normal(size=(n, 28, 28)).astype(np.float32) + y[:, None, None]
+        np.savez(data / f"{split}.npz", x=x, y=y)
+    return data
+
+
+def test_two_devices_on_one_machine_make_one_run_and_one_model_version(tmp_path):
+    """`devices: 2` (Lightning starts the second process itself, with LOCAL_RANK=1): rank 0 alone tracks, so the
+    store holds one finished run and one model version (each process believed it was rank 0 before)."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    data = learnable_splits(tmp_path / "data")
+    conf = yaml.safe_load((MNIST / "pl-training.yml").read_text())
+    conf["trainer"].update(devices=2, accelerator="cpu", strategy="ddp", max_epochs=1)
+    (tmp_path / "pl.yml").write_text(yaml.safe_dump(conf))
+    ai = yaml.safe_load((MNIST / "mnist-ai.yml").read_text())
+    ai["train"]["path"] = str(tmp_path / "pl.yml")
+    (tmp_path / "ai.yml").write_text(yaml.safe_dump(ai))
+    itwinai = str(Path(sys.executable).parent / "itwinai")
+    res = subprocess.run([itwinai, "train", "--config", str(tmp_path / "ai.yml"), "--input", str(data), "--output",
+                          str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rank 1 of world size 2 trained" in res.stdout and "rank 0 of world size 2 trained" in res.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path}/out/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert [str(v.version) for v in client.search_model_versions()] == ["1"]
+
+
 def test_training_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
     """MLFLOW_TRACKING_URI pointing at `mlflow server`: params, metrics, artifacts and the model version land there."""
     import json
     import os
     import urllib.request
 
-    import numpy as np
     from mlflow.tracking import MlflowClient
 
-    rng = np.random.default_rng(0)
-    data = tmp_path / "data"
-    data.mkdir()
-    for split, n in (("train", 256), ("val", 64), ("test", 64)):
-        y = rng.integers(0, 10, n)
-        x = rng.normal(size=(n, 28, 28)).astype(np.float32) + y[:, None, None]  # learnable: the mean is the label
-        np.savez(data / f"{split}.npz", x=x, y=y)
+    data = learnable_splits(tmp_path / "data")
     uri, server = start_mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path, tmp_path / "server-artifacts")
     try:
         monkeypatch.chdir(REPO)

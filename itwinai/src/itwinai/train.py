@@ -36,10 +36,21 @@ def lightning_config(cfg: MLOpsConfig, input_dir: str | None, overrides: dict[st
     return conf
 
 
-def rank_and_world() -> tuple[int, int]:
-    """This process's global rank and the world size, from torchrun's or SLURM's environment (srun tasks)."""
-    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
-    rank = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) if world > 1 else 0
+CKPT_ENV = "ITWINAI_CHECKPOINTS"
+
+
+def rank_and_world(num_nodes: int = 1) -> tuple[int, int]:
+    """This process's global rank and the world size: from torchrun's (RANK) or SLURM's (srun tasks) environment, or
+    from Lightning's own launcher (`devices: 2` on one machine), which starts the other processes with LOCAL_RANK,
+    NODE_RANK and WORLD_SIZE set (and the first one has none of them yet when itwinai starts)."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or 1)
+    if env.get("RANK"):
+        rank = int(env["RANK"])
+    elif env.get("LOCAL_RANK"):
+        rank = int(env.get("NODE_RANK") or 0) * max(1, world // max(1, num_nodes)) + int(env["LOCAL_RANK"])
+    else:
+        rank = int(env.get("SLURM_PROCID") or 0) if world > 1 else 0
     return rank, world
 
 
@@ -51,7 +62,7 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
     from mlflow.tracking import MlflowClient
 
     conf = lightning_config(cfg, input_dir, overrides)
-    rank, world = rank_and_world()
+    rank, world = rank_and_world(int((conf.get("trainer") or {}).get("num_nodes") or 1))
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(uri, output_dir)
@@ -67,12 +78,16 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
         run_id = run.info.run_id
         print(f"itwinai: tracking {uri}, experiment {cfg.experiment_name!r}, run {run_id}", flush=True)
 
-    # every rank must see the checkpoint rank 0 writes: a shared directory (the output) when distributed
-    if world > 1 and output_dir:
+    # every rank must see the checkpoint rank 0 writes: a shared directory (the output) when distributed; the
+    # processes Lightning's launcher starts later inherit the first one's choice (ITWINAI_CHECKPOINTS)
+    if os.environ.get(CKPT_ENV):
+        ckpt_dir = Path(os.environ[CKPT_ENV])
+    elif world > 1 and output_dir:
         ckpt_dir = Path(output_dir, f".itwinai-checkpoints-{os.environ.get('SLURM_JOB_ID', 'job')}")
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
     else:
         ckpt_dir = Path(tempfile.mkdtemp(prefix="itwinai-"))
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[CKPT_ENV] = str(ckpt_dir)
     try:
         full = copy.deepcopy(conf)
         trainer = full["trainer"]
