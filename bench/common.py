@@ -26,11 +26,11 @@ def toy(dest: Path) -> Path:
     return dest
 
 
-def chain(n: int) -> str:
-    """A workflow of n trivial steps, each reading the one before; its env file is ./bench-env/requirements.txt."""
+def chain(n: int, env_file: str = "./bench-env/requirements.txt") -> str:
+    """A workflow of n trivial steps, each reading the one before."""
     lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
     for i in range(n):
         inp = f"d{i - 1}" if i else "null"
         lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"python -c pass\", "
-                     "env: {file: ./bench-env/requirements.txt}}")
+                     f"env: {{file: {env_file}}}}}")
     return "\n".join(lines) + "\n"

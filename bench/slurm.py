@@ -19,18 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import timed, toy  # noqa: E402
+from bench.common import chain, timed, toy  # noqa: E402
 
 POLLING = ("squeue", "scontrol", "sacct")
-
-
-def chain(n: int) -> str:
-    lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
-    for i in range(n):
-        inp = f"d{i - 1}" if i else "null"
-        lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"python -c pass\", "
-                     "env: {file: ./envs/requirements.txt}}")
-    return "\n".join(lines) + "\n"
 
 
 def wrappers(where: Path, log: Path) -> None:
@@ -51,7 +42,7 @@ def main() -> None:
     n = args.steps
     with tempfile.TemporaryDirectory(prefix="itwin-bench-slurm-") as tmp:
         root = toy(Path(tmp, "toy"))
-        (root / "chain.yml").write_text(chain(n))
+        (root / "chain.yml").write_text(chain(n, "./envs/requirements.txt"))
         log = Path(tmp, "calls.log")
         wrappers(Path(tmp, "bin"), log)
         env = {**os.environ, "PATH": f"{tmp}/bin:{os.environ['PATH']}"}
