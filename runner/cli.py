@@ -476,8 +476,10 @@ def _itwinai_wheel(given: Path | None, tmp: Path) -> Path:
         raise UsageError(f"--itwinai {source}: neither a .whl file nor a package directory (no pyproject.toml)")
     # Offline sites: build with the setuptools at hand rather than fetch one, where there is one.
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    # Fixed timestamps (SOURCE_DATE_EPOCH): the same source makes the same wheel, so projects share their image.
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", str(tmp),
-                           str(source)], capture_output=True, text=True)
+                           str(source)], capture_output=True, text=True,
+                          env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
     wheels = sorted(tmp.glob("itwinai-*.whl"))
     if done.returncode or not wheels:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel came out"]

@@ -254,6 +254,9 @@ def test_ml_template_loads_and_shares_the_itwinai_image_dependencies(tmp_path):
     assert {".gitignore", "README.md", "workflow.yml"} <= {p.name for p in project.iterdir()}
     again = itwin("init", "p", "--template", "ml", cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr
+    assert itwin("init", "q", "--template", "ml", cwd=tmp_path).returncode == 0  # the same wheel: the same image
+    wheels = [next((tmp_path / d / "wheels").iterdir()).read_bytes() for d in ("p", "q")]
+    assert wheels[0] == wheels[1]
 
 
 def test_resources_are_checked_with_file_and_line(tmp_path):
