@@ -140,16 +140,16 @@ def _build_error(ref: str, step: str, error: str, lines: list[str], env_file: Pa
 class _Waiter(threading.Thread):
     """`wait` on a container from a thread, so its answer is not a round trip after the log stream ends."""
 
-    def __init__(self, api: Any, cid: str):
+    def __init__(self, api: Any, cid: str, condition: str = "not-running"):
         super().__init__(daemon=True)
-        self.api, self.cid = api, cid
+        self.api, self.cid, self.condition = api, cid, condition
         self.code: int | None = None
         self.error: Exception | None = None
         self.start()
 
     def run(self) -> None:
         try:
-            self.code = int(self.api.wait(self.cid)["StatusCode"])
+            self.code = int(self.api.wait(self.cid, condition=self.condition)["StatusCode"])
         except Exception as exc:  # surfaced in result()
             self.error = exc
 
@@ -217,15 +217,19 @@ class _Pod:
         self._thread.join()
         return f"container:{self.id}" if self.id and not self.error else None
 
-    def remove(self) -> None:
-        """Stop it; the daemon removes it (auto-remove), so the run need not wait for that. SIGTERM, not SIGKILL:
-        the daemon answers a SIGKILL only once the container is down, a SIGTERM at once (tini passes it to `sleep`,
-        which ends at it)."""
+    def remove(self, wait: bool = False) -> None:
+        """Stop it; the daemon removes it (auto-remove), so a run that ends well need not wait for that (`wait`: an
+        interrupted one does, so that nothing of it is left when it exits). SIGTERM, not SIGKILL: the daemon answers
+        a SIGKILL only once the container is down, a SIGTERM at once (tini passes it to `sleep`, which ends at it)."""
         self._thread.join()
         if not self.id:
             return
         try:
+            if wait:
+                gone = _Waiter(self.api, self.id, condition="removed")
             self.api.kill(self.id, signal="SIGTERM")
+            if wait:
+                gone.join(timeout=10)
         except docker.errors.APIError:
             try:
                 self.api.remove_container(self.id, force=True)
@@ -501,7 +505,7 @@ class DockerRunner:
 
     def end(self) -> None:
         if self._pod is not None:
-            self._pod.remove()
+            self._pod.remove(wait=self._cancelled)
             self._pod = None
 
     def explain(self, job: Job, code: int, tail: list[str]) -> str:
