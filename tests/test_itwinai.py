@@ -120,6 +120,7 @@ def learnable_splits(data: Path) -> Path:
 def test_two_devices_on_one_machine_make_one_run_and_one_model_version(tmp_path):
     """`devices: 2` (Lightning starts the second process itself, with LOCAL_RANK=1): rank 0 alone tracks, so the
     store holds one finished run and one model version (each process believed it was rank 0 before)."""
+    import os
     import subprocess
     import sys
 
@@ -133,8 +134,9 @@ def test_two_devices_on_one_machine_make_one_run_and_one_model_version(tmp_path)
     ai["train"]["path"] = str(tmp_path / "pl.yml")
     (tmp_path / "ai.yml").write_text(yaml.safe_dump(ai))
     itwinai = str(Path(sys.executable).parent / "itwinai")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the store is the output
     res = subprocess.run([itwinai, "train", "--config", str(tmp_path / "ai.yml"), "--input", str(data), "--output",
-                          str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                          str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "rank 1 of world size 2 trained" in res.stdout and "rank 0 of world size 2 trained" in res.stdout
     client = MlflowClient(f"sqlite:///{tmp_path}/out/mlflow.db")
