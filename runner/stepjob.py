@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from runner.engines import Cancelled, get_runner
-from runner.engines.base import Job, Mount
+from runner.engines.base import Job, Mount, failure_reason
 from runner.policy import masker
 from runner.session import complete_step
 from runner.workflow import Limits
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if task == "0":
         exit_file = Path(spec["exit_file"])
         # what the step used and why the engine stopped it, for the session's record (written before the exit code)
-        reason = runner.explain(job, code, []) if code else ""
+        reason = failure_reason(runner, job, code, []) if code else ""
         exit_file.with_suffix(".usage.json").write_text(json.dumps({**job.usage, "reason": reason}))
         exit_file.write_text(f"{code}\n")
         if code == 0:

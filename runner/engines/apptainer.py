@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ui
-from runner.engines.base import Cancelled, Job, Made
+from runner.engines.base import Cancelled, Job, Made, time_limit
 from runner.errors import UserError
 from runner.images import BuildOptions, ImageSpec
 
@@ -216,8 +216,6 @@ class ApptainerRunner:
         pass
 
     def explain(self, job: Job, code: int, tail: list[str]) -> str:
-        if job.usage.get("killed"):
-            return f"step {job.step!r} killed: {job.usage['killed']}"
         missing = next((m.group(1) for ln in tail[-3:] if (m := re.search(r'"([^"]+)": executable file not found', ln))),
                        None)
         return f"command {missing!r} not found in the image of step {job.step!r} ($PATH of the SIF)" if missing else ""
@@ -263,11 +261,8 @@ class ApptainerRunner:
             proc = subprocess.Popen([self.exe, "--quiet", "exec", *options, job.image, *job.argv],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         started = time.monotonic()
-        timer, exited = None, threading.Event()
-        if job.limits.time:
-            timer = threading.Timer(job.limits.seconds or 0, self._time_up, args=(job, proc, exited))
-            timer.daemon = True
-            timer.start()
+        exited = threading.Event()
+        timer = time_limit(job, lambda: self._stop(proc, exited))
         assert proc.stdout is not None
         for line in proc.stdout:
             on_line(line.rstrip("\n"))
@@ -299,8 +294,7 @@ class ApptainerRunner:
             [f"--memory={job.limits.memory_bytes}"] if job.limits.memory else [])
 
     @staticmethod
-    def _time_up(job: Job, proc: subprocess.Popen, exited: threading.Event) -> None:
-        job.usage["killed"] = f"time limit ({job.limits.time})"
+    def _stop(proc: subprocess.Popen, exited: threading.Event) -> None:
         proc.terminate()
         if not exited.wait(3):  # apptainer passes SIGTERM on; a step that ignores it gets SIGKILL
             proc.kill()

@@ -4,6 +4,7 @@ module under runner/engines/ with both, and its name in runner.engines.ENGINES."
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,30 @@ class Made:
     key: str  # what remove() takes: an image id, a path
     stage: bool = False  # an untagged build stage (the dependency layer's cache)
     busy: bool = False  # a container (running or not) uses it
+
+
+def failure_reason(runner: StepRunner, job: Job, code: int, tail: list[str]) -> str:
+    """Why a step failed beyond its exit code: the engine stopped it at a limit (job.usage["killed"]), or what the
+    engine's explain() makes of the code; "" when neither says more."""
+    if job.usage.get("killed"):
+        return f"step {job.step!r} killed: {job.usage['killed']}"
+    return runner.explain(job, code, tail)
+
+
+def time_limit(job: Job, stop: Callable[[], None]) -> threading.Timer | None:
+    """A started timer that, at the step's time limit, notes it (job.usage["killed"]) and calls `stop`; None when
+    the step has no time limit. The caller cancels it once the step ended."""
+    if not job.limits.time:
+        return None
+
+    def up() -> None:
+        job.usage["killed"] = f"time limit ({job.limits.time})"
+        stop()
+
+    timer = threading.Timer(job.limits.seconds or 0, up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 class Cancelled(Exception):

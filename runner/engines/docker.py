@@ -18,7 +18,7 @@ import docker.errors
 from docker.types import DeviceRequest
 
 from runner import ui, usage
-from runner.engines.base import Cancelled, Job, Made
+from runner.engines.base import Cancelled, Job, Made, time_limit
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, TEMPLATES, BuildOptions, ImageSpec
 
@@ -509,8 +509,6 @@ class DockerRunner:
             self._pod = None
 
     def explain(self, job: Job, code: int, tail: list[str]) -> str:
-        if job.usage.get("killed"):
-            return f"step {job.step!r} killed: {job.usage['killed']}"
         missing = next((m.group(1) for ln in tail[-3:] if (m := re.search(r"exec (\S+) failed: No such file", ln))), None)
         if code != 127 or not missing:
             return ""
@@ -537,14 +535,6 @@ class DockerRunner:
             t.start()
         for t in threads:
             t.join(timeout=12)
-
-    @staticmethod
-    def _time_up(job: Job, cid: str) -> None:
-        job.usage["killed"] = f"time limit ({job.limits.time})"
-        try:
-            client().api.kill(cid)
-        except docker.errors.APIError:
-            pass  # it ended just now
 
     @staticmethod
     def _stop(cid: str, force: bool) -> None:
@@ -617,11 +607,7 @@ class DockerRunner:
                                     "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
                 raise UserError(f"step {job.step!r}: docker could not start the container: {msg}") from None
             started = time.monotonic()
-            timer = None
-            if job.limits.time:
-                timer = threading.Timer(job.limits.seconds or 0, self._time_up, args=(job, cid))
-                timer.daemon = True
-                timer.start()
+            timer = time_limit(job, lambda: self._stop(cid, force=True))
             with self._lock:
                 cancelled, forced = self._cancelled, self._forced
             if cancelled:  # interrupt() came between create and start: it could not stop what had not started

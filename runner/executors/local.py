@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import ui
-from runner.engines.base import Cancelled, StepRunner
+from runner.engines.base import Cancelled, StepRunner, failure_reason
 from runner.errors import UserError
 from runner.executors.base import Outcome, Submission
 from runner.policy import mask_env, masker
@@ -109,7 +109,7 @@ class LocalExecutor:
                     self._running[job.step] = [time.monotonic(), ""]
                 code = self.runner.run(job, on_line)
             out = Outcome(job.step, "done" if code == 0 else "failed", exit_code=code, tail=list(tail),
-                          reason=self.runner.explain(job, code, list(tail)) if code else "")
+                          reason=failure_reason(self.runner, job, code, list(tail)) if code else "")
         except Cancelled:
             out = Outcome(job.step, "interrupted", reason="cancelled before it started")
         except UserError as exc:
