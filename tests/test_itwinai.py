@@ -143,6 +143,9 @@ def test_two_devices_on_one_machine_make_one_run_and_one_model_version(tmp_path)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert [str(v.version) for v in client.search_model_versions()] == ["1"]
+    import tempfile
+
+    assert not any(Path(tempfile.gettempdir()).glob("itwinai-rank1-*.db")), "a rank's scratch store is left behind"
 
 
 def test_training_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):

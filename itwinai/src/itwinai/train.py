@@ -144,6 +144,8 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
     finally:
         if rank == 0:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+        else:  # the scratch store this rank's logger had
+            Path(tempfile.gettempdir(), f"itwinai-rank{rank}-{os.getpid()}.db").unlink(missing_ok=True)
     if not client:
         return run_id
     client.set_terminated(run_id, "FINISHED")
