@@ -73,3 +73,22 @@ def slurm_env(apptainer_env):
         env["SLURM_CONF"] = "/tmp/slurmlab/etc/slurm.conf"
     yield env
     subprocess.run(["bash", str(SHARED / "hpc" / "slurm" / "stop-slurm.sh")], capture_output=True, timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_stay_in_their_test():
+    """itwinai called in-process sets MLflow's process-wide tracking and registry URIs (and their environment
+    variables, for subprocesses): each test starts from none, as a fresh `itwinai` process does."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry
+        from mlflow.tracking._tracking_service import utils as tracking
+
+        registry._registry_uri = None
+        tracking._tracking_uri = None

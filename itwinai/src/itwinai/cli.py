@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
     t.add_argument("--accelerator", help="override trainer.accelerator (cpu, gpu, auto)")
     t.add_argument("--train-config", help="override train.path (the Lightning config file)")
+    t.add_argument("--resume", action="store_true", help="continue from last.ckpt in --output (train.resume: true "
+                                                         "in the config does the same)")
     sub.choices["predict"].add_argument("--split", default="test", help="which split of --input to predict")
     return p
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             from itwinai.train import train
 
             train(cfg, args.input[0] if args.input else None, args.output, args.tracking_uri,
-                  {"max_epochs": args.max_epochs, "accelerator": args.accelerator})
+                  {"max_epochs": args.max_epochs, "accelerator": args.accelerator}, resume=args.resume)
         else:
             if not args.input or not args.output:
                 raise ItwinaiError("predict needs --input (data) and --output (where predictions go)")

@@ -20,6 +20,7 @@ class MLOpsConfig:
     train_path: Path | None
     inference: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False  # train.resume: continue from the output's last.ckpt when there is one
 
     @property
     def experiment_name(self) -> str:
@@ -50,8 +51,22 @@ def load_mlops(path: str | Path) -> MLOpsConfig:
     for section in ("inference", "logger"):
         if data.get(section) is not None and not isinstance(data[section], dict):
             raise ItwinaiError(f"{path}: {section}: must be a mapping")
+    resume = train.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ItwinaiError(f"{path}: train.resume: must be true or false, not {resume!r}")
     return MLOpsConfig(path=Path(path), train_type=ttype, train_path=Path(tpath) if tpath else None,
-                       inference=dict(data.get("inference") or {}), logger=dict(data.get("logger") or {}))
+                       inference=dict(data.get("inference") or {}), logger=dict(data.get("logger") or {}),
+                       resume=resume)
+
+
+def import_class(class_path: str, what: str) -> type:
+    import importlib
+
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ItwinaiError(f"cannot import {what} {class_path}: {exc}") from None
 
 
 def require_lightning(kind: str, section: str, path: Path) -> None:

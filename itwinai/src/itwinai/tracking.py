@@ -22,11 +22,21 @@ def tracking_uri(explicit: str | None, store_dir: str | Path | None) -> str:
     return f"sqlite:///{Path(store_dir).resolve() / DB_NAME}"
 
 
-def normalise(uri: str) -> str:
-    """The prototype wrote `file:./data/mnist/ml-logs`: a directory now holds the sqlite store."""
+def is_file_store(path: Path) -> bool:
+    """An MLflow file store (what the 2023 tool wrote): experiment folders holding meta.yaml."""
+    return path.is_dir() and not (path / DB_NAME).exists() and any(path.glob("*/meta.yaml"))
+
+
+def normalise(uri: str, reading: bool = False) -> str:
+    """The prototype wrote `file:./data/mnist/ml-logs`: that directory now holds the embedded sqlite store. When
+    reading (`itwinai predict`) a directory that holds an MLflow file store, the file store is read as it is: MLflow 3
+    allows that only on request (MLFLOW_ALLOW_FILE_STORE), and itwinai never writes into it."""
     if uri.startswith(("sqlite:", "http:", "https:", "databricks", "postgresql", "mysql")):
         return uri
     path = Path(uri.removeprefix("file://").removeprefix("file:"))
+    if reading and is_file_store(path):
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        return path.resolve().as_uri()
     return f"sqlite:///{path.resolve() / DB_NAME}" if path.suffix != ".db" else f"sqlite:///{path.resolve()}"
 
 

@@ -1,8 +1,21 @@
-"""`itwinai train`: a Lightning CLI config trained with MLflow tracking."""
+"""`itwinai train`: a Lightning CLI config trained with MLflow tracking.
+
+What itwinai adds to the user's Lightning config:
+- `--input` fills a `data_dir` argument of the model or the datamodule, only where one is declared;
+- its MLflow logger (bound to one run; any MLFlowLogger in the config is replaced, other loggers are kept), on the
+  process whose `trainer.global_rank` is 0 only, whatever started the processes (Lightning, srun, torchrun);
+- checkpoints in the output dataset (`checkpoints/`): `last.ckpt` always (what `--resume` continues from), and the
+  best by `val_loss` unless the config has a ModelCheckpoint of its own;
+- at the end, on rank 0: the test split (only where the model or datamodule has test data), a loadable MLflow model
+  (`mlflow.pytorch.log_model`, with signature and input example), registered with an alias when
+  `logger.registered_model_name` is set, and the effective config (`pl-training.yml`) as an artifact.
+"""
 
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import os
 import shutil
 import sys
@@ -13,12 +26,23 @@ from typing import Any
 
 import yaml
 
-from itwinai.config import ItwinaiError, MLOpsConfig, flatten, read_yaml, require_lightning
+from itwinai.config import ItwinaiError, MLOpsConfig, flatten, import_class, read_yaml, require_lightning
 from itwinai.tracking import artifact_location, ensure_experiment, tracking_uri
 
-CKPT_DIR = "model/checkpoints/best-checkpoint"
+CKPT_DIR = "model/checkpoints/best-checkpoint"  # where the best checkpoint is logged (the prototype's ckpt_path)
 CKPT_NAME = "best-checkpoint"
 CONFIG_ARTIFACT = "pl-training.yml"
+MODEL_ARTIFACT = "model"
+MODEL_TAG = "itwinai.model_uri"  # set on a run once its model is logged: `run_id: latest` picks only such runs
+DEFAULT_ALIAS = "champion"
+CHECKPOINTS = "checkpoints"  # inside the output dataset
+RUN_FILE = "itwinai-run.json"  # beside last.ckpt: the MLflow run a resumed training continues
+CKPT_ENV = "ITWINAI_CHECKPOINTS"
+
+
+def declares(class_path: str, arg: str) -> bool:
+    params = inspect.signature(import_class(class_path, "class")).parameters
+    return arg in params
 
 
 def lightning_config(cfg: MLOpsConfig, input_dir: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -29,135 +53,319 @@ def lightning_config(cfg: MLOpsConfig, input_dir: str | None, overrides: dict[st
     model = conf.get("model")
     if not isinstance(model, dict) or "class_path" not in model:
         raise ItwinaiError(f"{cfg.train_path}: model: needs class_path (and init_args)")
+    data = conf.get("data")
+    if data is not None and (not isinstance(data, dict) or "class_path" not in data):
+        raise ItwinaiError(f"{cfg.train_path}: data: needs class_path (a LightningDataModule) and init_args")
     if input_dir:
-        model.setdefault("init_args", {})["data_dir"] = str(Path(input_dir).resolve())
+        for section in (model, data):
+            if section and declares(str(section["class_path"]), "data_dir"):
+                section.setdefault("init_args", {})["data_dir"] = str(Path(input_dir).resolve())
     trainer = conf.setdefault("trainer", {})
     trainer.update({k: v for k, v in overrides.items() if v is not None})
     return conf
 
 
-CKPT_ENV = "ITWINAI_CHECKPOINTS"
+def _checkpoint_dir(output_dir: str | None) -> Path:
+    """In the output dataset (kept: `--resume` continues from it), else a directory every rank shares (the processes
+    Lightning's launcher starts later inherit the first one's choice)."""
+    if output_dir:
+        return Path(output_dir, CHECKPOINTS)
+    return Path(os.environ.get(CKPT_ENV) or tempfile.mkdtemp(prefix="itwinai-"))
 
 
-def rank_and_world(num_nodes: int = 1) -> tuple[int, int]:
-    """This process's global rank and the world size: from torchrun's (RANK) or SLURM's (srun tasks) environment, or
-    from Lightning's own launcher (`devices: 2` on one machine), which starts the other processes with LOCAL_RANK,
-    NODE_RANK and WORLD_SIZE set (and the first one has none of them yet when itwinai starts)."""
-    env = os.environ
-    world = int(env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or 1)
-    if env.get("RANK"):
-        rank = int(env["RANK"])
-    elif env.get("LOCAL_RANK"):
-        rank = int(env.get("NODE_RANK") or 0) * max(1, world // max(1, num_nodes)) + int(env["LOCAL_RANK"])
-    else:
-        rank = int(env.get("SLURM_PROCID") or 0) if world > 1 else 0
-    return rank, world
+def _logger_configs(trainer: dict[str, Any]) -> list[Any]:
+    """The config's loggers but MLFlowLogger (itwinai gives rank 0 its own, bound to the run)."""
+    loggers = trainer.get("logger")
+    if loggers in (None, True, False):
+        return []
+    items = loggers if isinstance(loggers, list) else [loggers]
+    return [lg for lg in items if not (isinstance(lg, dict) and "MLFlowLogger" in str(lg.get("class_path")))]
+
+
+def _callbacks(trainer: dict[str, Any], ckpt_dir: Path, monitor: str | None) -> list[Any]:
+    """The config's callbacks, and a ModelCheckpoint of itwinai's when the config has none."""
+    callbacks = list(trainer.get("callbacks") or [])
+    if not any("ModelCheckpoint" in str(c.get("class_path") if isinstance(c, dict) else c) for c in callbacks):
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+            "dirpath": str(ckpt_dir), "filename": CKPT_NAME, "monitor": monitor, "mode": "min", "save_top_k": 1,
+            "enable_version_counter": False}})
+    return callbacks
+
+
+def _last_checkpoint(path: Path):
+    """last.ckpt at the end of every epoch, whatever checkpointing the config has (a second ModelCheckpoint would
+    clash with the user's own): what `--resume` continues from."""
+    from lightning.pytorch.callbacks import Callback
+
+    class LastCheckpoint(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.save_checkpoint(path)
+
+    return LastCheckpoint()
+
+
+def _batch_size(batch: Any) -> int:
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_size(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _batch_size(next(iter(batch.values())))
+    return 0
+
+
+def first_inputs(batch: Any):
+    """The model inputs of a batch: the batch itself, or its first element for (x, y) batches."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    return None
+
+
+def _count_samples():
+    """A callback that counts the samples trained (no len() on datasets: an IterableDataset has none)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class SampleCounter(Callback):
+        samples = 0
+        example = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.samples += _batch_size(batch)
+            if self.example is None:
+                x = first_inputs(batch)
+                self.example = None if x is None else x[:4].detach().cpu().clone()
+
+    return SampleCounter()
+
+
+def _null_logger():
+    """The logger of ranks other than 0: Lightning logs from rank 0 only, but callbacks such as LearningRateMonitor
+    want a logger on every rank. This one touches no store (an MLflow client would create one)."""
+    from lightning.pytorch.loggers.logger import Logger
+
+    class RankLogger(Logger):
+        name = "itwinai"
+        version = 0
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    return RankLogger()
+
+
+def _has_test_data(model, datamodule) -> bool:
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if not is_overridden("test_step", model):
+        return False
+    return is_overridden("test_dataloader", model) or (datamodule is not None
+                                                       and is_overridden("test_dataloader", datamodule))
 
 
 def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: str | None,
-          overrides: dict[str, Any]) -> str:
-    """Train; in a distributed run (DDP over srun tasks) every rank trains, rank 0 alone tracks in MLflow."""
-    import mlflow
+          overrides: dict[str, Any], resume: bool = False) -> str:
+    """Train; in a distributed run every rank trains, the one with trainer.global_rank 0 alone tracks in MLflow."""
     from lightning.pytorch.cli import LightningCLI
-    from mlflow.tracking import MlflowClient
 
     conf = lightning_config(cfg, input_dir, overrides)
-    rank, world = rank_and_world(int((conf.get("trainer") or {}).get("num_nodes") or 1))
+    resume = resume or cfg.resume
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(uri, output_dir)
+    ckpt_dir = _checkpoint_dir(output_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    shared = not output_dir and CKPT_ENV not in os.environ  # this process chose a scratch directory
+    if shared:
+        os.environ[CKPT_ENV] = str(ckpt_dir)
+    last = ckpt_dir / "last.ckpt"
+    resume_from = last if resume and last.is_file() else None
+
+    full = copy.deepcopy(conf)
+    trainer = full["trainer"]
+    model_cls = import_class(str(full["model"]["class_path"]), "model class")
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    monitor = "val_loss" if is_overridden("validation_step", model_cls, LightningModule) else None
+    extra_loggers = _logger_configs(trainer)
+    trainer["logger"] = extra_loggers or False
+    trainer["callbacks"] = _callbacks(trainer, ckpt_dir, monitor)
     log = cfg.logger
+    trainer.setdefault("log_every_n_steps", int(log.get("log_every_n_steps", 50)))
+    trainer.setdefault("check_val_every_n_epoch", int(log.get("log_every_n_epoch", 1)))
+    trainer.setdefault("default_root_dir", str(ckpt_dir))
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the config comes from `args`, not our command line
+    try:
+        cli = LightningCLI(args=full, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
+    except (SystemExit, Exception) as exc:  # jsonargparse reports bad configs this way
+        raise ItwinaiError(f"{cfg.train_path}: invalid Lightning config: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        sys.argv = argv
+    trainer_obj, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    rank, world = trainer_obj.global_rank, trainer_obj.world_size
+    effective = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_check=True))
+
     client, run_id = None, ""
     if rank == 0:
-        mlflow.set_tracking_uri(uri)
-        client = MlflowClient(uri)
-        experiment_id = ensure_experiment(client, cfg.experiment_name, uri)
-        run = client.create_run(experiment_id, run_name=log.get("run_name"),
-                                tags={"mlflow.note.content": str(log.get("description", "")),
-                                      "itwinai.config": str(cfg.path)})
-        run_id = run.info.run_id
-        print(f"itwinai: tracking {uri}, experiment {cfg.experiment_name!r}, run {run_id}", flush=True)
+        if not resume_from:  # a fresh training: no checkpoint of an earlier one is taken for this one's
+            for old in [*ckpt_dir.glob(f"{CKPT_NAME}*.ckpt"), *ckpt_dir.glob("last*.ckpt"), ckpt_dir / RUN_FILE]:
+                old.unlink(missing_ok=True)
+        elif resume:
+            print(f"itwinai: resuming from {resume_from}", flush=True)
+        client, run_id = _start_run(cfg, uri, ckpt_dir, resume_from is not None)
+        from lightning.pytorch.loggers import MLFlowLogger
 
-    # every rank must see the checkpoint rank 0 writes: a shared directory (the output) when distributed; the
-    # processes Lightning's launcher starts later inherit the first one's choice (ITWINAI_CHECKPOINTS)
-    if os.environ.get(CKPT_ENV):
-        ckpt_dir = Path(os.environ[CKPT_ENV])
-    elif world > 1 and output_dir:
-        ckpt_dir = Path(output_dir, f".itwinai-checkpoints-{os.environ.get('SLURM_JOB_ID', 'job')}")
+        logger = MLFlowLogger(experiment_name=cfg.experiment_name, tracking_uri=uri, run_id=run_id,
+                              artifact_location=artifact_location(uri))
+        _log_params(client, run_id, effective)
     else:
-        ckpt_dir = Path(tempfile.mkdtemp(prefix="itwinai-"))
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    os.environ[CKPT_ENV] = str(ckpt_dir)
+        logger = _null_logger()
+    if resume and not resume_from and rank == 0:
+        print(f"itwinai: resume: no {last}: training from the start", flush=True)
+    trainer_obj.loggers = [logger, *trainer_obj.loggers]
+    counter = _count_samples()
+    trainer_obj.callbacks += [counter, _last_checkpoint(last)]
     try:
-        full = copy.deepcopy(conf)
-        trainer = full["trainer"]
-        # Lightning logs from rank 0 only, but callbacks such as LearningRateMonitor want a logger on every rank:
-        # the others get a scratch store of their own (never logged to), so that they do not race rank 0 in
-        # creating the shared one
-        rank_uri = uri if rank == 0 else f"sqlite:///{tempfile.gettempdir()}/itwinai-rank{rank}-{os.getpid()}.db"
-        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.MLFlowLogger",
-                             "init_args": {"experiment_name": cfg.experiment_name, "tracking_uri": rank_uri,
-                                           "run_id": run_id or None, "artifact_location": artifact_location(uri)}}
-        callbacks = [c for c in trainer.get("callbacks") or [] if "ModelCheckpoint" not in str(c.get("class_path"))]
-        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"dirpath": str(ckpt_dir), "filename": CKPT_NAME, "monitor": "val_loss",
-                                        "mode": "min", "save_top_k": 1}})
-        trainer["callbacks"] = callbacks
-        trainer.setdefault("log_every_n_steps", int(log.get("log_every_n_steps", 50)))
-        trainer.setdefault("check_val_every_n_epoch", int(log.get("log_every_n_epoch", 1)))
-        trainer["default_root_dir"] = str(ckpt_dir)
-        argv, sys.argv = sys.argv, sys.argv[:1]  # the config comes from `args`, not our command line
-        try:
-            cli = LightningCLI(args=full, run=False, save_config_callback=None,
-                               parser_kwargs={"exit_on_error": False})
-        except (SystemExit, Exception) as exc:  # jsonargparse reports bad configs this way
-            if client:
-                client.set_terminated(run_id, "FAILED")
-            raise ItwinaiError(f"{cfg.train_path}: invalid Lightning config: {str(exc).strip().splitlines()[0]}") from None
-        finally:
-            sys.argv = argv
+        start = time.perf_counter()
+        trainer_obj.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        elapsed = time.perf_counter() - start
+        print(f"itwinai: rank {trainer_obj.global_rank} of world size {trainer_obj.world_size} trained", flush=True)
+        best = _best_checkpoint(trainer_obj)
+        trainer_obj.strategy.barrier()
+        if _has_test_data(model, datamodule):
+            trainer_obj.test(model, datamodule=datamodule, ckpt_path=str(best) if best else None, verbose=False)
+        elif best:
+            _load_weights(model, best)
         if client:
-            client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in flatten(conf).items()][:100])
-        try:
-            start = time.perf_counter()
-            cli.trainer.fit(cli.model)
-            elapsed = time.perf_counter() - start
-            print(f"itwinai: rank {cli.trainer.global_rank} of world size {cli.trainer.world_size} trained", flush=True)
-            samples = len(cli.trainer.train_dataloader.dataset) * cli.trainer.current_epoch
-            rate = samples / elapsed if elapsed else 0.0
-            ckpt = ckpt_dir / f"{CKPT_NAME}.ckpt"
-            cli.trainer.strategy.barrier()
-            if ckpt.is_file():
-                cli.trainer.test(cli.model, ckpt_path=str(ckpt), verbose=False)
-            if client:
-                client.log_metric(run_id, "train_samples_per_sec", rate)
-                print(f"itwinai: trained {samples} samples in {elapsed:.1f}s ({rate:.0f} samples/s)", flush=True)
-                if ckpt.is_file():
-                    client.log_artifact(run_id, str(ckpt), CKPT_DIR)
-                cfg_file = ckpt_dir / CONFIG_ARTIFACT
-                cfg_file.write_text(yaml.safe_dump(conf, sort_keys=False))
+            rate = counter.samples * world / elapsed if elapsed else 0.0
+            client.log_metric(run_id, "train_samples_per_sec", rate)
+            print(f"itwinai: trained {counter.samples * world} samples in {elapsed:.1f}s ({rate:.0f} samples/s)",
+                  flush=True)
+            if best:
+                client.log_artifact(run_id, str(best), CKPT_DIR)
+            with tempfile.TemporaryDirectory(prefix="itwinai-config-") as tmp:
+                cfg_file = Path(tmp, CONFIG_ARTIFACT)
+                cfg_file.write_text(yaml.safe_dump(effective, sort_keys=False))
                 client.log_artifact(run_id, str(cfg_file))
-        except BaseException:
-            if client:
-                client.set_terminated(run_id, "FAILED")
-            raise
+            model_uri = log_model(uri, run_id, model, counter.example) if best or counter.samples else None
+    except BaseException:
+        if client:
+            client.set_terminated(run_id, "FAILED")
+        raise
     finally:
-        if rank == 0:
+        if shared:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-        else:  # the scratch store this rank's logger had
-            Path(tempfile.gettempdir(), f"itwinai-rank{rank}-{os.getpid()}.db").unlink(missing_ok=True)
+            os.environ.pop(CKPT_ENV, None)
     if not client:
         return run_id
     client.set_terminated(run_id, "FINISHED")
     name = log.get("registered_model_name")
-    if name:
-        version = register(client, name, run_id)
-        print(f"itwinai: registered model {name!r} version {version}", flush=True)
+    if name and model_uri:
+        alias = str(log.get("registered_model_alias") or DEFAULT_ALIAS)
+        version = register(client, name, run_id, model_uri, alias)
+        print(f"itwinai: registered model {name!r} version {version} (alias {alias!r}: models:/{name}@{alias})",
+              flush=True)
+    elif name:
+        print(f"itwinai: no model to register as {name!r} (no checkpoint was written)", flush=True)
     print(f"itwinai: run_id={run_id}", flush=True)
     return run_id
 
 
-def register(client, name: str, run_id: str) -> str:
+def _start_run(cfg: MLOpsConfig, uri: str, ckpt_dir: Path, resuming: bool) -> tuple[Any, str]:
+    """The MLflow run: a new one, or the one the resumed checkpoint was written under (one metric history)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # the registry is the tracking store's (the process may have named another)
+    client = MlflowClient(uri, registry_uri=uri)
+    run_file = ckpt_dir / RUN_FILE
+    if resuming and run_file.is_file():
+        try:
+            before = json.loads(run_file.read_text())
+            if before.get("tracking_uri") == uri:
+                client.update_run(before["run_id"], status="RUNNING")
+                print(f"itwinai: tracking {uri}, continuing run {before['run_id']}", flush=True)
+                return client, str(before["run_id"])
+        except Exception as exc:  # the run is gone or the file unreadable: a new run
+            print(f"itwinai: cannot continue the earlier run ({str(exc).splitlines()[0][:120]}): a new run",
+                  flush=True)
+    log = cfg.logger
+    experiment_id = ensure_experiment(client, cfg.experiment_name, uri)
+    run = client.create_run(experiment_id, run_name=log.get("run_name"),
+                            tags={"mlflow.note.content": str(log.get("description", "")),
+                                  "itwinai.config": str(cfg.path)})
+    run_id = run.info.run_id
+    run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}) + "\n")
+    print(f"itwinai: tracking {uri}, experiment {cfg.experiment_name!r}, run {run_id}", flush=True)
+    return client, run_id
+
+
+def _log_params(client, run_id: str, effective: dict[str, Any]) -> None:
+    """The effective config as params; a resumed run keeps the values it started with (MLflow refuses changes)."""
+    from mlflow.entities import Param
+
+    have = client.get_run(run_id).data.params
+    params = [Param(k, v) for k, v in flatten(effective).items() if k not in have]
+    for i in range(0, len(params), 100):  # MLflow's limit per call
+        client.log_batch(run_id, params=params[i:i + 100])
+
+
+def _best_checkpoint(trainer) -> Path | None:
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    if best and Path(best).is_file():
+        return Path(best)
+    return None
+
+
+def _load_weights(model, ckpt: Path) -> None:
+    import torch
+
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+
+
+def log_model(uri: str, run_id: str, model, example) -> str:
+    """A loadable MLflow model (`mlflow.pytorch.load_model(URI)`), with signature and input example; the model's own
+    package goes with it (code_paths), so that a Python with torch and lightning loads it without installing it."""
+    import lightning
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    model._trainer = None  # nothing of the training run goes into the pickle
+    signature, input_example = None, None
+    if example is not None:
+        with torch.no_grad():
+            out = model(example)
+        if isinstance(out, torch.Tensor):
+            signature = infer_signature(example.numpy(), out.numpy())
+            input_example = example.numpy()
+    top = sys.modules[type(model).__module__.partition(".")[0]]
+    where = getattr(top, "__file__", None)  # a package's folder, or a module's one file
+    code = [str(Path(where).parent if hasattr(top, "__path__") else where)] if where else None
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"lightning=={lightning.__version__}",
+            f"mlflow=={mlflow.__version__}", "numpy"]
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        info = mlflow.pytorch.log_model(model, name=MODEL_ARTIFACT, signature=signature, input_example=input_example,
+                                        code_paths=code, pip_requirements=reqs,
+                                        serialization_format="pickle")  # a LightningModule, predict_step kept
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).set_tag(run_id, MODEL_TAG, info.model_uri)
+    return info.model_uri
+
+
+def register(client, name: str, run_id: str, model_uri: str, alias: str = DEFAULT_ALIAS) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -165,5 +373,7 @@ def register(client, name: str, run_id: str) -> str:
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    return client.create_model_version(name, source=source, run_id=run_id).version
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id).version
+    client.set_registered_model_alias(name, alias, str(version))
+    return str(version)

@@ -59,8 +59,10 @@ class LitMNIST(L.LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch, batch_idx):
-        x = batch[0]
-        return self(x).exp()
+        """Per sample: the predicted class and its probability (itwinai predict writes them as CSV columns)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        probability, predicted = self(x).exp().max(dim=1)
+        return {"predicted": predicted, "probability": probability}
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate)
