@@ -181,7 +181,8 @@ class RunSession:
         self.run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.state = State(wf.root)
         self.run_dir = self.state.runs / self.run_id
-        self.user = opts.user or runner.default_user(wf.root)
+        caller = f"{os.getuid()}:{os.getgid()}"
+        self.user = opts.user or (caller if executor.runs_as_caller else runner.default_user(wf.root))
         self.status: dict[str, str] = {}
         self.manifest: dict[str, Any] = {}
         self.cancel_code = 0  # 130 or 143 once cancelled

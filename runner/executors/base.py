@@ -45,6 +45,7 @@ class Executor(Protocol):
     orders_itself: bool  # takes steps whose upstream steps are still running (their handles in `after`)
     records_itself: bool  # writes step records where the step runs (SLURM jobs outlive a detached session)
     whole_workflow: bool  # runs all selected steps or none (cwltool): skipped only when every one is up to date
+    runs_as_caller: bool  # steps run as the user who started itwin-run (cwltool), not as the session's step user
 
     def check(self, opts: RunOptions, steps: list[StepSpec]) -> None:
         """Refuse (UsageError) what this executor cannot honour, before anything starts."""

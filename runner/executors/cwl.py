@@ -44,6 +44,7 @@ class CwlExecutor:
     orders_itself = True  # cwltool orders the steps
     records_itself = False
     whole_workflow = True  # all steps go to cwltool at once; none can be skipped on its own
+    runs_as_caller = True  # cwltool runs the tools as the calling user
 
     def __init__(self, runner: StepRunner, wf: Workflow, jobs: int = 1, keep_going: bool = False):
         self.runner, self.wf, self.jobs, self.keep_going = runner, wf, jobs, keep_going
@@ -231,6 +232,9 @@ def place_outputs(wf: Workflow, result: dict[str, Any]) -> set[str]:
             continue
         src, dest = Path(value["path"]), wf.datasets[name]
         placed.add(name)
+        # cwltool's output folders are private (0700): a dataset is read by later steps, which may run as another
+        # user (steps run unprivileged when itwin-run is root), so it gets a dataset's usual mode
+        src.chmod(src.stat().st_mode | 0o755)
         if src.resolve() == dest:
             continue
         if dest.exists() and any(dest.iterdir()):

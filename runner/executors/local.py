@@ -41,6 +41,7 @@ class LocalExecutor:
     orders_itself = False
     records_itself = False
     whole_workflow = False
+    runs_as_caller = False
 
     def __init__(self, runner: StepRunner, jobs: int = 1):
         self.runner, self.jobs = runner, max(1, jobs)

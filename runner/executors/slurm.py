@@ -80,6 +80,7 @@ class SlurmExecutor:
     orders_itself: bool = True
     records_itself: bool = True
     whole_workflow: bool = False
+    runs_as_caller: bool = False
 
     def __post_init__(self) -> None:
         self.run_id, self.run_dir = "", Path(".")

@@ -29,9 +29,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet_environment(output: str | None) -> None:
+    """No progress bars or telemetry (steps run offline); no git lookups (no git in the image); and where HOME is
+    the output directory (cwltool makes it so), caches and configs go elsewhere instead of into the dataset."""
+    for key, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
+                       ("DO_NOT_TRACK", "true"), ("GIT_PYTHON_REFRESH", "quiet")):
+        os.environ.setdefault(key, value)
+    home = os.environ.get("HOME")
+    if output and home and os.path.realpath(home) == os.path.realpath(output):
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="itwinai-home-")
+        for key in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR"):
+            os.environ.setdefault(key, scratch)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_environment(args.output)
     try:
         cfg = load_mlops(args.config)
         if getattr(args, "train_config", None):

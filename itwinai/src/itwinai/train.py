@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import logging
 import os
 import shutil
 import sys
@@ -355,6 +356,8 @@ def log_model(uri: str, run_id: str, model, example) -> str:
     code = [str(Path(where).parent if hasattr(top, "__path__") else where)] if where else None
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"lightning=={lightning.__version__}",
             f"mlflow=={mlflow.__version__}", "numpy"]
+    # pickle on purpose (pt2 would drop predict_step): MLflow's warning about it would only be noise in every log
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = mlflow.pytorch.log_model(model, name=MODEL_ARTIFACT, signature=signature, input_example=input_example,
                                         code_paths=code, pip_requirements=reqs,
