@@ -1,12 +1,14 @@
 """Training throughput inside the container / on the host (issue: itwinai + MNIST), one run, side by side.
 
-Same data (the offline 10k MNIST split), same config and epochs; host and container runs alternate.
-Run: .venv/bin/python bench/train.py [--epochs N] [--repeat N]   (goal: container / host >= 0.97)
+Same data (the offline 10k MNIST split), same config and epochs; host and container runs alternate. Then DDP on the
+host: `devices: 2, strategy: ddp` on CPU (Lightning starts the second process) against the one-process runs.
+Run: .venv/bin/python bench/train.py [--epochs N] [--repeat N]   (goal: container / host >= 0.97; DDP: a figure)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -14,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -60,11 +64,23 @@ def main() -> None:
             out = subprocess.run([str(BIN / "itwin-run"), "--force", "workflow.yml"], cwd=root, capture_output=True, text=True,
                                  check=True)
             container.append(rate(out.stdout))
-        h, c = statistics.median(host), statistics.median(container)
+        pl = yaml.safe_load((root / "use-cases/mnist/pl-training.yml").read_text())
+        pl["trainer"].update(devices=2, strategy="ddp", accelerator="cpu")
+        (root / "pl-ddp.yml").write_text(yaml.safe_dump(pl))
+        ddp = []
+        for i in range(args.repeat):
+            out = subprocess.run([str(BIN / "itwinai"), "train", "--config", "use-cases/mnist/mnist-ai.yml",
+                                  "--train-config", "pl-ddp.yml", "--input", "data/preproc-images", "--output",
+                                  f"data/ml-logs-ddp-{i}", "--max-epochs", str(args.epochs)], cwd=root,
+                                 capture_output=True, text=True, check=True)
+            ddp.append(rate(out.stdout))
+        h, c, d = statistics.median(host), statistics.median(container), statistics.median(ddp)
         print(f"LitMNIST, {args.epochs} epochs of 8000 samples, {args.repeat} runs each (samples/s):")
         print(f"  host       {h:.0f}   runs: {' '.join(f'{x:.0f}' for x in host)}")
         print(f"  container  {c:.0f}   runs: {' '.join(f'{x:.0f}' for x in container)}")
+        print(f"  host DDP 2 processes (CPU, {os.cpu_count()} cores)  {d:.0f}   runs: {' '.join(f'{x:.0f}' for x in ddp)}")
         print(f"container / host = {c / h:.3f}  (goal >= 0.97)")
+        print(f"DDP 2 processes / 1 process = {d / h:.3f}  (a figure, not a goal)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

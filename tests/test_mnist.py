@@ -77,6 +77,24 @@ def test_run_is_readable_from_the_host(trained):
     assert [(str(v.version), v.run_id) for v in versions] == [("1", run_id)]
 
 
+def test_registered_model_loads_in_a_host_python(trained):
+    """The registry is the hand-off: `mlflow.pytorch.load_model("models:/MNIST-clf-lite@champion")` in a plain host
+    Python (not itwinai) loads what the container trained and classifies a batch of held-out images."""
+    project, run_id, _ = trained
+    script = f"""
+import mlflow, numpy as np, torch
+mlflow.set_tracking_uri("sqlite:///{project}/data/mnist/ml-logs/mlflow.db")
+model = mlflow.pytorch.load_model("models:/MNIST-clf-lite@champion").eval()
+d = np.load("{project}/data/mnist/preproc-images/test.npz")
+with torch.no_grad():
+    pred = model(torch.from_numpy(d["x"][:500])).argmax(1).numpy()
+print("accuracy", (pred == d["y"][:500]).mean())
+"""
+    res = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert float(res.stdout.split("accuracy")[1]) >= 0.85
+
+
 def test_mlflow_server_shows_the_run(trained):
     project, run_id, _ = trained
     base, server = start_mlflow_server(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db", project)

@@ -217,11 +217,13 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
 
     client, run_id = None, ""
     if rank == 0:
-        if not resume_from:  # a fresh training: no checkpoint of an earlier one is taken for this one's
+        if resume_from:
+            print(f"itwinai: resuming from {resume_from}", flush=True)
+        else:  # a fresh training: no checkpoint of an earlier one is taken for this one's
+            if resume:
+                print(f"itwinai: resume: no {last}: training from the start", flush=True)
             for old in [*ckpt_dir.glob(f"{CKPT_NAME}*.ckpt"), *ckpt_dir.glob("last*.ckpt"), ckpt_dir / RUN_FILE]:
                 old.unlink(missing_ok=True)
-        elif resume:
-            print(f"itwinai: resuming from {resume_from}", flush=True)
         client, run_id = _start_run(cfg, uri, ckpt_dir, resume_from is not None)
         from lightning.pytorch.loggers import MLFlowLogger
 
@@ -230,8 +232,6 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
         _log_params(client, run_id, effective)
     else:
         logger = _null_logger()
-    if resume and not resume_from and rank == 0:
-        print(f"itwinai: resume: no {last}: training from the start", flush=True)
     trainer_obj.loggers = [logger, *trainer_obj.loggers]
     counter = _count_samples()
     trainer_obj.callbacks += [counter, _last_checkpoint(last)]
