@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="itwin-bench-train-"))
+    root.chmod(0o755)  # steps run unprivileged under root: the project must be readable (mkdtemp makes it private)
     try:
         shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
         shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))

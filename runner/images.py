@@ -65,6 +65,7 @@ class ImageSpec:
     env_file: Path | None = None
     requirements: str = ""  # pip lines (requirements / conda kinds)
     sources: tuple[Path, ...] = ()  # package directories and wheels, installed on top of the requirements
+    local: tuple[Path, ...] = ()  # local paths the requirements name (./libs/pkg, a wheel): `./local/N` in the context
     image: str | None = None  # prebuilt reference (image kind)
     digest_parts: list[str] = field(default_factory=list)
     exclude: tuple[Path, ...] = ()  # never in the build context nor the hash: datasets, the state folder
@@ -98,6 +99,14 @@ class ImageSpec:
             shutil.copy(opts.constraints, dest / "constraints.txt")
             pip_args.append("-c constraints.txt")
             copies.append("COPY constraints.txt ./")
+        for i, path in enumerate(self.local):
+            if path.is_file():
+                (dest / "local" / str(i)).mkdir(parents=True)
+                _link(path, dest / "local" / str(i) / path.name)
+            else:
+                _link_tree(path, dest / "local" / str(i), self.exclude)
+        if self.local:
+            copies.append("COPY local ./local")
         source_build = source_install = ""
         if self.sources:
             targets = []
@@ -208,12 +217,40 @@ def spec_for(step: StepSpec, wf: Workflow | None = None) -> ImageSpec:
             raise UserError(f"{f}: a Dockerfile env builds its own context; 'source' is not used with it (step {step.name!r})")
         return ImageSpec(kind="dockerfile", name=name, step=step.name, env_file=f,
                          digest_parts=context_files(f.parent, exclude), exclude=exclude)
-    if f.suffix in {".yml", ".yaml"}:
-        reqs = conda_to_pip(f, text)
-        return ImageSpec(kind="conda", name=name, step=step.name, env_file=f, requirements=reqs, sources=step.sources,
-                         digest_parts=[text, *source_parts], exclude=exclude)
-    return ImageSpec(kind="requirements", name=name, step=step.name, env_file=f, requirements=text,
-                     sources=step.sources, digest_parts=[text, *source_parts], exclude=exclude)
+    kind = "conda" if f.suffix in {".yml", ".yaml"} else "requirements"
+    reqs, local = local_requirements(f, text, conda_to_pip(f, text) if kind == "conda" else text,
+                                     wf.root if wf else f.parent)
+    local_parts = [part for path in local for part in _source_digest(path, exclude)]
+    return ImageSpec(kind=kind, name=name, step=step.name, env_file=f, requirements=reqs, sources=step.sources,
+                     local=local, digest_parts=[text, *source_parts, *local_parts], exclude=exclude)
+
+
+_LOCAL = re.compile(r"^(?:-e\s+|--editable[=\s]+)?((?:\./|\.\./|/|file:)\S*|\S+\.(?:whl|tar\.gz|zip))$")
+
+
+def local_requirements(f: Path, text: str, reqs: str, root: Path) -> tuple[str, tuple[Path, ...]]:
+    """Requirements that name local paths (`./libs/mypkg`, `../wheels/x.whl`, `-e ./pkg`): relative to the env
+    file's folder (else the project root), part of the image hash, and installed from `./local/N` in the build
+    context, with their dependencies, as pip would on the host. A path that does not exist is an error."""
+    out, local, problems = [], [], []
+    for line in reqs.splitlines():
+        m = _LOCAL.match(line.split(" #")[0].strip())
+        if not m or "://" in m.group(1).removeprefix("file://"):
+            out.append(line)
+            continue
+        raw = m.group(1).removeprefix("file://").removeprefix("file:")
+        path = next((p for p in (f.parent / raw, root / raw) if p.exists()), None)
+        if path is None:
+            lineno = next((i for i, t in enumerate(text.splitlines(), 1) if raw in t), 1)
+            problems.append(f"{f}:{lineno}: {m.group(1)}: no such file or directory (relative paths are taken from "
+                            f"{f.parent} or the project root)")
+            continue
+        path = path.resolve()
+        out.append(f"./local/{len(local)}" + (f"/{path.name}" if path.is_file() else ""))
+        local.append(path)
+    if problems:
+        raise ValidationError(problems)
+    return "\n".join(out) + ("\n" if reqs.endswith("\n") else ""), tuple(local)
 
 
 def conda_to_pip(f: Path, text: str) -> str:

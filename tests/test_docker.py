@@ -283,6 +283,36 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
     assert res.returncode == 0 and "say | second" in res.stdout, res.stderr[-2000:]
 
 
+def test_requirements_may_name_a_local_package_and_a_wheel(docker_client, tmp_path, no_leftovers):
+    """A requirements file naming `./libs/mypkg` and a wheel file: both installed (with pip's own resolution) from
+    the build context, and an edit of the local package gives a new image that runs the edited code."""
+    import subprocess
+    import sys
+
+    tmp_path.chmod(0o755)
+    pkg = tmp_path / "libs" / "mypkg"
+    (pkg / "mypkg").mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
+                                        '"setuptools.build_meta"\n[project]\nname = "mypkg"\nversion = "1.0"\n')
+    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'first'\n")
+    other = tmp_path / "other"
+    (other / "otherpkg").mkdir(parents=True)
+    (other / "pyproject.toml").write_text((pkg / "pyproject.toml").read_text().replace("mypkg", "otherpkg"))
+    (other / "otherpkg" / "__init__.py").write_text("WORD = 'wheel'\n")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheels"), str(other)], check=True)
+    (wheel,) = (tmp_path / "wheels").glob("otherpkg-*.whl")
+    (tmp_path / "req.txt").write_text(f"./libs/mypkg\n./wheels/{wheel.name}  # a wheel file\n")
+    (tmp_path / "wf.yml").write_text("datasets:\n  out: {location: ./data/out}\nsteps:\n  - say:\n      output: out\n"
+                                     "      command: python -c \"import mypkg, otherpkg; print(mypkg.WORD, "
+                                     "otherpkg.WORD)\"\n      env: {file: req.txt}\n")
+    res = itwin("wf.yml", cwd=tmp_path)
+    assert res.returncode == 0 and "say | first wheel" in res.stdout, res.stderr[-2000:]
+    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'second'\n")
+    res = itwin("wf.yml", cwd=tmp_path)
+    assert res.returncode == 0 and "say | second wheel" in res.stdout, res.stderr[-2000:]
+
+
 def test_images_lists_what_itwin_run_made_and_prune_removes_what_nothing_names(docker_client, toy, no_leftovers):
     """`images` names each image by the step records that use it; `prune` removes an image no record names any
     more, keeps the ones records name, the base image, an image a container uses, and images itwin-run did not make."""

@@ -239,6 +239,41 @@ def test_env_source_takes_package_directories_and_wheels(tmp_path):
                    f"{tmp_path}/nothing.whl; a package directory or a .whl file)"]
 
 
+def test_requirements_naming_local_paths_go_into_the_context_and_the_hash(tmp_path):
+    """Requirements lines that name local paths (`./libs/mypkg`, a wheel, `-e ./pkg`, in a requirements file or an
+    environment.yml's pip list) are installed from the build context and hashed; a missing one is file:line."""
+    from runner.errors import ValidationError
+    from runner.images import BuildOptions, spec_for
+
+    pkg = tmp_path / "libs" / "mypkg"
+    pkg.mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text("[project]\nname = 'mypkg'\nversion = '1'\n")
+    wheel = tmp_path / "other-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"first")
+    (tmp_path / "req.txt").write_text("numpy>=1.24\n./libs/mypkg\n-e ./libs/mypkg\nother-1.0-py3-none-any.whl\n")
+    (tmp_path / "env.yml").write_text("dependencies:\n  - python=3.11\n  - pip:\n    - ./libs/mypkg\n")
+    for env, reqs in (("req.txt", "numpy>=1.24\n./local/0\n./local/1\n./local/2/other-1.0-py3-none-any.whl\n"),
+                      ("env.yml", "./local/0\n")):
+        wf = workflow.load(write(tmp_path, f"steps:\n  - s:\n      command: python x.py\n      env: {{file: {env}}}\n"),
+                           root=tmp_path)
+        spec = spec_for(wf.steps[0], wf)
+        assert spec.requirements == reqs and spec.local[0] == pkg
+        ctx = tmp_path / f"ctx-{env}"
+        ctx.mkdir()
+        spec.context(ctx, "itwin-run/base:x", BuildOptions())
+        assert (ctx / "local" / "0" / "pyproject.toml").is_file()
+        assert "COPY local ./local" in (ctx / "Dockerfile").read_text()
+        tag = spec.tag("base", BuildOptions())
+        (pkg / "mod.py").write_text("x = 1\n")
+        assert spec_for(wf.steps[0], wf).tag("base", BuildOptions()) != tag, "an edit of the local package rebuilds"
+        (pkg / "mod.py").unlink()
+    (tmp_path / "req.txt").write_text("numpy\n./libs/nothing\n")
+    wf = workflow.load(write(tmp_path, "steps:\n  - s:\n      command: python x.py\n      env: {file: req.txt}\n"),
+                       root=tmp_path)
+    with pytest.raises(ValidationError, match=f"{tmp_path}/req.txt:2: ./libs/nothing: no such file or directory"):
+        spec_for(wf.steps[0], wf)
+
+
 def test_ml_template_loads_and_shares_the_itwinai_image_dependencies(tmp_path):
     """`init --template ml` writes a workflow that validates (its itwinai wheel included), and its training env file
     asks for exactly what itwinai's own does: the two images share the dependency layer, and the pins do not drift."""
