@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.engines import ENGINES
-from runner.engines.base import Made
+from runner.engines.base import Made, image_parts
 from runner.errors import UserError
 from runner.state import State
 
@@ -78,8 +78,9 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
                 continue
             key = str(path.relative_to(state.steps).with_suffix(""))
             step = manifest.get("steps", {}).get(key.rsplit("/", 1)[-1], {})
-            if step.get("image"):
-                named.setdefault(step["image"], []).append(where + key)
+            for part in image_parts(step.get("image") or ""):
+                if part:
+                    named.setdefault(part, []).append(where + key)
         for pins in project.glob("**/*.images.json"):
             if ".itwin-run" in pins.parts:
                 continue
@@ -88,11 +89,12 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
             except (OSError, ValueError, AttributeError):
                 continue
             for ref in images.values() if isinstance(images, dict) else []:
-                named.setdefault(str(ref), []).append(where + str(pins.relative_to(project)))
+                for part in image_parts(str(ref)):
+                    named.setdefault(part, []).append(where + str(pins.relative_to(project)))
         for m in state.manifests():
             for step in m.get("steps", {}).values():
-                if step.get("image") and step.get("start"):
-                    used[step["image"]] = max(used.get(step["image"], 0.0), float(step["start"]))
+                for part in image_parts(step.get("image") or "") if step.get("start") else []:
+                    used[part] = max(used.get(part, 0.0), float(step["start"]))
     return [Entry(i, named.get(i.ref, []), used.get(i.ref)) for i in items], notes
 
 

@@ -5,6 +5,7 @@ Engine-neutral: an engine turns an ImageSpec into something it can run (a Docker
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -37,6 +38,7 @@ class BuildOptions:
     wheelhouse: Path | None = None
     constraints: Path | None = None
     pull: str = "missing"  # prebuilt images: missing | always | never
+    single_file: bool = False  # one file per step image (cwltool takes one SIF): no Apptainer source overlays
 
     @classmethod
     def from_env(cls, wheelhouse: str | None = None, constraints: str | None = None, pull: str = "missing") -> BuildOptions:
@@ -66,9 +68,15 @@ class ImageSpec:
     requirements: str = ""  # pip lines (requirements / conda kinds)
     sources: tuple[Path, ...] = ()  # package directories and wheels, installed on top of the requirements
     local: tuple[Path, ...] = ()  # local paths the requirements name (./libs/pkg, a wheel): `./local/N` in the context
+    source_parts: tuple[str, ...] = ()  # the sources' share of digest_parts
     image: str | None = None  # prebuilt reference (image kind)
     digest_parts: list[str] = field(default_factory=list)
     exclude: tuple[Path, ...] = ()  # never in the build context nor the hash: datasets, the state folder
+    def dependencies(self) -> ImageSpec:
+        """The same image without its sources: the dependency part (Apptainer keeps it as a SIF of its own)."""
+        return dataclasses.replace(self, sources=(), source_parts=(),
+                                   digest_parts=[p for p in self.digest_parts if p not in self.source_parts])
+
     def spec_digest(self, opts: BuildOptions) -> str:
         """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
         h = hashlib.sha256()
@@ -222,7 +230,8 @@ def spec_for(step: StepSpec, wf: Workflow | None = None) -> ImageSpec:
                                      wf.root if wf else f.parent)
     local_parts = [part for path in local for part in _source_digest(path, exclude)]
     return ImageSpec(kind=kind, name=name, step=step.name, env_file=f, requirements=reqs, sources=step.sources,
-                     local=local, digest_parts=[text, *source_parts, *local_parts], exclude=exclude)
+                     local=local, digest_parts=[text, *source_parts, *local_parts], exclude=exclude,
+                     source_parts=tuple(source_parts))
 
 
 _LOCAL = re.compile(r"^(?:-e\s+|--editable[=\s]+)?((?:\./|\.\./|/|file:)\S*|\S+\.(?:whl|tar\.gz|zip))$")

@@ -215,7 +215,7 @@ class RunSession:
                 self._phase = "images"
                 sub = Workflow(path=self.wf.path, root=self.wf.root, datasets=self.wf.datasets, steps=steps,
                                extra=self.wf.extra)
-                images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self.opts.build,
+                images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self._build_options(),
                                                                    pinned=self.opts.pinned).items()}
                 self._image_ids = {ref: self.builder.identity(ref) for ref in set(images.values())}
                 self._check_inputs(steps)
@@ -233,8 +233,11 @@ class RunSession:
                 signal.signal(sig, handler)
             self.state.unlock()
 
+    def _build_options(self) -> BuildOptions:
+        return dataclasses.replace(self.opts.build, single_file=self.executor.single_file_images)
+
     def _dry_run(self, steps: list[StepSpec]) -> None:
-        images = resolve_images(self.wf, self.builder, self.opts.build, build=False, pinned=self.opts.pinned)
+        images = resolve_images(self.wf, self.builder, self._build_options(), build=False, pinned=self.opts.pinned)
         subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps]
         self.executor.dry_run(subs, {k: present for k, (_, present) in images.items()})
 

@@ -66,3 +66,63 @@ def test_missing_apptainer_is_one_line(toy):
     res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].startswith("error: apptainer is not installed")
+
+
+def test_sources_are_an_overlay_on_a_dependency_sif(docker_client, apptainer_env, tmp_path, no_leftovers):
+    """A step with env.source: a dependency SIF converted once and a small squashfs of the sources on top. A source
+    edit makes a new overlay only (the dependency SIF is not converted again); outputs match Docker's; `build
+    --save` / `load` carry both parts, and a node with no Docker daemon runs from them."""
+    tmp_path.chmod(0o755)
+    pkg = tmp_path / "mypkg"
+    (pkg / "mypkg").mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
+                                        '"setuptools.build_meta"\n[project]\nname = "mypkg"\nversion = "1.0"\n'
+                                        '[project.scripts]\nmypkg-say = "mypkg:say"\n')
+    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'first'\ndef say():\n    print('script', WORD)\n")
+    (tmp_path / "req.txt").write_text("# the base image only\n")
+    (tmp_path / "say.py").write_text("import subprocess, sys\nimport mypkg\nsubprocess.run(['mypkg-say'], check=True)\n"
+                                     "open(sys.argv[2] + '/word.txt', 'w').write(mypkg.WORD + '\\n')\n")
+    (tmp_path / "wf.yml").write_text("datasets:\n  out: {location: ./data/out}\nsteps:\n  - say:\n      output: out\n"
+                                     "      command: python say.py\n      env: {file: req.txt, source: [./mypkg]}\n")
+    cache = tmp_path / "sif"
+    env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(cache)}
+    me = f"{os.getuid()}:{os.getgid()}"
+    res = itwin("--engine", "docker", "--user", me, "wf.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    docker_out = outputs(tmp_path)
+    shutil.rmtree(tmp_path / "data")
+
+    res = itwin("--engine", "apptainer", "wf.yml", cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "say | script first" in res.stdout and outputs(tmp_path) == docker_out
+    (deps,) = cache.glob("*.sif")
+    (first,) = cache.glob("*.sqfs")
+    assert first.stat().st_size < 1_000_000 and "converted" in res.stdout + res.stderr
+    before = deps.stat().st_mtime_ns
+
+    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'second'\ndef say():\n    print('script', WORD)\n")
+    res = itwin("--engine", "apptainer", "wf.yml", cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "say | script second" in res.stdout and (tmp_path / "data/out/word.txt").read_text() == "second\n"
+    assert "converted" not in res.stdout + res.stderr  # the dependency SIF is reused as it is
+    assert [p.stat().st_mtime_ns for p in cache.glob("*.sif")] == [before] and len(list(cache.glob("*.sqfs"))) == 2
+
+    # cwltool takes one SIF per tool: --cwl asks for the whole image in one file, never DEPS.sif::SOURCES.sqfs
+    (tmp_path / "say.cwl").write_text("cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: [mypkg-say]\n"
+                                      "inputs: []\noutputs: []\n")
+    (tmp_path / "wf.cwl").write_text("cwlVersion: v1.2\nclass: Workflow\ninputs: []\noutputs: []\nsteps:\n"
+                                     "  say: {run: say.cwl, in: [], out: []}\n")
+    (tmp_path / "wf.yml").write_text((tmp_path / "wf.yml").read_text() + "workflowFileCWL: wf.cwl\n")
+    res = itwin("--engine", "apptainer", "--cwl", "--dry-run", "wf.yml", cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "dockerImageId" in res.stdout and ".sif" in res.stdout and "::" not in res.stdout
+
+    saved = tmp_path / "saved"
+    res = itwin("build", "--engine", "apptainer", "--save", str(saved), "wf.yml", cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {p.suffix for p in (saved / "sif").iterdir()} == {".sif", ".sqfs"}
+    node = {**env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "node-cache"), "DOCKER_HOST": "unix:///nonexistent.sock"}
+    res = itwin("load", "--engine", "apptainer", str(saved), cwd=tmp_path, env=node)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = itwin("--engine", "apptainer", "--force", "wf.yml", cwd=tmp_path, env=node)
+    assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-2000:]

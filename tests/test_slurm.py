@@ -135,6 +135,9 @@ def test_ddp_training_over_two_srun_tasks(tmp_path, slurm_env):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 0 alone logs
     assert "test_acc" in runs[0].data.metrics
     assert json.loads((root / "data/mnist/preproc-images/meta.json").read_text())["counts"]["train"] == 8000
+    (manifest,) = (root / ".itwin-run" / "runs").glob("*/manifest.json")
+    image = json.loads(manifest.read_text())["steps"]["ml-training"]["image"]
+    assert image.endswith(".sqfs") and ".sif::" in image  # the jobs ran the dependency SIF with the source overlay
 
 
 def test_detach_then_status(toy, slurm_env):

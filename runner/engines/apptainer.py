@@ -2,7 +2,12 @@
 `apptainer exec` of them, through spython.
 
 Images come, in this order, from the local SIF cache, from converting the step's Docker image (built by the Docker
-engine where a daemon answers), or from a registry (`docker://`, `oras://`) for prebuilt images."""
+engine where a daemon answers), or from a registry (`docker://`, `oras://`) for prebuilt images.
+
+A step image with `env.source` packages comes in two parts, as its Docker image has two layers: a SIF of the
+dependencies (converted once, cached by its own hash) and a small squashfs of the sources installed on top, run as
+`apptainer exec --overlay SOURCES.sqfs:ro DEPS.sif`. A source edit makes a new overlay in seconds and leaves the
+dependency SIF as it is. The step's image is then written `DEPS.sif::SOURCES.sqfs` (records, lock files, save)."""
 
 from __future__ import annotations
 
@@ -11,17 +16,22 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from runner import ui
-from runner.engines.base import Cancelled, Job, Made, time_limit
+from runner.engines.base import OVERLAY, Cancelled, Job, Made, image_parts, time_limit
 from runner.errors import UserError
 from runner.images import BuildOptions, ImageSpec
 
 _REGISTRY_SCHEMES = ("docker://", "oras://", "library://", "shub://")
+
+
+def _mksquashfs() -> str | None:
+    return os.environ.get("ITWIN_RUN_MKSQUASHFS") or shutil.which("mksquashfs")
 
 
 def sif_cache() -> Path:
@@ -56,7 +66,8 @@ class ApptainerBuilder:
         self.parent, self.verbose = parent, verbose
         self.exe = _executable()
         self._docker = None
-        self._origin: dict[str, str] = {}  # SIF -> the Docker image it was converted from
+        self._origin: dict[str, str] = {}  # SIF (or DEPS.sif::SOURCES.sqfs) -> the Docker image it was made from
+        self._noted_flat = False
 
     # ------------------------------------------------------------ images
 
@@ -94,18 +105,71 @@ class ApptainerBuilder:
         digest = spec.spec_digest(opts)
         docker = self._docker_engine()
         if docker is None:
-            # No daemon (an HPC node): the newest SIF converted from an image of this spec.
-            found = sorted(cache.glob(f"{digest}-*.sif"), key=lambda p: p.stat().st_mtime)
+            # No daemon (an HPC node): the newest SIF (or source overlay on its dependency SIF) made for this spec.
+            found = sorted([*cache.glob(f"{digest}-*.sif"), *cache.glob(f"{digest}-*.sqfs")],
+                           key=lambda p: p.stat().st_mtime)
+            if found and found[-1].suffix == ".sqfs":
+                deps, _ = self.resolve(spec.dependencies(), opts, build=build)
+                return f"{deps}{OVERLAY}{found[-1]}", True
             if found:
                 return str(found[-1]), True
             raise UserError(f"step {spec.step!r}: no SIF for its image in {cache} and no Docker daemon here to build "
                             "one: run `itwin-run build --engine apptainer` where Docker is available and copy the cache")
+        layered = bool(spec.sources) and not opts.single_file and _mksquashfs() is not None
+        if spec.sources and not opts.single_file and not layered and not self._noted_flat:
+            self._noted_flat = True
+            ui.say("note: no mksquashfs here (squashfs-tools): step images with sources are converted whole, "
+                   "not as a dependency SIF and a source overlay", "yellow")
+        deps = self.resolve(spec.dependencies(), opts, build=build) if layered else None
         ref, present = docker.resolve(spec, opts, build=build)
-        sif = cache / f"{digest}-{ref.rsplit(':', 1)[1]}{_suffix()}.sif"
+        tag = ref.rsplit(":", 1)[1]
+        if deps is not None:
+            overlay = cache / f"{digest}-{tag}{_suffix()}.sqfs"
+            image = f"{deps[0]}{OVERLAY}{overlay}"
+            self._origin[image] = ref
+            if not (present and deps[1]):
+                return image, deps[1] and overlay.is_file()
+            if not overlay.is_file():
+                if not build:
+                    return image, False
+                self._overlay(docker, spec, opts, deps[0], overlay)
+            return image, True
+        sif = cache / f"{digest}-{tag}{_suffix()}.sif"
         self._origin[str(sif)] = ref
         if not present:
             return str(sif), sif.is_file()
         return self._convert(f"docker-daemon://{ref}", sif, spec.step, build)
+
+    def _overlay(self, docker, spec: ImageSpec, opts: BuildOptions, deps_sif: str, overlay: Path) -> None:
+        """The sources' squashfs: their wheels (from the Docker build's sources stage, so the very same files)
+        installed by the dependency SIF's own pip under /opt/venv, nothing else in it."""
+        start = time.monotonic()
+        stage = Path(tempfile.mkdtemp(prefix=".overlay-", dir=overlay.parent))
+        partial = overlay.with_name(f".{overlay.name}.{os.getpid()}.partial")
+        try:
+            with ui.console().status(f"making the source overlay of step {spec.step}"):
+                docker.stage_files(spec, opts, "sources", "/tmp/itwin-wheels", stage)
+                wheels = sorted((stage / "itwin-wheels").glob("*.whl"))
+                root = stage / "root"
+                proc = subprocess.run(
+                    [self.exe, "--quiet", "exec", "--containall", "--no-home", "--bind", f"{stage}:{stage}",
+                     deps_sif, "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
+                     "--no-warn-script-location", "--prefix", f"{root}/opt/venv", *map(str, wheels)],
+                    capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise UserError(f"step {spec.step!r}: installing its sources into an overlay failed: "
+                                    f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+                comp = os.environ.get("ITWIN_RUN_SIF_COMPRESSION") or "lz4"
+                proc = subprocess.run([str(_mksquashfs()), str(root), str(partial), "-noappend", "-all-root",
+                                       "-comp", comp, "-quiet"], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise UserError(f"mksquashfs failed for step {spec.step!r}: {proc.stderr.strip()[-300:]}")
+            partial.replace(overlay)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+            partial.unlink(missing_ok=True)
+        ui.say(f" {overlay} for {spec.step} in {time.monotonic() - start:.1f}s (on {Path(deps_sif).name})", "green",
+               prefix="overlay")
 
     def _convert(self, source: str, sif: Path, step: str, build: bool) -> tuple[str, bool]:
         if sif.is_file():
@@ -170,7 +234,7 @@ class ApptainerBuilder:
         origins = [self._origin[r] for r in refs if r in self._origin]
         if origins:
             out += self._need_docker("saving images").save(origins, dest)
-        for sif in dict.fromkeys(refs):
+        for sif in dict.fromkeys(part for r in refs for part in image_parts(r)):
             target = dest / "sif" / Path(sif).name
             shutil.copyfile(sif, target)
             out.append(target)
@@ -181,7 +245,7 @@ class ApptainerBuilder:
         cache = sif_cache()
         cache.mkdir(parents=True, exist_ok=True)
         loaded = []
-        for sif in sorted((src / "sif").glob("*.sif")):
+        for sif in sorted([*(src / "sif").glob("*.sif"), *(src / "sif").glob("*.sqfs")]):
             partial = cache / f".{sif.name}.partial"
             shutil.copyfile(sif, partial)
             partial.replace(cache / sif.name)
@@ -258,7 +322,9 @@ class ApptainerRunner:
             if self._cancelled:
                 raise Cancelled(job.step)
             # Our own process (not spython's stream): its pid is what the time limit stops and what wait4 measures.
-            proc = subprocess.Popen([self.exe, "--quiet", "exec", *options, job.image, *job.argv],
+            *overlays, image = reversed(image_parts(job.image))
+            options += [f for o in overlays for f in ("--overlay", f"{o}:ro")]
+            proc = subprocess.Popen([self.exe, "--quiet", "exec", *options, image, *job.argv],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         started = time.monotonic()
         exited = threading.Event()
@@ -353,7 +419,7 @@ def made() -> list[Made]:
     cache = sif_cache()
     busy = _open_sifs()
     return [Made("apptainer", str(p), p.stat().st_size, p.stat().st_mtime, key=str(p), busy=str(p) in busy)
-            for p in sorted(cache.glob("*.sif"))] if cache.is_dir() else []
+            for p in sorted([*cache.glob("*.sif"), *cache.glob("*.sqfs")])] if cache.is_dir() else []
 
 
 def _open_sifs() -> set[str]:
@@ -369,7 +435,7 @@ def _open_sifs() -> set[str]:
             target = os.readlink(fd)
         except OSError:
             continue
-        if target.endswith(".sif"):
+        if target.endswith((".sif", ".sqfs")):
             found.add(target)
     return found
 

@@ -13,6 +13,13 @@ from typing import Any, Protocol
 from runner.images import BuildOptions, ImageSpec
 from runner.workflow import Limits
 
+OVERLAY = "::"  # a step image in two files (Apptainer): DEPS.sif::SOURCES.sqfs
+
+
+def image_parts(ref: str) -> list[str]:
+    """The files (or references) a step image is made of: one, or a dependency SIF and its source overlay."""
+    return ref.split(OVERLAY)
+
 
 @dataclass(frozen=True)
 class Mount:

@@ -341,6 +341,36 @@ class DockerBuilder:
                         labels={f"{LABEL}.kind": spec.kind}, env_file=spec.env_file)
         return ref, True
 
+    def stage_files(self, spec: ImageSpec, opts: BuildOptions, stage: str, path: str, dest: Path) -> None:
+        """Copy `path` out of build stage `stage` of spec's image into dest (the stage comes from Docker's build
+        cache when the image was built; nothing is tagged, and the container used to copy is removed)."""
+        import io
+        import tarfile
+
+        base_ref, _ = self.base_image()
+        with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
+            dockerfile = spec.context(Path(ctx), base_ref, opts)
+            image, error = None, None
+            try:
+                for item in self.client.api.build(path=ctx, dockerfile=dockerfile, target=stage, rm=True, forcerm=True,
+                                                  decode=True, pull=False,
+                                                  buildargs={"ITWIN_BASE": base_ref, "BASE": base_ref}):
+                    error = item.get("error") or error
+                    image = (item.get("aux") or {}).get("ID") or image
+                    if str(item.get("stream", "")).startswith("Successfully built "):
+                        image = item["stream"].split()[-1]
+            except docker.errors.DockerException as exc:
+                raise _daemon_error(exc) from None
+            if error or not image:
+                raise UserError(f"step {spec.step!r}: build stage {stage!r} failed: {str(error).strip()[:300]}")
+        cid = self.client.api.create_container(image, command=["true"])["Id"]
+        try:
+            stream, _ = self.client.api.get_archive(cid, path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                tar.extractall(dest, filter="data")
+        finally:
+            self.client.api.remove_container(cid, force=True)
+
     def _transfer(self, verb: str, ref: str, call: Callable[..., Iterator[dict[str, Any]]], what: str) -> str:
         """Stream a pull or push with layer progress; raises UserError naming the registry problem; returns the
         digest the daemon reported (pushes)."""

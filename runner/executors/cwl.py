@@ -45,6 +45,7 @@ class CwlExecutor:
     records_itself = False
     whole_workflow = True  # all steps go to cwltool at once; none can be skipped on its own
     runs_as_caller = True  # cwltool runs the tools as the calling user
+    single_file_images = True  # DockerRequirement.dockerImageId: one SIF
 
     def __init__(self, runner: StepRunner, wf: Workflow, jobs: int = 1, keep_going: bool = False):
         self.runner, self.wf, self.jobs, self.keep_going = runner, wf, jobs, keep_going

@@ -42,6 +42,7 @@ class LocalExecutor:
     records_itself = False
     whole_workflow = False
     runs_as_caller = False
+    single_file_images = False
 
     def __init__(self, runner: StepRunner, jobs: int = 1):
         self.runner, self.jobs = runner, max(1, jobs)

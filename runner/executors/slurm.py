@@ -81,6 +81,7 @@ class SlurmExecutor:
     records_itself: bool = True
     whole_workflow: bool = False
     runs_as_caller: bool = False
+    single_file_images: bool = False
 
     def __post_init__(self) -> None:
         self.run_id, self.run_dir = "", Path(".")

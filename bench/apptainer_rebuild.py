@@ -1,0 +1,100 @@
+"""Edit-and-rerun figures with --engine apptainer for the MNIST training image (issue: layered step images), one run:
+
+  - cold: `itwin-run build --engine apptainer` with an empty SIF cache: the dependency SIF is converted and the
+    source overlay made (Docker's build cache warm, as after `make test`)
+  - after a one-line edit of the itwinai source: the time until the step can start (goal <= 20 s), against the
+    conversion of the whole image into one SIF, which is what the edit cost before (today's path, measured here)
+  - the dependency SIF's conversion with other mksquashfs settings (lz4 is the engine's default): time, size and
+    the start of a Python step from it (`apptainer exec SIF python -c pass`, median of 5)
+
+Needs a Docker daemon, apptainer and mksquashfs (tests: /tmp/applab/bin from ../shared/hpc/apptainer).
+Run: PATH=/tmp/applab/bin:$PATH .venv/bin/python bench/apptainer_rebuild.py [--skip-compression]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ITWIN, REPO  # noqa: E402
+
+WORKFLOW = "use-cases/mnist/training-workflow.yml"
+SETTINGS = [("lz4 (default)", "-comp lz4"), ("lz4, -processors 1", "-comp lz4 -processors 1"),
+            ("zstd level 1", "-comp zstd -Xcompression-level 1"), ("zstd level 3", "-comp zstd -Xcompression-level 3"),
+            ("gzip", "-comp gzip")]
+
+
+def build(root: Path, env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = subprocess.run([ITWIN, "build", "--engine", "apptainer", WORKFLOW], cwd=root, check=True,
+                         capture_output=True, text=True, env=env).stdout
+    return time.perf_counter() - start, dict(ln.split("\t") for ln in out.splitlines() if "\t" in ln)["ml-training"]
+
+
+def convert(source: str, dest: Path, args: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(["apptainer", "build", "--force", "--mksquashfs-args", args, str(dest), source], check=True,
+                   capture_output=True)
+    return time.perf_counter() - start
+
+
+def exec_start(sif: Path) -> float:
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run(["apptainer", "--quiet", "exec", str(sif), "python", "-c", "pass"], check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-compression", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="itwin-bench-apptainer-rebuild-") as tmp:
+        root = Path(tmp)
+        shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
+        shutil.copytree(REPO / "itwinai", root / "itwinai",
+                        ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build"))
+        cache = root / "sif"
+        env = {**os.environ, "ITWIN_RUN_SIF_CACHE": str(cache)}
+        cold, _ = build(root, env)
+        (deps,) = cache.glob("*.sif")
+        cli = root / "itwinai" / "src" / "itwinai" / "cli.py"
+        cli.write_text(cli.read_text() + "# a one-line edit\n")
+        warm, image = build(root, env)
+        overlay = Path(image.split("::")[1])
+        assert [p.name for p in cache.glob("*.sif")] == [deps.name], "the dependency SIF was converted again"
+        docker_ref = subprocess.run([ITWIN, "build", WORKFLOW], cwd=root, check=True, capture_output=True,
+                                    text=True).stdout
+        docker_ref = dict(ln.split("\t") for ln in docker_ref.splitlines() if "\t" in ln)["ml-training"]
+        whole = convert(f"docker-daemon://{docker_ref}", root / "whole.sif", "-comp lz4")
+        print(f"cold (dependency SIF + overlay): {cold:.1f} s, dependency SIF {deps.stat().st_size / 1e6:.0f} MB")
+        print(f"after a one-line source edit: {warm:.1f} s until the step can start (goal <= 20 s); new overlay "
+              f"{overlay.stat().st_size / 1e3:.0f} kB; the whole image converted into one SIF instead: {whole:.1f} s "
+              f"(ratio {warm / whole:.2f})")
+        if args.skip_compression:
+            return
+        deps_ref = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+                                   "label=org.itwin-run.managed=1"], check=True, capture_output=True, text=True)
+        # the dependency image is the training image's spec without sources: find it by the SIF's tag
+        tag = deps.stem.split("-", 1)[1]
+        deps_image = next(r for r in deps_ref.stdout.split() if r.endswith(f":{tag}"))
+        print(f"dependency SIF conversion of {deps_image} (2 cores):")
+        for name, setting in SETTINGS:
+            sif = root / f"deps-{len(name)}.sif"
+            t = convert(f"docker-daemon://{deps_image}", sif, setting)
+            print(f"  {name:20s} {t:6.1f} s  {sif.stat().st_size / 1e6:5.0f} MB  python start {exec_start(sif):.3f} s")
+            sif.unlink()
+
+
+if __name__ == "__main__":
+    main()
