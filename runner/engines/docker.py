@@ -363,7 +363,7 @@ class DockerBuilder:
                 raise _daemon_error(exc) from None
             if error or not image:
                 raise UserError(f"step {spec.step!r}: build stage {stage!r} failed: {str(error).strip()[:300]}")
-        cid = self.client.api.create_container(image, command=["true"])["Id"]
+        cid = self.client.api.create_container(image, command=["true"], labels={f"{LABEL}.managed": "1"})["Id"]
         try:
             stream, _ = self.client.api.get_archive(cid, path)
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
