@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ITWIN, REPO  # noqa: E402
+from bench.common import ITWIN, mnist  # noqa: E402
 
 WORKFLOW = "use-cases/mnist/training-workflow.yml"
 SETTINGS = [("lz4 (default)", "-comp lz4"), ("lz4, -processors 1", "-comp lz4 -processors 1"),
@@ -61,9 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="itwin-bench-apptainer-rebuild-") as tmp:
         root = Path(tmp)
-        shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
-        shutil.copytree(REPO / "itwinai", root / "itwinai",
-                        ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build"))
+        mnist(root)
         cache = root / "sif"
         env = {**os.environ, "ITWIN_RUN_SIF_CACHE": str(cache)}
         cold, image = build(root, env)

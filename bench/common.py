@@ -26,6 +26,13 @@ def toy(dest: Path) -> Path:
     return dest
 
 
+def mnist(root: Path) -> Path:
+    """A copy of the MNIST use case and itwinai in root (the project the training benchmarks build)."""
+    shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
+    shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build"))
+    return root
+
+
 def chain(n: int, env_file: str = "./bench-env/requirements.txt") -> str:
     """A workflow of n trivial steps, each reading the one before."""
     lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]

@@ -11,7 +11,6 @@ Run: .venv/bin/python bench/rebuild.py
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ITWIN, REPO  # noqa: E402
+from bench.common import ITWIN, mnist  # noqa: E402
 
 WORKFLOW = "use-cases/mnist/training-workflow.yml"
 
@@ -47,9 +46,7 @@ def main() -> None:
     client = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="itwin-bench-rebuild-") as tmp:
         root = Path(tmp)
-        shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
-        shutil.copytree(REPO / "itwinai", root / "itwinai",
-                        ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build"))
+        mnist(root)
         env = root / "itwinai" / "env.yml"
         env.write_text(env.read_text().replace("- pyyaml>=6", f"- pyyaml>=6,!=0.0.{time.time_ns()}"))
         cold, first = build(root)

@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import REPO, chain, timed  # noqa: E402
+from bench.common import REPO, chain, mnist, timed  # noqa: E402
 
 BUSY = "python -c \"import time; t = time.time(); all(time.time() - t < 5 for _ in iter(int, 1))\""
 
@@ -42,8 +42,7 @@ def main() -> None:
         root = Path(tmp)
         root.chmod(0o755)  # a project as people have them (mkdtemp's are private): as root, steps run unprivileged
         # (a) warm rerun of the MNIST training workflow
-        shutil.copytree(REPO / "use-cases" / "mnist", root / "use-cases" / "mnist")
-        shutil.copytree(REPO / "itwinai", root / "itwinai", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        mnist(root)
         (root / "data" / "mnist" / "raw").mkdir(parents=True)
         for f in (REPO.parent / "shared" / "data" / "mnist").glob("*.gz"):
             shutil.copy(f, root / "data" / "mnist" / "raw")
