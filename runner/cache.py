@@ -16,6 +16,7 @@ from runner.errors import UserError
 from runner.state import State
 
 DAY = 86400.0
+STAGE_GRACE = 600.0  # seconds: an untagged image younger than this may belong to a build in progress
 
 
 @dataclass
@@ -95,20 +96,26 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
             for step in m.get("steps", {}).values():
                 for part in image_parts(step.get("image") or "") if step.get("start") else []:
                     used[part] = max(used.get(part, 0.0), float(step["start"]))
+    for i in items:  # an image's dependency image is needed (and used) as long as the image is
+        if i.needs and named.get(i.ref):
+            named.setdefault(i.needs, []).append(f"(dependencies of {i.ref})")
+        if i.needs and i.ref in used:
+            used[i.needs] = max(used.get(i.needs, 0.0), used[i.ref])
     return [Entry(i, named.get(i.ref, []), used.get(i.ref)) for i in items], notes
 
 
 def to_prune(entries: list[Entry], older_than: float | None, everything: bool) -> list[Entry]:
     """What prune removes: what no record or pin file names; with --older-than, also what was not used (or made,
-    when never used) for that many days, and build stages that old (younger ones are the dependency layers' build
-    cache: a source edit rebuilds from them); with --all, everything. Never what a container uses, nor the base."""
+    when never used) for that many days; untagged images (what an interrupted build left) once they are ten minutes
+    old (a build may still be using younger ones); with --all, everything. Never what a container uses, nor the
+    base."""
     now = time.time()
     out = []
     for e in entries:
         if e.item.busy or (not everything and e.item.ref.startswith("itwin-run/base:")):
             continue
         old = older_than is not None and now - (e.last_used or e.item.created) > older_than * DAY
-        stale_stage = e.item.stage and now - e.item.created > (older_than if older_than is not None else 7) * DAY
+        stale_stage = e.item.stage and now - e.item.created > STAGE_GRACE
         if everything or old or stale_stage or (not e.item.stage and not e.named_by):
             out.append(e)
     return out

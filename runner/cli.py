@@ -181,12 +181,10 @@ def build(
     shown = refs
     if push:
         assert registry
-        pushed: dict[str, str] = {}
-        for ref in dict.fromkeys(refs.values()):
-            pushed[ref] = builder.push(ref, registry)
-        shown = {step: pushed[ref] for step, ref in refs.items()}
+        pushed = {ref: builder.push(ref, registry) for ref in dict.fromkeys(refs.values())}
+        shown = {step: pushed[ref].image for step, ref in refs.items()}
         pins = pins or wf.path.with_name(wf.path.stem + ".images.json")
-        write_pins(pins, wf.path, shown)
+        write_pins(pins, wf.path, {step: pushed[ref] for step, ref in refs.items()})
         ui.say(f"image pin file: {pins}")
     if save:
         save.mkdir(parents=True, exist_ok=True)
@@ -365,7 +363,7 @@ def images(root: RootOpt = None) -> None:
         ui.say(note, "yellow")
     print(f"{'ENGINE':<9}  {'IMAGE':<58}  {'OWN SIZE':>8}  {'MADE':>9}  {'USED':>9}  NAMED BY")
     for e in sorted(entries, key=lambda e: (e.item.engine, e.item.ref)):
-        named = ", ".join(e.named_by) or ("build stage (cache)" if e.item.stage else "-")
+        named = ", ".join(e.named_by) or ("left by a build" if e.item.stage else "-")
         print(f"{e.item.engine:<9}  {e.item.ref:<58}  {cache.size(e.item.size):>8}  {cache.age(e.item.created):>9}  "
               f"{cache.age(e.last_used):>9}  {named}{'  (in use)' if e.item.busy else ''}")
 
@@ -373,7 +371,7 @@ def images(root: RootOpt = None) -> None:
 @app.command()
 def prune(
     older_than: Annotated[float | None, typer.Option("--older-than", min=0, help="Also remove what was not used "
-                                                     "for this many days (and build stages that old).",
+                                                     "for this many days.",
                                                      show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; remove nothing.")] = False,
     everything: Annotated[bool, typer.Option("--all", help="Everything itwin-run made (the base image "

@@ -14,6 +14,7 @@ import string
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from runner import tree
 from runner.errors import UsageError, UserError, ValidationError
@@ -23,6 +24,7 @@ from runner.workflow import StepSpec, Workflow, _compose, _dotted, _line
 # checkout, files in the wheel), so the installed tool finds them too.
 DATA = Path(str(resources.files("runner") / "data"))
 TEMPLATES = DATA / "images"
+SOURCE_WHEELS = "/opt/itwin-run/source-wheels"  # where a step image keeps its sources' wheels (Dockerfile.sources)
 BASE_DOCKERFILE = DATA / "Dockerfile.base"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_PYTHON = "3.11"
@@ -70,6 +72,7 @@ class ImageSpec:
     local: tuple[Path, ...] = ()  # local paths the requirements name (./libs/pkg, a wheel): `./local/N` in the context
     source_parts: tuple[str, ...] = ()  # the sources' share of digest_parts
     image: str | None = None  # prebuilt reference (image kind)
+    pin: Pin | None = None  # a pinned image's layers (image kind, from `--images FILE`)
     digest_parts: list[str] = field(default_factory=list)
     exclude: tuple[Path, ...] = ()  # never in the build context nor the hash: datasets, the state folder
     def dependencies(self) -> ImageSpec:
@@ -77,22 +80,27 @@ class ImageSpec:
         return dataclasses.replace(self, sources=(), source_parts=(),
                                    digest_parts=[p for p in self.digest_parts if p not in self.source_parts])
 
+    def _template_parts(self, opts: BuildOptions) -> list[str]:
+        parts = _options_digest(opts, self.kind)
+        return [*parts, (TEMPLATES / "Dockerfile.sources").read_text()] if self.sources else parts
+
     def spec_digest(self, opts: BuildOptions) -> str:
         """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
         h = hashlib.sha256()
-        for part in [self.kind, self.name, *self.digest_parts, *_options_digest(opts, self.kind)]:
+        for part in [self.kind, self.name, *self.digest_parts, *self._template_parts(opts)]:
             h.update(part.encode() + b"\0")
         return h.hexdigest()[:16]
 
     def tag(self, base_id: str, opts: BuildOptions) -> str:
         """Content tag: env file, source tree, base image id, template and build options."""
         h = hashlib.sha256()
-        for part in [self.kind, base_id, *self.digest_parts, *_options_digest(opts, self.kind)]:
+        for part in [self.kind, base_id, *self.digest_parts, *self._template_parts(opts)]:
             h.update(part.encode() + b"\0")
         return f"{self.name}:{h.hexdigest()[:16]}"
 
     def context(self, dest: Path, base_ref: str, opts: BuildOptions) -> str:
-        """Lay out the build context in `dest`; returns the Dockerfile's path relative to it."""
+        """Lay out the build context in `dest` (of the dependency image, when the spec has sources: see
+        sources_context); returns the Dockerfile's path relative to it."""
         if self.kind == "dockerfile":
             assert self.env_file
             _link_tree(self.env_file.parent, dest, self.exclude)
@@ -115,27 +123,26 @@ class ImageSpec:
                 _link_tree(path, dest / "local" / str(i), self.exclude)
         if self.local:
             copies.append("COPY local ./local")
-        source_build = source_install = ""
-        if self.sources:
-            targets = []
-            for i, src in enumerate(self.sources):
-                if src.is_file():  # a wheel keeps its name: pip reads the package and version from it
-                    (dest / "source" / str(i)).mkdir(parents=True)
-                    _link(src, dest / "source" / str(i) / src.name)
-                    targets.append(f"./source/{i}/{src.name}")
-                else:
-                    _link_tree(src, dest / "source" / str(i), self.exclude)
-                    targets.append(f"./source/{i}")
-            # Wheels of the sources, built beside the dependencies, installed on top without dependencies: what a
-            # source needs comes from the env file (README: Images).
-            source_build = (f"FROM deps AS sources\nCOPY source ./source\nRUN pip wheel --no-deps --prefer-binary "
-                            f"{' '.join(pip_args)} -w /tmp/itwin-wheels {' '.join(targets)}")
-            source_install = ("COPY --from=sources /tmp/itwin-wheels /tmp/itwin-wheels\nRUN pip install --no-deps "
-                              "--no-index /tmp/itwin-wheels/*.whl && rm -rf /tmp/itwin-wheels")
         template = string.Template((TEMPLATES / "Dockerfile.pip").read_text())
         (dest / "Dockerfile").write_text(template.substitute(
-            base=base_ref, pip_args=" ".join(pip_args), copy_requirements="\n".join(copies), source_build=source_build,
-            source_install=source_install))
+            base=base_ref, pip_args=" ".join(pip_args), copy_requirements="\n".join(copies)))
+        return "Dockerfile"
+
+    def sources_context(self, dest: Path, deps_ref: str) -> str:
+        """Lay out the build context of the sources image (on `deps_ref`, the image of self.dependencies()) in
+        `dest`; returns the Dockerfile's path relative to it."""
+        targets = []
+        for i, src in enumerate(self.sources):
+            if src.is_file():  # a wheel keeps its name: pip reads the package and version from it
+                (dest / "source" / str(i)).mkdir(parents=True)
+                _link(src, dest / "source" / str(i) / src.name)
+                targets.append(f"./source/{i}/{src.name}")
+            else:
+                _link_tree(src, dest / "source" / str(i), self.exclude)
+                targets.append(f"./source/{i}")
+        template = string.Template((TEMPLATES / "Dockerfile.sources").read_text())
+        (dest / "Dockerfile").write_text(template.substitute(deps=deps_ref, targets=" ".join(targets),
+                                                             wheels=SOURCE_WHEELS))
         return "Dockerfile"
 
 
@@ -321,22 +328,40 @@ def conda_to_pip(f: Path, text: str) -> str:
 # ---------------------------------------------------------------- image pin files
 
 
-def write_pins(path: Path, workflow: Path, images: dict[str, str]) -> None:
+@dataclass(frozen=True)
+class Pin:
+    """A pushed step image, with digests: `image` is all of it (what Docker pulls); for a step with sources also its
+    dependency image and an image of its sources' wheels, so that Apptainer converts the dependencies once and
+    overlays the sources (a source edit then costs a small download, not a conversion of torch)."""
+
+    image: str
+    dependencies: str | None = None
+    wheels: str | None = None
+
+
+def write_pins(path: Path, workflow: Path, pins: dict[str, Pin]) -> None:
     """step -> image reference with digest: what `itwin-run --images FILE` runs exactly."""
     import json
 
-    path.write_text(json.dumps({"workflow": str(workflow), "images": images}, indent=2) + "\n")
+    layers = {step: {"dependencies": p.dependencies, "wheels": p.wheels} for step, p in pins.items() if p.wheels}
+    data: dict[str, Any] = {"workflow": str(workflow), "images": {step: p.image for step, p in pins.items()}}
+    if layers:
+        data["layers"] = layers
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def read_pins(path: Path) -> dict[str, str]:
+def read_pins(path: Path) -> dict[str, Pin]:
     import json
 
     try:
         data = json.loads(path.read_text())
         images = data["images"]
+        layers = data.get("layers") or {}
         assert isinstance(images, dict) and all(isinstance(v, str) for v in images.values())
+        assert isinstance(layers, dict) and all(isinstance(v, dict) and isinstance(v.get("dependencies"), str)
+                                                and isinstance(v.get("wheels"), str) for v in layers.values())
     except FileNotFoundError:
         raise UsageError(f"{path}: no such image pin file") from None
-    except (ValueError, KeyError, AssertionError, TypeError):
+    except (ValueError, KeyError, AssertionError, TypeError, AttributeError):
         raise UsageError(f"{path}: not an itwin-run image pin file (expected {{\"images\": {{step: reference}}}})") from None
-    return images
+    return {step: Pin(ref, **layers[step]) if step in layers else Pin(ref) for step, ref in images.items()}

@@ -21,7 +21,7 @@ from runner.cache import remember
 from runner.engines.base import ImageBuilder, Job, Mount, StepRunner
 from runner.errors import StepFailed, UsageError
 from runner.executors.base import Executor, Outcome, Submission
-from runner.images import LABEL, BuildOptions, ImageSpec, spec_for
+from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for
 from runner.policy import mask_env
 from runner.report import edges_of
 from runner.state import ProjectFiles, State, fingerprint, tree_manifest
@@ -38,7 +38,7 @@ class RunOptions:
     memory: str | None = None
     retries: int | None = None
     build: BuildOptions = field(default_factory=BuildOptions)
-    pinned: dict[str, str] | None = None  # step -> prebuilt image (--images FILE)
+    pinned: dict[str, Pin] | None = None  # step -> prebuilt image (--images FILE)
     jobs: int = 1
     only: list[str] = field(default_factory=list)
     from_: str | None = None
@@ -95,7 +95,7 @@ def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
     return [s for s in wf.steps if s.name in chosen]
 
 
-def image_specs(wf: Workflow, pinned: dict[str, str] | None = None) -> dict[str, ImageSpec]:
+def image_specs(wf: Workflow, pinned: dict[str, Pin] | None = None) -> dict[str, ImageSpec]:
     """Each step's image spec; with a pin file's images, exactly those prebuilt references."""
     if pinned is None:
         return {s.name: spec_for(s, wf) for s in wf.steps}
@@ -103,11 +103,12 @@ def image_specs(wf: Workflow, pinned: dict[str, str] | None = None) -> dict[str,
     if missing:
         raise UsageError(f"the image file names no image for step(s) {', '.join(missing)}: rebuild it with "
                          "`itwin-run build --push`")
-    return {s.name: ImageSpec(kind="image", name=pinned[s.name], step=s.name, image=pinned[s.name]) for s in wf.steps}
+    return {s.name: ImageSpec(kind="image", name=pinned[s.name].image, step=s.name, image=pinned[s.name].image,
+                              pin=pinned[s.name]) for s in wf.steps}
 
 
 def resolve_images(wf: Workflow, builder: ImageBuilder, opts: BuildOptions, *, build: bool = True,
-                   pinned: dict[str, str] | None = None) -> dict[str, tuple[str, bool]]:
+                   pinned: dict[str, Pin] | None = None) -> dict[str, tuple[str, bool]]:
     """Step name -> (image reference, present); equal specs are resolved (and built) once."""
     specs = image_specs(wf, pinned)
     done: dict[tuple, tuple[str, bool]] = {}

@@ -92,3 +92,26 @@ def _mlflow_uris_stay_in_their_test():
 
         registry._registry_uri = None
         tracking._tracking_uri = None
+
+
+def source_project(root: Path, word: str = "first") -> Path:
+    """A project whose one step has a source package (env.source: ./mypkg, with a console script) and writes
+    mypkg.WORD to data/out/word.txt; set_word() edits the source."""
+    root.chmod(0o755)
+    pkg = root / "mypkg"
+    (pkg / "mypkg").mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
+                                        '"setuptools.build_meta"\n[project]\nname = "mypkg"\nversion = "1.0"\n'
+                                        '[project.scripts]\nmypkg-say = "mypkg:say"\n')
+    set_word(root, word)
+    (root / "req.txt").write_text("# the base image only\n")
+    (root / "say.py").write_text("import subprocess, sys\nimport mypkg\nsubprocess.run(['mypkg-say'], check=True)\n"
+                                 "open(sys.argv[2] + '/word.txt', 'w').write(mypkg.WORD + '\\n')\n")
+    (root / "wf.yml").write_text("datasets:\n  out: {location: ./data/out}\nsteps:\n  - say:\n      output: out\n"
+                                 "      command: python say.py\n      env: {file: req.txt, source: [./mypkg]}\n")
+    return root
+
+
+def set_word(root: Path, word: str) -> None:
+    (root / "mypkg" / "mypkg" / "__init__.py").write_text(f"WORD = {word!r}\ndef say():\n    print('script', WORD)\n")
+

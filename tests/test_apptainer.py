@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import itwin
+from tests.conftest import itwin, set_word, source_project
 
 pytestmark = pytest.mark.docker  # step images are built by the Docker engine, then converted
 
@@ -72,18 +72,7 @@ def test_sources_are_an_overlay_on_a_dependency_sif(docker_client, apptainer_env
     """A step with env.source: a dependency SIF converted once and a small squashfs of the sources on top. A source
     edit makes a new overlay only (the dependency SIF is not converted again); outputs match Docker's; `build
     --save` / `load` carry both parts, and a node with no Docker daemon runs from them."""
-    tmp_path.chmod(0o755)
-    pkg = tmp_path / "mypkg"
-    (pkg / "mypkg").mkdir(parents=True)
-    (pkg / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
-                                        '"setuptools.build_meta"\n[project]\nname = "mypkg"\nversion = "1.0"\n'
-                                        '[project.scripts]\nmypkg-say = "mypkg:say"\n')
-    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'first'\ndef say():\n    print('script', WORD)\n")
-    (tmp_path / "req.txt").write_text("# the base image only\n")
-    (tmp_path / "say.py").write_text("import subprocess, sys\nimport mypkg\nsubprocess.run(['mypkg-say'], check=True)\n"
-                                     "open(sys.argv[2] + '/word.txt', 'w').write(mypkg.WORD + '\\n')\n")
-    (tmp_path / "wf.yml").write_text("datasets:\n  out: {location: ./data/out}\nsteps:\n  - say:\n      output: out\n"
-                                     "      command: python say.py\n      env: {file: req.txt, source: [./mypkg]}\n")
+    source_project(tmp_path)
     cache = tmp_path / "sif"
     env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(cache)}
     me = f"{os.getuid()}:{os.getgid()}"
@@ -100,7 +89,7 @@ def test_sources_are_an_overlay_on_a_dependency_sif(docker_client, apptainer_env
     assert first.stat().st_size < 1_000_000 and "converted" in res.stdout + res.stderr
     before = deps.stat().st_mtime_ns
 
-    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'second'\ndef say():\n    print('script', WORD)\n")
+    set_word(tmp_path, "second")
     res = itwin("--engine", "apptainer", "wf.yml", cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "say | script second" in res.stdout and (tmp_path / "data/out/word.txt").read_text() == "second\n"

@@ -257,9 +257,15 @@ def test_a_command_not_in_the_image_says_so(docker_client, toy, no_leftovers):
 
 
 def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, no_leftovers):
-    """env.source is installed in a layer of its own on top of the dependency layer: after an edit of the source
-    the new image shares every layer but the last two with the old one, and runs the edited code."""
+    """env.source is installed in layers of their own on top of the dependency image: after an edit of the source
+    the new image shares every layer but the last two with the old one, and runs the edited code. No build, a
+    failed one included, leaves an untagged image behind (the classic builder's stages)."""
     tmp_path.chmod(0o755)
+
+    def untagged() -> set[str]:
+        return {i.id for i in docker_client.images.list(filters={"dangling": True, "label": LABEL})}
+
+    left = untagged()
     pkg = tmp_path / "mypkg"
     (pkg / "mypkg").mkdir(parents=True)
     (pkg / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
@@ -281,6 +287,11 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
     assert len(after) == len(before) and after[:-2] == before[:-2] and after[-2:] != before[-2:]
     res = itwin("wf.yml", cwd=tmp_path)
     assert res.returncode == 0 and "say | second" in res.stdout, res.stderr[-2000:]
+    assert untagged() <= left
+    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'third'\n")
+    (tmp_path / "req.txt").write_text("itwin-run-no-such-package-zz\n")  # the dependency image fails to build
+    assert itwin("build", "wf.yml", cwd=tmp_path).returncode == 1
+    assert untagged() <= left
 
 
 def test_requirements_may_name_a_local_package_and_a_wheel(docker_client, tmp_path, no_leftovers):

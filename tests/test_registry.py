@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import itwin
+from tests.conftest import LABEL, itwin, set_word, source_project
 from tests.services import start_registry
 
 pytestmark = pytest.mark.docker
@@ -67,6 +67,46 @@ def test_apptainer_pulls_from_the_registry(toy, pushed, apptainer_env, tmp_path,
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("converted ") == 3 and len(list((tmp_path / "sif").glob("*.sif"))) == 3
     assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\nmarker=from the Dockerfile env")
+
+
+def test_pinned_sources_reach_apptainer_as_an_overlay(registry, docker_client, apptainer_env, tmp_path,
+                                                      no_leftovers):
+    """`build --push` of a step with sources pins its dependency image and its sources' wheels beside the whole
+    image. A node that pulls (Apptainer) converts the dependencies once; after a source edit and a new push it
+    pulls only the wheels and makes an overlay. Docker pulls the whole image, as before."""
+    source_project(tmp_path)
+    cache = tmp_path / "sif"
+    node = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(cache)}
+
+    def push() -> dict:
+        res = itwin("build", "wf.yml", "--push", "--registry", f"{registry}/src", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        pins = json.loads((tmp_path / "wf.images.json").read_text())
+        layers = pins["layers"]["say"]
+        assert all("@sha256:" in ref for ref in [pins["images"]["say"], *layers.values()])
+        return pins
+
+    first = push()
+    assert not [i for i in docker_client.images.list(filters={"label": LABEL}) if any("-wheels" in t for t in i.tags)]
+    res = itwin("--engine", "apptainer", "--images", "wf.images.json", "wf.yml", cwd=tmp_path, env=node)
+    assert res.returncode == 0 and "say | script first" in res.stdout, res.stderr[-2000:]
+    assert res.stderr.count("converted ") == 1 and res.stderr.count("overlay ") == 1
+    (deps,) = cache.glob("*.sif")
+    made = deps.stat().st_mtime_ns
+
+    set_word(tmp_path, "second")
+    second = push()
+    assert second["layers"]["say"]["dependencies"] == first["layers"]["say"]["dependencies"]
+    assert second["layers"]["say"]["wheels"] != first["layers"]["say"]["wheels"]
+    res = itwin("--engine", "apptainer", "--images", "wf.images.json", "wf.yml", cwd=tmp_path, env=node)
+    assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-2000:]
+    assert "converted " not in res.stderr and res.stderr.count("overlay ") == 1
+    assert [p.stat().st_mtime_ns for p in cache.glob("*.sif")] == [made]
+    assert (tmp_path / "data/out/word.txt").read_text() == "second\n"
+
+    drop_local(docker_client, [second["images"]["say"]])
+    res = itwin("--images", "wf.images.json", "--force", "wf.yml", cwd=tmp_path)
+    assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-2000:]
 
 
 def test_pull_never_with_a_missing_image_fails_fast(toy, pushed, docker_client):

@@ -222,8 +222,9 @@ def test_env_source_takes_package_directories_and_wheels(tmp_path):
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     opts = BuildOptions()
-    spec.context(ctx, "itwin-run/base:x", opts)
+    spec.sources_context(ctx, "itwin-run/s:deps")
     dockerfile = (ctx / "Dockerfile").read_text()
+    assert "FROM itwin-run/s:deps AS sources" in dockerfile
     assert "-w /tmp/itwin-wheels ./source/0 ./source/1/other-1.0-py3-none-any.whl" in dockerfile
     assert (ctx / "source" / "0" / "pyproject.toml").is_file()
     assert (ctx / "source" / "1" / wheel.name).read_bytes() == b"first"

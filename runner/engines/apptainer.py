@@ -25,7 +25,7 @@ from pathlib import Path
 from runner import ui
 from runner.engines.base import OVERLAY, Cancelled, Job, Made, image_parts, time_limit
 from runner.errors import UserError
-from runner.images import BuildOptions, ImageSpec
+from runner.images import SOURCE_WHEELS, BuildOptions, ImageSpec, Pin
 
 _REGISTRY_SCHEMES = ("docker://", "oras://", "library://", "shub://")
 
@@ -95,6 +95,8 @@ class ApptainerBuilder:
                 raise UserError(f"step {spec.step!r}: no SIF of {ref} in {cache} and --pull never forbids pulling it")
             if opts.pull == "always" and build:
                 sif.unlink(missing_ok=True)
+            if spec.pin and spec.pin.dependencies and spec.pin.wheels and _mksquashfs() and not opts.single_file:
+                return self._pinned_layers(spec, opts, build)
             if ref.startswith(_REGISTRY_SCHEMES):
                 return self._convert(ref, sif, spec.step, build)
             docker = self._docker_engine()
@@ -132,7 +134,7 @@ class ApptainerBuilder:
             if not overlay.is_file():
                 if not build:
                     return image, False
-                self._overlay(docker, spec, opts, deps[0], overlay)
+                self._overlay(lambda d: docker.source_wheels(ref, d), spec.step, deps[0], overlay)
             return image, True
         sif = cache / f"{digest}-{tag}{_suffix()}.sif"
         self._origin[str(sif)] = ref
@@ -140,16 +142,41 @@ class ApptainerBuilder:
             return str(sif), sif.is_file()
         return self._convert(f"docker-daemon://{ref}", sif, spec.step, build)
 
-    def _overlay(self, docker, spec: ImageSpec, opts: BuildOptions, deps_sif: str, overlay: Path) -> None:
-        """The sources' squashfs: their wheels (from the Docker build's sources stage, so the very same files)
-        installed by the dependency SIF's own pip under /opt/venv, nothing else in it."""
+    def _pinned_layers(self, spec: ImageSpec, opts: BuildOptions, build: bool) -> tuple[str, bool]:
+        """A pinned image with sources: its dependency image as a SIF (converted once, whatever the sources) and an
+        overlay of its sources, made from the pushed wheels image (kilobytes to pull)."""
+        assert spec.pin and spec.pin.dependencies and spec.pin.wheels
+        deps, present = self.resolve(ImageSpec(kind="image", name=spec.pin.dependencies, step=spec.step,
+                                               image=spec.pin.dependencies), opts, build=build)
+        overlay = sif_cache() / f"{_safe(spec.pin.wheels)}{_suffix()}.sqfs"
+        image = f"{deps}{OVERLAY}{overlay}"
+        if opts.pull == "always" and build:
+            overlay.unlink(missing_ok=True)
+        if overlay.is_file() or not build or not present:
+            return image, present and overlay.is_file()
+        if opts.pull == "never":
+            raise UserError(f"step {spec.step!r}: no source overlay of {spec.pin.wheels} in {sif_cache()} and "
+                            "--pull never forbids pulling it")
+        wheels = spec.pin.wheels if spec.pin.wheels.startswith(_REGISTRY_SCHEMES) else f"docker://{spec.pin.wheels}"
+
+        def fetch(dest: Path) -> list[Path]:
+            self._build(["--sandbox"], dest / "wheels", wheels, f"pulling {wheels}",
+                        f"step {spec.step!r}: pulling its sources' wheels {wheels}")
+            return sorted((dest / "wheels" / Path(SOURCE_WHEELS).name).glob("*.whl"))
+
+        self._overlay(fetch, spec.step, deps, overlay)
+        return image, True
+
+    def _overlay(self, fetch: Callable[[Path], list[Path]], step: str, deps_sif: str, overlay: Path) -> None:
+        """The sources' squashfs: their wheels (fetch(DIR) puts them into DIR: those the step's Docker image was
+        built with, so the very same files) installed by the dependency SIF's own pip under /opt/venv, nothing
+        else in it."""
         start = time.monotonic()
         stage = Path(tempfile.mkdtemp(prefix=".overlay-", dir=overlay.parent))
         partial = overlay.with_name(f".{overlay.name}.{os.getpid()}.partial")
         try:
-            with ui.console().status(f"making the source overlay of step {spec.step}"):
-                docker.stage_files(spec, opts, "sources", "/tmp/itwin-wheels", stage)
-                wheels = sorted((stage / "itwin-wheels").glob("*.whl"))
+            with ui.console().status(f"making the source overlay of step {step}"):
+                wheels = fetch(stage)
                 root = stage / "root"
                 proc = subprocess.run(
                     [self.exe, "--quiet", "exec", "--containall", "--no-home", "--bind", f"{stage}:{stage}",
@@ -157,18 +184,18 @@ class ApptainerBuilder:
                      "--no-warn-script-location", "--prefix", f"{root}/opt/venv", *map(str, wheels)],
                     capture_output=True, text=True)
                 if proc.returncode != 0:
-                    raise UserError(f"step {spec.step!r}: installing its sources into an overlay failed: "
+                    raise UserError(f"step {step!r}: installing its sources into an overlay failed: "
                                     f"{(proc.stderr or proc.stdout).strip()[-300:]}")
                 comp = os.environ.get("ITWIN_RUN_SIF_COMPRESSION") or "lz4"
                 proc = subprocess.run([str(_mksquashfs()), str(root), str(partial), "-noappend", "-all-root",
                                        "-comp", comp, "-quiet"], capture_output=True, text=True)
                 if proc.returncode != 0:
-                    raise UserError(f"mksquashfs failed for step {spec.step!r}: {proc.stderr.strip()[-300:]}")
+                    raise UserError(f"mksquashfs failed for step {step!r}: {proc.stderr.strip()[-300:]}")
             partial.replace(overlay)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
             partial.unlink(missing_ok=True)
-        ui.say(f" {overlay} for {spec.step} in {time.monotonic() - start:.1f}s (on {Path(deps_sif).name})", "green",
+        ui.say(f" {overlay} for {step} in {time.monotonic() - start:.1f}s (on {Path(deps_sif).name})", "green",
                prefix="overlay")
 
     def _convert(self, source: str, sif: Path, step: str, build: bool) -> tuple[str, bool]:
@@ -179,30 +206,34 @@ class ApptainerBuilder:
         sif.parent.mkdir(parents=True, exist_ok=True)
         partial = sif.with_name(f".{sif.name}.{os.getpid()}.partial")
         start = time.monotonic()
-        cmd = [self.exe, "build", "--force"]
         # lz4 by default: SIFs build twice as fast and, since every exec reads the image anew, a Python step starts
         # ~100 ms sooner than from gzip (the files are ~35% larger). ITWIN_RUN_SIF_COMPRESSION=gzip for smaller SIFs.
         compression = os.environ.get("ITWIN_RUN_SIF_COMPRESSION") or "lz4"
-        cmd += ["--mksquashfs-args", f"-comp {compression}"]
-        if source.startswith("docker://") and _plain_http(source):
-            cmd.append("--no-https")  # a registry on loopback speaks plain HTTP (as Docker assumes too)
-        cmd += [str(partial), source]
         try:
-            env = dict(os.environ)
-            if os.environ.get("ITWIN_RUN_REGISTRY_USER") and os.environ.get("ITWIN_RUN_REGISTRY_PASSWORD"):
-                env["APPTAINER_DOCKER_USERNAME"] = os.environ["ITWIN_RUN_REGISTRY_USER"]
-                env["APPTAINER_DOCKER_PASSWORD"] = os.environ["ITWIN_RUN_REGISTRY_PASSWORD"]
-            with ui.console().status(f"converting {source} to {sif.name} (step {step})"):
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-8:]
-                raise UserError(f"conversion of {source} to SIF for step {step!r} failed:\n" +
-                                "\n".join("  " + ln for ln in tail))
+            self._build(["--mksquashfs-args", f"-comp {compression}"], partial, source,
+                        f"converting {source} to {sif.name} (step {step})",
+                        f"conversion of {source} to SIF for step {step!r}")
             partial.replace(sif)
         finally:
             partial.unlink(missing_ok=True)
         ui.say(f" {sif} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="converted")
         return str(sif), True
+
+    def _build(self, options: list[str], target: Path, source: str, doing: str, what: str) -> None:
+        """`apptainer build OPTIONS TARGET SOURCE`, with the registry credentials ITWIN_RUN_REGISTRY_USER/PASSWORD
+        and plain HTTP for a registry on loopback (as Docker assumes too); UserError with its last lines."""
+        cmd = [self.exe, "build", "--force", *options]
+        if source.startswith("docker://") and _plain_http(source):
+            cmd.append("--no-https")
+        env = dict(os.environ)
+        if os.environ.get("ITWIN_RUN_REGISTRY_USER") and os.environ.get("ITWIN_RUN_REGISTRY_PASSWORD"):
+            env["APPTAINER_DOCKER_USERNAME"] = os.environ["ITWIN_RUN_REGISTRY_USER"]
+            env["APPTAINER_DOCKER_PASSWORD"] = os.environ["ITWIN_RUN_REGISTRY_PASSWORD"]
+        with ui.console().status(doing):
+            proc = subprocess.run([*cmd, str(target), source], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-8:]
+            raise UserError(f"{what} failed:\n" + "\n".join("  " + ln for ln in tail))
 
     def _need_docker(self, what: str):
         docker = self._docker_engine()
@@ -219,7 +250,7 @@ class ApptainerBuilder:
     def oci_ref(self, ref: str) -> str:
         return self._origin.get(ref, ref)
 
-    def push(self, ref: str, registry: str) -> str:
+    def push(self, ref: str, registry: str) -> Pin:
         """Push the OCI image the SIF was made from: a lock file then serves Docker and Apptainer (docker://)."""
         origin = self._origin.get(ref)
         if origin is None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.images import BuildOptions, ImageSpec
+from runner.images import BuildOptions, ImageSpec, Pin
 from runner.workflow import Limits
 
 OVERLAY = "::"  # a step image in two files (Apptainer): DEPS.sif::SOURCES.sqfs
@@ -56,8 +56,9 @@ class Made:
     size: int
     created: float
     key: str  # what remove() takes: an image id, a path
-    stage: bool = False  # an untagged build stage (the dependency layer's cache)
+    stage: bool = False  # untagged: a build stage or layer an interrupted build left
     busy: bool = False  # a container (running or not) uses it
+    needs: str | None = None  # the image it is built on and cannot go without (its dependency image)
 
 
 def failure_reason(runner: StepRunner, job: Job, code: int, tail: list[str]) -> str:
@@ -99,9 +100,9 @@ class ImageBuilder(Protocol):
         """Make sure the project base image exists (bootstrapping its parent offline when asked); its reference."""
         ...
 
-    def push(self, ref: str, registry: str) -> str:
-        """Publish a resolved image under `registry` (HOST[:PORT]/NAMESPACE); returns its pinned reference
-        (REGISTRY/NAME:TAG@DIGEST)."""
+    def push(self, ref: str, registry: str) -> Pin:
+        """Publish a resolved image under `registry` (HOST[:PORT]/NAMESPACE); returns its pinned references
+        (REGISTRY/NAME:TAG@DIGEST), with its layers' when it has sources."""
         ...
 
     def identity(self, ref: str) -> str | None:

@@ -20,7 +20,7 @@ from docker.types import DeviceRequest
 from runner import ui, usage
 from runner.engines.base import Cancelled, Job, Made, time_limit
 from runner.errors import UserError
-from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, TEMPLATES, BuildOptions, ImageSpec
+from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, BuildOptions, ImageSpec, Pin
 
 DEFAULT_PARENT = "python:3.11-slim"
 BOOTSTRAP_PARENT = "itwin-run/parent:bookworm"  # made offline by images/bootstrap-parent.sh
@@ -335,41 +335,34 @@ class DockerBuilder:
             return ref, True
         if not build:
             return ref, False
+        labels = {f"{LABEL}.kind": spec.kind}
         with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
-            dockerfile = spec.context(Path(ctx), base_ref, opts)
+            if spec.sources:  # on the dependency image, tagged on its own: a source edit rebuilds only the top
+                deps_ref, _ = self.resolve(spec.dependencies(), opts)
+                dockerfile = spec.sources_context(Path(ctx), deps_ref)
+                labels[f"{LABEL}.dependencies"] = deps_ref
+            else:
+                dockerfile = spec.context(Path(ctx), base_ref, opts)
             self._build(ctx, dockerfile, ref, {"ITWIN_BASE": base_ref, "BASE": base_ref}, step=spec.step,
-                        labels={f"{LABEL}.kind": spec.kind}, env_file=spec.env_file)
+                        labels=labels, env_file=spec.env_file)
         return ref, True
 
-    def stage_files(self, spec: ImageSpec, opts: BuildOptions, stage: str, path: str, dest: Path) -> None:
-        """Copy `path` out of build stage `stage` of spec's image into dest (the stage comes from Docker's build
-        cache when the image was built; nothing is tagged, and the container used to copy is removed)."""
+    def source_wheels(self, ref: str, dest: Path) -> list[Path]:
+        """The wheels of the sources that step image `ref` was built with (kept in it at SOURCE_WHEELS), copied
+        into dest; the container used to copy them is removed."""
         import io
         import tarfile
 
-        base_ref, _ = self.base_image()
-        with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
-            dockerfile = spec.context(Path(ctx), base_ref, opts)
-            image, error = None, None
-            try:
-                for item in self.client.api.build(path=ctx, dockerfile=dockerfile, target=stage, rm=True, forcerm=True,
-                                                  decode=True, pull=False,
-                                                  buildargs={"ITWIN_BASE": base_ref, "BASE": base_ref}):
-                    error = item.get("error") or error
-                    image = (item.get("aux") or {}).get("ID") or image
-                    if str(item.get("stream", "")).startswith("Successfully built "):
-                        image = item["stream"].split()[-1]
-            except docker.errors.DockerException as exc:
-                raise _daemon_error(exc) from None
-            if error or not image:
-                raise UserError(f"step {spec.step!r}: build stage {stage!r} failed: {str(error).strip()[:300]}")
-        cid = self.client.api.create_container(image, command=["true"], labels={f"{LABEL}.managed": "1"})["Id"]
+        cid = self.client.api.create_container(ref, command=["true"], labels={f"{LABEL}.managed": "1"})["Id"]
         try:
-            stream, _ = self.client.api.get_archive(cid, path)
+            stream, _ = self.client.api.get_archive(cid, SOURCE_WHEELS)
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
                 tar.extractall(dest, filter="data")
+        except docker.errors.DockerException as exc:
+            raise UserError(f"{ref}: no source wheels in it ({exc})") from None
         finally:
             self.client.api.remove_container(cid, force=True)
+        return sorted((dest / Path(SOURCE_WHEELS).name).glob("*.whl"))
 
     def _transfer(self, verb: str, ref: str, call: Callable[..., Iterator[dict[str, Any]]], what: str) -> str:
         """Stream a pull or push with layer progress; raises UserError naming the registry problem; returns the
@@ -405,7 +398,33 @@ class DockerBuilder:
     def oci_ref(self, ref: str) -> str:
         return ref
 
-    def push(self, ref: str, registry: str) -> str:
+    def push(self, ref: str, registry: str) -> Pin:
+        """Push `ref`; for an image with sources also its dependency image and an image of its sources' wheels
+        (made for the push, then removed here)."""
+        image = self._push(ref, registry)
+        deps = ((self.client.api.inspect_image(ref).get("Config") or {}).get("Labels") or {}).get(
+            f"{LABEL}.dependencies")
+        if not deps:
+            return Pin(image)
+        import io
+        import tarfile
+
+        with tempfile.TemporaryDirectory(prefix="itwin-wheels-") as tmp:
+            data = io.BytesIO()
+            with tarfile.open(fileobj=data, mode="w") as tar:
+                for wheel in self.source_wheels(ref, Path(tmp)):
+                    tar.add(wheel, arcname=f"{Path(SOURCE_WHEELS).name}/{wheel.name}")
+        repo, tag = _split_ref(ref)
+        wheels = f"{repo}:{tag}-wheels"
+        self.client.api.import_image_from_data(data.getvalue(), repository=repo, tag=f"{tag}-wheels",
+                                               changes=[f"LABEL {LABEL}.managed=1"])
+        made = self.client.api.inspect_image(wheels)["Id"]
+        try:
+            return Pin(image, self._push(deps, registry), self._push(wheels, registry))
+        finally:
+            self.client.api.remove_image(made, force=True)  # and its registry tag
+
+    def _push(self, ref: str, registry: str) -> str:
         """Tag `ref` as REGISTRY/NAME:TAG and push it; returns that reference with its digest."""
         target = f"{registry.rstrip('/')}/{ref.removeprefix('itwin-run/')}"
         repo, tag = _split_ref(target)
@@ -457,6 +476,8 @@ class DockerBuilder:
         terminal = ui.console().is_terminal
         beat = start
         where = _BuildPhase()
+        layers: list[str] = []  # the image id after each instruction
+        stage_ends: list[str] = []  # the last one of each stage but the final one
         if not terminal:
             ui.say(f"building {ref} for step {step} (pip's progress every 20 s)")
         try:
@@ -473,6 +494,10 @@ class DockerBuilder:
                         if not line.strip():
                             continue
                         lines.append(line)
+                        if line.startswith("Step ") and " : FROM " in line.upper() and layers:
+                            stage_ends.append(layers[-1])
+                        elif m := re.fullmatch(r" ---> ([0-9a-f]{12,64})", line.rstrip()):
+                            layers.append(m.group(1))
                         if self.verbose:
                             ui.console().print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
                         where.see(line)
@@ -487,9 +512,23 @@ class DockerBuilder:
             error = str(exc.explanation or exc)
         except docker.errors.DockerException as exc:
             raise _daemon_error(exc) from None
+        finally:
+            self._drop_untagged(stage_ends + layers[-1:])
         if error is not None:
             raise UserError(_build_error(ref, step, error, lines, env_file))
         ui.say(f" {ref} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="built")
+
+    def _drop_untagged(self, ids: list[str]) -> None:
+        """Remove what a build left untagged: its build stages, and on failure the layers it got to (the classic
+        builder keeps them as cache; nothing of them is reused once the image is tagged, and they would pile up).
+        An image that is tagged, or that another image or a container still uses, stays."""
+        for image in dict.fromkeys(ids):
+            try:
+                if not self.client.api.inspect_image(image).get("RepoTags"):
+                    self.client.api.remove_image(image, noprune=False)
+            except docker.errors.DockerException:
+                continue
+
 
 class DockerRunner:
     """Runs steps as containers: the caller's uid (an unprivileged one when root), no capabilities, the project
@@ -712,7 +751,7 @@ def doctor(needs_gpu: bool) -> list:
 
 
 def made() -> list[Made]:
-    """The images itwin-run made (its label), tagged or not (untagged: build stages kept as the build cache)."""
+    """The images itwin-run made (its label), tagged or not (untagged: what an interrupted build left)."""
     try:
         df = client().api.df()  # sizes without the layers an image shares with others, and container counts
     except docker.errors.DockerException as exc:
@@ -723,9 +762,11 @@ def made() -> list[Made]:
             continue
         tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
         own = max(0, int(img.get("Size") or 0) - max(0, int(img.get("SharedSize") or 0)))
+        needs = (img.get("Labels") or {}).get(f"{LABEL}.dependencies")
         for i, ref in enumerate(tags or [f"<none>@{img['Id'][7:19]}"]):
             out.append(Made("docker", ref, own if i == 0 else 0, float(img.get("Created") or 0),
-                            key=ref if tags else img["Id"], stage=not tags, busy=int(img.get("Containers") or 0) > 0))
+                            key=ref if tags else img["Id"], stage=not tags, busy=int(img.get("Containers") or 0) > 0,
+                            needs=needs))
     return out
 
 
