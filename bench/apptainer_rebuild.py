@@ -4,11 +4,13 @@
     source overlay made (Docker's build cache warm, as after `make test`)
   - after a one-line edit of the itwinai source: the time until the step can start (goal <= 20 s), against the
     conversion of the whole image into one SIF, which is what the edit cost before (today's path, measured here)
+  - the same edit on a node that takes its images from a registry (`build --push`, then `--images` pins): the time
+    until a step can start there, against converting the whole pushed image (what the edit cost before)
   - the dependency SIF's conversion with other mksquashfs settings (lz4 is the engine's default): time, size and
     the start of a Python step from it (`apptainer exec SIF python -c pass`, median of 5)
 
 Needs a Docker daemon, apptainer and mksquashfs (tests: /tmp/applab/bin from ../shared/hpc/apptainer).
-Run: PATH=/tmp/applab/bin:$PATH .venv/bin/python bench/apptainer_rebuild.py [--skip-compression]
+Run: PATH=/tmp/applab/bin:$PATH .venv/bin/python bench/apptainer_rebuild.py [--skip-compression] [--skip-registry]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ITWIN, mnist  # noqa: E402
+from tests.services import start_registry  # noqa: E402
 
 WORKFLOW = "use-cases/mnist/training-workflow.yml"
 SETTINGS = [("lz4 (default)", "-comp lz4"), ("lz4, -processors 1", "-comp lz4 -processors 1"),
@@ -38,10 +41,10 @@ def build(root: Path, env: dict[str, str]) -> tuple[float, str]:
     return time.perf_counter() - start, dict(ln.split("\t") for ln in out.splitlines() if "\t" in ln)["ml-training"]
 
 
-def convert(source: str, dest: Path, args: str) -> float:
+def convert(source: str, dest: Path, args: str, no_https: bool = False) -> float:
     start = time.perf_counter()
-    subprocess.run(["apptainer", "build", "--force", "--mksquashfs-args", args, str(dest), source], check=True,
-                   capture_output=True)
+    subprocess.run(["apptainer", "build", "--force", "--mksquashfs-args", args, *(["--no-https"] if no_https else []),
+                    str(dest), source], check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -54,9 +57,48 @@ def exec_start(sif: Path) -> float:
     return statistics.median(times)
 
 
+def registry_figures(root: Path, cli: Path) -> None:
+    """A one-step workflow in the training image (its env file and sources) whose step only imports itwinai:
+    pushed, then run from the pins with an empty SIF cache, edited, pushed and run again."""
+    import json
+    import signal
+
+    (root / "pinned.yml").write_text(
+        "datasets:\n  out: {location: ./data/pinned}\nsteps:\n  - t:\n      output: out\n"
+        "      command: python -c \"import itwinai.cli\"\n"
+        "      env: {file: ./itwinai/env.yml, source: [./itwinai]}\n")
+    addr, proc = start_registry(root / "registry")
+    node = {**os.environ, "ITWIN_RUN_SIF_CACHE": str(root / "node-sif")}
+    try:
+        def push() -> dict:
+            subprocess.run([ITWIN, "build", "--push", "--registry", f"{addr}/bench", "pinned.yml"], cwd=root,
+                           check=True, capture_output=True)
+            return json.loads((root / "pinned.images.json").read_text())
+
+        def run() -> float:
+            start = time.perf_counter()
+            subprocess.run([ITWIN, "--engine", "apptainer", "--images", "pinned.images.json", "--force", "pinned.yml"],
+                           cwd=root, check=True, capture_output=True, env=node)
+            return time.perf_counter() - start
+
+        push()
+        cold = run()
+        cli.write_text(cli.read_text() + "# another one-line edit\n")
+        pins = push()
+        warm = run()
+        whole = convert(f"docker://{pins['images']['t']}", root / "whole-pulled.sif", "-comp lz4", no_https=True)
+        print(f"from a registry (--images pins): cold {cold:.1f} s (dependency SIF pulled and converted); after a "
+              f"one-line source edit and a new push: {warm:.1f} s to run the step (goal <= 20 s); the whole pushed "
+              f"image converted instead: {whole:.1f} s (ratio {warm / whole:.2f})")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-compression", action="store_true")
+    ap.add_argument("--skip-registry", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="itwin-bench-apptainer-rebuild-") as tmp:
         root = Path(tmp)
@@ -80,6 +122,8 @@ def main() -> None:
         print(f"after a one-line source edit: {warm:.1f} s until the step can start (goal <= 20 s); new overlay "
               f"{overlay.stat().st_size / 1e3:.0f} kB; the whole image converted into one SIF instead: {whole:.1f} s "
               f"(ratio {warm / whole:.2f})")
+        if not args.skip_registry:
+            registry_figures(root, cli)
         if args.skip_compression:
             return
         deps_ref = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
