@@ -67,6 +67,7 @@ def registry_figures(root: Path, cli: Path) -> None:
         "datasets:\n  out: {location: ./data/pinned}\nsteps:\n  - t:\n      output: out\n"
         "      command: python -c \"import itwinai.cli\"\n"
         "      env: {file: ./itwinai/env.yml, source: [./itwinai]}\n")
+    (root / "registry").mkdir()
     addr, proc = start_registry(root / "registry")
     node = {**os.environ, "ITWIN_RUN_SIF_CACHE": str(root / "node-sif")}
     try:
@@ -83,7 +84,7 @@ def registry_figures(root: Path, cli: Path) -> None:
 
         push()
         cold = run()
-        cli.write_text(cli.read_text() + "# another one-line edit\n")
+        cli.write_text(cli.read_text() + f"# another one-line edit {time.time_ns()}\n")
         pins = push()
         warm = run()
         whole = convert(f"docker://{pins['images']['t']}", root / "whole-pulled.sif", "-comp lz4", no_https=True)
@@ -109,7 +110,7 @@ def main() -> None:
         deps = Path(image.split("::")[0])
         sifs = sorted(p.name for p in cache.glob("*.sif"))
         cli = root / "itwinai" / "src" / "itwinai" / "cli.py"
-        cli.write_text(cli.read_text() + "# a one-line edit\n")
+        cli.write_text(cli.read_text() + f"# a one-line edit {time.time_ns()}\n")  # a new image every run
         warm, image = build(root, env)
         overlay = Path(image.split("::")[1])
         assert sorted(p.name for p in cache.glob("*.sif")) == sifs, "a SIF was converted again"

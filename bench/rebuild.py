@@ -51,7 +51,7 @@ def main() -> None:
         env.write_text(env.read_text().replace("- pyyaml>=6", f"- pyyaml>=6,!=0.0.{time.time_ns()}"))
         cold, first = build(root)
         cli = root / "itwinai" / "src" / "itwinai" / "cli.py"
-        cli.write_text(cli.read_text() + "# a one-line edit\n")
+        cli.write_text(cli.read_text() + f"# a one-line edit {time.time_ns()}\n")  # a new image every run
         warm, second = build(root)
         before, after = layers(client, first), layers(client, second)
         shared = {d for d, _ in before}

@@ -276,10 +276,17 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
                                      "      command: python -c \"import mypkg; print(mypkg.WORD)\"\n"
                                      "      env: {file: req.txt, source: [./mypkg]}\n")
 
+    refs: dict[str, str] = {}
+
     def build() -> list[str]:
         res = itwin("build", "wf.yml", cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
-        return docker_client.images.get(res.stdout.split()[1]).attrs["RootFS"]["Layers"]
+        layers = docker_client.images.get(res.stdout.split()[1]).attrs["RootFS"]["Layers"]
+        refs[layers[-1]] = res.stdout.split()[1]
+        return layers
+
+    def build_ref(layers: list[str]) -> str:
+        return refs[layers[-1]]
 
     before = build()
     (pkg / "mypkg" / "__init__.py").write_text("WORD = 'second'\n")
@@ -288,6 +295,13 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
     res = itwin("wf.yml", cwd=tmp_path)
     assert res.returncode == 0 and "say | second" in res.stdout, res.stderr[-2000:]
     assert untagged() <= left
+    first, second = (build_ref(tag) for tag in (before, after))
+    deps = docker_client.images.get(second).labels["org.itwin-run.dependencies"]
+    assert docker_client.images.get(first).labels["org.itwin-run.dependencies"] == deps
+    rows = {line.split()[1]: line for line in itwin("images", cwd=tmp_path).stdout.splitlines()[1:]}
+    assert f"(dependencies of {second})" in rows[deps] and "wf.yml/say" in rows[second]
+    dry = itwin("prune", "--dry-run", cwd=tmp_path).stdout
+    assert f"would remove  docker  {first} " in dry and deps not in dry and second not in dry
     (pkg / "mypkg" / "__init__.py").write_text("WORD = 'third'\n")
     (tmp_path / "req.txt").write_text("itwin-run-no-such-package-zz\n")  # the dependency image fails to build
     assert itwin("build", "wf.yml", cwd=tmp_path).returncode == 1

@@ -7,7 +7,7 @@ engine where a daemon answers), or from a registry (`docker://`, `oras://`) for 
 A step image with `env.source` packages comes in two parts, as its Docker image has two layers: a SIF of the
 dependencies (converted once, cached by its own hash) and a small squashfs of the sources installed on top, run as
 `apptainer exec --overlay SOURCES.sqfs:ro DEPS.sif`. A source edit makes a new overlay in seconds and leaves the
-dependency SIF as it is. The step's image is then written `DEPS.sif::SOURCES.sqfs` (records, lock files, save)."""
+dependency SIF as it is. The step's image is then written `DEPS.sif::SOURCES.sqfs` (records, save, SLURM jobs)."""
 
 from __future__ import annotations
 
@@ -251,7 +251,8 @@ class ApptainerBuilder:
         return self._origin.get(ref, ref)
 
     def push(self, ref: str, registry: str) -> Pin:
-        """Push the OCI image the SIF was made from: a lock file then serves Docker and Apptainer (docker://)."""
+        """Push the OCI image the SIF was made from (with its dependency image and wheels: see DockerBuilder.push):
+        the pin file then serves Docker (docker://) and Apptainer (a dependency SIF and a source overlay)."""
         origin = self._origin.get(ref)
         if origin is None:
             raise UserError(f"{ref}: not converted from a Docker image here, so there is nothing to push")
