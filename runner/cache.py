@@ -56,6 +56,15 @@ def projects(root: Path) -> list[Path]:
     return [root, *(p for p in known if p != root and (p / ".itwin-run").is_dir())]
 
 
+def _forms(ref: str) -> list[str]:
+    """A reference as records write it, and as Docker lists an image pulled by digest: REPO:TAG@D is REPO@D."""
+    if "@" not in ref:
+        return [ref]
+    name, digest = ref.split("@", 1)
+    repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    return [ref, f"{repo}@{digest}"] if repo != name else [ref]
+
+
 def inventory(root: Path) -> tuple[list[Entry], list[str]]:
     """Everything each engine made, with what names it in the projects itwin-run ran on this machine (`root`
     first); and a note per engine that could not be asked (no daemon, say)."""
@@ -80,8 +89,8 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
             key = str(path.relative_to(state.steps).with_suffix(""))
             step = manifest.get("steps", {}).get(key.rsplit("/", 1)[-1], {})
             for part in image_parts(step.get("image") or ""):
-                if part:
-                    named.setdefault(part, []).append(where + key)
+                for form in _forms(part) if part else []:
+                    named.setdefault(form, []).append(where + key)
         for pins in project.glob("**/*.images.json"):
             if ".itwin-run" in pins.parts:
                 continue
@@ -90,12 +99,13 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
             except (OSError, ValueError, AttributeError):
                 continue
             for ref in images.values() if isinstance(images, dict) else []:
-                for part in image_parts(str(ref)):
-                    named.setdefault(part, []).append(where + str(pins.relative_to(project)))
+                for form in (f for part in image_parts(str(ref)) for f in _forms(part)):
+                    named.setdefault(form, []).append(where + str(pins.relative_to(project)))
         for m in state.manifests():
             for step in m.get("steps", {}).values():
-                for part in image_parts(step.get("image") or "") if step.get("start") else []:
-                    used[part] = max(used.get(part, 0.0), float(step["start"]))
+                for form in (f for part in image_parts(step.get("image") or "") for f in _forms(part)
+                             if step.get("start")):
+                    used[form] = max(used.get(form, 0.0), float(step["start"]))
     for i in items:  # an image's dependency image is needed (and used) as long as the image is
         if i.needs and named.get(i.ref):
             named.setdefault(i.needs, []).append(f"(dependencies of {i.ref})")

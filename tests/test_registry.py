@@ -59,6 +59,13 @@ def test_push_then_run_pulling_everything_back(toy, pushed, docker_client, no_le
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("pulled ") == 3
     assert outputs(toy / "data") == want
+    # pulled by digest, so untagged: `images` names them by digest, as the records do, and prune keeps them
+    listed = {line.split()[1]: line for line in itwin("images", cwd=toy).stdout.splitlines()[1:]}
+    for step, ref in pushed.items():
+        name, digest = ref.split("@")
+        assert f"workflow.yml/{step}" in listed[f"{name.rsplit(':', 1)[0]}@{digest}"]
+    dry = itwin("prune", "--dry-run", cwd=toy).stdout
+    assert not any(ref.split("@")[1] in dry for ref in pushed.values()), dry
 
 
 def test_apptainer_pulls_from_the_registry(toy, pushed, apptainer_env, tmp_path, no_leftovers):

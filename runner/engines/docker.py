@@ -751,7 +751,8 @@ def doctor(needs_gpu: bool) -> list:
 
 
 def made() -> list[Made]:
-    """The images itwin-run made (its label), tagged or not (untagged: what an interrupted build left)."""
+    """The images itwin-run made (its label): by tag; an image pulled by digest only (a pin file's) by its digest;
+    else untagged (what an interrupted build left)."""
     try:
         df = client().api.df()  # sizes without the layers an image shares with others, and container counts
     except docker.errors.DockerException as exc:
@@ -762,11 +763,12 @@ def made() -> list[Made]:
             continue
         tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
         own = max(0, int(img.get("Size") or 0) - max(0, int(img.get("SharedSize") or 0)))
+        names = tags or [d for d in img.get("RepoDigests") or [] if "@sha256:" in d and not d.startswith("<none>")]
         needs = (img.get("Labels") or {}).get(f"{LABEL}.dependencies")
-        for i, ref in enumerate(tags or [f"<none>@{img['Id'][7:19]}"]):
+        for i, ref in enumerate(names or [f"<none>@{img['Id'][7:19]}"]):
             out.append(Made("docker", ref, own if i == 0 else 0, float(img.get("Created") or 0),
-                            key=ref if tags else img["Id"], stage=not tags, busy=int(img.get("Containers") or 0) > 0,
-                            needs=needs))
+                            key=ref if names else img["Id"], stage=not names,
+                            busy=int(img.get("Containers") or 0) > 0, needs=needs))
     return out
 
 
