@@ -8,7 +8,7 @@ mirror=${2:-http://deb.debian.org/debian}
 command -v debootstrap >/dev/null || { echo "bootstrap-parent: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
 root=$(mktemp -d /tmp/itwin-parent.XXXXXX)
 trap 'rm -rf "$root"' EXIT
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" "$mirror" >"$root.log" 2>&1 \
+debootstrap --variant=minbase --include=python3,python3-venv,python3-wheel-whl,ca-certificates bookworm "$root" "$mirror" >"$root.log" 2>&1 \
   || { tail -20 "$root.log" >&2; rm -f "$root.log"; exit 1; }
 rm -f "$root.log"
 # Trust the host's CA bundle: on networks with a TLS-inspecting proxy, pip inside the image needs it.

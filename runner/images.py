@@ -82,7 +82,9 @@ class ImageSpec:
 
     def _template_parts(self, opts: BuildOptions) -> list[str]:
         parts = _options_digest(opts, self.kind)
-        return [*parts, (TEMPLATES / "Dockerfile.sources").read_text()] if self.sources else parts
+        if not self.sources:
+            return parts
+        return [*parts, *((TEMPLATES / name).read_text() for name in ("Dockerfile.sources", "build-sources.py"))]
 
     def spec_digest(self, opts: BuildOptions) -> str:
         """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
@@ -140,6 +142,7 @@ class ImageSpec:
             else:
                 _link_tree(src, dest / "source" / str(i), self.exclude)
                 targets.append(f"./source/{i}")
+        shutil.copy(TEMPLATES / "build-sources.py", dest / "build-sources.py")
         template = string.Template((TEMPLATES / "Dockerfile.sources").read_text())
         (dest / "Dockerfile").write_text(template.substitute(deps=deps_ref, targets=" ".join(targets),
                                                              wheels=SOURCE_WHEELS))

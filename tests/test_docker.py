@@ -6,12 +6,13 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from runner.engines.docker import DockerBuilder, gpu_requests
-from tests.conftest import LABEL, itwin
+from tests.conftest import LABEL, itwin, set_word, source_project
 
 pytestmark = pytest.mark.docker
 
@@ -266,15 +267,7 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
         return {i.id for i in docker_client.images.list(filters={"dangling": True, "label": LABEL})}
 
     left = untagged()
-    pkg = tmp_path / "mypkg"
-    (pkg / "mypkg").mkdir(parents=True)
-    (pkg / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
-                                        '"setuptools.build_meta"\n[project]\nname = "mypkg"\nversion = "1.0"\n')
-    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'first'\n")
-    (tmp_path / "req.txt").write_text("# the base image only\n")
-    (tmp_path / "wf.yml").write_text("datasets:\n  out: {location: ./data/out}\nsteps:\n  - say:\n      output: out\n"
-                                     "      command: python -c \"import mypkg; print(mypkg.WORD)\"\n"
-                                     "      env: {file: req.txt, source: [./mypkg]}\n")
+    source_project(tmp_path)
 
     refs: dict[str, str] = {}
 
@@ -289,11 +282,11 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
         return refs[layers[-1]]
 
     before = build()
-    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'second'\n")
+    set_word(tmp_path, "second")
     after = build()
     assert len(after) == len(before) and after[:-2] == before[:-2] and after[-2:] != before[-2:]
     res = itwin("wf.yml", cwd=tmp_path)
-    assert res.returncode == 0 and "say | second" in res.stdout, res.stderr[-2000:]
+    assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-2000:]
     assert untagged() <= left
     first, second = (build_ref(tag) for tag in (before, after))
     deps = docker_client.images.get(second).labels["org.itwin-run.dependencies"]
@@ -302,10 +295,29 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
     assert f"(dependencies of {second})" in rows[deps] and "wf.yml/say" in rows[second]
     dry = itwin("prune", "--dry-run", cwd=tmp_path).stdout
     assert f"would remove  docker  {first} " in dry and deps not in dry and second not in dry
-    (pkg / "mypkg" / "__init__.py").write_text("WORD = 'third'\n")
+    set_word(tmp_path, "third")
     (tmp_path / "req.txt").write_text("itwin-run-no-such-package-zz\n")  # the dependency image fails to build
     assert itwin("build", "wf.yml", cwd=tmp_path).returncode == 1
     assert untagged() <= left
+
+
+def test_sources_build_where_pypi_cannot_be_reached(docker_client, tmp_path, no_leftovers):
+    """A site whose builds reach no package index (here a Docker client config with a proxy that answers nothing,
+    as an HPC site's proxy settings would be): a source with a setuptools build builds with the image's own
+    setuptools and wheel, before and after an edit. pip's isolated build would fetch setuptools and fail."""
+    source_project(tmp_path, word=f"offline-{time.time_ns()}")  # never built before: the build is real
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    dead = "http://127.0.0.1:9"
+    (config / "config.json").write_text(json.dumps({"proxies": {"default": {"httpProxy": dead, "httpsProxy": dead}}}))
+    offline = {"DOCKER_CONFIG": str(config)}
+    res = itwin("build", "--verbose", "wf.yml", cwd=tmp_path, env=offline)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "build say | build-sources: with the image's build tools: source/0" in res.stderr
+    assert "[dim]" not in res.stderr  # verbose build lines carry no markup where stderr is not a terminal
+    set_word(tmp_path, "second")
+    res = itwin("wf.yml", cwd=tmp_path, env=offline)
+    assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-3000:]
 
 
 def test_requirements_may_name_a_local_package_and_a_wheel(docker_client, tmp_path, no_leftovers):
@@ -394,7 +406,7 @@ def test_build_progress_names_the_layer_and_pips_phase():
                        ("Collecting torch==2.13.0", "dependencies layer, pip resolving"),
                        ("  Downloading mlflow-3.17.2-py3-none-any.whl (24.1 MB)", "dependencies layer, pip downloading"),
                        ("Installing collected packages: torch, mlflow", "dependencies layer, pip installing"),
-                       ("Step 8/12 : RUN pip wheel --no-deps -w /tmp/itwin-wheels ./source/0", "sources layer"),
+                       ("Step 4/7 : RUN python build-sources.py /tmp/itwin-wheels ./source/0", "sources layer"),
                        ("Building wheel for itwinai (pyproject.toml): started", "sources layer, pip building wheels")]:
         phase.see(line)
         assert str(phase) == want, line

@@ -225,7 +225,8 @@ def test_env_source_takes_package_directories_and_wheels(tmp_path):
     spec.sources_context(ctx, "itwin-run/s:deps")
     dockerfile = (ctx / "Dockerfile").read_text()
     assert "FROM itwin-run/s:deps AS sources" in dockerfile
-    assert "-w /tmp/itwin-wheels ./source/0 ./source/1/other-1.0-py3-none-any.whl" in dockerfile
+    assert "build-sources.py /tmp/itwin-wheels ./source/0 ./source/1/other-1.0-py3-none-any.whl" in dockerfile
+    assert (ctx / "build-sources.py").is_file()
     assert (ctx / "source" / "0" / "pyproject.toml").is_file()
     assert (ctx / "source" / "1" / wheel.name).read_bytes() == b"first"
     tag = spec.tag("base", opts)
@@ -238,6 +239,38 @@ def test_env_source_takes_package_directories_and_wheels(tmp_path):
                    f"(no pyproject.toml or setup.py in {tmp_path}/libs)",
                    f"{tmp_path}/wf.yml:8: steps[0].s.env.source[1]: source not found: ./nothing.whl (looked in "
                    f"{tmp_path}/nothing.whl; a package directory or a .whl file)"]
+
+
+def test_sources_build_with_the_images_tools_when_it_has_them(tmp_path):
+    """images/build-sources.py (run inside the image): a source whose build requirements are installed is built
+    with them (no isolated build, nothing fetched); one needing anything else gets pip's isolated build."""
+    import importlib.util
+
+    from runner.images import TEMPLATES
+
+    loader = importlib.util.spec_from_file_location("build_sources", TEMPLATES / "build-sources.py")
+    assert loader and loader.loader
+    mod = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(mod)
+
+    def ready(pyproject: str | None) -> bool:
+        src = tmp_path / str(len(list(tmp_path.iterdir())))
+        src.mkdir()
+        if pyproject is None:
+            (src / "setup.py").write_text("from setuptools import setup\nsetup()\n")
+        else:
+            (src / "pyproject.toml").write_text(pyproject)
+        return all(mod.installed(r) for r in mod.build_requirements(src))
+
+    setuptools = '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+    assert ready(setuptools)  # setuptools 70.1+ here: no `wheel` needed
+    assert ready(None) and ready("[project]\nname = 'x'\n")  # PEP 517's default: setuptools
+    assert not ready(setuptools.replace(">=61", ">=999"))
+    assert not ready('[build-system]\nrequires = ["itwin-no-such-backend"]\nbuild-backend = "nsb.build"\n')
+    assert ready('[build-system]\nrequires = ["itwin-no-such-backend; python_version < \'3\'", "pip"]\n'
+                 'build-backend = "pip.x"\n')  # a marker that does not apply
+    if mod.installed("setuptools>=70.1"):  # it builds wheels itself
+        assert mod.installed("wheel")
 
 
 def test_requirements_naming_local_paths_go_into_the_context_and_the_hash(tmp_path):

@@ -178,7 +178,7 @@ class _BuildPhase:
             self.pip = ""
             if "-r requirements.txt" in instruction:
                 self.layer = "dependencies"
-            elif "pip wheel" in instruction or "itwin-wheels" in instruction:
+            elif "build-sources.py" in instruction or "itwin-wheels" in instruction:
                 self.layer = "sources"
             elif instruction.startswith("COPY --from=deps"):
                 self.layer = "dependencies (copy)"
@@ -343,8 +343,9 @@ class DockerBuilder:
                 labels[f"{LABEL}.dependencies"] = deps_ref
             else:
                 dockerfile = spec.context(Path(ctx), base_ref, opts)
-            self._build(ctx, dockerfile, ref, {"ITWIN_BASE": base_ref, "BASE": base_ref}, step=spec.step,
-                        labels=labels, env_file=spec.env_file)
+            # a user Dockerfile may name the base image (ARG BASE / ITWIN_BASE); the templates have it written in
+            args = {"ITWIN_BASE": base_ref, "BASE": base_ref} if spec.kind == "dockerfile" and not spec.sources else {}
+            self._build(ctx, dockerfile, ref, args, step=spec.step, labels=labels, env_file=spec.env_file)
         return ref, True
 
     def source_wheels(self, ref: str, dest: Path) -> list[Path]:
@@ -469,6 +470,8 @@ class DockerBuilder:
                labels: dict[str, str] | None = None, env_file: Path | None = None) -> None:
         """Build, showing progress: on a terminal a status line (elapsed time, the build step or pip's latest
         line); elsewhere (CI, `| tee`) a start line and a heartbeat every 20 s with pip's latest line."""
+        from rich.markup import escape
+
         lines: list[str] = []
         start = time.monotonic()
         error: str | None = None
@@ -499,7 +502,7 @@ class DockerBuilder:
                         elif m := re.fullmatch(r" ---> ([0-9a-f]{12,64})", line.rstrip()):
                             layers.append(m.group(1))
                         if self.verbose:
-                            ui.console().print(f"[dim]build {step} |[/dim] {line}", highlight=False, markup=False)
+                            ui.console().print(f"[dim]build {step} |[/dim] {escape(line)}", highlight=False)
                         where.see(line)
                         elapsed = time.monotonic() - start
                         if terminal:
