@@ -86,19 +86,21 @@ class ImageSpec:
             return parts
         return [*parts, *((TEMPLATES / name).read_text() for name in ("Dockerfile.sources", "build-sources.py"))]
 
-    def spec_digest(self, opts: BuildOptions) -> str:
-        """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
+    def _digest(self, parts: list[str]) -> str:
         h = hashlib.sha256()
-        for part in [self.kind, self.name, *self.digest_parts, *self._template_parts(opts)]:
+        recipe = "pip" if self.kind in ("requirements", "conda") else self.kind  # both render Dockerfile.pip
+        for part in [recipe, *parts, *self.digest_parts]:
             h.update(part.encode() + b"\0")
         return h.hexdigest()[:16]
 
+    def spec_digest(self, opts: BuildOptions) -> str:
+        """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
+        return self._digest(self._template_parts(opts))
+
     def tag(self, base_id: str, opts: BuildOptions) -> str:
-        """Content tag: env file, source tree, base image id, template and build options."""
-        h = hashlib.sha256()
-        for part in [self.kind, base_id, *self.digest_parts, *self._template_parts(opts)]:
-            h.update(part.encode() + b"\0")
-        return f"{self.name}:{h.hexdigest()[:16]}"
+        """Content tag: the env file's packages, source tree, base image id, template and build options. Not the env
+        file's name nor its kind: a requirements file and a conda file with the same packages make the same image."""
+        return f"{self.name}:{self._digest([base_id, *self._template_parts(opts)])}"
 
     def context(self, dest: Path, base_ref: str, opts: BuildOptions) -> str:
         """Lay out the build context in `dest` (of the dependency image, when the spec has sources: see
@@ -240,8 +242,16 @@ def spec_for(step: StepSpec, wf: Workflow | None = None) -> ImageSpec:
                                      wf.root if wf else f.parent)
     local_parts = [part for path in local for part in _source_digest(path, exclude)]
     return ImageSpec(kind=kind, name=name, step=step.name, env_file=f, requirements=reqs, sources=step.sources,
-                     local=local, digest_parts=[text, *source_parts, *local_parts], exclude=exclude,
-                     source_parts=tuple(source_parts))
+                     local=local, digest_parts=[_requirement_lines(reqs), *source_parts, *local_parts],
+                     exclude=exclude, source_parts=tuple(source_parts))
+
+
+def _requirement_lines(reqs: str) -> str:
+    """The requirements as pip reads them, for the image hash: no comments (`#` at the start or after a space), no
+    blank lines. What goes into the image is the packages, whichever file and words named them: an edited comment
+    rebuilds nothing, and env files with the same packages share one image."""
+    lines = (re.sub(r"(^|\s)#.*", "", line).strip() for line in reqs.splitlines())
+    return "\n".join(line for line in lines if line)
 
 
 _LOCAL = re.compile(r"^(?:-e\s+|--editable[=\s]+)?((?:\./|\.\./|/|file:)\S*|\S+\.(?:whl|tar\.gz|zip))$")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runner.engines.docker import DockerBuilder, gpu_requests
-from tests.conftest import LABEL, itwin, set_word, source_project
+from tests.conftest import LABEL, change_packages, itwin, set_word, source_project
 
 pytestmark = pytest.mark.docker
 
@@ -55,7 +55,10 @@ def test_unchanged_rerun_builds_nothing_and_env_change_rebuilds_one(docker_clien
     assert dict(line.split("\t") for line in again.stdout.split("\n") if line) == before
 
     env = toy / "envs" / "environment.yml"
-    env.write_text(env.read_text() + f"# changed {os.getpid()}\n")
+    env.write_text(env.read_text() + "# a comment: the same packages, the same image\n")
+    again = itwin("build", "workflow.yml", cwd=toy)
+    assert again.returncode == 0 and "built" not in again.stderr, again.stderr
+    change_packages(env, time.time_ns())
     try:
         changed = itwin("build", "workflow.yml", cwd=toy)
         assert changed.returncode == 0, changed.stderr
@@ -65,6 +68,29 @@ def test_unchanged_rerun_builds_nothing_and_env_change_rebuilds_one(docker_clien
         assert after["generate"] == before["generate"] and after["summarize"] == before["summarize"]
     finally:
         docker_client.images.remove(after["square"], force=True)
+
+
+def test_env_files_with_the_same_packages_share_one_image(docker_client, tmp_path, no_leftovers):
+    """Two env files (a requirements file, a conda file) naming the same packages: one image, built once, the
+    second a name for it; a comment edited in either builds nothing."""
+    tmp_path.chmod(0o755)
+    packages = f"setuptools!=0.0.{time.time_ns()}"  # never built before: the first build is real
+    (tmp_path / "a.txt").write_text(f"# the a steps\n{packages}  # what they need\n")
+    (tmp_path / "b.yml").write_text(f"name: b\ndependencies:\n  - python=3.11\n  - pip\n  - pip: ['{packages}']\n")
+    (tmp_path / "wf.yml").write_text("steps:\n  - a: {command: 'python -c pass', env: {file: a.txt}}\n"
+                                     "  - b: {command: 'python -c pass', env: {file: b.yml}}\n")
+    res = itwin("build", "wf.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    refs = dict(line.split("\t") for line in res.stdout.splitlines())
+    assert refs["a"] != refs["b"] and res.stderr.count("built ") == 1, res.stderr
+    assert "the image made for the same content, not rebuilt" in res.stderr
+    assert docker_client.images.get(refs["a"]).id == docker_client.images.get(refs["b"]).id
+    (tmp_path / "a.txt").write_text(f"{packages}\n# comments moved\n\n")
+    res = itwin("build", "wf.yml", cwd=tmp_path)
+    assert res.returncode == 0 and dict(line.split("\t") for line in res.stdout.splitlines()) == refs
+    assert "built" not in res.stderr and "not rebuilt" not in res.stderr, res.stderr
+    for ref in refs.values():
+        docker_client.images.remove(ref)
 
 
 def test_outputs_belong_to_requested_uid(docker_client, toy, no_leftovers):
@@ -355,10 +381,10 @@ def test_images_lists_what_itwin_run_made_and_prune_removes_what_nothing_names(d
     more, keeps the ones records name, the base image, an image a container uses, and images itwin-run did not make."""
     assert itwin("workflow.yml", cwd=toy).returncode == 0
     env = toy / "envs" / "requirements.txt"
-    env.write_text(env.read_text() + f"# {os.getpid()}: another image\n")
+    change_packages(env, time.time_ns())  # another image
     old = itwin("build", "workflow.yml", cwd=toy).stdout.split("\n")[0].split()[1]  # generate's image, as built now
     assert itwin("workflow.yml", cwd=toy).returncode == 0
-    env.write_text(env.read_text() + "# and another\n")
+    change_packages(env, time.time_ns())  # and another
     assert itwin("workflow.yml", cwd=toy).returncode == 0  # `old` is now named by no record
     current = {line.split()[1] for line in itwin("build", "workflow.yml", cwd=toy).stdout.splitlines()}
     listed = itwin("images", cwd=toy)

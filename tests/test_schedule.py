@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ITWIN_RUN, itwin
+from tests.conftest import ITWIN_RUN, change_packages, itwin
 
 pytestmark = pytest.mark.docker
 
@@ -58,7 +58,7 @@ def test_unchanged_rerun_starts_no_container(toy, docker_client, no_leftovers):
 def test_changes_rerun_the_step_and_downstream_only(toy, docker_client, no_leftovers):
     assert itwin("workflow.yml", cwd=toy).returncode == 0
     env = toy / "envs" / "environment.yml"  # square's env file
-    env.write_text(env.read_text() + "# changed\n")
+    change_packages(env, time.time_ns())
     res = itwin("workflow.yml", cwd=toy)
     assert statuses(res) == {"generate": "up to date", "square": "done", "summarize": "done"}
     wf = toy / "workflow.yml"
@@ -191,6 +191,8 @@ def test_provenance_history_and_show(toy, docker_client, no_leftovers):
 
 def test_signal_stops_apptainer_processes(toy, apptainer_env, docker_client):
     write_parallel(toy, 60)
+    # the SIFs first, so that the apptainer process seen below is a step's, not a conversion's
+    assert itwin("build", "--engine", "apptainer", "par.yml", cwd=toy, env=apptainer_env).returncode == 0
     proc = subprocess.Popen([*ITWIN_RUN, "--engine", "apptainer", "par.yml"], cwd=toy, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **apptainer_env})
 

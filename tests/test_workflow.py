@@ -273,6 +273,24 @@ def test_sources_build_with_the_images_tools_when_it_has_them(tmp_path):
         assert mod.installed("wheel")
 
 
+def test_image_hash_is_the_packages_not_the_words_around_them(tmp_path):
+    """A step image's hash covers the packages an env file names, not its comments, its name or its kind."""
+    from runner.images import BuildOptions, spec_for
+
+    def content(env: str, text: str) -> str:
+        (tmp_path / env).write_text(text)
+        wf = workflow.load(write(tmp_path, f"steps:\n  - s: {{command: 'python x.py', env: {{file: {env}}}}}\n"),
+                           root=tmp_path)
+        spec = spec_for(wf.steps[0], wf)
+        return spec.tag("base", BuildOptions()).rpartition(":")[2] + "/" + spec.spec_digest(BuildOptions())
+
+    plain = content("a.txt", "numpy>=1.24\npyyaml\n")
+    assert content("b.txt", "# what x.py needs\nnumpy>=1.24  # arrays\n\npyyaml\n") == plain
+    assert content("c.yml", "name: c\ndependencies:\n  - python=3.11\n  - pip\n  - pip: [numpy>=1.24, pyyaml]\n") == plain
+    assert content("d.txt", "numpy>=1.25\npyyaml\n") != plain
+    assert content("e.txt", "git+https://example.org/x.git#egg=x\n") != content("f.txt", "git+https://example.org/x.git\n")
+
+
 def test_requirements_naming_local_paths_go_into_the_context_and_the_hash(tmp_path):
     """Requirements lines that name local paths (`./libs/mypkg`, a wheel, `-e ./pkg`, in a requirements file or an
     environment.yml's pip list) are installed from the build context and hashed; a missing one is file:line."""

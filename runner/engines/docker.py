@@ -335,7 +335,13 @@ class DockerBuilder:
             return ref, True
         if not build:
             return ref, False
-        labels = {f"{LABEL}.kind": spec.kind}
+        content = ref.rpartition(":")[2]  # what the image is made of, whatever env file it came from
+        if twin := self._same_content(content):
+            # another env file with the same packages (another project's, say): one image, one more name
+            self.client.api.tag(twin, *ref.rsplit(":", 1))
+            ui.say(f"{ref} for step {spec.step}: the image made for the same content, not rebuilt", "dim")
+            return ref, True
+        labels = {f"{LABEL}.kind": spec.kind, f"{LABEL}.content": content}
         with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
             if spec.sources:  # on the dependency image, tagged on its own: a source edit rebuilds only the top
                 deps_ref, _ = self.resolve(spec.dependencies(), opts)
@@ -347,6 +353,16 @@ class DockerBuilder:
             args = {"ITWIN_BASE": base_ref, "BASE": base_ref} if spec.kind == "dockerfile" and not spec.sources else {}
             self._build(ctx, dockerfile, ref, args, step=spec.step, labels=labels, env_file=spec.env_file)
         return ref, True
+
+    def _same_content(self, content: str) -> str | None:
+        """The id of an image itwin-run built from the same content (env file packages, sources, base, template,
+        options) under another name."""
+        try:
+            found = self.client.api.images(filters={"label": [f"{LABEL}.managed=1", f"{LABEL}.content={content}"]},
+                                           quiet=True)
+        except docker.errors.APIError:
+            return None
+        return found[0] if found else None
 
     def source_wheels(self, ref: str, dest: Path) -> list[Path]:
         """The wheels of the sources that step image `ref` was built with (kept in it at SOURCE_WHEELS), copied
