@@ -197,7 +197,7 @@ class Workflow:
 def _compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
     """Load YAML into plain objects and remember the line of every key/item path."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml where there is one
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else 1

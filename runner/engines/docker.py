@@ -350,7 +350,7 @@ class DockerBuilder:
             else:
                 dockerfile = spec.context(Path(ctx), base_ref, opts)
             # a user Dockerfile may name the base image (ARG BASE / ITWIN_BASE); the templates have it written in
-            args = {"ITWIN_BASE": base_ref, "BASE": base_ref} if spec.kind == "dockerfile" and not spec.sources else {}
+            args = {"ITWIN_BASE": base_ref, "BASE": base_ref} if spec.kind == "dockerfile" else {}
             self._build(ctx, dockerfile, ref, args, step=spec.step, labels=labels, env_file=spec.env_file)
         return ref, True
 
