@@ -94,8 +94,9 @@ class ImageSpec:
         return h.hexdigest()[:16]
 
     def spec_digest(self, opts: BuildOptions) -> str:
-        """What the image is made of, without the base image: names a SIF where no daemon can tell the base."""
-        return self._digest(self._template_parts(opts))
+        """What the image is made of, without the base image, and its name: names a SIF where no daemon can tell the
+        base (one SIF per image name, as pin files and `--save` name them)."""
+        return self._digest([self.name, *self._template_parts(opts)])
 
     def tag(self, base_id: str, opts: BuildOptions) -> str:
         """Content tag: the env file's packages, source tree, base image id, template and build options. Not the env

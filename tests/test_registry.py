@@ -30,8 +30,14 @@ def outputs(root: Path) -> dict[str, bytes]:
 
 
 def drop_local(client, refs) -> None:
+    import docker
+
     for ref in refs:
-        for name in {ref.split("@")[0], *(t for t in client.images.get(ref).tags)}:
+        try:
+            tags = client.images.get(ref).tags
+        except docker.errors.ImageNotFound:  # another name of an image removed already (the same content)
+            continue
+        for name in {ref.split("@")[0], *tags}:
             try:
                 client.images.remove(name, force=True)
             except Exception:

@@ -332,6 +332,8 @@ class DockerBuilder:
             return f"{spec.name}:<after base build>", False
         ref = spec.tag(base_id, opts)
         if self._image_id(ref):
+            if spec.sources and build:  # its dependency image keeps its name (push and Apptainer take it by it)
+                self.resolve(spec.dependencies(), opts)
             return ref, True
         if not build:
             return ref, False
@@ -445,7 +447,10 @@ class DockerBuilder:
         """Tag `ref` as REGISTRY/NAME:TAG and push it; returns that reference with its digest."""
         target = f"{registry.rstrip('/')}/{ref.removeprefix('itwin-run/')}"
         repo, tag = _split_ref(target)
-        self.client.api.tag(ref, repo, tag)
+        try:
+            self.client.api.tag(ref, repo, tag)
+        except docker.errors.ImageNotFound:
+            raise UserError(f"cannot push {ref}: no such image here (removed since the build?): build again") from None
         digest = self._transfer("pushing", target, self.client.api.push, f"cannot push {target}")
         if not digest:
             raise UserError(f"push of {target} reported no digest")
@@ -461,8 +466,10 @@ class DockerBuilder:
         for ref in dict.fromkeys([parent, base_ref, *refs]):
             path = dest / f"{_archive_name(ref)}.tar"
             partial = path.with_name(f".{path.name}.partial")
+            image = self.client.images.get(ref)
             with ui.console().status(f"saving {ref} to {path}"), open(partial, "wb") as f:
-                for chunk in self.client.images.get(ref).save(named=True):
+                # by this name: an image made for the same content has others (and the first would be saved)
+                for chunk in image.save(named=ref if ref in image.tags else True):
                     f.write(chunk)
             partial.replace(path)
             ui.say(f" {ref} -> {path} ({path.stat().st_size / 1e6:.0f} MB)", "green", prefix="saved")
