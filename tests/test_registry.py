@@ -17,12 +17,26 @@ from tests.services import start_registry
 pytestmark = pytest.mark.docker
 
 
+def forget_pulls(client, addr: str) -> None:
+    """Remove the names of what was pulled from the registry at `addr` (by digest: as pin files pull)."""
+    import docker
+
+    for image in client.images.list():
+        for name in image.attrs.get("RepoDigests") or []:
+            if name.startswith(f"{addr}/"):
+                try:
+                    client.images.remove(name)
+                except docker.errors.APIError:  # gone with another name of it
+                    pass
+
+
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
+def registry(tmp_path_factory, docker_client):
     addr, proc = start_registry(tmp_path_factory.mktemp("registry"))
     yield addr
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
+    forget_pulls(docker_client, addr)
 
 
 def outputs(root: Path) -> dict[str, bytes]:
@@ -71,7 +85,8 @@ def test_push_then_run_pulling_everything_back(toy, pushed, docker_client, no_le
         name, digest = ref.split("@")
         assert f"workflow.yml/{step}" in listed[f"{name.rsplit(':', 1)[0]}@{digest}"]
     dry = itwin("prune", "--dry-run", cwd=toy).stdout
-    assert not any(ref.split("@")[1] in dry for ref in pushed.values()), dry
+    kept = [f"{name.rsplit(':', 1)[0]}@{digest}" for name, digest in (ref.split("@") for ref in pushed.values())]
+    assert not any(f" {ref} " in dry for ref in kept), dry  # (the same content pulled from elsewhere may go)
 
 
 def test_apptainer_pulls_from_the_registry(toy, pushed, apptainer_env, tmp_path, no_leftovers):
@@ -195,3 +210,4 @@ def test_registry_that_asks_for_credentials(toy, docker_client, tmp_path, apptai
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+        forget_pulls(docker_client, addr)
