@@ -196,10 +196,11 @@ class _BuildPhase:
 class _Pod:
     """A sleeping container whose network namespace every step of a run joins (as a Kubernetes pod's containers
     do): steps keep Docker's default bridge networking, and a step's start skips setting up a network of its own,
-    which is most of what a short step costs."""
+    which is most of what a short step costs. The first step's container is created while the pod starts."""
 
     def __init__(self, api: Any, image: str, labels: dict[str, str]):
         self.api, self.id, self.error = api, "", ""
+        self._created = threading.Event()
         self._thread = threading.Thread(target=self._start, args=(image, labels), daemon=True)
         self._thread.start()
 
@@ -208,14 +209,23 @@ class _Pod:
             host = self.api.create_host_config(init=True, auto_remove=True, **security_options())
             self.id = self.api.create_container(image, command=["sleep", "infinity"], user=UNPRIVILEGED, labels=labels,
                                                 host_config=host, detach=True)["Id"]
+            self._created.set()
             self.api.start(self.id)
         except docker.errors.DockerException as exc:
             self.error = str(exc)
+        finally:
+            self._created.set()
 
     def network_mode(self) -> str | None:
-        """`container:ID` once the pod runs; None (each step gets its own network) if it could not start."""
-        self._thread.join()
+        """`container:ID` once the pod exists (a container may be created before the pod runs, not started: see
+        running()); None (each step gets its own network) if it could not be created."""
+        self._created.wait()
         return f"container:{self.id}" if self.id and not self.error else None
+
+    def running(self) -> bool:
+        """Whether the pod started (waits for it): a step that joins it starts after."""
+        self._thread.join()
+        return bool(self.id) and not self.error
 
     def remove(self, wait: bool = False) -> None:
         """Stop it; the daemon removes it (auto-remove), so a run that ends well need not wait for that (`wait`: an
@@ -571,6 +581,7 @@ class DockerRunner:
         self._pod_lock = threading.Lock()
         self._lock = threading.Lock()  # guards _active and _cancelled: no container starts after interrupt()
         self._active: set[str] = set()
+        self._removals: list[threading.Thread] = []  # of the containers of steps that ended
         self._cancelled = False
         self._forced = False
         self._cgroup_v: int | None = -1  # not asked yet
@@ -599,6 +610,10 @@ class DockerRunner:
         return self._pod.network_mode()
 
     def end(self) -> None:
+        with self._lock:
+            removals, self._removals = self._removals, []
+        for removal in removals:
+            removal.join()
         if self._pod is not None:
             self._pod.remove(wait=self._cancelled)
             self._pod = None
@@ -674,25 +689,39 @@ class DockerRunner:
                 job.image, command=job.argv, user=job.user, working_dir=str(job.workdir), environment=job.env,
                 labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config, detach=True)["Id"]
 
-        with self._lock:
-            if self._cancelled:
-                raise Cancelled(job.step)
-            try:
+        def created() -> str:
+            nonlocal parent
+            with self._lock:  # no container is created after interrupt()
+                if self._cancelled:
+                    raise Cancelled(job.step)
                 try:
-                    cid = create()
+                    try:
+                        cid = create()
+                    except docker.errors.APIError as exc:
+                        if not parent or "cgroup" not in str(exc.explanation or exc).lower():
+                            raise
+                        self._cgroup_v = None  # the systemd driver: no cgroup parent, no measuring, from now on
+                        parent = None
+                        cid = create()
+                except docker.errors.ImageNotFound:
+                    raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
                 except docker.errors.APIError as exc:
-                    if not parent or "cgroup" not in str(exc.explanation or exc).lower():
-                        raise
-                    self._cgroup_v = None  # the systemd driver: no cgroup parent, no measuring, from now on
-                    parent = None
-                    cid = create()
-            except docker.errors.ImageNotFound:
-                raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
-            except docker.errors.APIError as exc:
-                raise UserError(f"step {job.step!r}: docker could not create the container: "
-                                f"{exc.explanation or exc}") from None
-            self._active.add(cid)
+                    raise UserError(f"step {job.step!r}: docker could not create the container: "
+                                    f"{exc.explanation or exc}") from None
+                self._active.add(cid)
+                return cid
+
+        cid = created()
         try:
+            if network and self._pod is not None and not self._pod.running():
+                with self._lock:  # the pod could not start: this step gets a network of its own
+                    self._active.discard(cid)
+                self._remove(cid, None)
+                network = None
+                cid = created()
+            with self._lock:
+                if self._cancelled:  # while the pod started
+                    raise Cancelled(job.step)
             try:
                 api.start(cid)
             except docker.errors.APIError as exc:
@@ -731,13 +760,22 @@ class DockerRunner:
         finally:
             with self._lock:
                 self._active.discard(cid)
-            try:
-                api.remove_container(cid, force=True)
-            except docker.errors.APIError:
-                pass
             if parent:
-                job.usage.update(parent.read())
-                parent.remove()
+                job.usage.update(parent.read())  # the container has ended (or never started): its cgroup is done
+            # Off the step's path: the next step need not wait for this removal; end() does.
+            removal = threading.Thread(target=self._remove, args=(cid, parent), daemon=True)
+            removal.start()
+            with self._lock:
+                self._removals.append(removal)
+
+    @staticmethod
+    def _remove(cid: str, parent: usage.Parent | None) -> None:
+        try:
+            client().api.remove_container(cid, force=True)
+        except docker.errors.APIError:
+            pass
+        if parent:
+            parent.remove()  # once the container (its child cgroup) is gone
 
 
 def doctor(needs_gpu: bool) -> list:
