@@ -2,7 +2,7 @@
 labelled containers left afterwards (goal: <= 10 s, none).
 
   (a) while an image builds
-  (b) after the run's network holder started, before the step's container exists
+  (b) once the run's network holder exists, before the step's container starts
   (c) mid-step (the step's container runs)
 
 Run: .venv/bin/python bench/cancel.py
@@ -10,7 +10,6 @@ Run: .venv/bin/python bench/cancel.py
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ITWIN, timed, toy  # noqa: E402
+from tests.services import change_packages  # noqa: E402
 
 SLOW = ("datasets: {a: {location: ./data/a}}\nsteps:\n"
         "  - slow: {output: a, command: \"python -c \\\"import time; time.sleep(120)\\\"\", "
@@ -57,11 +57,12 @@ def main() -> None:
         timed(["build", "slow.yml"], root)
         results = {}
         env = root / "envs" / "requirements.txt"
-        env.write_text(env.read_text() + f"# {os.getpid()} a new image: a build starts\n")
+        built = env.read_text()
+        change_packages(env, time.time_ns())  # a new image: a build starts
         results["(a) during an image build"] = interrupt(  # the build's `RUN pip install` container runs
             root, lambda p: any("pip install" in c["Command"] for c in client.api.containers(all=True)))
-        env.write_text(env.read_text().replace(f"# {os.getpid()} a new image: a build starts\n", ""))
-        results["(b) network holder up, no step container"] = interrupt(
+        env.write_text(built)
+        results["(b) network holder up, step not started"] = interrupt(
             root, lambda p: bool(client.containers.list(all=True, filters={"label": "org.itwin-run.role=network"})))
         results["(c) mid-step"] = interrupt(
             root, lambda p: bool(client.containers.list(filters={"label": "org.itwin-run.step=slow"})))

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -111,19 +110,6 @@ def source_project(root: Path, word: str = "first") -> Path:
     (root / "wf.yml").write_text("datasets:\n  out: {location: ./data/out}\nsteps:\n  - say:\n      output: out\n"
                                  "      command: python say.py\n      env: {file: req.txt, source: [./mypkg]}\n")
     return root
-
-
-def change_packages(env: Path, marker: int) -> None:
-    """A real change of an env file's packages that installs nothing new (setuptools is in the base image, and no
-    release is 0.0.MARKER): a new image, where an edited comment makes none."""
-    line = f"setuptools!=0.0.{marker}"
-    text = env.read_text()
-    if env.suffix in (".yml", ".yaml"):
-        assert re.search(r"- pip: \[.*\]", text), "a conda env file with a one-line pip list"
-        env.write_text(re.sub(r"- pip: \[.*\]", f'- pip: ["{line}"]', text))
-    else:
-        kept = "".join(t for t in text.splitlines(keepends=True) if "setuptools!=0.0." not in t)
-        env.write_text(kept + line + "\n")
 
 
 def set_word(root: Path, word: str) -> None:

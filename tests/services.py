@@ -1,7 +1,8 @@
-"""Test services started on loopback by the tests and benchmarks themselves."""
+"""What the tests and the benchmarks share: services they start on loopback themselves, and project edits."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -85,3 +86,16 @@ def fresh_venv(venv: Path, package: Path) -> Path:
                           str(package)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     return venv / "bin"
+
+
+def change_packages(env: Path, marker: int) -> None:
+    """A real change of an env file's packages that installs nothing new (setuptools is in the base image, and no
+    release is 0.0.MARKER): a new image, where an edited comment makes none."""
+    line = f"setuptools!=0.0.{marker}"
+    text = env.read_text()
+    if env.suffix in (".yml", ".yaml"):
+        assert re.search(r"- pip: \[.*\]", text), "a conda env file with a one-line pip list"
+        env.write_text(re.sub(r"- pip: \[.*\]", f'- pip: ["{line}"]', text))
+    else:
+        kept = "".join(t for t in text.splitlines(keepends=True) if "setuptools!=0.0." not in t)
+        env.write_text(kept + line + "\n")

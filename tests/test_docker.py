@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner.engines.docker import DockerBuilder, gpu_requests
-from tests.conftest import LABEL, change_packages, itwin, set_word, source_project
+from tests.conftest import LABEL, itwin, set_word, source_project
+from tests.services import change_packages
 
 pytestmark = pytest.mark.docker
 

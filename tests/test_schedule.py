@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ITWIN_RUN, change_packages, itwin
+from tests.conftest import ITWIN_RUN, itwin
+from tests.services import change_packages
 
 pytestmark = pytest.mark.docker
 
@@ -220,8 +221,9 @@ def test_signal_stops_apptainer_processes(toy, apptainer_env, docker_client):
     assert not leftover.strip(), leftover
 
 
-def test_sigint_before_the_step_container_exists(toy, docker_client, no_leftovers):
-    """Defect 1: SIGINT while the run's network holder is up but the step's container is not created yet."""
+def test_sigint_before_the_step_container_starts(toy, docker_client, no_leftovers):
+    """Defect 1: SIGINT once the run's network holder exists, before the step's container starts (it may be created:
+    it is made while the holder starts)."""
     write_parallel(toy, 120)
     proc = subprocess.Popen([*ITWIN_RUN, "par.yml"], cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(3000):
