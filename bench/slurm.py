@@ -58,13 +58,19 @@ def main() -> None:
             baseline = timed([*engine, "--executor", "slurm", "chain.yml"], root,
                              env={**env, "PYTHONPATH": str(args.baseline.resolve())})
             base_polls = sum(1 for line in log.read_text().splitlines() if line.split()[1] in POLLING)
-    polls = [float(t) for t, name in calls if name in POLLING]
+    polls = sorted(float(t) for t, name in calls if name in POLLING)
+    kinds = Counter(name for _, name in calls if name in POLLING)
     submits = sum(1 for _, name in calls if name == "sbatch")
     per_second = Counter(int(t) for t in polls)
+    gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
+    # N calls one second apart span N-1 seconds: the rate is the calls after the first over that span
+    rate = len(gaps) / (polls[-1] - polls[0]) if gaps else 0.0
     print(f"{n}-step chain of trivial steps (Apptainer): local {local:.2f} s, SLURM {slurm:.2f} s")
     print(f"added latency per step under SLURM: {(slurm - local) / n:.2f} s  (goal <= 1.5 s)")
-    print(f"controller calls following the run: {len(polls)} in {slurm:.1f} s = {len(polls) / slurm:.2f}/s, "
-          f"at most {max(per_second.values(), default=0)} in one second  (goal <= 1); sbatch calls: {submits}")
+    print(f"controller calls following the run: {len(polls)} ({', '.join(f'{k} {v}' for k, v in kinds.items())}) "
+          f"in a run of {slurm:.1f} s: {rate:.2f}/s between the first and the last, shortest gap "
+          f"{min(gaps, default=0):.2f} s, at most {max(per_second.values(), default=0)} in one clock second  "
+          f"(goal <= 1); sbatch calls: {submits}")
     if baseline is not None:
         print(f"baseline ({args.baseline}): SLURM {baseline:.2f} s, {(baseline - local) / n:.2f} s per step added, "
               f"{base_polls / baseline:.2f} controller calls/s")
