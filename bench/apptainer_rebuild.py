@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ITWIN, mnist  # noqa: E402
-from tests.services import start_registry  # noqa: E402
+from tests.services import registry  # noqa: E402
 
 WORKFLOW = "use-cases/mnist/training-workflow.yml"
 SETTINGS = [("lz4 (default)", "-comp lz4"), ("lz4, -processors 1", "-comp lz4 -processors 1"),
@@ -61,16 +61,14 @@ def registry_figures(root: Path, cli: Path) -> None:
     """A one-step workflow in the training image (its env file and sources) whose step only imports itwinai:
     pushed, then run from the pins with an empty SIF cache, edited, pushed and run again."""
     import json
-    import signal
 
     (root / "pinned.yml").write_text(
         "datasets:\n  out: {location: ./data/pinned}\nsteps:\n  - t:\n      output: out\n"
         "      command: python -c \"import itwinai.cli\"\n"
         "      env: {file: ./itwinai/env.yml, source: [./itwinai]}\n")
     (root / "registry").mkdir()
-    addr, proc = start_registry(root / "registry")
     node = {**os.environ, "ITWIN_RUN_SIF_CACHE": str(root / "node-sif")}
-    try:
+    with registry(root / "registry") as addr:
         def push() -> dict:
             subprocess.run([ITWIN, "build", "--push", "--registry", f"{addr}/bench", "pinned.yml"], cwd=root,
                            check=True, capture_output=True)
@@ -91,9 +89,6 @@ def registry_figures(root: Path, cli: Path) -> None:
         print(f"from a registry (--images pins): cold {cold:.1f} s (dependency SIF pulled and converted); after a "
               f"one-line source edit and a new push: {warm:.1f} s to run the step (goal <= 20 s); the whole pushed "
               f"image converted instead: {whole:.1f} s (ratio {warm / whole:.2f})")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import docker
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.services import start_registry  # noqa: E402
+from tests.services import registry  # noqa: E402
 
 ITWIN = str(Path(sys.executable).parent / "itwin-run")
 
@@ -39,8 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     client = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="itwin-bench-reg-") as tmp:
-        addr, proc = start_registry(Path(tmp))
-        try:
+        with registry(Path(tmp)) as addr:
             toy = Path(tmp, "toy")
             shutil.copytree(REPO / "tests" / "toy", toy, ignore=shutil.ignore_patterns("data", ".itwin-run"))
             run(["build", "workflow.yml", "--push", "--registry", f"{addr}/bench"], toy)
@@ -52,9 +50,6 @@ def main() -> None:
                 for image_id in {client.images.get(ref).id for ref in refs}:
                     client.images.remove(image_id, force=True)  # every tag: the local build too
                 cold.append(run(["--force", "--images", "workflow.images.json", "workflow.yml"], toy))
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait()
     w, c = statistics.median(warm), statistics.median(cold)
     print(f"toy workflow (3 steps, 3 images), median of {args.repeat} (seconds):")
     print(f"  warm cache  {w:.2f}   runs: {' '.join(f'{x:.2f}' for x in warm)}")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -48,6 +52,33 @@ def start_registry(root: Path, user: str | None = None, password: str | None = N
         except OSError:
             time.sleep(0.1)
     return f"127.0.0.1:{port}", proc
+
+
+@contextlib.contextmanager
+def registry(root: Path, user: str | None = None, password: str | None = None) -> Iterator[str]:
+    """start_registry's registry for a `with` block: stopped after it, and the daemon's names of what was pushed to
+    it or pulled from it removed (they would name a registry that is gone)."""
+    addr, proc = start_registry(root, user, password)
+    try:
+        yield addr
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        forget_registry(addr)
+
+
+def forget_registry(addr: str) -> None:
+    """Remove the local names (tags and digests) under `addr/`; an image with no other name goes with its last."""
+    import docker
+
+    client = docker.from_env()
+    for image in client.images.list():
+        for name in [*(image.attrs.get("RepoTags") or []), *(image.attrs.get("RepoDigests") or [])]:
+            if name.startswith(f"{addr}/"):
+                try:
+                    client.images.remove(name)
+                except docker.errors.APIError:  # gone with another name of it
+                    pass
 
 
 def start_mlflow_server(backend: str, cwd: Path, artifacts: Path | None = None) -> tuple[str, subprocess.Popen]:

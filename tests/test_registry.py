@@ -4,7 +4,6 @@ archives for sites with no registry at all."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -12,31 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LABEL, itwin, set_word, source_project
-from tests.services import start_registry
+from tests.services import registry as serve_registry
 
 pytestmark = pytest.mark.docker
 
 
-def forget_pulls(client, addr: str) -> None:
-    """Remove the names of what was pulled from the registry at `addr` (by digest: as pin files pull)."""
-    import docker
-
-    for image in client.images.list():
-        for name in image.attrs.get("RepoDigests") or []:
-            if name.startswith(f"{addr}/"):
-                try:
-                    client.images.remove(name)
-                except docker.errors.APIError:  # gone with another name of it
-                    pass
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, docker_client):
-    addr, proc = start_registry(tmp_path_factory.mktemp("registry"))
-    yield addr
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
-    forget_pulls(docker_client, addr)
+    with serve_registry(tmp_path_factory.mktemp("registry")) as addr:
+        yield addr
 
 
 def outputs(root: Path) -> dict[str, bytes]:
@@ -187,8 +170,7 @@ def test_registry_that_asks_for_credentials(toy, docker_client, tmp_path, apptai
 
     root = tmp_path / "authreg"
     root.mkdir()
-    addr, proc = start_registry(root, "itwin", "s3cret-pw")
-    try:
+    with serve_registry(root, "itwin", "s3cret-pw") as addr:
         creds = {"ITWIN_RUN_REGISTRY_USER": "itwin", "ITWIN_RUN_REGISTRY_PASSWORD": "s3cret-pw"}
         res = itwin("build", "workflow.yml", "--push", "--registry", f"{addr}/toy", cwd=toy)
         assert res.returncode == 1 and "the registry asks for credentials" in res.stderr
@@ -207,7 +189,3 @@ def test_registry_that_asks_for_credentials(toy, docker_client, tmp_path, apptai
         assert res.returncode == 0, res.stderr[-2000:]
         logs = "".join(p.read_text(errors="replace") for p in (toy / ".itwin-run").rglob("*") if p.is_file())
         assert "s3cret-pw" not in logs + (toy / "workflow.images.json").read_text() + res.stdout + res.stderr
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        forget_pulls(docker_client, addr)
