@@ -9,7 +9,7 @@ export ITWIN_RUN_WHEELHOUSE ?= $(WHEELHOUSE)
 PIP_FIND := $(if $(WHEELHOUSE),--find-links $(WHEELHOUSE))
 PYTEST_ARGS ?=
 
-.PHONY: all venv bytecode engine base test test-fast lint demo clean
+.PHONY: all venv bytecode engine base test test-fast stress-fast lint demo clean
 all: venv bytecode engine base
 
 # Byte-compile the checkout's packages (pip does it for installed ones): every itwin-run start then skips compiling
@@ -34,9 +34,18 @@ base: venv engine
 
 # The fast tier: the run session against an in-process fake engine, the workflow model and the safety checks (seconds,
 # no daemon). `make test` runs it first, then everything against the real engines.
-FAST := tests/test_session.py tests/test_policy.py tests/test_workflow.py tests/test_hostile.py tests/test_report.py
+FAST := tests/test_session.py tests/test_policy.py tests/test_workflow.py tests/test_hostile.py tests/test_report.py \
+	tests/test_suite_rules.py
 test-fast: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(FAST)
+
+# The fast tier STRESS times in a row, each with fresh Hypothesis examples: a flaky test shows here, not in CI.
+STRESS ?= 20
+stress-fast: venv
+	@start=$$(date +%s); for i in $$(seq 1 $(STRESS)); do \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider $(FAST) > .stress.log 2>&1 || { tail -30 .stress.log; \
+	    echo "stress-fast: run $$i of $(STRESS) failed (log: .stress.log)"; exit 1; }; \
+	done; rm -f .stress.log; echo "stress-fast: $(STRESS) of $(STRESS) passed in $$(( $$(date +%s) - start )) s"
 
 test: venv
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases

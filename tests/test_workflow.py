@@ -241,10 +241,12 @@ def test_env_source_takes_package_directories_and_wheels(tmp_path):
                    f"{tmp_path}/nothing.whl; a package directory or a .whl file)"]
 
 
-def test_sources_build_with_the_images_tools_when_it_has_them(tmp_path):
+def test_sources_build_with_the_images_tools_when_it_has_them(tmp_path, monkeypatch):
     """images/build-sources.py (run inside the image): a source whose build requirements are installed is built
     with them (no isolated build, nothing fetched); one needing anything else gets pip's isolated build."""
     import importlib.util
+    from importlib import metadata
+    from types import SimpleNamespace
 
     from runner.images import TEMPLATES
 
@@ -269,8 +271,21 @@ def test_sources_build_with_the_images_tools_when_it_has_them(tmp_path):
     assert not ready('[build-system]\nrequires = ["itwin-no-such-backend"]\nbuild-backend = "nsb.build"\n')
     assert ready('[build-system]\nrequires = ["itwin-no-such-backend; python_version < \'3\'", "pip"]\n'
                  'build-backend = "pip.x"\n')  # a marker that does not apply
-    if mod.installed("setuptools>=70.1"):  # it builds wheels itself
-        assert mod.installed("wheel")
+
+    def installed_with(requirement: str, **versions: str) -> bool:  # in an image holding these distributions
+        def version(name: str) -> str:
+            if name not in versions:
+                raise metadata.PackageNotFoundError(name)
+            return versions[name]
+
+        monkeypatch.setattr(mod, "metadata", SimpleNamespace(version=version,
+                                                             PackageNotFoundError=metadata.PackageNotFoundError))
+        return mod.installed(requirement)
+
+    assert installed_with("wheel", setuptools="70.1.0")  # setuptools 70.1+ builds wheels itself
+    assert not installed_with("wheel", setuptools="66.1.1")  # Debian 12's needs `wheel`
+    assert installed_with("wheel", setuptools="66.1.1", wheel="0.38.4")
+    assert not installed_with("setuptools>=61")
 
 
 def test_image_hash_is_the_packages_not_the_words_around_them(tmp_path):
