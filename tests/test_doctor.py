@@ -45,14 +45,25 @@ def test_doctor_with_one_thing_missing(case, tmp_path, docker_client, slurm_env)
     assert "Traceback" not in res.stderr + res.stdout and res.stdout.strip().endswith("see the FAIL lines above")
 
 
-def test_doctor_needs_what_the_workflow_asks(toy, docker_client):
-    if "nvidia" in docker_client.info().get("Runtimes", {}):
-        pytest.skip("this daemon has the NVIDIA runtime")
+def doctor_for_a_gpu_step(toy):
     wf = toy / "workflow.yml"
     wf.write_text(wf.read_text().replace("command: python ./steps/square.py", "command: python ./steps/square.py\n"
                                                                              "      gpus: all"))
-    res = itwin("doctor", "workflow.yml", cwd=toy)
+    return itwin("doctor", "workflow.yml", cwd=toy)
+
+
+def test_doctor_needs_what_the_workflow_asks(toy, docker_client):
+    if "nvidia" in docker_client.info().get("Runtimes", {}):
+        pytest.skip("this daemon has the NVIDIA runtime: test_doctor_passes_a_gpu_step_on_a_gpu_host runs instead")
+    res = doctor_for_a_gpu_step(toy)
     assert res.returncode == 1 and "FAIL docker: no NVIDIA runtime" in res.stdout
+
+
+def test_doctor_passes_a_gpu_step_on_a_gpu_host(toy, docker_client):
+    if "nvidia" not in docker_client.info().get("Runtimes", {}):
+        pytest.skip("this daemon has no NVIDIA runtime (a CPU host): test_doctor_needs_what_the_workflow_asks runs")
+    res = doctor_for_a_gpu_step(toy)
+    assert res.returncode == 0 and "ok   docker: NVIDIA runtime present" in res.stdout, res.stdout
 
 
 def test_init_runs_at_once_and_refuses_a_folder_that_holds_anything(tmp_path, docker_client, no_leftovers):
