@@ -48,6 +48,12 @@ def convert(source: str, dest: Path, args: str, no_https: bool = False) -> float
     return time.perf_counter() - start
 
 
+def step_in(sif: Path, argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(["apptainer", "--quiet", "exec", str(sif), *argv], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
 def exec_start(sif: Path) -> float:
     times = []
     for _ in range(5):
@@ -86,9 +92,10 @@ def registry_figures(root: Path, cli: Path) -> None:
         pins = push()
         warm = run()
         whole = convert(f"docker://{pins['images']['t']}", root / "whole-pulled.sif", "-comp lz4", no_https=True)
+        whole += step_in(root / "whole-pulled.sif", ["python", "-c", "import itwinai.cli"])
         print(f"from a registry (--images pins): cold {cold:.1f} s (dependency SIF pulled and converted); after a "
               f"one-line source edit and a new push: {warm:.1f} s to run the step (goal <= 20 s); the whole pushed "
-              f"image converted instead: {whole:.1f} s (ratio {warm / whole:.2f})")
+              f"image converted and the step run from it instead: {whole:.1f} s (ratio {warm / whole:.2f})")
 
 
 def main() -> None:
@@ -110,14 +117,18 @@ def main() -> None:
         overlay = Path(image.split("::")[1])
         assert sorted(p.name for p in cache.glob("*.sif")) == sifs, "a SIF was converted again"
         assert image.startswith(f"{deps}::"), image
+        # the way before overlays, for the same kind of edit: the Docker image rebuilt, then converted whole
+        cli.write_text(cli.read_text() + f"# a second one-line edit {time.time_ns()}\n")
+        start = time.perf_counter()
         docker_ref = subprocess.run([ITWIN, "build", WORKFLOW], cwd=root, check=True, capture_output=True,
                                     text=True).stdout
+        rebuilt = time.perf_counter() - start
         docker_ref = dict(ln.split("\t") for ln in docker_ref.splitlines() if "\t" in ln)["ml-training"]
-        whole = convert(f"docker-daemon://{docker_ref}", root / "whole.sif", "-comp lz4")
+        whole = rebuilt + convert(f"docker-daemon://{docker_ref}", root / "whole.sif", "-comp lz4")
         print(f"cold (dependency SIF + overlay): {cold:.1f} s, dependency SIF {deps.stat().st_size / 1e6:.0f} MB")
         print(f"after a one-line source edit: {warm:.1f} s until the step can start (goal <= 20 s); new overlay "
-              f"{overlay.stat().st_size / 1e3:.0f} kB; the whole image converted into one SIF instead: {whole:.1f} s "
-              f"(ratio {warm / whole:.2f})")
+              f"{overlay.stat().st_size / 1e3:.0f} kB; the Docker image rebuilt ({rebuilt:.1f} s) and converted into "
+              f"one SIF instead: {whole:.1f} s (ratio {warm / whole:.2f})")
         if not args.skip_registry:
             registry_figures(root, cli)
         if args.skip_compression:
@@ -127,7 +138,7 @@ def main() -> None:
         # the dependency image is the training image's spec without sources: find it by the SIF's tag
         tag = deps.stem.split("-", 1)[1]
         deps_image = next(r for r in deps_ref.stdout.split() if r.endswith(f":{tag}"))
-        print(f"dependency SIF conversion of {deps_image} (2 cores):")
+        print(f"dependency SIF conversion of {deps_image} ({os.cpu_count()} cores):")
         for name, setting in SETTINGS:
             sif = root / f"deps-{len(name)}.sif"
             t = convert(f"docker-daemon://{deps_image}", sif, setting)

@@ -66,10 +66,12 @@ def main() -> None:
     sizes = {"base": base.attrs["Size"], "preprocessing": client.images.get(images["preprocessing"]).attrs["Size"],
              "training": client.images.get(images["ml-training"]).attrs["Size"]}
     shared = [layer for layer in layers["training"] if layer in layers["preprocessing"]]
-    assert layers["training"][:len(layers["base"])] == layers["base"], "training image does not start from the base"
+    of_base = [layer for layer in shared if layer in layers["base"]]
+    starts = layers["training"][:len(layers["base"])] == layers["base"]
     print("image sizes (bytes): " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
-    print(f"training shares {len(shared)} layers with preprocessing (the {len(layers['base'])} base layers, "
-          f"{sizes['base']:,} bytes); its own layers: {sizes['training'] - sizes['base']:,} bytes")
+    print(f"training shares {len(shared)} layers with preprocessing, {len(of_base)} of them of the base image "
+          f"({len(layers['base'])} layers, {sizes['base']:,} bytes; training starts with all of them: {starts}); "
+          f"training's layers beyond the base: {sizes['training'] - sizes['base']:,} bytes")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Run: .venv/bin/python bench/train.py [--epochs N] [--repeat N]   (goal: containe
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -35,11 +36,15 @@ steps:
 """
 
 
+SAMPLES: set[int] = set()  # what each run says it trained (all ranks)
+
+
 def rate(output: str) -> float:
-    m = re.search(r"itwinai: trained \d+ samples in [\d.]+s \((\d+) samples/s\)", output)
+    m = re.search(r"itwinai: trained (\d+) samples in [\d.]+s \((\d+) samples/s\)", output)
     if not m:
         raise SystemExit(f"no throughput line in:\n{output[-2000:]}")
-    return float(m.group(1))
+    SAMPLES.add(int(m.group(1)))
+    return float(m.group(2))
 
 
 def main() -> None:
@@ -76,7 +81,9 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             ddp.append(rate(out.stdout))
         h, c, d = statistics.median(host), statistics.median(container), statistics.median(ddp)
-        print(f"LitMNIST, {args.epochs} epochs of 8000 samples, {args.repeat} runs each (samples/s):")
+        train = json.loads((root / "data/preproc-images/meta.json").read_text())["counts"]["train"]
+        print(f"LitMNIST, {args.epochs} epochs of the {train} training samples; each run trained "
+              f"{' or '.join(map(str, sorted(SAMPLES)))} samples in all; {args.repeat} runs each (samples/s):")
         print(f"  host       {h:.0f}   runs: {' '.join(f'{x:.0f}' for x in host)}")
         print(f"  container  {c:.0f}   runs: {' '.join(f'{x:.0f}' for x in container)}")
         print(f"  host DDP 2 processes (CPU, {os.cpu_count()} cores)  {d:.0f}   runs: {' '.join(f'{x:.0f}' for x in ddp)}")

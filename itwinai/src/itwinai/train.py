@@ -212,7 +212,7 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
     finally:
         sys.argv = argv
     trainer_obj, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    rank, world = trainer_obj.global_rank, trainer_obj.world_size
+    rank = trainer_obj.global_rank
     effective = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_check=True))
 
     client, run_id = None, ""
@@ -240,6 +240,11 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
         trainer_obj.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         elapsed = time.perf_counter() - start
         print(f"itwinai: rank {trainer_obj.global_rank} of world size {trainer_obj.world_size} trained", flush=True)
+        # every rank's own count, summed (a rank may see a batch more or less than another): a collective call
+        import torch
+
+        count = torch.tensor(counter.samples, dtype=torch.float64, device=trainer_obj.strategy.root_device)
+        samples = int(trainer_obj.strategy.reduce(count, reduce_op="sum"))
         best = _best_checkpoint(trainer_obj)
         trainer_obj.strategy.barrier()
         if _has_test_data(model, datamodule):
@@ -247,10 +252,10 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
         elif best:
             _load_weights(model, best)
         if client:
-            rate = counter.samples * world / elapsed if elapsed else 0.0
+            rate = samples / elapsed if elapsed else 0.0
+            client.log_metric(run_id, "train_samples", samples)
             client.log_metric(run_id, "train_samples_per_sec", rate)
-            print(f"itwinai: trained {counter.samples * world} samples in {elapsed:.1f}s ({rate:.0f} samples/s)",
-                  flush=True)
+            print(f"itwinai: trained {samples} samples in {elapsed:.1f}s ({rate:.0f} samples/s)", flush=True)
             if best:
                 client.log_artifact(run_id, str(best), CKPT_DIR)
             with tempfile.TemporaryDirectory(prefix="itwinai-config-") as tmp:
