@@ -50,7 +50,7 @@ stress-fast: venv
 test: venv
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases
 	$(VENV)/bin/pytest -q $(FAST)
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS) $(addprefix --ignore=,$(FAST))
+	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS) $(addprefix --ignore=,$(FAST))
 
 lint: venv
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases
