@@ -48,7 +48,7 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
     `itwin-run run [OPTIONS] WORKFLOW.yml`.
 
     Exit codes: 0 success; 2 a usage or workflow problem (nothing started); 1 the engine or machine (daemon, registry, build);
-    a failed step's own code; 130/143 interrupted."""
+    a failed step's own code; 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM, 129 hang-up)."""
 
 
 def _gpus(value: str | None) -> str | int | list[int] | None:
@@ -252,9 +252,11 @@ def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt 
 @app.command()
 def history(root: RootOpt = None) -> None:
     """List the runs recorded in this project's .itwin-run/, oldest first."""
+    from runner.executors import follow_detached
     from runner.state import State
 
     where = (root or Path.cwd()).resolve()
+    follow_detached(where)  # a detached run whose jobs ended shows how they ended
     runs = sorted(State(where).manifests(), key=lambda m: m.get("started", 0))
     if not runs:
         ui.say(f"no runs yet in {where}")
@@ -402,9 +404,11 @@ def prune(
 @app.command("status")
 def status_(run_id: Annotated[str, typer.Argument(help="A run id from `itwin-run history`.")], root: RootOpt = None) -> None:
     """The state of each step of a run, as its executor knows it now (SLURM: squeue, then sacct)."""
-    from runner.executors import status
+    from runner.executors import follow_detached, status
 
-    for name, handle, state in status((root or Path.cwd()).resolve(), run_id):
+    where = (root or Path.cwd()).resolve()
+    follow_detached(where)
+    for name, handle, state in status(where, run_id):
         print(f"{name}\t{handle}\t{state}")
 
 

@@ -1,7 +1,7 @@
 """Errors a user can act on: printed as one line each, never as a traceback.
 
 Exit codes: 2 for a usage or workflow problem (bad flag, bad file, refused mount), 1 for the machine's side (engine,
-daemon, registry, build), the step's own code when a step fails, 130/143 when interrupted."""
+daemon, registry, build), the step's own code when a step fails, 128 + the signal when interrupted."""
 
 from __future__ import annotations
 

@@ -19,12 +19,13 @@ from typing import Any
 from runner import ui
 from runner.cache import remember
 from runner.engines.base import ImageBuilder, Job, Mount, StepRunner
-from runner.errors import StepFailed, UsageError
+from runner.errors import StepFailed, UsageError, UserError
+from runner.executors import follow_detached
 from runner.executors.base import Executor, Outcome, Submission
 from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for
 from runner.policy import mask_env
 from runner.report import edges_of
-from runner.state import ProjectFiles, State, fingerprint, tree_manifest
+from runner.state import ProjectFiles, State, fingerprint, this_process, tree_manifest
 from runner.workflow import Limits, StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
@@ -49,8 +50,13 @@ class RunOptions:
     allowed_mounts: list[str] = field(default_factory=list)
 
 
+# Every signal that ends a runner ends its run the same way: steps stopped, nothing marked complete, 128 + N.
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: `code` is what the run exits with (130 or 143)."""
+    """Ctrl-C, SIGTERM, SIGHUP or SIGQUIT: `code` is what the run exits with (128 + the signal: 130, 143, 129,
+    131)."""
 
     def __init__(self, code: int):
         super().__init__(code)
@@ -186,13 +192,14 @@ class RunSession:
         self.user = opts.user or (caller if executor.runs_as_caller else runner.default_user(wf.root))
         self.status: dict[str, str] = {}
         self.manifest: dict[str, Any] = {}
-        self.cancel_code = 0  # 130 or 143 once cancelled
+        self.cancel_code = 0  # 128 + the signal once cancelled
         self._cancelled_at: float | None = None
         self._phase = "prepare"
         self._files: ProjectFiles | None = None
         self._deps: dict[str, set[str]] = {}
         self._named: dict[str, set[str]] = {}  # step -> project files its command names
         self._written = 0.0  # when the manifest was last written
+        self._unwritten = False  # a step started since
         self._image_ids: dict[str, str | None] = {}
 
     # ------------------------------------------------------------ the run
@@ -207,10 +214,15 @@ class RunSession:
             ui.say("note: env.prefix (the prototype's conda location) is ignored: steps run in container images", "dim")
         if self.opts.dry_run:
             return self._dry_run(steps)
-        self.state.lock()
+        self.state.lock(self.run_id)
         remember(self.wf.root)  # `prune` elsewhere keeps what this project's records name
         previous = self._install_signals()
         try:
+            live = follow_detached(self.wf.root)
+            if live:  # never a second writer beside a job that still runs
+                raise UserError(f"run {live[0]} (detached) still has jobs queued or running on {self.wf.root}: follow "
+                                f"it with `itwin-run status {live[0]}`, or scancel its jobs, and run again once they "
+                                "end")
             self._start_manifest(steps)
             try:
                 self._phase = "images"
@@ -221,6 +233,7 @@ class RunSession:
                 self._image_ids = {ref: self.builder.identity(ref) for ref in set(images.values())}
                 self._check_inputs(steps)
                 self._check_access(steps)
+                self.runner.clean(self.state.over)  # before any step: no container of a dead run writes beside it
                 self._phase = "steps"
                 if self.cancel_code:
                     raise Interrupted(self.cancel_code)
@@ -269,11 +282,13 @@ class RunSession:
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return {sig: signal.signal(sig, self._on_signal) for sig in ENDING_SIGNALS}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         first = not self.cancel_code
-        self.cancel_code = self.cancel_code or (130 if signum == signal.SIGINT else 143)
+        self.cancel_code = self.cancel_code or 128 + signum
+        if signum == signal.SIGHUP:
+            ui.hung_up()  # the terminal is gone: what is left to say goes nowhere rather than failing
         if first:
             self._cancelled_at = time.monotonic()
         if self._phase != "steps":
@@ -372,6 +387,7 @@ class RunSession:
                     pending = []
                 if not active:
                     continue
+                self._flush()
                 for out in self.executor.poll(active, timeout=0.2):
                     sub = active.pop(out.step)
                     again = self._retry(sub, out, stopping)
@@ -462,9 +478,15 @@ class RunSession:
             "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
             **({"image_id": self._image_ids[job.image]} if self._image_ids.get(job.image) else {}),
             "start": time.time(), "status": "running", "log": str(sub.log), **({"attempts": attempts} if attempts else {})}
-        if time.monotonic() - self._written >= 1.0:  # what runs now, on disk; at most once a second (long chains)
+        self._unwritten = True
+        self._flush()
+
+    def _flush(self) -> None:
+        """What runs now, on disk within a second (a killed runner's record says which steps it was running); at
+        most once a second (long chains)."""
+        if self._unwritten and time.monotonic() - self._written >= 1.0:
             self.state.write_manifest(self.run_id, self.manifest)
-            self._written = time.monotonic()
+            self._written, self._unwritten = time.monotonic(), False
 
     def _outcome(self, sub: Submission, out: Outcome, stopping: bool) -> Outcome | None:
         """Record what happened to a step; returns the outcome when it is a failure of the step itself."""
@@ -507,7 +529,7 @@ class RunSession:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.manifest = {"run_id": self.run_id, "workflow": str(self.wf.path), "root": str(self.wf.root),
                          "engine": self.runner.name, "executor": self.executor.name, "started": time.time(),
-                         "status": "running", "selected": [s.name for s in steps],
+                         **this_process(), "status": "running", "selected": [s.name for s in steps],
                          "allowed_mounts": self.opts.allowed_mounts,
                          "dag": [list(e) for e in edges_of(self.wf) if {e[0], e[1]} <= {s.name for s in steps}],
                          "steps": {}}
@@ -532,6 +554,7 @@ class RunSession:
         if self._phase == "steps":
             self._table(steps)
         if self.manifest["status"] == "submitted":
+            self.state.note_detached(self.run_id)
             ui.say(f"run {self.run_id}: follow it with `itwin-run status {self.run_id}`")
 
     def _table(self, steps: list[StepSpec]) -> None:

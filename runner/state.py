@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import stat
 import time
 from pathlib import Path
@@ -119,6 +120,40 @@ class ProjectFiles:
         return fingerprint(files=files)
 
 
+def _started(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, /proc/PID/stat): a pid and this name one process, never a
+    later one that got the same pid; None when no such process runs."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    """What a run's manifest keeps of the process that runs it, so that any later command can tell it died."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_started": _started(os.getpid())}
+
+
+def runner_gone(manifest: dict[str, Any]) -> bool:
+    """The run says it is running, on this host, and the process that ran it is gone (killed outright: SIGKILL,
+    the OOM killer). A run of another host, or one that records no process, is never judged here."""
+    pid = manifest.get("pid")
+    if manifest.get("status") != "running" or not isinstance(pid, int) or manifest.get("host") != socket.gethostname():
+        return False
+    return _started(pid) != manifest.get("pid_started")
+
+
+def crashed(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The record of a run whose process died: `crashed`, its running steps `interrupted` (never complete)."""
+    for entry in manifest.get("steps", {}).values():
+        if entry.get("status") in (None, "running"):
+            entry["status"] = "interrupted"
+    manifest["status"] = "crashed"
+    manifest["error"] = (f"the itwin-run process (pid {manifest['pid']}) ended without finishing the run "
+                         "(killed outright?): what it was writing is not trusted")
+    return manifest
+
+
 class State:
     def __init__(self, root: Path):
         self.root = root
@@ -129,19 +164,25 @@ class State:
 
     # ------------------------------------------------------------ the project lock
 
-    def lock(self) -> None:
-        """One run at a time in a project: a second one is refused with the first one's pid."""
+    def lock(self, run_id: str = "") -> None:
+        """One run at a time in a project: a second one is refused with the first one's pid. The lock file names
+        the holder's pid and run until it unlocks: a name still there when the lock is free is a run whose process
+        died, recorded `crashed` now."""
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            holder = (os.read(fd, 200).decode(errors="replace").split() or ["?"])[0]
             os.close(fd)
             raise UserError(f"another itwin-run (pid {holder}) is running on {self.root}: "
                             "wait for it, or stop it first") from None
+        left = os.read(fd, 200).decode(errors="replace").split()
+        if len(left) == 2:
+            self.over(left[1])
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {run_id}".encode())
         self._fd = fd
 
     def unlock(self) -> None:
@@ -227,13 +268,66 @@ class State:
         return path
 
     def manifests(self) -> list[dict[str, Any]]:
+        """Every run's manifest; a run whose process died is recorded `crashed` here, by whichever command reads
+        them first."""
         out = []
         for path in sorted(self.runs.glob("*/manifest.json")):
             try:
-                out.append(json.loads(path.read_text()))
+                m = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
+            out.append(self.settle(m))
         return out
+
+    def settle(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The manifest as it is: a run whose process died is written `crashed` first."""
+        if runner_gone(manifest):
+            try:
+                self.write_manifest(manifest["run_id"], crashed(manifest))
+            except OSError:
+                pass  # a reader who may not write here still sees it crashed
+        return manifest
+
+    # ------------------------------------------------------------ detached runs (their jobs run on without us)
+
+    def note_detached(self, run_id: str) -> None:
+        with open(self.dir / "detached", "a") as f:
+            f.write(run_id + "\n")
+
+    def detached(self) -> list[str]:
+        """Runs whose jobs went on without their runner (--detach, or a Ctrl-C that left them), not yet settled."""
+        try:
+            return list(dict.fromkeys((self.dir / "detached").read_text().split()))
+        except OSError:
+            return []
+
+    def settle_detached(self, run_id: str, steps: dict[str, str]) -> None:
+        """A detached run's jobs all ended: its record says how (`steps`: step -> done, failed or interrupted)."""
+        path = self.runs / run_id / "manifest.json"
+        m = json.loads(path.read_text())
+        for name, status in steps.items():
+            entry = m.setdefault("steps", {}).setdefault(name, {})
+            if entry.get("status") in (None, "running", "submitted"):
+                entry["status"] = status
+        final = [e.get("status") for e in m["steps"].values()]
+        m["status"] = ("failed" if "failed" in final else "interrupted" if any(s != "done" for s in final)
+                       else "succeeded")
+        m["ended"] = m.get("ended") or time.time()
+        self.write_manifest(run_id, m)
+        self.drop_detached(run_id)
+
+    def drop_detached(self, run_id: str) -> None:
+        left = [r for r in self.detached() if r != run_id]
+        (self.dir / "detached").write_text("".join(r + "\n" for r in left))
+
+    def over(self, run_id: str) -> bool:
+        """Whether a run of this project is over: it ended, or its process died (a run of another project, or an
+        unknown one, is not this project's to judge)."""
+        try:
+            m = json.loads((self.runs / run_id / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return self.settle(m).get("status") not in ("running", "submitted")
 
     def manifest(self, run_id: str) -> dict[str, Any]:
         matches = [m for m in self.manifests() if m.get("run_id", "").startswith(run_id)]

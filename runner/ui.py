@@ -44,3 +44,19 @@ def console() -> Console:
     # no live display (spinners, cursor moves) where plain() says no escape codes
     return Console(stderr=True, soft_wrap=True, force_terminal=False if plain() else None,
                    no_color=bool(os.environ.get("NO_COLOR")))
+
+
+def hung_up() -> None:
+    """The terminal hung up (SIGHUP: the ssh session dropped): writes to it would fail, so stdout and stderr that
+    went to it go to /dev/null from now on. Pipes and files stay as they are."""
+    null = None
+    for fd in (1, 2):
+        try:
+            if not os.isatty(fd):
+                continue
+            null = os.open(os.devnull, os.O_WRONLY) if null is None else null
+            os.dup2(null, fd)
+        except OSError:
+            continue
+    if null is not None:
+        os.close(null)

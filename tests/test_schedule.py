@@ -157,7 +157,8 @@ def test_second_run_refuses_while_first_runs(toy, docker_client, no_leftovers):
         proc.wait(timeout=30)
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129),
+                                      (signal.SIGQUIT, 131)])
 def test_signal_stops_containers_and_records_interruption(toy, docker_client, no_leftovers, sig, code):
     proc = start_slow(toy)
     assert docker_client.containers.list(filters={"label": "org.itwin-run.step=a"})

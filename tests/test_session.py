@@ -210,8 +210,10 @@ def test_signal_between_containers_starts_no_more(project):
     assert not (project / ".itwin-run/steps/chain.yml/one.json").exists()
 
 
-def test_step_that_exits_0_on_sigterm_is_not_complete(project):
-    """Defect 1: a cancelled step is never recorded complete, whatever its exit code."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
+def test_step_that_exits_0_on_an_ending_signal_is_not_complete(project, sig):
+    """Defect 1: a cancelled step is never recorded complete, whatever its exit code; a hang-up (a dropped ssh
+    session) and SIGQUIT end a run as SIGTERM does, with 128 + the signal."""
     stopped = []
 
     def stops_cleanly(job):
@@ -219,10 +221,10 @@ def test_step_that_exits_0_on_sigterm_is_not_complete(project):
         return 0
 
     r = FakeRunner({"one": stops_cleanly})
-    kill_self(signal.SIGTERM, 0.3)
+    kill_self(sig, 0.3)
     with pytest.raises(session.Interrupted) as exc:
         run(project, r)
-    assert exc.value.code == 143 and stopped == [True]
+    assert exc.value.code == 128 + sig and stopped == [True]
     m = last_manifest(project)
     assert m["steps"]["one"]["status"] == "interrupted" and m["status"] == "interrupted"
     assert not State(project).record("chain.yml/one")
@@ -351,3 +353,40 @@ def test_keep_going_ends_with_the_first_failure_and_says_each_once(project, caps
     assert exc.value.step == "a"
     err = capsys.readouterr().err
     assert err.count("step 'b' asks for GPUs") == 1 and "step 'a' asks for GPUs" not in err, err
+
+
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+from tests.test_session import run
+from tests.fakes import FakeRunner
+run(Path(sys.argv[1]), FakeRunner({"two": lambda job: time.sleep(120) or 0}))
+"""
+
+
+def test_a_run_whose_process_was_killed_is_crashed_and_its_steps_not_trusted(project):
+    """When the runner is killed outright (SIGKILL: no handler runs), the next command that reads the project
+    records the run `crashed`, its running step `interrupted`, and the next run reruns that step."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(project)], cwd=Path(__file__).parent.parent)
+    for _ in range(300):
+        found = list((project / ".itwin-run/runs").glob("*/manifest.json"))
+        if found and json.loads(found[0].read_text() or "{}").get("steps", {}).get("two", {}).get("status"):
+            break
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+    (path,) = found
+    killed = json.loads(path.read_text())
+    assert killed["status"] == "running" and killed["steps"]["two"]["status"] == "running"  # as it was left
+    assert killed["pid"] == child.pid
+
+    r = FakeRunner()
+    run(project, r)
+    after = json.loads(path.read_text())
+    assert after["status"] == "crashed" and after["steps"]["two"]["status"] == "interrupted"
+    assert after["steps"]["one"]["status"] == "done" and f"pid {child.pid}" in after["error"]
+    assert r.started == ["two", "three"]  # one had finished; two never did
+    assert r.over(killed["run_id"]) and not r.over("20990101-000000-nosuchrun")

@@ -146,6 +146,11 @@ def test_detach_then_status(toy, slurm_env):
     res = slurm("--detach", "workflow.yml", cwd=toy, env=slurm_env)
     assert res.returncode == 0 and "submitted summarize as job" in res.stderr
     run_id = res.stderr.split("itwin-run status ")[1].split("`")[0]
+    again = slurm("workflow.yml", cwd=toy, env=slurm_env)  # its jobs are in flight: refused, nothing submitted
+    assert again.returncode == 1 and "submitted" not in again.stderr, again.stderr[-2000:]
+    assert [ln for ln in again.stderr.splitlines() if not ln.startswith("note:")] == [
+        f"error: run {run_id} (detached) still has jobs queued or running on {toy}: follow it with `itwin-run status "
+        f"{run_id}`, or scancel its jobs, and run again once they end"], again.stderr
     for _ in range(300):
         st = itwin("status", run_id, cwd=toy, env=slurm_env)
         rows = [line.split("\t") for line in st.stdout.splitlines()]
@@ -154,6 +159,9 @@ def test_detach_then_status(toy, slurm_env):
         time.sleep(0.2)
     assert [r[0] for r in rows] == ["generate", "square", "summarize"] and all(r[2] == "COMPLETED" for r in rows)
     assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55")
+    (row,) = [r for r in itwin("history", cwd=toy, env=slurm_env).stdout.splitlines() if r.startswith(run_id)]
+    assert " succeeded " in row and "(3 done)" in row, row  # the record learnt how its jobs ended
+    assert slurm("workflow.yml", cwd=toy, env=slurm_env).returncode == 0  # and the project is free again
 
 
 def test_a_failed_submission_is_a_failed_run_in_history(toy, slurm_env):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from runner import ui
 from runner.engines.base import OVERLAY, Cancelled, Job, Made, image_parts, time_limit
+from runner.engines.watchdog import Watchdog
 from runner.errors import UserError
 from runner.images import SOURCE_WHEELS, BuildOptions, ImageSpec, Pin
 
@@ -304,6 +305,7 @@ class ApptainerRunner:
         self._lock = threading.Lock()
         self._cancelled = False
         self._noted = False
+        self._watchdog = Watchdog()
 
     def default_user(self, root: Path) -> str:
         return f"{os.getuid()}:{os.getgid()}"  # apptainer runs as the caller; as root, without privileges
@@ -333,7 +335,10 @@ class ApptainerRunner:
                     pass
 
     def end(self) -> None:
-        pass
+        self._watchdog.close()
+
+    def clean(self, over: Callable[[str], bool]) -> None:
+        pass  # a killed runner's steps went with their process groups (the watchdog)
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         me = f"{os.getuid()}:{os.getgid()}"
@@ -356,8 +361,11 @@ class ApptainerRunner:
             # Our own process (not spython's stream): its pid is what the time limit stops and what wait4 measures.
             *overlays, image = reversed(image_parts(job.image))
             options += [f for o in overlays for f in ("--overlay", f"{o}:ro")]
+            # a process group of its own, which the watchdog kills should this process die without stopping it
             proc = subprocess.Popen([self.exe, "--quiet", "exec", *options, image, *job.argv],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    start_new_session=True)
+            self._watchdog.group(proc.pid)
         started = time.monotonic()
         exited = threading.Event()
         timer = time_limit(job, lambda: self._stop(proc, exited))
@@ -367,6 +375,7 @@ class ApptainerRunner:
         _, status, rusage = os.wait4(proc.pid, 0)
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         exited.set()
+        self._watchdog.release(proc.pid)
         if timer:
             timer.cancel()
         code = 128 - code if code < 0 else code  # killed by a signal: the shell's way (137 for SIGKILL)

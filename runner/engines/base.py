@@ -153,3 +153,8 @@ class StepRunner(Protocol):
     def end(self) -> None:
         """The run is over (or interrupted): remove what begin() set up."""
         ...
+
+    def clean(self, over: Callable[[str], bool]) -> None:
+        """Remove what earlier runs left that are over by `over(run_id)` (their runner was killed outright, or a
+        restarted daemon kept their containers); what belongs to other runs or other projects stays."""
+        ...

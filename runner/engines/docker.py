@@ -15,10 +15,12 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker.types import DeviceRequest
 
 from runner import ui, usage
 from runner.engines.base import Cancelled, Job, Made, time_limit
+from runner.engines.watchdog import Watchdog
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, BuildOptions, ImageSpec, Pin
 
@@ -33,6 +35,33 @@ _ERROR_LINE = re.compile(r"(error|ERROR|E: |No matching distribution|Could not f
 def _daemon_error(exc: Exception) -> UserError:
     return UserError(f"cannot reach the Docker daemon ({exc.__class__.__name__}): start dockerd "
                      "(as root: `dockerd &`, or `make engine`) or point DOCKER_HOST at a running one")
+
+
+# What a call to the daemon raises: its refusals, and the connection's end when the daemon goes away mid-run.
+GONE = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def _lost(step: str) -> UserError:
+    return UserError(f"the Docker daemon stopped answering during step {step!r}: start it again (`dockerd`, "
+                     "`systemctl start docker`) and rerun; the next run removes what this one left")
+
+
+def _answers() -> bool:
+    try:
+        client().api.ping()
+        return True
+    except Exception:  # any way of not answering
+        return False
+
+
+def _going_away(seconds: float = 3.0) -> bool:
+    """Whether the daemon stops answering within `seconds` (asked after a step was stopped by no one we know of)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not _answers():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 _clients: dict[str, docker.DockerClient] = {}
@@ -155,8 +184,10 @@ class _Waiter(threading.Thread):
 
     def result(self) -> int:
         self.join()
-        if self.error is not None:
+        if isinstance(self.error, docker.errors.APIError):
             raise UserError(f"docker: lost the container while waiting for it: {self.error}")
+        if self.error is not None:
+            raise self.error  # the connection's end: the daemon went away (said once, by the step's run())
         assert self.code is not None
         return self.code
 
@@ -211,7 +242,7 @@ class _Pod:
                                                 host_config=host, detach=True)["Id"]
             self._created.set()
             self.api.start(self.id)
-        except docker.errors.DockerException as exc:
+        except GONE as exc:
             self.error = str(exc)
         finally:
             self._created.set()
@@ -240,10 +271,10 @@ class _Pod:
             self.api.kill(self.id, signal="SIGTERM")
             if wait:
                 gone.join(timeout=10)
-        except docker.errors.APIError:
+        except GONE:
             try:
                 self.api.remove_container(self.id, force=True)
-            except docker.errors.APIError:
+            except GONE:
                 pass
 
 
@@ -585,6 +616,8 @@ class DockerRunner:
         self._cancelled = False
         self._forced = False
         self._cgroup_v: int | None = -1  # not asked yet
+        self._watchdog = Watchdog()  # removes the run's containers should this process be killed outright
+        self._watched = False
 
     def default_user(self, root: Path) -> str:
         """Your uid:gid; when you are root, the project directory's owner, or nobody (65534) for a root-owned
@@ -599,11 +632,18 @@ class DockerRunner:
     def begin(self, labels: dict[str, str]) -> None:
         self._labels = labels
 
+    def _watch(self) -> None:
+        """Before the run's first container: its watchdog, to remove them all should this process die."""
+        if self._labels and not self._watched:
+            self._watched = True
+            self._watchdog.containers(self._labels)
+
     def _network(self, image: str) -> str | None:
         """The run's network holder (see _Pod), started with the run's first step: a run whose steps are all up to
         date starts no container. It runs the base image (any step image will do where there is none)."""
         with self._pod_lock:
             if self._pod is None:
+                self._watch()
                 labels = {f"{LABEL}.managed": "1", f"{LABEL}.role": "network", **self._labels}
                 pod_image = "itwin-run/base:latest" if image_id("itwin-run/base:latest") else image
                 self._pod = _Pod(client().api, pod_image, labels)
@@ -617,6 +657,22 @@ class DockerRunner:
         if self._pod is not None:
             self._pod.remove(wait=self._cancelled)
             self._pod = None
+        self._watchdog.close()
+
+    def clean(self, over: Callable[[str], bool]) -> None:
+        api = client().api
+        mine = self._labels.get(f"{LABEL}.run")
+        try:
+            left = api.containers(all=True, filters={"label": [f"{LABEL}.managed=1", f"{LABEL}.run"]})
+        except GONE:
+            return  # no daemon to ask: the step that needs it says so
+        for c in left:
+            run = c["Labels"].get(f"{LABEL}.run")
+            if run and run != mine and over(run):
+                try:
+                    api.remove_container(c["Id"], force=True)
+                except GONE:
+                    pass  # removed already
 
     def explain(self, job: Job, code: int, tail: list[str]) -> str:
         missing = next((m.group(1) for ln in tail[-3:] if (m := re.search(r"exec (\S+) failed: No such file", ln))), None)
@@ -637,9 +693,12 @@ class DockerRunner:
             ids = list(self._active)
         api = client().api
         filters = {"label": [f"{k}={v}" for k, v in self._labels.items()]}
-        if self._labels:  # and any a step thread has not registered yet
-            ids += [c["Id"] for c in api.containers(all=True, filters=filters)
-                    if c["Labels"].get(f"{LABEL}.role") != "network" and c["Id"] not in ids]
+        try:
+            if self._labels:  # and any a step thread has not registered yet
+                ids += [c["Id"] for c in api.containers(all=True, filters=filters)
+                        if c["Labels"].get(f"{LABEL}.role") != "network" and c["Id"] not in ids]
+        except GONE:
+            pass  # the daemon went away: so did the containers' processes
         threads = [threading.Thread(target=self._stop, args=(cid, force), daemon=True) for cid in ids]
         for t in threads:
             t.start()
@@ -653,8 +712,8 @@ class DockerRunner:
                 client().api.kill(cid)
             else:
                 client().api.stop(cid, timeout=4)
-        except docker.errors.APIError:
-            pass  # gone already, or never started
+        except GONE:
+            pass  # gone already, or never started, or the daemon went away
 
     def _cgroups(self) -> int | None:
         """The cgroup version to measure steps with, where the daemon is on this machine (a unix socket); None: not
@@ -674,7 +733,21 @@ class DockerRunner:
         return out
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
+        try:
+            code = self._run(job, on_line)
+        except (Cancelled, UserError):
+            raise
+        except Exception:  # the connection's end, whatever layer saw it: one line when the daemon went away
+            if _answers():
+                raise
+            raise _lost(job.step) from None
+        if code in (137, 143) and not self._cancelled and "killed" not in job.usage and _going_away():
+            raise _lost(job.step)  # a daemon that shuts down stops its containers first
+        return code
+
+    def _run(self, job: Job, on_line: Callable[[str], None]) -> int:
         api = client().api
+        self._watch()
         binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
         network = self._network(job.image) if self._labels else None
         v = self._cgroups()
@@ -772,8 +845,8 @@ class DockerRunner:
     def _remove(cid: str, parent: usage.Parent | None) -> None:
         try:
             client().api.remove_container(cid, force=True)
-        except docker.errors.APIError:
-            pass
+        except GONE:
+            pass  # removed already; or the daemon went away (the next run removes it)
         if parent:
             parent.remove()  # once the container (its child cgroup) is gone
 

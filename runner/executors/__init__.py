@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from runner.errors import UsageError
+from runner.errors import UsageError, UserError
 from runner.executors.base import Executor, Outcome, Submission
 
 EXECUTORS = {"local": ("runner.executors.local", "LocalExecutor"),
@@ -21,6 +21,34 @@ def get_executor(name: str, **options: object) -> Executor:
 
 
 __all__ = ["Executor", "Outcome", "Submission", "get_executor", "EXECUTORS"]
+
+
+def follow_detached(root) -> list[str]:
+    """Detached runs of the project whose jobs are still queued or running. Those whose jobs all ended get their
+    true outcome in their record first (history then shows it)."""
+    from runner import ui
+    from runner.state import State
+
+    state = State(root)
+    live = []
+    for run_id in state.detached():
+        try:
+            m = state.manifest(run_id)
+        except UserError:  # its record is gone
+            state.drop_detached(run_id)
+            continue
+        module = importlib.import_module(EXECUTORS.get(m.get("executor", "local"), EXECUTORS["local"])[0])
+        try:
+            steps = module.outcomes(m) if hasattr(module, "outcomes") else {}
+        except UserError as exc:
+            ui.say(f"note: run {run_id} was detached and its jobs cannot be checked here ({exc})", "yellow")
+            live.append(run_id)
+            continue
+        if steps is None:
+            live.append(run_id)
+        else:
+            state.settle_detached(run_id, steps)
+    return live
 
 
 def status(root, run_id: str) -> list[tuple[str, str, str]]:

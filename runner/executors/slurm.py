@@ -274,6 +274,21 @@ def exit_code(log: Path) -> int | None:
         return None
 
 
+def outcomes(manifest: dict) -> dict[str, str] | None:
+    """How a detached run's steps ended (step -> done, failed or interrupted), or None while any of its jobs is
+    still queued or running."""
+    steps = {name: info for name, info in manifest.get("steps", {}).items() if info.get("handle")}
+    states = job_states({info["handle"]: Path(info.get("log", "")) for info in steps.values()}) if steps else {}
+    if any(state not in FINAL and state != "UNKNOWN" for state, _ in states.values()):
+        return None
+    out = {}
+    for name, info in steps.items():
+        state, code = states[info["handle"]]
+        out[name] = ("done" if state == "COMPLETED" and code == 0 else "interrupted" if state == "CANCELLED"
+                     else "failed")
+    return out
+
+
 def status(root: Path, run_id: str) -> list[tuple[str, str, str]]:
     """(step, job id, state) of a run's steps, as job_states() finds them now."""
     from runner.state import State
