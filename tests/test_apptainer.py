@@ -115,3 +115,38 @@ def test_sources_are_an_overlay_on_a_dependency_sif(docker_client, apptainer_env
     assert res.returncode == 0, res.stderr[-2000:]
     res = itwin("--engine", "apptainer", "--force", "wf.yml", cwd=tmp_path, env=node)
     assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-2000:]
+
+
+def test_concurrent_runs_make_a_new_sif_once(docker_client, apptainer_env, tmp_path, toy):
+    """Four runs started together that need the same new SIF (one shared cache): one conversion, all four run."""
+    import subprocess
+
+    from tests.conftest import ITWIN_RUN
+
+    env = {**os.environ, **apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "shared-cache")}
+    assert itwin("build", "workflow.yml", cwd=toy).returncode == 0  # the Docker images first
+    projects = []
+    for i in range(4):
+        shutil.copytree(toy, tmp_path / f"p{i}", ignore=shutil.ignore_patterns("data", ".itwin-run"))
+        projects.append(tmp_path / f"p{i}")
+    procs = [subprocess.Popen([*ITWIN_RUN, "--engine", "apptainer", "--only", "generate", "workflow.yml"], cwd=p,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in projects]
+    results = [(proc.wait(timeout=600), proc.stderr.read()) for proc in procs]
+    assert all(code == 0 for code, _ in results), [err[-1500:] for _, err in results]
+    assert sum(err.count("converted ") for _, err in results) == 1, [err[-600:] for _, err in results]
+    assert len(list((tmp_path / "shared-cache").glob("*.sif"))) == 1
+    assert not list((tmp_path / "shared-cache").glob("*.partial"))
+    assert all((p / "data" / "raw" / "numbers.txt").read_text() == "1\n2\n3\n4\n5\n" for p in projects)
+
+
+def test_a_gpu_step_sees_its_allocation(docker_client, apptainer_env, toy):
+    """Under SLURM (CUDA_VISIBLE_DEVICES=2,3 for this job), a `gpus: 1` step sees device 2, not every GPU of the
+    node (--cleanenv hid the variable). Without a GPU here, what reaches the step is its environment."""
+    wf = toy / "workflow.yml"
+    wf.write_text(wf.read_text().replace(
+        "command: python ./steps/generate.py",
+        "command: python -c \"import os; print('visible', os.environ.get('CUDA_VISIBLE_DEVICES'))\"\n      gpus: 1"))
+    res = itwin("--engine", "apptainer", "--only", "generate", "workflow.yml", cwd=toy,
+                env={**apptainer_env, "CUDA_VISIBLE_DEVICES": "2,3"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "generate | visible 2\n" in res.stdout, res.stdout

@@ -375,3 +375,17 @@ def test_resources_are_checked_with_file_and_line(tmp_path):
                              "      gpus: all\n      resources: {gpus: 1}\n")
     assert got == [f"{tmp_path}/wf.yml:6: steps[0].s.resources.gpus: gpus given twice (gpus and resources.gpus): "
                    "keep one"]
+
+
+def test_apptainer_gpu_steps_get_the_allocation_not_every_gpu():
+    """--cleanenv hid CUDA_VISIBLE_DEVICES, so a step under SLURM saw every GPU of the node: the step now gets the
+    caller's allocation, narrowed to what it asks."""
+    from runner.engines.apptainer import allocated_gpus
+
+    slurm = {"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_JOB_GPUS": "2,3", "PATH": "/bin"}
+    assert allocated_gpus("all", slurm) == {"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_JOB_GPUS": "2,3"}
+    assert allocated_gpus(1, slurm)["CUDA_VISIBLE_DEVICES"] == "2"
+    assert allocated_gpus([1], slurm)["CUDA_VISIBLE_DEVICES"] == "3"
+    assert allocated_gpus([0, 5], slurm)["CUDA_VISIBLE_DEVICES"] == "2"  # no device 5 in this allocation
+    assert allocated_gpus(1, {"GPU_DEVICE_ORDINAL": "1"}) == {"GPU_DEVICE_ORDINAL": "1"}
+    assert allocated_gpus("all", {"PATH": "/bin"}) == {}

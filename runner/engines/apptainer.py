@@ -11,6 +11,8 @@ dependency SIF as it is. The step's image is then written `DEPS.sif::SOURCES.sqf
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -19,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from runner import ui
@@ -165,7 +167,9 @@ class ApptainerBuilder:
                         f"step {spec.step!r}: pulling its sources' wheels {wheels}")
             return sorted((dest / "wheels" / Path(SOURCE_WHEELS).name).glob("*.whl"))
 
-        self._overlay(fetch, spec.step, deps, overlay)
+        with one_maker(overlay) as needed:
+            if needed:
+                self._overlay(fetch, spec.step, deps, overlay)
         return image, True
 
     def _overlay(self, fetch: Callable[[Path], list[Path]], step: str, deps_sif: str, overlay: Path) -> None:
@@ -204,7 +208,12 @@ class ApptainerBuilder:
             return str(sif), True
         if not build:
             return str(sif), False
-        sif.parent.mkdir(parents=True, exist_ok=True)
+        with one_maker(sif) as needed:
+            if needed:
+                self._convert_now(source, sif, step)
+        return str(sif), True
+
+    def _convert_now(self, source: str, sif: Path, step: str) -> None:
         partial = sif.with_name(f".{sif.name}.{os.getpid()}.partial")
         start = time.monotonic()
         # lz4 by default: SIFs build twice as fast and, since every exec reads the image anew, a Python step starts
@@ -218,7 +227,6 @@ class ApptainerBuilder:
         finally:
             partial.unlink(missing_ok=True)
         ui.say(f" {sif} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="converted")
-        return str(sif), True
 
     def _build(self, options: list[str], target: Path, source: str, doing: str, what: str) -> None:
         """`apptainer build OPTIONS TARGET SOURCE`, with the registry credentials ITWIN_RUN_REGISTRY_USER/PASSWORD
@@ -354,6 +362,9 @@ class ApptainerRunner:
             options += ["--env", f"{key}={value}"]
         if job.gpus:
             options.append("--nv")
+            for key, value in allocated_gpus(job.gpus, os.environ).items():
+                if key not in job.env:  # --cleanenv would hide the allocation: the step saw every GPU of the node
+                    options += ["--env", f"{key}={value}"]
         options += self._limits(job)
         with self._lock:
             if self._cancelled:
@@ -414,6 +425,51 @@ def _suffix() -> str:
 
 def _safe(ref: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in ref)
+
+
+GPU_ALLOCATION = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "GPU_DEVICE_ORDINAL")
+
+
+def allocated_gpus(gpus: str | int | list[int], env: Mapping[str, str]) -> dict[str, str]:
+    """The GPU allocation a step gets, in the caller's terms: its CUDA_VISIBLE_DEVICES (what SLURM or the user gave
+    this job) narrowed to what the step asks (`all`, a count, or indices into the visible devices), with SLURM's
+    names for the same. Empty where the caller names no allocation (the step sees the node's GPUs)."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return {k: env[k] for k in GPU_ALLOCATION if k in env}
+    devices = [d for d in visible.split(",") if d]
+    if gpus == "all":
+        chosen = devices
+    elif isinstance(gpus, int):
+        chosen = devices[:gpus]
+    else:
+        chosen = [devices[i] for i in gpus if 0 <= i < len(devices)]
+    out = {"CUDA_VISIBLE_DEVICES": ",".join(chosen)}
+    out.update({k: env[k] for k in GPU_ALLOCATION[1:] if k in env})
+    return out
+
+
+@contextlib.contextmanager
+def one_maker(target: Path) -> Iterator[bool]:
+    """Many processes may need the same new SIF or overlay at once (runs started together, SLURM jobs, users of one
+    shared cache): the first makes it while the others wait on a lock file beside it, then use what it made. Yields
+    whether the target still has to be made. A maker that crashed leaves only its `.partial` file, never the
+    target, and its lock goes with its process."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"the SIF cache {target.parent} is not writable ({exc.strerror}): set ITWIN_RUN_SIF_CACHE to "
+                        "a directory of yours") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            ui.say(f"waiting for another process that makes {target.name}", "dim")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield not target.is_file()
+    finally:
+        os.close(fd)
 
 
 def _plain_http(ref: str) -> bool:
