@@ -88,7 +88,8 @@ def run(
                                                show_default=False)] = None,
     retries: Annotated[int | None, typer.Option(min=0, help="Run a failed step again up to N times (over each "
                                                             "step's retries).", show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images, argv, mounts); run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Print the plan (images, argv, mounts); run "
+                                                                  "nothing.")] = False,
     cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images "
                                                    "(the cwl executor).")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Independent steps run at once.")] = 1,
@@ -246,7 +247,9 @@ def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt 
     from runner import session
     from runner import workflow as wfmod
 
-    session.image_specs(wfmod.load(workflow, root, allowed_mounts=allow_mount or []))
+    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
+    session.image_specs(wf)
+    session.check_inputs(wf, wf.steps)  # what a run of the whole workflow would refuse
 
 
 @app.command()

@@ -101,6 +101,16 @@ def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
     return [s for s in wf.steps if s.name in chosen]
 
 
+def check_inputs(wf: Workflow, steps: list[StepSpec]) -> None:
+    """Every input of these steps exists or one of them writes it (checked before anything is built or run)."""
+    written = {s.output for s in steps if s.output}
+    for step in steps:
+        for d in step.inputs:
+            if d not in written and not wf.datasets[d].exists():
+                raise UsageError(f"{wf.path}:{step.line}: {step.name}.input: dataset {d!r} ({wf.datasets[d]}) does "
+                                 "not exist and no selected step writes it")
+
+
 def image_specs(wf: Workflow, pinned: dict[str, Pin] | None = None) -> dict[str, ImageSpec]:
     """Each step's image spec; with a pin file's images, exactly those prebuilt references."""
     if pinned is None:
@@ -231,7 +241,7 @@ class RunSession:
                 images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self._build_options(),
                                                                    pinned=self.opts.pinned).items()}
                 self._image_ids = {ref: self.builder.identity(ref) for ref in set(images.values())}
-                self._check_inputs(steps)
+                check_inputs(self.wf, steps)
                 self._check_access(steps)
                 self.runner.clean(self.state.over)  # before any step: no container of a dead run writes beside it
                 self._phase = "steps"
@@ -251,6 +261,7 @@ class RunSession:
         return dataclasses.replace(self.opts.build, single_file=self.executor.single_file_images)
 
     def _dry_run(self, steps: list[StepSpec]) -> None:
+        check_inputs(self.wf, steps)  # what the run would refuse, the dry run refuses
         images = resolve_images(self.wf, self.builder, self._build_options(), build=False, pinned=self.opts.pinned)
         subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps]
         self.executor.dry_run(subs, {k: present for k, (_, present) in images.items()})
@@ -269,13 +280,6 @@ class RunSession:
                 raise UsageError(f"{path} is not readable by uid {uid}, which steps run as when itwin-run runs as "
                                  f"root: make it readable (chmod o+rx {path}) or run the steps as root (--user 0:0)")
 
-    def _check_inputs(self, steps: list[StepSpec]) -> None:
-        written = {s.output for s in steps if s.output}
-        for step in steps:
-            for d in step.inputs:
-                if d not in written and not self.wf.datasets[d].exists():
-                    raise UsageError(f"{self.wf.path}:{step.line}: {step.name}.input: dataset {d!r} "
-                                     f"({self.wf.datasets[d]}) does not exist and no selected step writes it")
 
     # ------------------------------------------------------------ signals: one flag for the whole run
 

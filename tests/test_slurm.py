@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -67,7 +68,9 @@ def test_failure_cancels_dependents_and_resume_resubmits_only_what_is_needed(toy
     assert "submitted square" in res.stderr and "submitted summarize" in res.stderr
 
 
-def test_cancel_on_exit_leaves_no_container(toy, slurm_env, docker_client):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_cancel_on_exit_leaves_no_container(toy, slurm_env, docker_client, sig):
+    """Ctrl-C, or the runner killed outright (its watchdog scancels the jobs): no job or container is left."""
     (toy / "slow.yml").write_text(
         "datasets: {a: {location: ./data/a}}\nsteps:\n"
         "  - slow: {output: a, command: \"python -c \\\"import time; time.sleep(120)\\\"\", "
@@ -79,9 +82,20 @@ def test_cancel_on_exit_leaves_no_container(toy, slurm_env, docker_client):
             break
         time.sleep(0.1)
     assert docker_client.containers.list(filters={"label": "org.itwin-run.step=slow"}), "the step never started"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "cancelled jobs" in err
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "cancelled jobs" in err, err[-2000:]
+    else:
+        assert proc.returncode == -signal.SIGKILL  # no handler ran: the watchdog cancels the job
+    job = re.search(r"submitted slow as job (\d+)", err).group(1)
+    for _ in range(100):
+        queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True,
+                                env={**os.environ, **slurm_env}).stdout.strip()
+        if queued in ("", "CANCELLED", "COMPLETED"):
+            break
+        time.sleep(0.1)
+    assert queued in ("", "CANCELLED", "COMPLETED"), queued  # not RUNNING: the job was cancelled
     for _ in range(150):
         if not docker_client.containers.list(all=True, filters={"label": "org.itwin-run.step=slow"}):
             break

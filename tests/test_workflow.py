@@ -389,3 +389,21 @@ def test_apptainer_gpu_steps_get_the_allocation_not_every_gpu():
     assert allocated_gpus([0, 5], slurm)["CUDA_VISIBLE_DEVICES"] == "2"  # no device 5 in this allocation
     assert allocated_gpus(1, {"GPU_DEVICE_ORDINAL": "1"}) == {"GPU_DEVICE_ORDINAL": "1"}
     assert allocated_gpus("all", {"PATH": "/bin"}) == {}
+
+
+@pytest.mark.parametrize("how", [["validate"], ["run", "--dry-run"], ["run", "-n"]])
+def test_validate_and_dry_run_refuse_what_the_run_refuses(tmp_path, capsys, how):
+    """An input dataset that does not exist and no step writes: the run refuses it (exit 2), and so do `validate`
+    and the dry run, with the same line (they passed it before)."""
+    from runner.cli import main
+
+    (tmp_path / "env.txt").write_text("")
+    (tmp_path / "w.yml").write_text("datasets:\n  raw: {location: ./data/raw}\n  out: {location: ./data/out}\n"
+                                    "steps:\n  - stats: {input: raw, output: out, command: python s.py, "
+                                    "env: {file: env.txt}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*how, str(tmp_path / "w.yml"), "--root", str(tmp_path)])
+    assert exit_info.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("note:")]
+    assert lines == [f"error: {tmp_path}/w.yml:5: stats.input: dataset 'raw' ({tmp_path}/data/raw) does not exist and "
+                     "no selected step writes it"]

@@ -1,8 +1,9 @@
 """A run's watchdog: a small process in a session of its own that holds a pipe from the runner. A runner that ends
 as it should says so, and the watchdog exits with nothing to do. When the pipe closes without that (the runner got
 SIGKILL: the OOM killer, a CI time limit, a killed tmux), the watchdog removes what the run left: the containers
-that carry all of the run's labels, and the process groups of its steps. It touches nothing else: another run's
-containers carry another run label, and a group is only one this runner named and did not release.
+that carry all of the run's labels, the process groups of its steps, and the SLURM jobs it was asked to cancel
+(--cancel-on-exit). It touches nothing else: another run's containers carry another run label, and a group or a
+job is only one this runner named and did not release.
 
 The runner side is `Watchdog`; the process runs this file as a script (the package's imports would cost it a
 quarter of a second), with nothing beyond the standard library until there is something to remove."""
@@ -48,6 +49,10 @@ class Watchdog:
         """The group ended: never signal that number again (another process may get it)."""
         self._send(f"release {pgid}")
 
+    def job(self, job_id: str) -> None:
+        """Should the runner die, scancel this SLURM job."""
+        self._send(f"job {job_id}")
+
     def close(self) -> None:
         """The run ended as it should: the watchdog exits and removes nothing."""
         with self._lock:
@@ -86,6 +91,7 @@ def main() -> None:
         signal.signal(sig, signal.SIG_IGN)  # only the pipe's end tells it what happened
     filters: list[list[str]] = []
     groups: set[int] = set()
+    jobs: list[str] = []
     for line in sys.stdin:
         what, _, rest = line.strip().partition(" ")
         if what == "end":
@@ -96,11 +102,15 @@ def main() -> None:
             groups.add(int(rest))
         elif what == "release":
             groups.discard(int(rest))
+        elif what == "job":
+            jobs.append(rest)
     for pgid in groups:  # the runner died: its steps go
         try:
             os.killpg(pgid, signal.SIGKILL)
         except OSError:
             pass
+    if jobs:
+        subprocess.run(["scancel", *jobs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if filters:
         _remove_containers(filters)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import ui
+from runner.engines.watchdog import Watchdog
 from runner.errors import UsageError, UserError
 from runner.executors.base import Outcome, Submission
 from runner.session import job_json
@@ -89,6 +90,7 @@ class SlurmExecutor:
         self._offsets: dict[str, int] = {}
         self._seen: dict[str, str] = {}
         self._handles: dict[str, str] = {}  # step -> job id
+        self._watchdog = Watchdog()  # --cancel-on-exit: scancels the jobs should this process be killed outright
 
     def check(self, opts, steps: list[StepSpec]) -> None:
         for flag, value, pattern in (("--partition", self.partition, PARTITION), ("--account", self.account, PARTITION),
@@ -172,6 +174,8 @@ class SlurmExecutor:
         script.write_text(self.script(sub, spec_file))
         job_id = command(["sbatch", "--parsable", str(script)]).strip().split(";")[0]
         self._handles[sub.step.name] = job_id
+        if self.cancel_on_exit:
+            self._watchdog.job(job_id)
         ui.say(f"submitted {sub.step.name} as job {job_id}" + (f" (after {', '.join(sub.after)})" if sub.after else ""))
         return job_id
 
@@ -224,7 +228,7 @@ class SlurmExecutor:
             self.detach = True
 
     def close(self) -> None:
-        pass
+        self._watchdog.close()
 
     def _tail(self, sub: Submission) -> None:
         log, name = sub.log, sub.step.name
