@@ -316,11 +316,6 @@ def report(
     from runner.state import State
 
     state = State((root or Path.cwd()).resolve())
-    if run_id is None:
-        runs = sorted(state.manifests(), key=lambda m: m.get("started", 0))
-        if not runs:
-            raise UsageError(f"no runs yet in {state.root}")
-        run_id = runs[-1]["run_id"]
     m = state.manifest(run_id)
     dest = output or state.root / ".itwin-run" / "runs" / m["run_id"] / "report.html"
     edges = [tuple(e) for e in m.get("dag", [])]
@@ -405,7 +400,8 @@ def prune(
 
 
 @app.command("status")
-def status_(run_id: Annotated[str, typer.Argument(help="A run id from `itwin-run history`.")], root: RootOpt = None) -> None:
+def status_(run_id: Annotated[str | None, typer.Argument(help="A run id from `itwin-run history` (default: the "
+                                                                "latest).")] = None, root: RootOpt = None) -> None:
     """The state of each step of a run, as its executor knows it now (SLURM: squeue, then sacct)."""
     from runner.executors import follow_detached, status
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import tree
-from runner.errors import UserError
+from runner.errors import UsageError, UserError
 
 IGNORE_FILE = ".itwinignore"
 # What a step's fingerprint leaves out of the project tree by default (`.dockerignore` syntax; an .itwinignore at
@@ -329,9 +329,17 @@ class State:
             return False
         return self.settle(m).get("status") not in ("running", "submitted")
 
-    def manifest(self, run_id: str) -> dict[str, Any]:
-        matches = [m for m in self.manifests() if m.get("run_id", "").startswith(run_id)]
+    def manifest(self, run_id: str | None = None) -> dict[str, Any]:
+        """A run's manifest by its id or the id's start; the latest run's when `run_id` is None. A wrong id is a
+        usage error that names the recent runs."""
+        runs = sorted(self.manifests(), key=lambda m: m.get("started", 0))
+        if not runs:
+            raise UsageError(f"no runs yet in {self.root}")
+        if run_id is None:
+            return runs[-1]
+        matches = [m for m in runs if m.get("run_id", "").startswith(run_id)]
         if len(matches) != 1:
-            raise UserError(f"no run {run_id!r} in {self.runs}" if not matches else
-                            f"{run_id!r} matches {len(matches)} runs: give more of the id")
+            recent = ", ".join(m.get("run_id", "?") for m in runs[-5:][::-1])
+            raise UsageError(f"no run {run_id!r} in {self.root} (recent: {recent})" if not matches else
+                             f"{run_id!r} matches {len(matches)} runs: give more of the id (recent: {recent})")
         return matches[0]

@@ -202,6 +202,10 @@ def _compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        row = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        if mark and "\t" in row[:mark.column + 1]:  # YAML indents with spaces only
+            col = row.index("\t") + 1
+            raise ValidationError([f"{fname}:{line}:{col}: yaml: a tab at column {col}: indent with spaces"]) from None
         raise ValidationError([f"{fname}:{line}: yaml: {problem}"]) from None
     lines: dict[tuple, int] = {}
     constructor = yaml.SafeLoader("")
@@ -263,6 +267,8 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{fname}: cannot read workflow file: {exc}") from None
     data, lines = _compose(text, fname)
+    if data is None:
+        raise ValidationError([f"{fname}:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"])
     if not isinstance(data, dict):
         raise ValidationError([f"{fname}:1: top: a workflow is a mapping with 'datasets' and 'steps'"])
     control = _control_characters(data, lines, fname)
@@ -277,6 +283,8 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
             msg = _short(err)
             if len(loc) >= 5 and loc[0] == "steps" and loc[3] == "params" and err["type"] != "missing":
                 loc, msg = loc[:5], "a param is a scalar (text, number, true/false) or a list of scalars"
+            if err["type"] == "extra_forbidden":
+                msg += _closest(str(loc[-1]), _fields_at(loc[:-1]))
             problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc) or 'top'}: {msg}")
         raise ValidationError(sorted(set(problems), key=_by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
@@ -318,6 +326,18 @@ def _short(err: dict) -> str:
     if err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in PATTERN_WORDS:
         return f"{err['input']!r} is not {PATTERN_WORDS[err['ctx']['pattern']]}"
     return msg
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The field names the workflow file allows where `loc` points (a step, its env, a dataset, ...)."""
+    if loc[:1] == ("datasets",):
+        return list(Dataset.model_fields)
+    if loc[:1] == ("resources",):
+        return list(Resources.model_fields)
+    if loc[:1] == ("steps",) and len(loc) >= 3:
+        sub = {"env": Env, "slurm": Slurm, "resources": Resources}.get(str(loc[3])) if len(loc) > 3 else Step
+        return list(sub.model_fields) if sub else []
+    return list(WorkflowFile.model_fields)
 
 
 def _closest(name: str, known: Any) -> str:

@@ -390,3 +390,31 @@ def test_a_run_whose_process_was_killed_is_crashed_and_its_steps_not_trusted(pro
     assert after["steps"]["one"]["status"] == "done" and f"pid {child.pid}" in after["error"]
     assert r.started == ["two", "three"]  # one had finished; two never did
     assert r.over(killed["run_id"]) and not r.over("20990101-000000-nosuchrun")
+
+
+def test_status_means_the_latest_run_and_a_wrong_id_names_the_recent_ones(project, capsys):
+    from runner.cli import main
+
+    run(project, FakeRunner())
+    latest = last_manifest(project)["run_id"]
+    capsys.readouterr()
+    main(["status", "--root", str(project)])  # no id: the latest run, as `report` does
+    assert capsys.readouterr().out.splitlines() == [f"{s}\t{s}\tdone" for s in ("one", "two", "three")]
+    for command in ("show", "status", "report"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "nosuch", "--root", str(project)])
+        assert exit_info.value.code == 2, command  # a usage problem, as a wrong flag is
+        assert capsys.readouterr().err == f"error: no run 'nosuch' in {project} (recent: {latest})\n"
+
+
+def test_a_write_to_a_read_only_mount_names_the_one_writable_place(project):
+    """A step that failed with EROFS got only its own OSError; the reason now names its output dataset."""
+    from runner.engines.base import Job, Mount, failure_reason
+
+    mounts = [Mount(project, project, True), Mount(project / "data/a", project / "data/a", False)]
+    job = Job(step="gen", image="img", argv=["python", "gen.py"], workdir=project, mounts=mounts, env={}, user="1:1")
+    tail = ["Traceback (most recent call last):", "OSError: [Errno 30] Read-only file system: 'out.txt'"]
+    assert failure_reason(FakeRunner(), job, 1, tail) == (
+        "step 'gen' wrote into a read-only mount (the project and the inputs are read-only): what it keeps goes "
+        f"into its output dataset, {project}/data/a (its --output)")
+    assert failure_reason(FakeRunner(), job, 1, ["ValueError: no"]) == ""

@@ -120,6 +120,22 @@ def test_bad_yaml_and_wrong_top_level(tmp_path):
     assert problems(tmp_path, "datasets: {}\n")[0].endswith("steps: required field is missing")
 
 
+def test_tabs_empty_files_and_misspelt_fields_are_named(tmp_path):
+    """A tab is named as a tab with its column (libyaml said only 'found character that cannot start any token');
+    an empty file is said to be empty (it was 'top: ...'); a misspelt field gets a 'did you mean'."""
+    f = tmp_path / "wf.yml"
+    assert problems(tmp_path, "datasets:\n\to: {location: ./o}\n") == [f"{f}:2:1: yaml: a tab at column 1: indent with spaces"]
+    assert problems(tmp_path, "") == [f"{f}:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"]
+    got = problems(tmp_path, "datasets: {o: {location: ./o, locaton: x}}\nresources: {cpu: 1}\nsteps:\n"
+                             "  - s:\n      ouput: o\n      command: c\n      env: {file: env.txt, fiel: x}\n"
+                             "      slurm: {partiton: p}\n")
+    assert got == [f"{f}:1: datasets.o.locaton: unknown field (did you mean 'location'?)",
+                   f"{f}:2: resources.cpu: unknown field (did you mean 'cpus'?)",
+                   f"{f}:5: steps[0].s.ouput: unknown field (did you mean 'output'?)",
+                   f"{f}:7: steps[0].s.env.fiel: unknown field (did you mean 'file'?)",
+                   f"{f}:8: steps[0].s.slurm.partiton: unknown field (did you mean 'partition'?)"]
+
+
 @pytest.mark.parametrize("location", ["/", ".", "..", "./"])
 def test_dataset_locations_that_expose_too_much_are_refused(tmp_path, location):
     got = problems(tmp_path, f"""

@@ -66,7 +66,14 @@ def failure_reason(runner: StepRunner, job: Job, code: int, tail: list[str]) -> 
     engine's explain() makes of the code; "" when neither says more."""
     if job.usage.get("killed"):
         return f"step {job.step!r} killed: {job.usage['killed']}"
-    return runner.explain(job, code, tail)
+    said = runner.explain(job, code, tail)
+    if not said and any("Read-only file system" in line for line in tail[-5:]):
+        writable = [str(m.target) for m in job.mounts if not m.read_only]
+        said = (f"step {job.step!r} wrote into a read-only mount (the project and the inputs are read-only): what "
+                f"it keeps goes into its output dataset, {writable[0]} (its --output)" if writable else
+                f"step {job.step!r} wrote into a read-only mount (the project and the inputs are read-only), and it "
+                "has no output dataset to write into")
+    return said
 
 
 def time_limit(job: Job, stop: Callable[[], None]) -> threading.Timer | None:

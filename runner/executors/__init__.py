@@ -51,12 +51,13 @@ def follow_detached(root) -> list[str]:
     return live
 
 
-def status(root, run_id: str) -> list[tuple[str, str, str]]:
-    """(step, handle, state) of a run's steps: the executor's own view where it has one (SLURM), else the record."""
+def status(root, run_id: str | None) -> list[tuple[str, str, str]]:
+    """(step, handle, state) of a run's steps (the latest run's when `run_id` is None): the executor's own view
+    where it has one (SLURM), else the record."""
     from runner.state import State
 
     m = State(root).manifest(run_id)
     module = importlib.import_module(EXECUTORS.get(m.get("executor", "local"), EXECUTORS["local"])[0])
     if hasattr(module, "status"):
-        return module.status(root, run_id)
+        return module.status(root, m["run_id"])
     return [(name, info.get("handle", "-"), info.get("status", "?")) for name, info in m.get("steps", {}).items()]
