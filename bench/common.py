@@ -33,11 +33,12 @@ def mnist(root: Path) -> Path:
     return root
 
 
-def chain(n: int, env_file: str = "./bench-env/requirements.txt") -> str:
-    """A workflow of n trivial steps, each reading the one before."""
+def chain(n: int, env_file: str = "./bench-env/requirements.txt", command: str = "python -c pass",
+          params: str = "") -> str:
+    """A workflow of n steps (trivial ones by default), each reading the one before."""
     lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
     for i in range(n):
         inp = f"d{i - 1}" if i else "null"
-        lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"python -c pass\", "
-                     f"env: {{file: {env_file}}}}}")
+        lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"{command}\", "
+                     f"env: {{file: {env_file}}}{', params: ' + params if params else ''}}}")
     return "\n".join(lines) + "\n"

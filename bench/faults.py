@@ -29,7 +29,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ITWIN, toy  # noqa: E402
+from bench.common import ITWIN, chain, toy  # noqa: E402
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL]
 STEP = r'''import os, pathlib, sys, threading, time, uuid
@@ -53,15 +53,6 @@ me.unlink()
 '''
 
 
-def workflow(n: int) -> str:
-    lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
-    for i in range(n):
-        inp = f"d{i - 1}" if i else "null"
-        lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: python step.py, "
-                     f"env: {{file: ./envs/requirements.txt}}, params: {{seconds: 0.6}}}}")
-    return "\n".join(lines) + "\n"
-
-
 def newest_run(root: Path) -> dict:
     runs = sorted((root / ".itwin-run" / "runs").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(runs[-1].read_text()) if runs else {}
@@ -80,7 +71,7 @@ def main() -> None:
         root = toy(Path(tmp, "toy"))
         root.chmod(0o755)
         (root / "step.py").write_text(STEP)
-        (root / "chain.yml").write_text(workflow(5))
+        (root / "chain.yml").write_text(chain(5, "./envs/requirements.txt", "python step.py", "{seconds: 0.6}"))
         subprocess.run([ITWIN, "chain.yml"], cwd=root, check=True, capture_output=True)  # the image, once
         for trial in range(args.trials):
             sig = SIGNALS[trial % len(SIGNALS)]
