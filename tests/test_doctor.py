@@ -85,3 +85,15 @@ def test_init_runs_at_once_and_refuses_a_folder_that_holds_anything(tmp_path, do
     assert itwin("init", "other", cwd=tmp_path).returncode == 2
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["keep.txt"]
     shutil.rmtree(project / "data")
+
+
+def test_an_unwritable_sif_cache_is_one_line_in_doctor_and_in_a_run(toy, apptainer_env, docker_client):
+    """It was a traceback (the shim directory beside the cache could not be made)."""
+    env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": "/proc/itwin-no-cache"}
+    res = itwin("doctor", "--engine", "apptainer", cwd=toy, env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
+    assert "FAIL apptainer: the SIF cache /proc/itwin-no-cache is not writable" in res.stdout, res.stdout
+    res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "error: the SIF cache /proc/itwin-no-cache is not writable"), res.stderr[-2000:]

@@ -51,13 +51,17 @@ def _executable() -> str:
                         "or set ITWIN_RUN_APPTAINER to its path")
     if not shutil.which("singularity") or os.environ.get("ITWIN_RUN_APPTAINER"):
         shim = sif_cache().parent / "bin"
-        shim.mkdir(parents=True, exist_ok=True)
         link = shim / "singularity"
-        if not link.is_symlink() or os.readlink(link) != exe:
-            tmp = shim / f".singularity.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(exe)
-            tmp.replace(link)
+        try:
+            shim.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink() or os.readlink(link) != exe:
+                tmp = shim / f".singularity.{os.getpid()}"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(exe)
+                tmp.replace(link)
+        except OSError as exc:
+            raise UserError(f"the SIF cache {sif_cache()} is not writable ({exc.strerror}): set ITWIN_RUN_SIF_CACHE "
+                            "to a directory of yours") from None
         os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
     return exe
 
@@ -482,11 +486,14 @@ def doctor(needs_gpu: bool) -> list:
     from runner.doctor import Check, free_space
 
     area = "apptainer"
+    if not (os.environ.get("ITWIN_RUN_APPTAINER") or shutil.which("apptainer") or shutil.which("singularity")):
+        return [Check(area, False, "apptainer (or singularity) not on PATH",
+                      "load it (`module load apptainer`) or set ITWIN_RUN_APPTAINER to its path")]
     try:
         exe = _executable()
-    except UserError as exc:
-        return [Check(area, False, "apptainer (or singularity) not on PATH",
-                      str(exc).split(": ", 1)[-1])]
+    except UserError as exc:  # where it keeps the SIFs cannot be written
+        detail, _, fix = str(exc).partition(": set ")
+        return [Check(area, False, detail, "set " + fix)]
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
     if proc.returncode != 0:
         return [Check(area, False, f"{exe} --version fails: {(proc.stderr or proc.stdout).strip()[:200]}",
@@ -507,7 +514,16 @@ def doctor(needs_gpu: bool) -> list:
     nv = shutil.which("nvidia-smi") is not None
     checks.append(Check(area, nv if needs_gpu else None, "--nv: nvidia-smi found" if nv else "--nv: no NVIDIA driver here",
                         "run on a GPU node with the NVIDIA driver"))
-    checks.append(free_space(area, sif_cache(), "the SIF cache"))
+    cache = sif_cache()
+    near = next(p for p in (cache, *cache.parents) if p.exists())
+    checks.append(Check(area, os.access(near, os.W_OK | os.X_OK), f"the SIF cache {cache} is writable" if os.access(
+        near, os.W_OK | os.X_OK) else f"the SIF cache {cache} is not writable ({near})",
+        "set ITWIN_RUN_SIF_CACHE to a directory of yours"))
+    checks.append(free_space(area, cache, "the SIF cache"))
+    tmp = Path(os.environ.get("APPTAINER_TMPDIR") or tempfile.gettempdir())
+    room = free_space(area, tmp, "converting images (APPTAINER_TMPDIR)")
+    room.fix = "set APPTAINER_TMPDIR to a local disk with room for the largest image, unpacked"
+    checks.append(room)
     return checks
 
 
