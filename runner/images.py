@@ -18,7 +18,7 @@ from typing import Any
 
 from runner import tree
 from runner.errors import UsageError, UserError, ValidationError
-from runner.workflow import StepSpec, Workflow, _compose, _dotted, _line
+from runner.workflow import StepSpec, Workflow, compose, dotted, line_of
 
 # Templates and scripts: the repository's images/ and Dockerfile.base, reached through runner/data (links in the
 # checkout, files in the wheel), so the installed tool finds them too.
@@ -287,17 +287,17 @@ def conda_to_pip(f: Path, text: str) -> str:
     """A conda environment.yml with python + pip packages only, as a requirements list."""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-    data, lines = _compose(text, str(f))
+    data, lines = compose(text, str(f))
     problems: list[str] = []
 
     def problem(loc: tuple, msg: str) -> None:
-        problems.append(f"{f}:{_line(lines, loc)}: {_dotted(loc)}: {msg}")
+        problems.append(f"{f}:{line_of(lines, loc)}: {dotted(loc)}: {msg}")
 
     if not isinstance(data, dict):
         raise ValidationError([f"{f}:1: top: an environment file is a mapping with 'dependencies'"])
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):
-        raise ValidationError([f"{f}:{_line(lines, ('dependencies',))}: dependencies: must be a list"])
+        raise ValidationError([f"{f}:{line_of(lines, ('dependencies',))}: dependencies: must be a list"])
     pip_lines: list[str] = []
     for i, dep in enumerate(deps):
         loc = ("dependencies", i)

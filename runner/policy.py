@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from runner.engines.apptainer import sif_cache
+from runner.places import sif_cache
 
 # System locations no dataset may be, be inside of, or contain.
 SYSTEM = ["/proc", "/sys", "/dev", "/run", "/var/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32",

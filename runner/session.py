@@ -12,7 +12,6 @@ import secrets
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +20,14 @@ from runner.cache import remember
 from runner.engines.base import ImageBuilder, Job, Mount, StepRunner
 from runner.errors import StepFailed, UsageError, UserError
 from runner.executors import follow_detached
-from runner.executors.base import Executor, Outcome, Submission
+from runner.executors.base import Executor, Outcome, RunOptions, Submission
 from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for
 from runner.policy import mask_env
 from runner.report import edges_of
-from runner.state import ProjectFiles, State, fingerprint, this_process, tree_manifest
+from runner.state import ProjectFiles, State, complete_step, step_fingerprint, this_process
 from runner.workflow import Limits, StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
-
-
-@dataclass
-class RunOptions:
-    user: str | None = None
-    gpus: str | int | list[int] | None = None
-    cpus: float | None = None  # --cpus / --memory / --retries: for every step, over the file's values
-    memory: str | None = None
-    retries: int | None = None
-    build: BuildOptions = field(default_factory=BuildOptions)
-    pinned: dict[str, Pin] | None = None  # step -> prebuilt image (--images FILE)
-    jobs: int = 1
-    only: list[str] = field(default_factory=list)
-    from_: str | None = None
-    until: str | None = None
-    force: list[str] | None = None  # None: nothing forced; []: everything; names: those steps
-    keep_going: bool = False
-    dry_run: bool = False
-    allowed_mounts: list[str] = field(default_factory=list)
 
 
 # Every signal that ends a runner ends its run the same way: steps stopped, nothing marked complete, 128 + N.
@@ -165,26 +145,6 @@ def prepare_output(path: Path, user: str) -> None:
         os.chown(dirpath, uid, gid)
         for name in [*dirnames, *filenames]:
             os.lchown(os.path.join(dirpath, name), uid, gid)
-
-
-def mounts_json(job: Job) -> list[dict[str, Any]]:
-    return [{"source": str(m.source), "target": str(m.target), "read_only": m.read_only} for m in job.mounts]
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    return {**job.__dict__, "workdir": str(job.workdir), "mounts": mounts_json(job),
-            "limits": dataclasses.asdict(job.limits)}
-
-
-def step_fingerprint(parts: dict, inputs: dict[str, str]) -> str:
-    """What a step's record is checked against: its image, argv, env, user, the project files it may read, and
-    its inputs as they are now."""
-    return fingerprint(**parts, inputs={d: tree_manifest(Path(p)) for d, p in inputs.items()})
-
-
-def complete_step(root: Path, key: str, parts: dict, inputs: dict[str, str], output: str | None, run_id: str) -> None:
-    """Mark a step's output complete (after it succeeded): used by the session and by SLURM's step jobs."""
-    State(root).complete(key, step_fingerprint(parts, inputs), Path(output) if output else None, run_id)
 
 
 # ---------------------------------------------------------------- the session
@@ -478,7 +438,7 @@ class RunSession:
         attempts = self.manifest["steps"].get(job.step, {}).get("attempts")
         self.manifest["steps"][job.step] = {
             "image": job.image, "engine": self.runner.name, "executor": self.executor.name, "argv": job.argv,
-            "user": job.user, "gpus": job.gpus, "env": mask_env(job.env), "mounts": mounts_json(job),
+            "user": job.user, "gpus": job.gpus, "env": mask_env(job.env), "mounts": job.to_dict()["mounts"],
             "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
             **({"image_id": self._image_ids[job.image]} if self._image_ids.get(job.image) else {}),
             "start": time.time(), "status": "running", "log": str(sub.log), **({"attempts": attempts} if attempts else {})}

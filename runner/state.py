@@ -154,6 +154,17 @@ def crashed(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def step_fingerprint(parts: dict, inputs: dict[str, str]) -> str:
+    """What a step's record is checked against: its image, argv, env, user, the project files it may read, and
+    its inputs as they are now."""
+    return fingerprint(**parts, inputs={d: tree_manifest(Path(p)) for d, p in inputs.items()})
+
+
+def complete_step(root: Path, key: str, parts: dict, inputs: dict[str, str], output: str | None, run_id: str) -> None:
+    """Mark a step's output complete (after it succeeded): used by the session and by SLURM's step jobs."""
+    State(root).complete(key, step_fingerprint(parts, inputs), Path(output) if output else None, run_id)
+
+
 class State:
     def __init__(self, root: Path):
         self.root = root

@@ -1,7 +1,7 @@
 """Run one step inside a batch job: `python -m runner.stepjob JOB.json` (written by the SLURM executor).
 
 The step runs through the chosen engine with the same argv, binds and env as a local run; task 0 writes the step's
-exit code beside its log and, on success, the step record (runner.session.complete_step). SIGTERM (scancel) stops
+exit code beside its log and, on success, the step record (runner.state.complete_step). SIGTERM (scancel) stops
 the step's container or apptainer process before the job ends."""
 
 from __future__ import annotations
@@ -13,17 +13,14 @@ import sys
 from pathlib import Path
 
 from runner.engines import Cancelled, get_runner
-from runner.engines.base import Job, Mount, failure_reason
+from runner.engines.base import Job, failure_reason
 from runner.policy import masker
-from runner.session import complete_step
-from runner.workflow import Limits
+from runner.state import complete_step
 
 
 def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    fields = spec["job"]
-    job = Job(**{**fields, "workdir": Path(fields["workdir"]), "limits": Limits(**fields.get("limits") or {}),
-                 "mounts": [Mount(Path(m["source"]), Path(m["target"]), m["read_only"]) for m in fields["mounts"]]})
+    job = Job.from_dict(spec["job"])
     task = os.environ.get("SLURM_PROCID", "0")
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         # several tasks (srun): what Lightning's SLURM environment reads to set up DDP goes into the container

@@ -194,7 +194,7 @@ class Workflow:
 # ---------------------------------------------------------------- YAML with line numbers
 
 
-def _compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
+def compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
     """Load YAML into plain objects and remember the line of every key/item path."""
     try:
         node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml where there is one
@@ -219,9 +219,9 @@ def _compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
                 # keys are names as written: YAML 1.1 would turn `on:`/`off:`/`1:` into bools and ints
                 key = k.value if isinstance(k, yaml.ScalarNode) else None
                 if not isinstance(key, str) or not key:
-                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {_dotted(path) or 'top'}: keys must be plain names"])
+                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {dotted(path) or 'top'}: keys must be plain names"])
                 if key in out:
-                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key"])
+                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {dotted(path + (key,))}: duplicate key"])
                 lines[path + (key,)] = k.start_mark.line + 1
                 out[key] = build(v, path + (key,))
             return out
@@ -230,14 +230,14 @@ def _compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
         try:
             return constructor.construct_object(n, deep=True)
         except yaml.YAMLError as exc:
-            raise ValidationError([f"{fname}:{n.start_mark.line + 1}: {_dotted(path)}: {exc}"]) from None
+            raise ValidationError([f"{fname}:{n.start_mark.line + 1}: {dotted(path)}: {exc}"]) from None
 
     if node is None:
         return None, lines
     return build(node, ()), lines
 
 
-def _dotted(path: tuple) -> str:
+def dotted(path: tuple) -> str:
     out = ""
     for p in path:
         if p == "[key]":  # pydantic's marker for a problem with a mapping's key: the key is already named
@@ -246,7 +246,7 @@ def _dotted(path: tuple) -> str:
     return out
 
 
-def _line(lines: dict[tuple, int], path: tuple) -> int:
+def line_of(lines: dict[tuple, int], path: tuple) -> int:
     while path and path not in lines:
         path = path[:-1]
     return lines.get(path, 1)
@@ -266,7 +266,7 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
         raise UsageError(f"{fname}: no such workflow file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{fname}: cannot read workflow file: {exc}") from None
-    data, lines = _compose(text, fname)
+    data, lines = compose(text, fname)
     if data is None:
         raise ValidationError([f"{fname}:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"])
     if not isinstance(data, dict):
@@ -285,7 +285,7 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
                 loc, msg = loc[:5], "a param is a scalar (text, number, true/false) or a list of scalars"
             if err["type"] == "extra_forbidden":
                 msg += _closest(str(loc[-1]), _fields_at(loc[:-1]))
-            problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc) or 'top'}: {msg}")
+            problems.append(f"{fname}:{line_of(lines, loc)}: {dotted(loc) or 'top'}: {msg}")
         raise ValidationError(sorted(set(problems), key=_by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
     return _resolve(wf, path, root, lines, allowed_mounts)
@@ -306,7 +306,7 @@ def _control_characters(data: Any, lines: dict[tuple, int], fname: str) -> list[
         elif isinstance(v, str):
             in_command = len(path) >= 4 and path[0] == "steps" and path[3] == "command"
             if "\0" in v or (not in_command and ("\n" in v or "\r" in v)):
-                problems.append(f"{fname}:{_line(lines, path)}: {_dotted(path)}: "
+                problems.append(f"{fname}:{line_of(lines, path)}: {dotted(path)}: "
                                 f"{'NUL' if chr(0) in v else 'a line break'} is not allowed here")
     visit(data, ())
     return problems
@@ -359,7 +359,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
     problems: list[str] = []
 
     def problem(loc: tuple, msg: str) -> None:
-        problems.append(f"{fname}:{_line(lines, loc)}: {_dotted(loc)}: {msg}")
+        problems.append(f"{fname}:{line_of(lines, loc)}: {dotted(loc)}: {msg}")
 
     here_dir = path.resolve().parent
     # relative paths resolve against the current directory (the prototype's rule): say so when the file is elsewhere
@@ -395,7 +395,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         here = ("steps", i, name)
         if name in seen:
             problem(here, f"duplicate step name (first at line {seen[name]})")
-        seen.setdefault(name, _line(lines, here))
+        seen.setdefault(name, line_of(lines, here))
         inputs = (step.input,) if isinstance(step.input, str) else tuple(step.input or ())
         for ds in inputs:
             if ds not in datasets and ds not in wf.datasets:
@@ -438,7 +438,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         gpus = next((g for g in (step.gpus, own.gpus, default.gpus) if g is not None), None)
         limits = Limits(cpus=own.cpus or default.cpus, memory=own.memory or default.memory,
                         time=own.time or default.time)
-        steps.append(StepSpec(name=name, line=_line(lines, here), command=step.command, inputs=inputs,
+        steps.append(StepSpec(name=name, line=line_of(lines, here), command=step.command, inputs=inputs,
                               output=step.output, env=env, env_file=env_file, sources=tuple(sources),
                               params=step.params or {}, gpus=gpus, limits=limits, retries=step.retries,
                               slurm=step.slurm, depends=step.depends))

@@ -29,18 +29,13 @@ from runner.engines.base import OVERLAY, Cancelled, Job, Made, image_parts, time
 from runner.engines.watchdog import Watchdog
 from runner.errors import UserError
 from runner.images import SOURCE_WHEELS, BuildOptions, ImageSpec, Pin
+from runner.places import sif_cache
 
 _REGISTRY_SCHEMES = ("docker://", "oras://", "library://", "shub://")
 
 
 def _mksquashfs() -> str | None:
     return os.environ.get("ITWIN_RUN_MKSQUASHFS") or shutil.which("mksquashfs")
-
-
-def sif_cache() -> Path:
-    base = os.environ.get("ITWIN_RUN_SIF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
-                                                         "itwin-run", "sif")
-    return Path(base)
 
 
 def _executable() -> str:
@@ -107,7 +102,7 @@ class ApptainerBuilder:
             if ref.startswith(_REGISTRY_SCHEMES):
                 return self._convert(ref, sif, spec.step, build)
             docker = self._docker_engine()
-            if docker and docker._image_id(ref):
+            if docker and docker.identity(ref):
                 self._origin[str(sif)] = ref
                 return self._convert(f"docker-daemon://{ref}", sif, spec.step, build)
             return self._convert(f"docker://{ref}", sif, spec.step, build)
@@ -483,7 +478,7 @@ def _plain_http(ref: str) -> bool:
 
 def doctor(needs_gpu: bool) -> list:
     """The Apptainer side of `itwin-run doctor`."""
-    from runner.doctor import Check, free_space
+    from runner.checks import Check, free_space
 
     area = "apptainer"
     if not (os.environ.get("ITWIN_RUN_APPTAINER") or shutil.which("apptainer") or shutil.which("singularity")):

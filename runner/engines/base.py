@@ -4,6 +4,7 @@ module under runner/engines/ with both, and its name in runner.engines.ENGINES."
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,17 @@ class Job:
     # What the engine measured, filled by run(): wall_s, cpu_s, peak_memory (bytes), and `killed` (why the engine
     # stopped it: "out of memory (limit 2G)", "time limit (30m)"). A key is absent when it could not be measured.
     usage: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON takes it (a SLURM job reads it back with from_dict)."""
+        return {**self.__dict__, "workdir": str(self.workdir), "limits": dataclasses.asdict(self.limits),
+                "mounts": [{"source": str(m.source), "target": str(m.target), "read_only": m.read_only}
+                           for m in self.mounts]}
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> Job:
+        return cls(**{**fields, "workdir": Path(fields["workdir"]), "limits": Limits(**fields.get("limits") or {}),
+                      "mounts": [Mount(Path(m["source"]), Path(m["target"]), m["read_only"]) for m in fields["mounts"]]})
 
 
 @dataclass

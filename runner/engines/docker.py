@@ -856,7 +856,7 @@ def doctor(needs_gpu: bool) -> list:
     import grp
     import shutil
 
-    from runner.doctor import Check, free_space
+    from runner.checks import Check, free_space
 
     area = "docker"
     try:

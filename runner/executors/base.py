@@ -4,13 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from runner.engines.base import Job
+from runner.images import BuildOptions, Pin
 from runner.workflow import StepSpec
 
-if TYPE_CHECKING:
-    from runner.session import RunOptions
+
+@dataclass
+class RunOptions:
+    user: str | None = None
+    gpus: str | int | list[int] | None = None
+    cpus: float | None = None  # --cpus / --memory / --retries: for every step, over the file's values
+    memory: str | None = None
+    retries: int | None = None
+    build: BuildOptions = field(default_factory=BuildOptions)
+    pinned: dict[str, Pin] | None = None  # step -> prebuilt image (--images FILE)
+    jobs: int = 1
+    only: list[str] = field(default_factory=list)
+    from_: str | None = None
+    until: str | None = None
+    force: list[str] | None = None  # None: nothing forced; []: everything; names: those steps
+    keep_going: bool = False
+    dry_run: bool = False
+    allowed_mounts: list[str] = field(default_factory=list)
 
 
 @dataclass

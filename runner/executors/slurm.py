@@ -19,7 +19,6 @@ from runner import ui
 from runner.engines.watchdog import Watchdog
 from runner.errors import UsageError, UserError
 from runner.executors.base import Outcome, Submission
-from runner.session import job_json
 from runner.workflow import PARTITION, SBATCH_FLAG, SLURM_TIME, StepSpec, sbatch_flag
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
@@ -143,7 +142,7 @@ class SlurmExecutor:
 
     def _spec(self, sub: Submission) -> str:
         return json.dumps({"engine": self.engine, "run_id": self.run_id, "root": str(sub.job.workdir), "key": sub.key,
-                           "output": sub.output, "parts": sub.parts, "inputs": sub.inputs, "job": job_json(sub.job),
+                           "output": sub.output, "parts": sub.parts, "inputs": sub.inputs, "job": sub.job.to_dict(),
                            "exit_file": str(sub.log.with_suffix(".exit"))}, indent=1, default=str)
 
     def dry_run(self, subs: list[Submission], present: dict[str, bool]) -> None:
@@ -306,7 +305,7 @@ def status(root: Path, run_id: str) -> list[tuple[str, str, str]]:
 
 def doctor(needs_gpu: bool) -> list:
     """The SLURM side of `itwin-run doctor`."""
-    from runner.doctor import Check, which
+    from runner.checks import Check, which
 
     checks, present = which("slurm", ["sbatch", "squeue", "scontrol", "scancel"],
                             "load SLURM's client commands (`module load slurm`) or run on a login node")

@@ -1,0 +1,103 @@
+"""Imports run one way (fast tier): workflow → images → engines / executors → session → CLI, with no circle
+anywhere in runner/ (imports inside functions and for type checking count too), and no private name taken from
+another module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+RUNNER = Path(__file__).resolve().parent.parent / "runner"
+LAYERS = {"runner.workflow": 1, "runner.images": 2, "runner.engines": 3, "runner.executors": 3, "runner.session": 4,
+          "runner.cli": 5}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(root: Path) -> tuple[dict[str, set[str]], list[str]]:
+    """module -> the runner modules it imports; and `module: from X import _name` for each private name taken."""
+    known = {module_name(p, root) for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    private = []
+    for path in root.rglob("*.py"):
+        me = module_name(path, root)
+        deps = graph.setdefault(me, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == root.name:
+                deps.add(node.module)
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in known:
+                        deps.add(f"{node.module}.{alias.name}")
+                    elif alias.name.startswith("_") and node.module != me:
+                        private.append(f"{me}: from {node.module} import {alias.name}")
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.split(".")[0] == root.name)
+        deps.discard(me)
+    return graph, private
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def layer(module: str) -> int | None:
+    return next((n for prefix, n in LAYERS.items() if module == prefix or module.startswith(prefix + ".")), None)
+
+
+def wrong_way(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                  if layer(m) is not None and layer(d) is not None and layer(d) > layer(m))
+
+
+def test_imports_run_one_way_with_no_circle_and_no_private_names():
+    graph, private = imports(RUNNER)
+    assert circles(graph) == []
+    assert wrong_way(graph) == []
+    assert private == []
+
+
+def test_the_check_sees_a_circle_a_wrong_way_and_a_private_name(tmp_path):
+    pkg = tmp_path / "runner"
+    (pkg / "engines").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "workflow.py").write_text("def load():\n    from runner.engines.docker import run\n")
+    (pkg / "engines" / "__init__.py").write_text("")
+    (pkg / "engines" / "docker.py").write_text("from runner.workflow import _line\nfrom runner.session import x\n")
+    (pkg / "session.py").write_text("import runner.engines.docker\n")
+    graph, private = imports(pkg)
+    assert circles(graph) == [["runner.engines.docker", "runner.session", "runner.workflow"]]
+    assert wrong_way(graph) == ["runner.engines.docker -> runner.session", "runner.workflow -> runner.engines.docker"]
+    assert private == ["runner.engines.docker: from runner.workflow import _line"]
