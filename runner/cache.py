@@ -3,14 +3,13 @@ and image pin files still name it, when it was last used, and removing what noth
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.engines import ENGINES
+from runner.engines import engine, engines
 from runner.engines.base import Made, image_parts
 from runner.errors import UserError
 from runner.state import State
@@ -70,11 +69,11 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
     first); and a note per engine that could not be asked (no daemon, say)."""
     items: list[Made] = []
     notes = []
-    for name, (module, _, _) in ENGINES.items():
+    for each in engines():
         try:
-            items += importlib.import_module(module).made()
+            items += each.made()
         except UserError as exc:
-            notes.append(f"{name}: not listed ({exc})")
+            notes.append(f"{each.name}: not listed ({exc})")
     named: dict[str, list[str]] = {}
     used: dict[str, float] = {}
     for project in projects(root):
@@ -132,8 +131,7 @@ def to_prune(entries: list[Entry], older_than: float | None, everything: bool) -
 
 
 def remove(entry: Entry) -> None:
-    module = ENGINES[entry.item.engine][0]
-    importlib.import_module(module).remove(entry.item)
+    engine(entry.item.engine).remove(entry.item)
 
 
 def size(n: float) -> str:

@@ -21,7 +21,8 @@ SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate
                "--install-completion", "--show-completion"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
-EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker or apptainer.")]
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker (the default), apptainer, "
+                                                                "or another installed as a plugin.")]
 RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
 WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
 ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]
@@ -500,11 +501,9 @@ def doctor(
     """Check what this machine offers (Docker, the NVIDIA runtime, Apptainer, SLURM, disk, registries, the
     wheelhouse), one line each with what to do about a gap; exit 0 when what the run needs is usable, else 1."""
     from runner import doctor as doc
-    from runner.engines import ALIASES, ENGINES
+    from runner.engines import engine as declared
 
-    engine = ALIASES.get(engine, engine)
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    engine = declared(engine).name  # an unknown one is a usage error naming those installed
     needs_gpu, refs = False, []
     if workflow is not None:
         from runner import workflow as wfmod

@@ -60,13 +60,14 @@ def image_checks(refs: list[str]) -> list[Check]:
 
 def diagnose(engine: str, executor: str, needs_gpu: bool, refs: list[str]) -> tuple[list[Check], bool]:
     """All checks, and whether what the engine and executor need is usable."""
-    from runner.engines import ENGINES
+    from runner.engines import engines
     from runner.executors import EXECUTORS
 
     checks: list[Check] = []
     needed: set[str] = {engine, executor, "images"}
-    modules = [ENGINES[name][0] for name in ENGINES] + [EXECUTORS[name][0] for name in EXECUTORS]
-    for module in dict.fromkeys(modules):
+    for each in engines():
+        checks += each.doctor(needs_gpu)
+    for module in dict.fromkeys(EXECUTORS[name][0] for name in EXECUTORS):
         found = getattr(import_module(module), "doctor", None)
         if found:
             checks += found(needs_gpu)

@@ -1,33 +1,59 @@
-"""Container engines: each module here gives an ImageBuilder and a StepRunner (runner.engines.base)."""
+"""Container engines: each is one module that declares an `Engine` (runner.engines.base), found through the
+`itwin_run.engines` entry points; the built-in ones are registered the same way, in pyproject.toml."""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
+from importlib.metadata import entry_points
 
-from runner.engines.base import Cancelled, ImageBuilder, Job, Mount, StepRunner
+from runner.engines.base import Cancelled, Engine, ImageBuilder, Job, Mount, StepRunner
 from runner.errors import UsageError
 
-# engine name -> (module, builder class, runner class)
-ENGINES = {"docker": ("runner.engines.docker", "DockerBuilder", "DockerRunner"),
-           "apptainer": ("runner.engines.apptainer", "ApptainerBuilder", "ApptainerRunner")}
-ALIASES = {"singularity": "apptainer"}
+GROUP = "itwin_run.engines"
+# Where no installed metadata declares any (a source tree run without installing it): the built-in ones.
+BUILT_IN = {"docker": "runner.engines.docker:ENGINE", "apptainer": "runner.engines.apptainer:ENGINE"}
 
 
-def _entry(name: str) -> tuple:
-    name = ALIASES.get(name, name)
-    if name not in ENGINES:
-        raise UsageError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
-    module, builder, runner = ENGINES[name]
-    mod = importlib.import_module(module)
-    return getattr(mod, builder), getattr(mod, runner)
+def available() -> dict[str, str]:
+    """Engine name -> where its declaration is (`module:attribute`), as the entry points say."""
+    return dict(_scan(tuple(sys.path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(path: tuple[str, ...]) -> dict[str, str]:  # once per process (and per sys.path)
+    return {ep.name: ep.value for ep in entry_points(group=GROUP)} or dict(BUILT_IN)
+
+
+def _load(target: str) -> Engine:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def engine(name: str) -> Engine:
+    """The engine of that name (or alias: `singularity` is apptainer)."""
+    found = available()
+    if name in found:
+        return _load(found[name])
+    also = next((e for e in engines() if name in e.aliases), None)
+    if also is None:
+        raise UsageError(f"unknown engine {name!r}: choose one of {', '.join(found)}")
+    return also
+
+
+def engines() -> list[Engine]:
+    """Every engine installed (loading each module)."""
+    return [_load(target) for target in available().values()]
 
 
 def get_builder(name: str, **kwargs: object) -> ImageBuilder:
-    return _entry(name)[0](**kwargs)
+    return engine(name).builder(**kwargs)
 
 
 def get_runner(name: str) -> StepRunner:
-    return _entry(name)[1]()
+    return engine(name).runner()
 
 
-__all__ = ["Cancelled", "ImageBuilder", "Job", "Mount", "StepRunner", "get_builder", "get_runner", "ENGINES"]
+__all__ = ["Cancelled", "Engine", "ImageBuilder", "Job", "Mount", "StepRunner", "available", "engine", "engines",
+           "get_builder", "get_runner"]

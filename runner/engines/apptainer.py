@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from runner import ui
-from runner.engines.base import OVERLAY, Cancelled, Job, Made, image_parts, time_limit
+from runner.engines.base import OVERLAY, Cancelled, Engine, Job, Made, image_parts, time_limit
 from runner.engines.watchdog import Watchdog
 from runner.errors import UserError
 from runner.images import SOURCE_WHEELS, BuildOptions, ImageSpec, Pin
@@ -554,3 +554,6 @@ def remove(item: Made) -> None:
     except OSError as exc:
         raise UserError(f"cannot remove {item.ref}: {exc.strerror}") from None
 
+
+ENGINE = Engine(name="apptainer", builder=ApptainerBuilder, runner=ApptainerRunner, made=made, remove=remove,
+                doctor=doctor, aliases=("singularity",))

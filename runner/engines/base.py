@@ -1,6 +1,7 @@
-"""The engine protocols. An engine is two small classes: an ImageBuilder (step images: resolve, base, push, save,
-load) and a StepRunner (run a step in a container: begin, run, interrupt, end). Adding an engine is adding one
-module under runner/engines/ with both, and its name in runner.engines.ENGINES."""
+"""The engine protocols. An engine is two small classes, an ImageBuilder (step images: resolve, base, push, save,
+load) and a StepRunner (run a step in a container: begin, run, interrupt, end), and what it made and what it needs of
+the machine, declared together as one `Engine`. Adding an engine is one module that declares its Engine and one
+entry point naming it in the `itwin_run.engines` group (pyproject.toml), as the built-in ones do."""
 
 from __future__ import annotations
 
@@ -139,6 +140,19 @@ class ImageBuilder(Protocol):
     def load(self, src: Path) -> list[str]:
         """Make images saved into src by save() available to this engine."""
         ...
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What an engine module declares, and its entry point names (`docker = "runner.engines.docker:ENGINE"`)."""
+
+    name: str
+    builder: Callable[..., ImageBuilder]  # (parent=..., verbose=...) -> the engine's ImageBuilder
+    runner: Callable[[], StepRunner]
+    made: Callable[[], list[Made]]  # what it made on this machine (`images`, `prune`); UserError when it cannot ask
+    remove: Callable[[Made], None]
+    doctor: Callable[[bool], list]  # (needs_gpu) -> runner.checks.Check of this machine
+    aliases: tuple[str, ...] = ()
 
 
 class StepRunner(Protocol):

@@ -19,7 +19,7 @@ import requests.exceptions
 from docker.types import DeviceRequest
 
 from runner import ui, usage
-from runner.engines.base import Cancelled, Job, Made, time_limit
+from runner.engines.base import Cancelled, Engine, Job, Made, time_limit
 from runner.engines.watchdog import Watchdog
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, BuildOptions, ImageSpec, Pin
@@ -915,3 +915,5 @@ def remove(item: Made) -> None:
     except docker.errors.APIError as exc:
         raise UserError(f"docker: cannot remove {item.ref}: {exc.explanation or exc}") from None
 
+
+ENGINE = Engine(name="docker", builder=DockerBuilder, runner=DockerRunner, made=made, remove=remove, doctor=doctor)

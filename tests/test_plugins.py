@@ -1,0 +1,75 @@
+"""Engines are plugins (fast tier): a package outside this repository that declares an Engine and one entry point
+in `itwin_run.engines` runs workflows, shows in `doctor` and `images`, with no edit to the CLI, the session, the
+inventory or doctor. (Its engine is the fast tier's fake: this test is about the contract, not about running
+containers.)"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from runner.cli import main
+from runner.engines import available, engine
+
+PLUGIN = '''
+from runner.checks import Check
+from runner.engines.base import Engine, Made
+from tests.fakes import FakeBuilder, FakeRunner
+
+RAN = []
+
+
+class Runner(FakeRunner):
+    def run(self, job, on_line):
+        RAN.append(job.step)
+        return super().run(job, on_line)
+
+
+ENGINE = Engine(name="toyengine", builder=lambda **options: FakeBuilder(), runner=Runner,
+                made=lambda: [Made("toyengine", "toy/image:1", 1234, 0.0, key="toy/image:1")],
+                remove=lambda item: None, doctor=lambda needs_gpu: [Check("toyengine", True, "the toy engine is here")],
+                aliases=("toy",))
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """An installed distribution (a dist-info on sys.path) whose one entry point names its Engine."""
+    site = tmp_path / "site"
+    (site / "toyengine_plugin").mkdir(parents=True)
+    (site / "toyengine_plugin" / "__init__.py").write_text(PLUGIN)
+    info = site / "toyengine_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyengine-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[itwin_run.engines]\ntoyengine = toyengine_plugin:ENGINE\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield
+    sys.modules.pop("toyengine_plugin", None)
+
+
+def test_an_engine_from_another_package_runs_a_workflow(plugin, tmp_path, capsys):
+    assert {"docker", "apptainer", "toyengine"} <= set(available())  # the built-in ones come the same way
+    assert engine("toy").name == "toyengine"
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "env.txt").write_text("")
+    (project / "wf.yml").write_text("datasets: {a: {location: ./data/a}}\nsteps:\n"
+                                    "  - one: {output: a, command: python one.py, env: {file: env.txt}}\n")
+    main(["--engine", "toyengine", str(project / "wf.yml"), "--root", str(project)])
+    import toyengine_plugin
+
+    assert toyengine_plugin.RAN == ["one"]
+    capsys.readouterr()
+    main(["doctor", "--engine", "toyengine"])  # usable: what it needs is its own check (exit 1 would raise)
+    assert "ok   toyengine: the toy engine is here" in capsys.readouterr().out.splitlines()
+    main(["images", "--root", str(project)])
+    assert any(line.startswith("toyengine  toy/image:1") for line in capsys.readouterr().out.splitlines())
+
+
+def test_an_unknown_engine_names_those_installed(plugin, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", "--engine", "nosuch"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown engine 'nosuch': choose one of ") and "toyengine" in err, err
