@@ -10,7 +10,6 @@ import os
 import urllib.error
 import urllib.request
 from dataclasses import asdict
-from importlib import import_module
 from pathlib import Path
 
 from runner.checks import Check
@@ -61,14 +60,14 @@ def image_checks(refs: list[str]) -> list[Check]:
 def diagnose(engine: str, executor: str, needs_gpu: bool, refs: list[str]) -> tuple[list[Check], bool]:
     """All checks, and whether what the engine and executor need is usable."""
     from runner.engines import engines
-    from runner.executors import EXECUTORS
+    from runner.executors import available, module_of
 
     checks: list[Check] = []
     needed: set[str] = {engine, executor, "images"}
     for each in engines():
         checks += each.doctor(needs_gpu)
-    for module in dict.fromkeys(EXECUTORS[name][0] for name in EXECUTORS):
-        found = getattr(import_module(module), "doctor", None)
+    for name in available():
+        found = getattr(module_of(name), "doctor", None)
         if found:
             checks += found(needs_gpu)
     checks += image_checks(refs)

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
-import sys
-from importlib.metadata import entry_points
-
+from runner import plugins
 from runner.engines.base import Cancelled, Engine, ImageBuilder, Job, Mount, StepRunner
 from runner.errors import UsageError
 
@@ -18,17 +14,11 @@ BUILT_IN = {"docker": "runner.engines.docker:ENGINE", "apptainer": "runner.engin
 
 def available() -> dict[str, str]:
     """Engine name -> where its declaration is (`module:attribute`), as the entry points say."""
-    return dict(_scan(tuple(sys.path)))
-
-
-@functools.lru_cache(maxsize=4)
-def _scan(path: tuple[str, ...]) -> dict[str, str]:  # once per process (and per sys.path)
-    return {ep.name: ep.value for ep in entry_points(group=GROUP)} or dict(BUILT_IN)
+    return plugins.declared(GROUP, BUILT_IN)
 
 
 def _load(target: str) -> Engine:
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return plugins.load(target)
 
 
 def engine(name: str) -> Engine:

@@ -1,26 +1,42 @@
-"""Executors: where a run's steps execute. Each module here is one thin backend (submit / poll / cancel) that the
-run session (runner.session) drives; adding one is adding a module and its name below."""
+"""Executors: where a run's steps execute. Each is one module with a thin backend class (submit / poll / cancel)
+that the run session (runner.session) drives, found through the `itwin_run.executors` entry points (the built-in
+ones are registered there too, in pyproject.toml). Its module may also give `status(root, run_id)`,
+`outcomes(manifest)` (a detached run's) and `doctor(needs_gpu)`."""
 
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
+from runner import plugins
 from runner.errors import UsageError, UserError
 from runner.executors.base import Executor, Outcome, Submission
 
-EXECUTORS = {"local": ("runner.executors.local", "LocalExecutor"),
-             "slurm": ("runner.executors.slurm", "SlurmExecutor"),
-             "cwl": ("runner.executors.cwl", "CwlExecutor")}
+GROUP = "itwin_run.executors"
+# Where no installed metadata declares any (a source tree run without installing it): the built-in ones.
+BUILT_IN = {"local": "runner.executors.local:LocalExecutor", "slurm": "runner.executors.slurm:SlurmExecutor",
+            "cwl": "runner.executors.cwl:CwlExecutor"}
+
+
+def available() -> dict[str, str]:
+    """Executor name -> its class (`module:Class`), as the entry points say."""
+    return plugins.declared(GROUP, BUILT_IN)
+
+
+def module_of(name: str) -> ModuleType:
+    """The module an executor is declared in (its status, outcomes and doctor functions)."""
+    found = available()
+    return importlib.import_module(found.get(name, found.get("local", BUILT_IN["local"])).partition(":")[0])
 
 
 def get_executor(name: str, **options: object) -> Executor:
-    if name not in EXECUTORS:
-        raise UsageError(f"--executor: choose one of {', '.join(EXECUTORS)}, not {name!r}")
-    module, cls = EXECUTORS[name]
-    return getattr(importlib.import_module(module), cls)(**options)
+    found = available()
+    if name not in found:
+        raise UsageError(f"--executor: choose one of {', '.join(found)}, not {name!r}")
+    return plugins.load(found[name])(**options)
 
 
-__all__ = ["Executor", "Outcome", "Submission", "get_executor", "EXECUTORS"]
+__all__ = ["Executor", "Outcome", "Submission", "available", "get_executor", "module_of"]
 
 
 def follow_detached(root) -> list[str]:
@@ -37,7 +53,7 @@ def follow_detached(root) -> list[str]:
         except UserError:  # its record is gone
             state.drop_detached(run_id)
             continue
-        module = importlib.import_module(EXECUTORS.get(m.get("executor", "local"), EXECUTORS["local"])[0])
+        module = module_of(m.get("executor", "local"))
         try:
             steps = module.outcomes(m) if hasattr(module, "outcomes") else {}
         except UserError as exc:
@@ -57,7 +73,7 @@ def status(root, run_id: str | None) -> list[tuple[str, str, str]]:
     from runner.state import State
 
     m = State(root).manifest(run_id)
-    module = importlib.import_module(EXECUTORS.get(m.get("executor", "local"), EXECUTORS["local"])[0])
+    module = module_of(m.get("executor", "local"))
     if hasattr(module, "status"):
         return module.status(root, m["run_id"])
     return [(name, info.get("handle", "-"), info.get("status", "?")) for name, info in m.get("steps", {}).items()]
