@@ -453,9 +453,9 @@ def test_images_lists_what_itwin_run_made_and_prune_removes_what_nothing_names(d
 
 
 def test_build_progress_names_the_layer_and_pips_phase():
-    from runner.engines.docker import _BuildPhase
+    from runner.engines.docker import BuildPhase
 
-    phase = _BuildPhase()
+    phase = BuildPhase()
     for line, want in [("Step 4/12 : RUN pip install --prefer-binary --find-links wheels -r requirements.txt",
                         "dependencies layer"),
                        ("Collecting torch==2.13.0", "dependencies layer, pip resolving"),

@@ -1,0 +1,79 @@
+"""What the Docker engine made on this machine (`images`, `prune`) and what it needs of it (`doctor`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from runner.engines.base import Made
+from runner.engines.docker.client import client, daemon_error
+from runner.errors import UserError
+from runner.images import LABEL
+
+
+def doctor(needs_gpu: bool) -> list:
+    """The Docker side of `itwin-run doctor`."""
+    import grp
+    import shutil
+
+    from runner.checks import Check, free_space
+
+    area = "docker"
+    try:
+        info = client().info()
+        version = client().version().get("Version", "?")
+    except UserError:
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return [Check(area, False, f"no Docker daemon answers at {host}",
+                      "start dockerd (as root: `dockerd &`, or `make engine`) or point DOCKER_HOST at a running one")]
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    checks = [Check(area, True, f"daemon {version} answers at {host}")]
+    if os.getuid() == 0:
+        checks.append(Check(area, None, "you are root: steps run as the project's owner, or nobody (see README)"))
+    else:
+        try:
+            member = "docker" in [grp.getgrgid(g).gr_name for g in os.getgroups()]
+        except KeyError:
+            member = False
+        checks.append(Check(area, None, "you are in the docker group" if member else "rootless or socket access"))
+    gpus = "nvidia" in info.get("Runtimes", {})
+    smi = shutil.which("nvidia-smi")
+    checks.append(Check(area, gpus if needs_gpu else None,
+                        "NVIDIA runtime present" + (" and nvidia-smi found" if smi else "") if gpus else
+                        "no NVIDIA runtime: steps get no GPU", "install nvidia-container-toolkit and restart dockerd"))
+    root_dir = Path(info.get("DockerRootDir", "/var/lib/docker"))
+    if root_dir.exists():
+        checks.append(free_space(area, root_dir, "images"))
+    return checks
+
+
+def made() -> list[Made]:
+    """The images itwin-run made (its label): by tag; an image pulled by digest only (a pin file's) by its digest;
+    else untagged (what an interrupted build left)."""
+    try:
+        df = client().api.df()  # sizes without the layers an image shares with others, and container counts
+    except docker.errors.DockerException as exc:
+        raise daemon_error(exc) from None
+    out = []
+    for img in df.get("Images") or []:
+        if (img.get("Labels") or {}).get(f"{LABEL}.managed") != "1":
+            continue
+        tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+        own = max(0, int(img.get("Size") or 0) - max(0, int(img.get("SharedSize") or 0)))
+        names = tags or [d for d in img.get("RepoDigests") or [] if "@sha256:" in d and not d.startswith("<none>")]
+        needs = (img.get("Labels") or {}).get(f"{LABEL}.dependencies")
+        for i, ref in enumerate(names or [f"<none>@{img['Id'][7:19]}"]):
+            out.append(Made("docker", ref, own if i == 0 else 0, float(img.get("Created") or 0),
+                            key=ref if names else img["Id"], stage=not names,
+                            busy=int(img.get("Containers") or 0) > 0, needs=needs))
+    return out
+
+
+def remove(item: Made) -> None:
+    try:
+        client().api.remove_image(item.key, noprune=False)
+    except docker.errors.APIError as exc:
+        raise UserError(f"docker: cannot remove {item.ref}: {exc.explanation or exc}") from None
