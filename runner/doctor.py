@@ -64,7 +64,7 @@ def diagnose(engine: str, executor: str, needs_gpu: bool, refs: list[str]) -> tu
 
     checks: list[Check] = []
     needed: set[str] = {engine, executor, "images"}
-    for each in engines():
+    for each in sorted(engines(), key=lambda e: e.name != engine):  # the engine asked about first
         checks += each.doctor(needs_gpu)
     for name in available():
         found = getattr(module_of(name), "doctor", None)
