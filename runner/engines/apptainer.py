@@ -55,8 +55,7 @@ def _executable() -> str:
                 tmp.symlink_to(exe)
                 tmp.replace(link)
         except OSError as exc:
-            raise UserError(f"the SIF cache {sif_cache()} is not writable ({exc.strerror}): set ITWIN_RUN_SIF_CACHE "
-                            "to a directory of yours") from None
+            raise unwritable(sif_cache(), exc) from None
         os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
     return exe
 
@@ -448,6 +447,11 @@ def allocated_gpus(gpus: str | int | list[int], env: Mapping[str, str]) -> dict[
     return out
 
 
+def unwritable(cache: Path, exc: OSError) -> UserError:
+    return UserError(f"the SIF cache {cache} is not writable ({exc.strerror}): set ITWIN_RUN_SIF_CACHE to a directory "
+                     "of yours")
+
+
 @contextlib.contextmanager
 def one_maker(target: Path) -> Iterator[bool]:
     """Many processes may need the same new SIF or overlay at once (runs started together, SLURM jobs, users of one
@@ -458,8 +462,7 @@ def one_maker(target: Path) -> Iterator[bool]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise UserError(f"the SIF cache {target.parent} is not writable ({exc.strerror}): set ITWIN_RUN_SIF_CACHE to "
-                        "a directory of yours") from None
+        raise unwritable(target.parent, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -511,9 +514,10 @@ def doctor(needs_gpu: bool) -> list:
                         "run on a GPU node with the NVIDIA driver"))
     cache = sif_cache()
     near = next(p for p in (cache, *cache.parents) if p.exists())
-    checks.append(Check(area, os.access(near, os.W_OK | os.X_OK), f"the SIF cache {cache} is writable" if os.access(
-        near, os.W_OK | os.X_OK) else f"the SIF cache {cache} is not writable ({near})",
-        "set ITWIN_RUN_SIF_CACHE to a directory of yours"))
+    writable = os.access(near, os.W_OK | os.X_OK)
+    checks.append(Check(area, writable, f"the SIF cache {cache} is " + ("writable" if writable else
+                                                                          f"not writable ({near})"),
+                        "set ITWIN_RUN_SIF_CACHE to a directory of yours"))
     checks.append(free_space(area, cache, "the SIF cache"))
     tmp = Path(os.environ.get("APPTAINER_TMPDIR") or tempfile.gettempdir())
     room = free_space(area, tmp, "converting images (APPTAINER_TMPDIR)")
