@@ -45,7 +45,7 @@ def interrupt(root: Path, moment) -> tuple[float, int, int]:
     proc.wait(timeout=60)
     took = time.monotonic() - start
     time.sleep(0.5)  # the network holder is removed by the daemon right after it is killed
-    left = len(docker.from_env().containers.list(all=True, filters={"label": "org.itwin-run.run"}))
+    left = len(docker.from_env().containers.list(ignore_removed=True, all=True, filters={"label": "org.itwin-run.run"}))
     return took, proc.returncode, left
 
 
@@ -63,9 +63,10 @@ def main() -> None:
             root, lambda p: any("pip install" in c["Command"] for c in client.api.containers(all=True)))
         env.write_text(built)
         results["(b) network holder up, step not started"] = interrupt(
-            root, lambda p: bool(client.containers.list(all=True, filters={"label": "org.itwin-run.role=network"})))
+            root, lambda p: bool(client.containers.list(
+                ignore_removed=True, all=True, filters={"label": "org.itwin-run.role=network"})))
         results["(c) mid-step"] = interrupt(
-            root, lambda p: bool(client.containers.list(filters={"label": "org.itwin-run.step=slow"})))
+            root, lambda p: bool(client.containers.list(ignore_removed=True, filters={"label": "org.itwin-run.step=slow"})))
     leftover_builds = [c for c in client.api.containers(all=True) if "pip install" in c["Command"]]
     print(f"build containers left after (a): {len(leftover_builds)}")
     for name, (took, code, left) in results.items():

@@ -93,10 +93,10 @@ def main() -> None:
             rerun = subprocess.Popen([ITWIN, "chain.yml"], cwd=root, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
             labelled = {"label": f"org.itwin-run.run={run_id}"}
-            while client.containers.list(all=True, filters=labelled) and time.monotonic() - sent < 10:
+            while client.containers.list(ignore_removed=True, all=True, filters=labelled) and time.monotonic() - sent < 10:
                 time.sleep(0.05)
             gone = time.monotonic() - sent
-            left += len(client.containers.list(all=True, filters=labelled))
+            left += len(client.containers.list(ignore_removed=True, all=True, filters=labelled))
             if sig == signal.SIGKILL:
                 kill_gone.append(gone)
             if rerun.wait(timeout=300) != 0:

@@ -42,7 +42,7 @@ def toy(tmp_path: Path) -> Path:
 def no_leftovers(docker_client):
     yield
     for _ in range(50):  # the run's network holder is killed at the end and removed by the daemon right after
-        left = docker_client.containers.list(all=True, filters={"label": "org.itwin-run.run"})
+        left = docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "org.itwin-run.run"})
         if not left:
             return
         time.sleep(0.1)

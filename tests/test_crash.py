@@ -35,12 +35,12 @@ def test_kill_9_leaves_no_container_and_the_run_is_crashed(toy, docker_client, n
     proc = start_slow(toy)
     run_id = manifest(toy)["run_id"]
     labelled = {"label": f"{RUN_LABEL}={run_id}"}
-    assert docker_client.containers.list(filters=labelled), "the step's container never ran"
+    assert docker_client.containers.list(ignore_removed=True, filters=labelled), "the step's container never ran"
     proc.kill()  # SIGKILL: no handler of the runner runs
     proc.wait(timeout=30)
     # the watchdog removes the run's containers, the step's and the network holder (within 10 s: 100 x 0.1 s)
-    assert wait_for(lambda: not docker_client.containers.list(all=True, filters=labelled)), \
-        [c.name for c in docker_client.containers.list(all=True, filters=labelled)]
+    assert wait_for(lambda: not docker_client.containers.list(ignore_removed=True, all=True, filters=labelled)), \
+        [c.name for c in docker_client.containers.list(ignore_removed=True, all=True, filters=labelled)]
     hist = itwin("history", cwd=toy)
     assert hist.returncode == 0 and f"{run_id}" in hist.stdout and " crashed " in hist.stdout, hist.stdout
     m = manifest(toy)
@@ -87,7 +87,7 @@ def daemon_back(toy):
 
     client = docker.from_env()
     for run in (toy / ".itwin-run" / "runs").glob("*"):
-        for c in client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run.name}"}):
+        for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"{RUN_LABEL}={run.name}"}):
             try:
                 c.remove(force=True)
             except docker.errors.APIError:  # a network holder the daemon removes itself meanwhile
@@ -130,4 +130,4 @@ def test_daemon_going_away_mid_step_is_one_line_and_a_failed_run(toy, docker_cli
     write_parallel(toy, 0.1)
     res = itwin("par.yml", cwd=toy)  # removes what the dead run left, then runs
     assert res.returncode == 0, res.stderr[-2000:]
-    assert not client.containers.list(all=True, filters=labelled), "the failed run's containers were left"
+    assert not client.containers.list(ignore_removed=True, all=True, filters=labelled), "the failed run's containers were left"

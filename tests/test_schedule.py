@@ -161,12 +161,12 @@ def test_second_run_refuses_while_first_runs(toy, docker_client, no_leftovers):
                                       (signal.SIGQUIT, 131)])
 def test_signal_stops_containers_and_records_interruption(toy, docker_client, no_leftovers, sig, code):
     proc = start_slow(toy)
-    assert docker_client.containers.list(filters={"label": "org.itwin-run.step=a"})
+    assert docker_client.containers.list(ignore_removed=True, filters={"label": "org.itwin-run.step=a"})
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)  # the step sleeps 60 s: an exit before that is the signal's
     assert proc.returncode == code
     assert "Traceback" not in err
-    assert not docker_client.containers.list(all=True, filters={"label": "org.itwin-run.step"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "org.itwin-run.step"})
     m = manifest(toy)
     assert m["status"] == "interrupted" and m["steps"]["a"]["status"] == "interrupted"
     assert not (toy / ".itwin-run" / "steps" / "a.json").exists()  # not marked complete
@@ -225,7 +225,7 @@ def test_sigint_before_the_step_container_starts(toy, docker_client, no_leftover
     write_parallel(toy, 120)
     proc = subprocess.Popen([*ITWIN_RUN, "par.yml"], cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(3000):
-        if docker_client.containers.list(all=True, filters={"label": "org.itwin-run.role=network"}):
+        if docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "org.itwin-run.role=network"}):
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)

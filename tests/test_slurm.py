@@ -77,11 +77,12 @@ def test_cancel_on_exit_leaves_no_container(toy, slurm_env, docker_client, sig):
         "env: {file: ./envs/requirements.txt}}\n")
     proc = subprocess.Popen([*ITWIN_RUN, "--executor", "slurm", "--cancel-on-exit", "slow.yml"], cwd=toy,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **slurm_env})
+    slow = {"label": "org.itwin-run.step=slow"}
     for _ in range(300):
-        if docker_client.containers.list(filters={"label": "org.itwin-run.step=slow"}):
+        if docker_client.containers.list(ignore_removed=True, filters=slow):
             break
         time.sleep(0.1)
-    assert docker_client.containers.list(filters={"label": "org.itwin-run.step=slow"}), "the step never started"
+    assert docker_client.containers.list(ignore_removed=True, filters=slow), "the step never started"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
@@ -97,10 +98,10 @@ def test_cancel_on_exit_leaves_no_container(toy, slurm_env, docker_client, sig):
         time.sleep(0.1)
     assert queued in ("", "CANCELLED", "COMPLETED"), queued  # not RUNNING: the job was cancelled
     for _ in range(150):
-        if not docker_client.containers.list(all=True, filters={"label": "org.itwin-run.step=slow"}):
+        if not docker_client.containers.list(ignore_removed=True, all=True, filters=slow):
             break
         time.sleep(0.1)
-    assert not docker_client.containers.list(all=True, filters={"label": "org.itwin-run.step=slow"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters=slow)
 
 
 DDP_WORKFLOW = """
