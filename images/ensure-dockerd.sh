@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Make sure a Docker daemon answers: start dockerd by hand (no systemd), installing Debian's docker.io if needed.
 # As root it also installs what the tests use beside the daemon: debootstrap (offline parent image),
-# docker-registry (the CNCF Distribution registry, started on 127.0.0.1 by the registry tests), chromium and
-# squashfs-tools.
+# docker-registry (the CNCF Distribution registry, started on 127.0.0.1 by the registry tests), chromium,
+# squashfs-tools, and rootless Podman (the Podman engine's tests run it as a non-root user).
 set -euo pipefail
 if [ "$(id -u)" = 0 ]; then
   want=()
@@ -11,6 +11,9 @@ if [ "$(id -u)" = 0 ]; then
   command -v chromium >/dev/null || want+=(chromium)  # headless page tests (the MLflow runs page)
   command -v dockerd >/dev/null || want+=(docker.io)
   command -v mksquashfs >/dev/null || want+=(squashfs-tools)  # Apptainer source overlays (HPC sites have it)
+  for p in podman uidmap slirp4netns fuse-overlayfs catatonit python3-venv; do  # rootless Podman; a user's venv
+    dpkg -s "$p" >/dev/null 2>&1 || want+=("$p")
+  done
   if [ ${#want[@]} -gt 0 ]; then
     echo "ensure-dockerd: installing ${want[*]} (Debian)"
     apt-get update -qq

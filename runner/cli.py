@@ -21,8 +21,8 @@ SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate
                "--install-completion", "--show-completion"}
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
-EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker (the default), apptainer, "
-                                                                "or another installed as a plugin.")]
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker (the default) or another "
+                                                                "installed one; `itwin-run doctor` checks each.")]
 RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
 WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
 ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]

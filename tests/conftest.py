@@ -53,6 +53,34 @@ SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """This checkout built as a wheel, as pip installs it."""
+    dist = tmp_path_factory.mktemp("dist")
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
+                          "-w", str(dist)], cwd=dist, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return next(dist.glob("*.whl"))
+
+
+@pytest.fixture(scope="session")
+def user(wheel):
+    """A non-root user with the wheel installed (tests.services.User)."""
+    from tests.services import make_user
+
+    return make_user("itwinuser", wheel)
+
+
+@pytest.fixture(scope="session")
+def podman_user(user):
+    """The non-root user with rootless Podman, the base image and its parent loaded from Docker's."""
+    from tests.services import podman_base, rootless_podman
+
+    rootless_podman(user)
+    podman_base(user, ITWIN_RUN[0])
+    return user
+
+
+@pytest.fixture(scope="session")
 def apptainer_env() -> dict[str, str]:
     """A real Apptainer from ../shared/hpc/apptainer (root; idempotent), its wrapper first on PATH."""
     setup = SHARED / "hpc" / "apptainer" / "setup-apptainer.sh"

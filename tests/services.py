@@ -130,3 +130,90 @@ def change_packages(env: Path, marker: int) -> None:
     else:
         kept = "".join(t for t in text.splitlines(keepends=True) if "setuptools!=0.0." not in t)
         env.write_text(kept + line + "\n")
+
+
+class User:
+    """A non-root user (useradd) with itwin-run installed from its wheel into a venv of their own: the way people on
+    a shared machine run it. Commands run with a clean login-like environment (no root's PATH or DOCKER_HOST)."""
+
+    def __init__(self, name: str):
+        import pwd
+
+        self.name = name
+        self.home = Path(pwd.getpwnam(name).pw_dir)
+        self.bin = self.home / "venv" / "bin"
+
+    def run(self, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: int = 900) -> subprocess.CompletedProcess:
+        clean = {"PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin", "HOME": str(self.home), "USER": self.name,
+                 "LOGNAME": self.name, "LANG": "C.UTF-8", "COLUMNS": "200", **(env or {})}
+        return subprocess.run(["runuser", "-u", self.name, "--", "env", "-i", *[f"{k}={v}" for k, v in clean.items()],
+                               *argv], cwd=cwd or self.home, capture_output=True, text=True, timeout=timeout)
+
+    def itwin(self, *args: str, cwd: Path, env: dict[str, str] | None = None,
+              timeout: int = 900) -> subprocess.CompletedProcess:
+        return self.run([str(self.bin / "itwin-run"), *args], cwd=cwd, env=env, timeout=timeout)
+
+    def project(self, src: Path, name: str) -> Path:
+        """A copy of project `src` in the user's home, theirs."""
+        dest = self.home / name
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("data", ".itwin-run"))
+        subprocess.run(["chown", "-R", f"{self.name}:{self.name}", str(dest)], check=True)
+        return dest
+
+
+def make_user(name: str, wheel: Path) -> User:
+    """Create the user (idempotent) and install `wheel` into ~/venv with Debian's python3, its dependencies from the
+    index as anyone's pip takes them."""
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)  # with a subuid/subgid range
+    user = User(name)
+    shared = Path("/tmp") / f"itwin-wheel-{name}"
+    shutil.rmtree(shared, ignore_errors=True)
+    shared.mkdir(mode=0o755)
+    copy = Path(shutil.copy(wheel, shared))
+    copy.chmod(0o644)
+    res = user.run(["bash", "-c", f"rm -rf ~/venv && /usr/bin/python3 -m venv ~/venv && ~/venv/bin/pip install -q "
+                                  f"--disable-pip-version-check {copy}"], timeout=600)
+    shutil.rmtree(shared, ignore_errors=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return user
+
+
+def rootless_podman(user: User) -> None:
+    """Rootless Podman for `user` on overlay storage through fuse-overlayfs (`make` installs Podman; with Podman's
+    vfs default every container copies its whole image, and --userns=keep-id breaks)."""
+    conf = user.home / ".config" / "containers" / "storage.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text('[storage]\ndriver = "overlay"\n[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n')
+    subprocess.run(["chown", "-R", f"{user.name}:{user.name}", str(user.home / ".config")], check=True)
+    res = user.run(["podman", "info", "--format", "{{.Store.GraphDriverName}}"])
+    assert res.returncode == 0 and res.stdout.strip() == "overlay", res.stderr[-2000:]
+
+
+def podman_base(user: User, itwin_run: str) -> str:
+    """The base image and its parent, from Docker (root's `itwin_run base`) into the user's Podman through
+    `itwin-run load`, as a site without a registry gets them; the base's reference."""
+    import docker
+
+    client = docker.from_env()
+    base = subprocess.run([itwin_run, "base"], capture_output=True, text=True, cwd=user.home)
+    assert base.returncode == 0, base.stderr[-2000:]
+    ref = base.stdout.strip()
+    archive = user.home / "archive"
+    archive.mkdir(exist_ok=True)
+    parents = [r for r in ("python:3.11-slim", "itwin-run/parent:bookworm") if client.images.list(name=r)]
+    for name in [parents[0], ref]:
+        with open(archive / (name.replace("/", "_").replace(":", "_") + ".tar"), "wb") as f:
+            for chunk in client.images.get(name).save(named=name):
+                f.write(chunk)
+    subprocess.run(["chown", "-R", f"{user.name}:", str(archive)], check=True)
+    loaded = user.itwin("load", "--engine", "podman", str(archive), cwd=user.home)
+    shutil.rmtree(archive, ignore_errors=True)
+    assert loaded.returncode == 0 and ref in loaded.stderr, loaded.stderr[-2000:]
+    return ref

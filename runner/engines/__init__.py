@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import pkgutil
+
 from runner import plugins
 from runner.engines.base import Cancelled, Engine, ImageBuilder, Job, Mount, StepRunner
 from runner.errors import UsageError
 
 GROUP = "itwin_run.engines"
-# Where no installed metadata declares any (a source tree run without installing it): the built-in ones.
-BUILT_IN = {"docker": "runner.engines.docker:ENGINE", "apptainer": "runner.engines.apptainer:ENGINE"}
+# Where no installed metadata declares any (a source tree run without installing it): the modules here.
+BUILT_IN = {m.name: f"runner.engines.{m.name}:ENGINE" for m in pkgutil.iter_modules(__path__)
+            if m.name not in ("base", "watchdog")}
 
 
 def available() -> dict[str, str]:

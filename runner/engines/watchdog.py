@@ -37,9 +37,10 @@ class Watchdog:
             except (BrokenPipeError, ValueError):
                 pass  # it is gone: nothing more it could do
 
-    def containers(self, labels: dict[str, str]) -> None:
-        """Should the runner die, remove the containers that carry all of these labels."""
-        self._send("containers " + " ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+    def containers(self, labels: dict[str, str], host: str | None = None) -> None:
+        """Should the runner die, remove the containers that carry all of these labels (asking the daemon at
+        `host`, a Docker-compatible API; DOCKER_HOST's by default)."""
+        self._send(f"containers {host or '-'} " + " ".join(f"{k}={v}" for k, v in sorted(labels.items())))
 
     def group(self, pgid: int) -> None:
         """Should the runner die, kill this process group (a step's)."""
@@ -74,12 +75,16 @@ class Watchdog:
 
 def _remove_containers(filters: list[list[str]]) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # the docker library, not ./docker.py
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # the docker library, not ./docker/
     import docker
 
-    api = docker.from_env(timeout=30).api
-    for labels in filters:
-        for c in api.containers(all=True, filters={"label": labels}):
+    for host, *labels in filters:
+        try:
+            api = (docker.from_env(timeout=30) if host == "-" else docker.DockerClient(base_url=host, timeout=30)).api
+            found = api.containers(all=True, filters={"label": labels})
+        except Exception:  # docker-py's or the connection's: no daemon answers there, nothing to ask
+            continue
+        for c in found:
             try:
                 api.remove_container(c["Id"], force=True)
             except docker.errors.APIError:

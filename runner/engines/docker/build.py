@@ -62,12 +62,16 @@ class DockerBuilder:
         self.verbose = verbose
         self._base: tuple[str, str] | None = None
 
+    def daemon(self) -> str | None:
+        """The daemon's address: None for DOCKER_HOST's (an engine on a Docker-compatible service overrides it)."""
+        return None
+
     @property
     def client(self) -> docker.DockerClient:
-        return client()
+        return client(self.daemon())
 
     def _image_id(self, ref: str) -> str | None:
-        return image_id(ref)
+        return image_id(ref, self.daemon())
 
     # ------------------------------------------------------------ base image
 
@@ -229,7 +233,7 @@ class DockerBuilder:
         ui.say(f" {ref}", "green", prefix="pulled")
 
     def identity(self, ref: str) -> str | None:
-        return image_id(ref)
+        return self._image_id(ref)
 
     def oci_ref(self, ref: str) -> str:
         return ref
@@ -300,7 +304,7 @@ class DockerBuilder:
                 try:
                     images = self.client.images.load(f)
                 except docker.errors.APIError as exc:
-                    raise UserError(f"{path}: docker could not load it: {exc.explanation or exc}") from None
+                    raise UserError(f"{path}: {self.name} could not load it: {exc.explanation or exc}") from None
             for image in images:
                 loaded += image.tags
                 ui.say(f" {', '.join(image.tags)}", "green", prefix="loaded")
@@ -337,9 +341,10 @@ class DockerBuilder:
                         if not line.strip():
                             continue
                         lines.append(line)
-                        if line.startswith("Step ") and " : FROM " in line.upper() and layers:
+                        # Docker's "Step 2/5 : FROM x" and " ---> ID"; Podman's "STEP 2/5: FROM x" and "--> ID"
+                        if re.match(r"(?i)step \d+/\d+ ?: from ", line) and layers:
                             stage_ends.append(layers[-1])
-                        elif m := re.fullmatch(r" ---> ([0-9a-f]{12,64})", line.rstrip()):
+                        elif m := re.fullmatch(r" ?-{2,3}> ([0-9a-f]{12,64})", line.rstrip()):
                             layers.append(m.group(1))
                         if self.verbose:
                             ui.console().print(f"[dim]build {step} |[/dim] {escape(line)}", highlight=False)

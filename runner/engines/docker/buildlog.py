@@ -46,8 +46,8 @@ class BuildPhase:
 
     def see(self, line: str) -> None:
         text = line.strip()
-        if text.startswith("Step ") and " : " in text:
-            instruction = text.split(" : ", 1)[1]
+        if m := re.match(r"(?i)step \d+/\d+ ?: (.*)", text):  # Docker's "Step 2/5 : X", Podman's "STEP 2/5: X"
+            instruction = m.group(1)
             self.pip = ""
             if "-r requirements.txt" in instruction:
                 self.layer = "dependencies"

@@ -30,24 +30,27 @@ def daemon_error(exc: Exception) -> UserError:
 GONE = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
-def lost(step: str) -> UserError:
+def lost(step: str, host: str | None = None) -> UserError:
+    if host:  # another engine's Docker-compatible service (Podman's)
+        return UserError(f"the container service at {host} stopped answering during step {step!r}: rerun; the next "
+                         "run removes what this one left")
     return UserError(f"the Docker daemon stopped answering during step {step!r}: start it again (`dockerd`, "
                      "`systemctl start docker`) and rerun; the next run removes what this one left")
 
 
-def answers() -> bool:
+def answers(host: str | None = None) -> bool:
     try:
-        client().api.ping()
+        client(host).api.ping()
         return True
     except Exception:  # any way of not answering
         return False
 
 
-def going_away(seconds: float = 3.0) -> bool:
+def going_away(seconds: float = 3.0, host: str | None = None) -> bool:
     """Whether the daemon stops answering within `seconds` (asked after a step was stopped by no one we know of)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        if not answers():
+        if not answers(host):
             return True
         time.sleep(0.2)
     return False
@@ -56,23 +59,27 @@ def going_away(seconds: float = 3.0) -> bool:
 _clients: dict[str, docker.DockerClient] = {}
 
 
-def client() -> docker.DockerClient:
-    """One docker-py client per DOCKER_HOST, connected on first use; one clear line when no daemon answers."""
-    key = os.environ.get("DOCKER_HOST", "")
+def client(host: str | None = None) -> docker.DockerClient:
+    """One docker-py client per daemon, connected on first use: DOCKER_HOST's, or `host` (the address of another
+    engine's Docker-compatible service); one clear line when no daemon answers."""
+    key = host or os.environ.get("DOCKER_HOST", "")
     if key not in _clients:
         try:
-            c = docker.from_env(timeout=600)
+            c = docker.DockerClient(base_url=host, timeout=600) if host else docker.from_env(timeout=600)
             c.api.ping()
         except Exception as exc:  # docker-py's and requests' connection errors
+            if host:
+                raise UserError(f"the container service at {host} does not answer ({exc.__class__.__name__})") \
+                    from None
             raise daemon_error(exc) from None
         _clients[key] = c
     return _clients[key]
 
 
-def image_id(ref: str) -> str | None:
+def image_id(ref: str, host: str | None = None) -> str | None:
     """The local image's id, or None when the daemon has no such image."""
     try:
-        return client().api.inspect_image(ref)["Id"]
+        return client(host).api.inspect_image(ref)["Id"]
     except docker.errors.ImageNotFound:
         return None
     except docker.errors.APIError as exc:

@@ -50,30 +50,41 @@ def doctor(needs_gpu: bool) -> list:
     return checks
 
 
-def made() -> list[Made]:
+def familiar(ref: str) -> str:
+    """A reference as Docker shows it and records name it: Podman says docker.io/NAME for what it built and
+    localhost/NAME for what it loaded."""
+    for prefix in ("localhost/", "docker.io/library/", "docker.io/"):
+        if ref.startswith(prefix):
+            return ref.removeprefix(prefix)
+    return ref
+
+
+def made(host: str | None = None, engine: str = "docker") -> list[Made]:
     """The images itwin-run made (its label): by tag; an image pulled by digest only (a pin file's) by its digest;
-    else untagged (what an interrupted build left)."""
-    try:
-        df = client().api.df()  # sizes without the layers an image shares with others, and container counts
+    else untagged (what an interrupted build left). `host`: another engine's Docker-compatible service."""
+    api = client(host).api
+    try:  # Docker's df: sizes without the layers an image shares with others, and container counts (Podman's df
+        # has neither names nor labels: its image list, with whole sizes)
+        rows = api.images(filters={"label": f"{LABEL}.managed=1"}) if host else api.df().get("Images")
     except docker.errors.DockerException as exc:
         raise daemon_error(exc) from None
     out = []
-    for img in df.get("Images") or []:
+    for img in rows or []:
         if (img.get("Labels") or {}).get(f"{LABEL}.managed") != "1":
             continue
-        tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+        tags = [familiar(t) for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
         own = max(0, int(img.get("Size") or 0) - max(0, int(img.get("SharedSize") or 0)))
         names = tags or [d for d in img.get("RepoDigests") or [] if "@sha256:" in d and not d.startswith("<none>")]
         needs = (img.get("Labels") or {}).get(f"{LABEL}.dependencies")
         for i, ref in enumerate(names or [f"<none>@{img['Id'][7:19]}"]):
-            out.append(Made("docker", ref, own if i == 0 else 0, float(img.get("Created") or 0),
+            out.append(Made(engine, ref, own if i == 0 else 0, float(img.get("Created") or 0),
                             key=ref if names else img["Id"], stage=not names,
                             busy=int(img.get("Containers") or 0) > 0, needs=needs))
     return out
 
 
-def remove(item: Made) -> None:
+def remove(item: Made, host: str | None = None) -> None:
     try:
-        client().api.remove_image(item.key, noprune=False)
+        client(host).api.remove_image(item.key, noprune=False)
     except docker.errors.APIError as exc:
-        raise UserError(f"docker: cannot remove {item.ref}: {exc.explanation or exc}") from None
+        raise UserError(f"{item.engine}: cannot remove {item.ref}: {exc.explanation or exc}") from None

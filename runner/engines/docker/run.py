@@ -64,6 +64,13 @@ class DockerRunner:
         st = root.stat()
         return f"{st.st_uid}:{st.st_gid}" if st.st_uid != 0 else UNPRIVILEGED
 
+    def daemon(self) -> str | None:
+        """The daemon's address: None for DOCKER_HOST's (an engine on a Docker-compatible service overrides it)."""
+        return None
+
+    def _api(self) -> Any:
+        return client(self.daemon()).api
+
     # ------------------------------------------------------------ running
 
     def begin(self, labels: dict[str, str]) -> None:
@@ -73,7 +80,7 @@ class DockerRunner:
         """Before the run's first container: its watchdog, to remove them all should this process die."""
         if self._labels and not self._watched:
             self._watched = True
-            self._watchdog.containers(self._labels)
+            self._watchdog.containers(self._labels, self.daemon())
 
     def _network(self, image: str) -> str | None:
         """The run's network holder, started with the run's first step: a run whose steps are all up to
@@ -82,8 +89,8 @@ class DockerRunner:
             if self._holder is None:
                 self._watch()
                 labels = {f"{LABEL}.managed": "1", f"{LABEL}.role": "network", **self._labels}
-                holder_image = "itwin-run/base:latest" if image_id("itwin-run/base:latest") else image
-                self._holder = NetworkHolder(client().api, holder_image, labels)
+                holder_image = "itwin-run/base:latest" if image_id("itwin-run/base:latest", self.daemon()) else image
+                self._holder = NetworkHolder(self._api(), holder_image, labels)
         return self._holder.network_mode()
 
     def end(self) -> None:
@@ -97,7 +104,7 @@ class DockerRunner:
         self._watchdog.close()
 
     def clean(self, over: Callable[[str], bool]) -> None:
-        api = client().api
+        api = self._api()
         mine = self._labels.get(f"{LABEL}.run")
         try:
             left = api.containers(all=True, filters={"label": [f"{LABEL}.managed=1", f"{LABEL}.run"]})
@@ -116,7 +123,7 @@ class DockerRunner:
         if code != 127 or not missing:
             return ""
         try:
-            env = client().api.inspect_image(job.image)["Config"].get("Env") or []
+            env = self._api().inspect_image(job.image)["Config"].get("Env") or []
         except docker.errors.DockerException:
             env = []
         path = next((e.split("=", 1)[1] for e in env if e.startswith("PATH=")), "?")
@@ -128,7 +135,7 @@ class DockerRunner:
             self._cancelled = True
             self._forced = self._forced or force
             ids = list(self._active)
-        api = client().api
+        api = self._api()
         filters = {"label": [f"{k}={v}" for k, v in self._labels.items()]}
         try:
             if self._labels:  # and any a step thread has not registered yet
@@ -142,26 +149,25 @@ class DockerRunner:
         for t in threads:
             t.join(timeout=12)
 
-    @staticmethod
-    def _stop(cid: str, force: bool) -> None:
+    def _stop(self, cid: str, force: bool) -> None:
         try:
             if force:
-                client().api.kill(cid)
+                self._api().kill(cid)
             else:
-                client().api.stop(cid, timeout=4)
+                self._api().stop(cid, timeout=4)
         except GONE:
             pass  # gone already, or never started, or the daemon went away
 
-    def _cgroups(self) -> int | None:
+    def cgroup_version(self) -> int | None:
         """The cgroup version to measure steps with, where the daemon is on this machine (a unix socket); None: not
         measured. A daemon with the systemd cgroup driver refuses the parent (it takes slices): see run()."""
         if self._cgroup_v == -1:
-            local = client().api.base_url.startswith("http+docker://localhost")
+            local = self._api().base_url.startswith("http+docker://localhost")
             self._cgroup_v = usage.version() if usage.enabled() and local else None
         return self._cgroup_v
 
     @staticmethod
-    def _limits(job: Job) -> dict[str, Any]:
+    def limit_options(job: Job) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if job.limits.cpus:
             out["nano_cpus"] = int(job.limits.cpus * 1e9)
@@ -175,25 +181,25 @@ class DockerRunner:
         except (Cancelled, UserError):
             raise
         except Exception:  # the connection's end, whatever layer saw it: one line when the daemon went away
-            if answers():
+            if answers(self.daemon()):
                 raise
-            raise lost(job.step) from None
-        if code in (137, 143) and not self._cancelled and "killed" not in job.usage and going_away():
-            raise lost(job.step)  # a daemon that shuts down stops its containers first
+            raise lost(job.step, self.daemon()) from None
+        if code in (137, 143) and not self._cancelled and "killed" not in job.usage and going_away(host=self.daemon()):
+            raise lost(job.step, self.daemon())  # a daemon that shuts down stops its containers first
         return code
 
     def _run(self, job: Job, on_line: Callable[[str], None]) -> int:
-        api = client().api
+        api = self._api()
         self._watch()
         binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
         network = self._network(job.image) if self._labels else None
-        v = self._cgroups()
+        v = self.cgroup_version()
         parent = usage.Parent(v) if v else None
 
         def create() -> str:
             host_config = api.create_host_config(
                 binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None, init=True,
-                network_mode=network, cgroup_parent=parent.path if parent else None, **self._limits(job),
+                network_mode=network, cgroup_parent=parent.path if parent else None, **self.limit_options(job),
                 **security_options())
             return api.create_container(
                 job.image, command=job.argv, user=job.user, working_dir=str(job.workdir), environment=job.env,
@@ -216,7 +222,7 @@ class DockerRunner:
                 except docker.errors.ImageNotFound:
                     raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
                 except docker.errors.APIError as exc:
-                    raise UserError(f"step {job.step!r}: docker could not create the container: "
+                    raise UserError(f"step {job.step!r}: {self.name} could not create the container: "
                                     f"{exc.explanation or exc}") from None
                 self._active.add(cid)
                 return cid
@@ -239,7 +245,7 @@ class DockerRunner:
                 if job.gpus and ("device driver" in msg or "gpu" in msg.lower()):
                     raise UserError(f"step {job.step!r} asks for GPUs ({job.gpus}) but this Docker daemon has no "
                                     "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
-                raise UserError(f"step {job.step!r}: docker could not start the container: {msg}") from None
+                raise UserError(f"step {job.step!r}: {self.name} could not start the container: {msg}") from None
             started = time.monotonic()
             timer = time_limit(job, lambda: self._stop(cid, force=True))
             with self._lock:
@@ -278,10 +284,9 @@ class DockerRunner:
             with self._lock:
                 self._removals.append(removal)
 
-    @staticmethod
-    def _remove(cid: str, parent: usage.Parent | None) -> None:
+    def _remove(self, cid: str, parent: usage.Parent | None) -> None:
         try:
-            client().api.remove_container(cid, force=True)
+            self._api().remove_container(cid, force=True)
         except GONE:
             pass  # removed already; or the daemon went away (the next run removes it)
         if parent:

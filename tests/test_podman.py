@@ -1,0 +1,149 @@
+"""`--engine podman`, for real: rootless Podman run by a non-root user (useradd) with itwin-run installed from its
+wheel. The base image comes to that user the way a site without a registry gets it (Docker's archives, `itwin-run
+load`); steps build with Podman's builder, write the user's own files, byte for byte what Docker writes; a runner
+killed outright leaves neither a container nor a Podman service behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TOY, itwin
+
+pytestmark = pytest.mark.docker
+
+
+def wait_for(check, tries: int = 100, every: float = 0.1):
+    """check() until it is truthy, `tries` times at most (a hang guard, not a measure); its last value."""
+    for _ in range(tries):
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return check()
+
+
+def contents(data: Path) -> dict[str, str]:
+    return {str(p.relative_to(data)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def podman(podman_user, docker_client):
+    return podman_user
+
+
+def containers(user, *filters: str) -> list[str]:
+    res = user.run(["podman", "ps", "-a", "-q", *[f"--filter=label={f}" for f in filters]])
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()
+
+
+def services(user) -> list[str]:
+    res = subprocess.run(["pgrep", "-u", user.name, "-f", "podman system service"], capture_output=True, text=True)
+    return res.stdout.split()
+
+
+def test_a_user_runs_the_toy_with_podman_and_gets_dockers_bytes(podman, docker_client):
+    project = podman.project(TOY, "toy")
+    res = podman.itwin("--engine", "podman", "workflow.yml", cwd=project)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "generated 5 numbers as uid 0" in res.stdout + res.stderr  # the container's root: the user outside
+    data = project / "data"
+    uid = pwd.getpwnam(podman.name).pw_uid
+    assert {p.stat().st_uid for p in data.rglob("*")} == {uid}, "every output file is the user's"
+    assert (data / "squares" / "input-check.txt").read_text() == "input read-only: Read-only file system\n"
+    summary = (data / "summary" / "summary.txt").read_text()
+    assert "sum=55\n" in summary and "greeting=hello\n" in summary and "host_env_leak=False" in summary, summary
+    record = json.loads(next((project / ".itwin-run" / "runs").glob("*/manifest.json")).read_text())
+    assert record["engine"] == "podman" and {s["status"] for s in record["steps"].values()} == {"done"}, record
+    made = {e.removeprefix("docker.io/") for e in podman.run(
+        ["podman", "images", "--filter", "label=org.itwin-run.managed=1", "--format", "{{.Repository}}:{{.Tag}}"]
+    ).stdout.split()}
+    assert {s["image"] for s in record["steps"].values()} <= made, (record, made)  # built by Podman's builder
+    again = podman.itwin("--engine", "podman", "workflow.yml", cwd=project)
+    assert again.returncode == 0 and again.stderr.count("up to date") >= 1, again.stderr[-2000:]
+    assert not containers(podman, "org.itwin-run.run"), "the run's containers were left"
+    listed = podman.itwin("images", cwd=project)
+    assert listed.returncode == 0 and "podman" in listed.stdout, listed.stdout + listed.stderr
+    produced = contents(data)
+    subprocess.run(["rm", "-rf", str(data)], check=True)
+    docker = itwin("--force", "workflow.yml", cwd=project)  # Docker as root, same project: steps run as its owner
+    assert docker.returncode == 0, docker.stderr[-3000:]
+    assert contents(data) == produced, "Podman's outputs differ from Docker's"
+    assert wait_for(lambda: not services(podman), tries=200), "a Podman service outlived its run"
+
+
+def test_killed_runner_leaves_no_container_and_no_service(podman):
+    project = podman.project(TOY, "slow")
+    (project / "slow.yml").write_text(
+        "datasets:\n  a: {location: ./data/a}\nsteps:\n"
+        "  - slow: {output: a, command: python -c \"import time; time.sleep(120)\", "
+        "env: {file: ./envs/requirements.txt}}\n")
+    proc = subprocess.Popen(["runuser", "-u", podman.name, "--", "env", f"HOME={podman.home}",
+                             f"PATH={podman.bin}:/usr/bin:/bin", str(podman.bin / "itwin-run"), "--engine", "podman",
+                             "slow.yml"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: containers(podman, "org.itwin-run.step=slow"), tries=600), "the step never started"
+        manifest = json.loads(next((project / ".itwin-run" / "runs").glob("*/manifest.json")).read_text())
+        os.kill(manifest["pid"], signal.SIGKILL)  # itwin-run itself, not runuser: no handler of the runner runs
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert wait_for(lambda: not containers(podman, f"org.itwin-run.run={manifest['run_id']}")), \
+        "the killed run's containers were left"
+    assert wait_for(lambda: not services(podman), tries=300), "the killed run's Podman service was left"
+    hist = podman.itwin("history", cwd=project)
+    assert manifest["run_id"] in hist.stdout and " crashed " in hist.stdout, hist.stdout + hist.stderr
+
+
+def test_time_limits_apply_and_rootless_cgroup_v1_says_so_in_one_line(podman):
+    project = podman.project(TOY, "limits")
+    (project / "wf.yml").write_text(
+        "datasets:\n  a: {location: ./data/a}\nsteps:\n"
+        "  - slow: {command: python -c \"import time; time.sleep(30)\", env: {file: ./envs/requirements.txt}, "
+        "resources: {time: 2s}}\n"
+        "  - capped: {output: a, command: python -c \"print('ran')\", env: {file: ./envs/requirements.txt}, "
+        "resources: {memory: 200M}}\n")
+    res = podman.itwin("--engine", "podman", "--keep-going", "wf.yml", cwd=project)
+    assert res.returncode != 0
+    assert "step 'slow' killed: time limit (2s)" in res.stderr, res.stderr[-3000:]
+    cgroups = podman.run(["podman", "info", "--format", "{{.Host.CgroupsVersion}}"]).stdout.strip()
+    if cgroups == "v1":
+        notes = [ln for ln in res.stderr.splitlines() if "cannot limit cpus, memory or processes" in ln]
+        assert len(notes) == 1 and "capped" in notes[0], res.stderr[-3000:]
+    assert "capped | ran" in res.stdout + res.stderr
+
+
+def test_doctor_as_the_user_says_what_podman_has(podman):
+    res = podman.itwin("doctor", "--engine", "podman", cwd=podman.home)
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("ok   podman: podman "), res.stdout
+    assert "ok   podman: storage driver overlay through /usr/bin/fuse-overlayfs" in lines, res.stdout
+    assert any(ln.startswith("ok   podman: subordinate uid/gid ranges: ") for ln in lines), res.stdout
+    assert "ok   podman: catatonit (the steps' init) found" in lines, res.stdout
+    assert not services(podman) or wait_for(lambda: not services(podman), tries=200)
+
+
+def test_cwl_mode_with_podman_writes_what_the_classical_run_writes(podman):
+    project = podman.project(TOY, "cwl")
+    classical = podman.itwin("--engine", "podman", "workflow.yml", cwd=project)
+    assert classical.returncode == 0, classical.stderr[-3000:]
+    produced = contents(project / "data")
+    subprocess.run(["rm", "-rf", str(project / "data"), str(project / ".itwin-run")], check=True)
+    assert itwin("export-cwl", "workflow.yml", "-o", "cwl", cwd=project).returncode == 0  # engine-neutral CWL
+    (project / "workflow.yml").write_text((project / "workflow.yml").read_text() + "\nworkflowFileCWL: cwl/workflow.cwl\n")
+    subprocess.run(["chown", "-R", f"{podman.name}:", str(project)], check=True)
+    res = podman.itwin("--engine", "podman", "--cwl", "workflow.yml", cwd=project)
+    assert res.returncode == 0 and "Final process status is success" in res.stdout + res.stderr, res.stderr[-3000:]
+    assert contents(project / "data") == produced
+    uid = pwd.getpwnam(podman.name).pw_uid
+    assert {p.stat().st_uid for p in (project / "data").rglob("*")} == {uid}
