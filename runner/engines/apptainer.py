@@ -116,8 +116,10 @@ class ApptainerBuilder:
                 return f"{deps}{OVERLAY}{found[-1]}", True
             if found:
                 return str(found[-1]), True
-            raise UserError(f"step {spec.step!r}: no SIF for its image in {cache} and no Docker daemon here to build "
-                            "one: run `itwin-run build --engine apptainer` where Docker is available and copy the cache")
+            raise UserError(f"step {spec.step!r}: no SIF for its image in {cache} (none named {digest}-*: its env "
+                            f"file, sources and build options, --wheelhouse {opts.wheelhouse or 'none'} included) and "
+                            "no Docker daemon here to build one: run `itwin-run build --engine apptainer` where Docker "
+                            "is available, with the same options, and share or copy the cache")
         layered = bool(spec.sources) and not opts.single_file and _mksquashfs() is not None
         if spec.sources and not opts.single_file and not layered and not self._noted_flat:
             self._noted_flat = True

@@ -1,0 +1,91 @@
+"""On the HPC node as its user: a non-root user (useradd) with itwin-run installed from its wheel and no Docker socket
+runs Apptainer steps (unprivileged: squashfuse, no capabilities) and SLURM jobs, taking SIFs from one shared cache
+that the site filled and the user cannot write."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED, TOY, itwin
+from tests.services import change_packages
+
+pytestmark = pytest.mark.docker
+
+SIF_CACHE = "ITWIN_RUN_SIF_CACHE"
+
+
+@pytest.fixture(scope="module")
+def shared_cache(apptainer_env, docker_client):
+    """A SIF cache the site filled (root, where Docker is) with the toy's images; readable by all, writable by root."""
+    cache = Path(tempfile.mkdtemp(prefix="itwin-shared-sif-", dir="/tmp"))
+    cache.chmod(0o755)
+    project = Path(tempfile.mkdtemp(prefix="itwin-site-"))
+    shutil.copytree(TOY, project / "toy", ignore=shutil.ignore_patterns("data", ".itwin-run"))
+    res = itwin("build", "--engine", "apptainer", "workflow.yml", cwd=project / "toy",
+                env={**apptainer_env, SIF_CACHE: str(cache), "ITWIN_RUN_WHEELHOUSE": "none"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    yield cache
+    shutil.rmtree(project, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hpc_user(user, apptainer_env):
+    """The user, allowed to run the lab's Apptainer unprivileged (setup-apptainer.sh --users)."""
+    setup = SHARED / "hpc" / "apptainer" / "setup-apptainer.sh"
+    deb = SHARED / "hpc" / "apptainer" / "apptainer_1.4.5-2_amd64.deb"
+    res = subprocess.run(["bash", str(setup), "--quiet", "--users"], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "APPLAB_APPTAINER_DEB": str(deb)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    return user
+
+
+def user_env(user, cache: Path) -> dict[str, str]:
+    return {"PATH": f"/tmp/applab/bin:{user.bin}:/usr/bin:/bin", SIF_CACHE: str(cache), "ITWIN_RUN_WHEELHOUSE": "none"}
+
+
+def owners(data: Path) -> set[int]:
+    return {p.stat().st_uid for p in data.rglob("*")}
+
+
+def test_apptainer_steps_run_as_the_user_from_the_shared_cache(hpc_user, shared_cache):
+    project = hpc_user.project(TOY, "hpc-toy")
+    before = sorted(shared_cache.iterdir())
+    res = hpc_user.itwin("--engine", "apptainer", "workflow.yml", cwd=project, env=user_env(hpc_user, shared_cache))
+    assert res.returncode == 0, res.stderr[-3000:]
+    uid = pwd.getpwnam(hpc_user.name).pw_uid
+    assert f"generated 5 numbers as uid {uid}" in res.stdout + res.stderr
+    assert owners(project / "data") == {uid}, "every output file is the user's"
+    assert (project / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
+    assert (project / "data" / "squares" / "input-check.txt").read_text() == "input read-only: Read-only file system\n"
+    assert sorted(shared_cache.iterdir()) == before, "the run changed the shared cache"
+    again = hpc_user.itwin("--engine", "apptainer", "workflow.yml", cwd=project, env=user_env(hpc_user, shared_cache))
+    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr[-2000:]
+
+
+def test_an_image_the_cache_lacks_is_one_line_naming_what_to_do(hpc_user, shared_cache):
+    project = hpc_user.project(TOY, "hpc-new-env")
+    change_packages(project / "envs" / "requirements.txt", 7)  # a new image: no SIF for it, no Docker to build it
+    res = hpc_user.itwin("--engine", "apptainer", "workflow.yml", cwd=project, env=user_env(hpc_user, shared_cache))
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "step 'generate': no SIF for its image" in errors[0], res.stderr[-3000:]
+    assert "--wheelhouse none" in errors[0] and "itwin-run build --engine apptainer" in errors[0], errors[0]
+    assert not (project / "data" / "raw").exists() or not any((project / "data" / "raw").iterdir())
+
+
+def test_slurm_jobs_of_a_user_run_apptainer_steps_as_them(hpc_user, shared_cache, slurm_env):
+    project = hpc_user.project(TOY, "hpc-slurm")
+    env = {**user_env(hpc_user, shared_cache), **{k: v for k, v in slurm_env.items() if k != "PATH"}}
+    res = hpc_user.itwin("--executor", "slurm", "--engine", "apptainer", "workflow.yml", cwd=project, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "summarize: COMPLETED" in res.stdout + res.stderr, res.stderr[-3000:]
+    assert owners(project / "data") == {pwd.getpwnam(hpc_user.name).pw_uid}
+    assert (project / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
