@@ -16,11 +16,13 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from runner import ui
 from runner.checks import Check, free_space
 from runner.engines.base import Engine, Job, Made
 from runner.engines.docker import DockerBuilder, DockerRunner, inventory
+from runner.engines.docker.client import Waiter
 from runner.errors import UserError
 
 IDLE_S = 10  # the service stops itself after this long without a request
@@ -142,6 +145,38 @@ class PodmanRunner(DockerRunner):
         ui.say(f"step {job.step}: rootless Podman on cgroup v1 cannot limit cpus, memory or processes (time "
                "limits apply); ask for cgroup v2 with delegation", "yellow", prefix="note:")
         return {}
+
+
+    def output(self, api: Any, cid: str, waiter: Waiter) -> Iterator[bytes]:
+        """Podman 4's service can leave a followed log unanswered when the container exited just before the call
+        (seen with steps that take milliseconds): follow it from a thread, and once the container has exited and
+        nothing came for a moment, take the rest from the log as it stands."""
+        chunks: queue.Queue[bytes | None] = queue.Queue()
+
+        def follow() -> None:
+            try:
+                for chunk in api.logs(cid, stream=True, follow=True):
+                    chunks.put(chunk)
+            except Exception:  # the service's or the connection's end: the log as it stands says the rest
+                pass
+            chunks.put(None)
+
+        threading.Thread(target=follow, daemon=True).start()
+        got = 0
+        while True:
+            try:
+                chunk = chunks.get(timeout=0.5)
+            except queue.Empty:
+                if waiter.is_alive():
+                    continue
+                rest = api.logs(cid, stream=False)[got:]
+                if rest:
+                    yield rest
+                return
+            if chunk is None:
+                return
+            got += len(chunk)
+            yield chunk
 
 
 def made() -> list[Made]:

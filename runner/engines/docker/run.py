@@ -6,7 +6,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +255,7 @@ class DockerRunner:
             # Ask for the exit status while the output streams: the daemon answers as soon as the container exits.
             waiter = Waiter(api, cid)
             pending = b""
-            for chunk in api.logs(cid, stream=True, follow=True):
+            for chunk in self.output(api, cid, waiter):
                 pending += chunk
                 *complete, pending = pending.split(b"\n")
                 for raw in complete:
@@ -283,6 +283,10 @@ class DockerRunner:
             removal.start()
             with self._lock:
                 self._removals.append(removal)
+
+    def output(self, api: Any, cid: str, waiter: Waiter) -> Iterator[bytes]:
+        """The container's output as it comes (stdout and stderr), until it exits."""
+        return api.logs(cid, stream=True, follow=True)
 
     def _remove(self, cid: str, parent: usage.Parent | None) -> None:
         try:
