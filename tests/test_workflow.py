@@ -396,7 +396,7 @@ def test_resources_are_checked_with_file_and_line(tmp_path):
 def test_apptainer_gpu_steps_get_the_allocation_not_every_gpu():
     """--cleanenv hid CUDA_VISIBLE_DEVICES, so a step under SLURM saw every GPU of the node: the step now gets the
     caller's allocation, narrowed to what it asks."""
-    from runner.engines.apptainer import allocated_gpus
+    from runner.engines.base import allocated_gpus
 
     slurm = {"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_JOB_GPUS": "2,3", "PATH": "/bin"}
     assert allocated_gpus("all", slurm) == {"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_JOB_GPUS": "2,3"}

@@ -21,11 +21,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runner import ui
-from runner.engines.base import OVERLAY, Cancelled, Engine, Job, Made, image_parts, time_limit
+from runner.engines.base import OVERLAY, Cancelled, Engine, Job, Made, allocated_gpus, image_parts, time_limit
 from runner.engines.watchdog import Watchdog
 from runner.errors import UserError
 from runner.images import SOURCE_WHEELS, BuildOptions, ImageSpec, Pin
@@ -425,28 +425,6 @@ def _suffix() -> str:
 
 def _safe(ref: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in ref)
-
-
-GPU_ALLOCATION = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "GPU_DEVICE_ORDINAL")
-
-
-def allocated_gpus(gpus: str | int | list[int], env: Mapping[str, str]) -> dict[str, str]:
-    """The GPU allocation a step gets, in the caller's terms: its CUDA_VISIBLE_DEVICES (what SLURM or the user gave
-    this job) narrowed to what the step asks (`all`, a count, or indices into the visible devices), with SLURM's
-    names for the same. Empty where the caller names no allocation (the step sees the node's GPUs)."""
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return {k: env[k] for k in GPU_ALLOCATION if k in env}
-    devices = [d for d in visible.split(",") if d]
-    if gpus == "all":
-        chosen = devices
-    elif isinstance(gpus, int):
-        chosen = devices[:gpus]
-    else:
-        chosen = [devices[i] for i in gpus if 0 <= i < len(devices)]
-    out = {"CUDA_VISIBLE_DEVICES": ",".join(chosen)}
-    out.update({k: env[k] for k in GPU_ALLOCATION[1:] if k in env})
-    return out
 
 
 def unwritable(cache: Path, exc: OSError) -> UserError:

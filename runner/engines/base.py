@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,6 +103,28 @@ def time_limit(job: Job, stop: Callable[[], None]) -> threading.Timer | None:
     timer.daemon = True
     timer.start()
     return timer
+
+
+GPU_ALLOCATION = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "GPU_DEVICE_ORDINAL")
+
+
+def allocated_gpus(gpus: str | int | list[int], env: Mapping[str, str]) -> dict[str, str]:
+    """The GPU allocation a step gets, in the caller's terms: its CUDA_VISIBLE_DEVICES (what SLURM or the user gave
+    this job) narrowed to what the step asks (`all`, a count, or indices into the visible devices), with SLURM's
+    names for the same. Empty where the caller names no allocation (the step sees the node's GPUs)."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return {k: env[k] for k in GPU_ALLOCATION if k in env}
+    devices = [d for d in visible.split(",") if d]
+    if gpus == "all":
+        chosen = devices
+    elif isinstance(gpus, int):
+        chosen = devices[:gpus]
+    else:
+        chosen = [devices[i] for i in gpus if 0 <= i < len(devices)]
+    out = {"CUDA_VISIBLE_DEVICES": ",".join(chosen)}
+    out.update({k: env[k] for k in GPU_ALLOCATION[1:] if k in env})
+    return out
 
 
 class Cancelled(Exception):

@@ -1,8 +1,8 @@
 """A run's watchdog: a small process in a session of its own that holds a pipe from the runner. A runner that ends
 as it should says so, and the watchdog exits with nothing to do. When the pipe closes without that (the runner got
 SIGKILL: the OOM killer, a CI time limit, a killed tmux), the watchdog removes what the run left: the containers
-that carry all of the run's labels, the process groups of its steps, and the SLURM jobs it was asked to cancel
-(--cancel-on-exit). It touches nothing else: another run's containers carry another run label, and a group or a
+that carry all of the run's labels, the process groups of its steps, the SLURM jobs it was asked to cancel
+(--cancel-on-exit), and what an engine's own commands remove (Podman's `podman rm --filter label=RUN`). It touches nothing else: another run's containers carry another run label, and a group or a
 job is only one this runner named and did not release.
 
 The runner side is `Watchdog`; the process runs this file as a script (the package's imports would cost it a
@@ -10,6 +10,7 @@ quarter of a second), with nothing beyond the standard library until there is so
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -41,6 +42,10 @@ class Watchdog:
         """Should the runner die, remove the containers that carry all of these labels (asking the daemon at
         `host`, a Docker-compatible API; DOCKER_HOST's by default)."""
         self._send(f"containers {host or '-'} " + " ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+
+    def command(self, argv: list[str]) -> None:
+        """Should the runner die, run this command (an engine's own way to remove what the run started)."""
+        self._send("command " + json.dumps(argv))
 
     def group(self, pgid: int) -> None:
         """Should the runner die, kill this process group (a step's)."""
@@ -97,6 +102,7 @@ def main() -> None:
     filters: list[list[str]] = []
     groups: set[int] = set()
     jobs: list[str] = []
+    commands: list[list[str]] = []
     for line in sys.stdin:
         what, _, rest = line.strip().partition(" ")
         if what == "end":
@@ -109,6 +115,8 @@ def main() -> None:
             groups.discard(int(rest))
         elif what == "job":
             jobs.append(rest)
+        elif what == "command":
+            commands.append(json.loads(rest))
     for pgid in groups:  # the runner died: its steps go
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -118,6 +126,11 @@ def main() -> None:
         subprocess.run(["scancel", *jobs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if filters:
         _remove_containers(filters)
+    for argv in commands:
+        try:
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
 
 if __name__ == "__main__":

@@ -70,15 +70,13 @@ class DockerBuilder:
     def client(self) -> docker.DockerClient:
         return client(self.daemon())
 
-    def _image_id(self, ref: str) -> str | None:
-        return image_id(ref, self.daemon())
 
     # ------------------------------------------------------------ base image
 
     def base(self, bootstrap: bool = False) -> str:
         """The project base image, built when missing; its parent bootstrapped offline (debootstrap) when asked and
         no parent is local or pullable."""
-        if bootstrap and not self.parent and not (self._image_id(DEFAULT_PARENT) or self._image_id(BOOTSTRAP_PARENT)):
+        if bootstrap and not self.parent and not (self.identity(DEFAULT_PARENT) or self.identity(BOOTSTRAP_PARENT)):
             try:
                 self.client.images.pull(DEFAULT_PARENT)
             except docker.errors.DockerException:
@@ -95,7 +93,7 @@ class DockerBuilder:
         ca = CA_BUNDLE.read_bytes() if CA_BUNDLE.is_file() else b""
         digest = hashlib.sha256(dockerfile + b"\0" + parent_id.encode() + b"\0" + ca).hexdigest()[:16]
         ref = f"itwin-run/base:{digest}"
-        image_id = self._image_id(ref)
+        image_id = self.identity(ref)
         if image_id is None:
             if not build:
                 return ref, ""
@@ -103,7 +101,7 @@ class DockerBuilder:
                 Path(ctx, "Dockerfile").write_bytes(dockerfile)
                 Path(ctx, "ca-certificates.crt").write_bytes(ca)
                 self._build(ctx, "Dockerfile", ref, {"PARENT": parent}, step="base")
-            image_id = self._image_id(ref) or ""
+            image_id = self.identity(ref) or ""
             self.client.api.tag(ref, "itwin-run/base", "latest")
         self._base = (ref, image_id)
         return self._base
@@ -111,7 +109,7 @@ class DockerBuilder:
     def _parent(self) -> tuple[str, str]:
         candidates = [self.parent] if self.parent else [DEFAULT_PARENT, BOOTSTRAP_PARENT]
         for ref in candidates:
-            image_id = self._image_id(ref)
+            image_id = self.identity(ref)
             if image_id:
                 return ref, image_id
         first = candidates[0]
@@ -140,7 +138,7 @@ class DockerBuilder:
     def resolve(self, spec: ImageSpec, opts: BuildOptions, *, build: bool = True) -> tuple[str, bool]:
         if spec.kind == "image":
             assert spec.image
-            present = self._image_id(spec.image) is not None
+            present = self.identity(spec.image) is not None
             if opts.pull == "never" and not present:
                 raise UserError(f"step {spec.step!r}: image {spec.image} is not present locally and --pull never "
                                 "forbids pulling it (pull or load it first)")
@@ -152,7 +150,7 @@ class DockerBuilder:
         if not base_id:
             return f"{spec.name}:<after base build>", False
         ref = spec.tag(base_id, opts)
-        if self._image_id(ref):
+        if self.identity(ref):
             if spec.sources and build:  # its dependency image keeps its name (push and Apptainer take it by it)
                 self.resolve(spec.dependencies(), opts)
             return ref, True
@@ -233,7 +231,8 @@ class DockerBuilder:
         ui.say(f" {ref}", "green", prefix="pulled")
 
     def identity(self, ref: str) -> str | None:
-        return self._image_id(ref)
+        """The local image's id; None when there is no such image."""
+        return image_id(ref, self.daemon())
 
     def oci_ref(self, ref: str) -> str:
         return ref
