@@ -476,16 +476,22 @@ def _itwinai_wheel(given: Path | None, tmp: Path) -> Path:
         return source
     if not (source / "pyproject.toml").is_file():
         raise UsageError(f"--itwinai {source}: neither a .whl file nor a package directory (no pyproject.toml)")
-    # Offline sites: build with the setuptools at hand rather than fetch one, where there is one.
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    # Offline sites: build with the setuptools at hand rather than fetch one, where it can make wheels (its own
+    # bdist_wheel since 70.1, else the `wheel` package: a fresh venv has setuptools without either).
+    local = importlib.util.find_spec("setuptools") is not None and (
+        importlib.util.find_spec("wheel") is not None or importlib.util.find_spec("setuptools.command.bdist_wheel"))
     # Fixed timestamps (SOURCE_DATE_EPOCH): the same source makes the same wheel, so projects share their image.
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", str(tmp),
-                           str(source)], capture_output=True, text=True,
-                          env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
+    # The path resolved: pip reads a bare `itwinai-src` (Path drops the `./`) as a package name.
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                           *(["--no-build-isolation"] if local else []), "-w", str(tmp), str(source.resolve())],
+                          capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
     wheels = sorted(tmp.glob("itwinai-*.whl"))
     if done.returncode or not wheels:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel came out"]
-        raise UserError(f"could not build the itwinai wheel from {source}: {last[0]}")
+        # the build's own last words (pip quotes them up to "[end of output]"), else pip's last error line
+        said = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        ends = [i for i, ln in enumerate(said) if ln == "[end of output]"]
+        errors = said[:ends[-1]] if ends else [ln for ln in said if re.search(r"error", ln, re.IGNORECASE)]
+        raise UserError(f"could not build the itwinai wheel from {source}: {(errors or ['no wheel came out'])[-1]}")
     return wheels[0]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -423,3 +424,18 @@ def test_validate_and_dry_run_refuse_what_the_run_refuses(tmp_path, capsys, how)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("note:")]
     assert lines == [f"error: {tmp_path}/w.yml:5: stats.input: dataset 'raw' ({tmp_path}/data/raw) does not exist and "
                      "no selected step writes it"]
+
+
+def test_ml_template_takes_itwinai_as_a_relative_directory(tmp_path):
+    """`init --template ml --itwinai ./itwinai-src`, as the README says: a directory named relative to here (pip once
+    read `itwinai-src` as a package name), built with what this environment has."""
+    shutil.copytree(REPO / "itwinai", tmp_path / "itwinai-src",
+                    ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build"))
+    res = itwin("init", "ml", "--template", "ml", "--itwinai", "./itwinai-src", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert [p.name for p in (tmp_path / "ml" / "wheels").iterdir()][0].startswith("itwinai-")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "pyproject.toml").write_text("[project]\nname = 'itwinai'\nversion = 'not a version'\n")
+    res = itwin("init", "ml2", "--template", "ml", "--itwinai", "./broken", cwd=tmp_path)
+    assert res.returncode != 0 and "could not build the itwinai wheel from broken" in res.stderr, res.stderr
+    assert "See above for details" not in res.stderr and "version" in res.stderr.lower(), res.stderr

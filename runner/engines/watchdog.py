@@ -2,8 +2,9 @@
 as it should says so, and the watchdog exits with nothing to do. When the pipe closes without that (the runner got
 SIGKILL: the OOM killer, a CI time limit, a killed tmux), the watchdog removes what the run left: the containers
 that carry all of the run's labels, the process groups of its steps, the SLURM jobs it was asked to cancel
-(--cancel-on-exit), and what an engine's own commands remove (Podman's `podman rm --filter label=RUN`). It touches nothing else: another run's containers carry another run label, and a group or a
-job is only one this runner named and did not release.
+(--cancel-on-exit), and what an engine's own commands remove (Podman's `podman rm --filter label=RUN`). It
+touches nothing else: another run's containers carry another run label, and a group or a job is only one this
+runner named and did not release.
 
 The runner side is `Watchdog`; the process runs this file as a script (the package's imports would cost it a
 quarter of a second), with nothing beyond the standard library until there is something to remove."""
