@@ -170,12 +170,15 @@ def test_gpu_requests_reach_the_daemon(docker_client):
     """What the daemon stores for each form of `gpus:` (created, never started: no GPU is needed to check it)."""
     assert gpu_requests(None) == [] and gpu_requests(0) == []
     ref = DockerBuilder().base()
-    want = {"all": (-1, []), 2: (2, []), (0, 3): (0, ["0", "3"])}
-    for gpus, (count, ids) in want.items():
+    slurm = {"SLURM_JOB_GPUS": "2,3", "CUDA_VISIBLE_DEVICES": "0,1"}  # the job's GPUs: host 2 and 3
+    want = [("all", {}, -1, []), (2, {}, 2, []), ((0, 3), {}, 0, ["0", "3"]),
+            (1, slurm, 0, ["2"]), ("all", slurm, 0, ["2", "3"]), ((1,), slurm, 0, ["3"]),
+            (1, {"CUDA_VISIBLE_DEVICES": "1"}, 0, ["1"])]  # never the node's first GPU when given others
+    for gpus, env, count, ids in want:
         made = docker_client.api.create_container(ref, ["true"], labels={"org.itwin-run.test": "1"},
                                                   host_config=docker_client.api.create_host_config(
                                                       device_requests=gpu_requests(
-                                                          list(gpus) if isinstance(gpus, tuple) else gpus)))
+                                                          list(gpus) if isinstance(gpus, tuple) else gpus, env)))
         try:
             (request,) = docker_client.api.inspect_container(made["Id"])["HostConfig"]["DeviceRequests"]
         finally:

@@ -408,6 +408,17 @@ def test_apptainer_gpu_steps_get_the_allocation_not_every_gpu():
     assert allocated_gpus("all", {"PATH": "/bin"}) == {}
 
 
+def test_container_steps_get_the_host_gpus_of_the_allocation():
+    """Docker and Podman name host GPUs: SLURM's host indices (CUDA_VISIBLE_DEVICES may be renumbered inside the
+    job's cgroup), narrowed to what the step asks; no allocation named: None (the runtime picks)."""
+    from runner.engines.base import host_gpus
+
+    slurm = {"SLURM_JOB_GPUS": "2,3", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert host_gpus(1, slurm) == ["2"] and host_gpus("all", slurm) == ["2", "3"] and host_gpus([1], slurm) == ["3"]
+    assert host_gpus(1, {"CUDA_VISIBLE_DEVICES": "1"}) == ["1"]
+    assert host_gpus(1, {}) is None and host_gpus(1, {"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
 @pytest.mark.parametrize("how", [["validate"], ["run", "--dry-run"], ["run", "-n"]])
 def test_validate_and_dry_run_refuse_what_the_run_refuses(tmp_path, capsys, how):
     """An input dataset that does not exist and no step writes: the run refuses it (exit 2), and so do `validate`

@@ -127,6 +127,17 @@ def allocated_gpus(gpus: str | int | list[int], env: Mapping[str, str]) -> dict[
     return out
 
 
+def host_gpus(gpus: str | int | list[int], env: Mapping[str, str]) -> list[str] | None:
+    """The node's GPU ids a step gets where the caller was given some (SLURM_JOB_GPUS: host indices as a container
+    runtime counts them; else CUDA_VISIBLE_DEVICES): those it asks for among them, never the node's first ones.
+    None where the caller names no allocation."""
+    given = env.get("SLURM_JOB_GPUS") or env.get("CUDA_VISIBLE_DEVICES")
+    if given is None:
+        return None
+    chosen = allocated_gpus(gpus, {"CUDA_VISIBLE_DEVICES": given})["CUDA_VISIBLE_DEVICES"]
+    return chosen.split(",") if chosen else []
+
+
 class Cancelled(Exception):
     """The run was cancelled before this step's container (or process) started: nothing ran."""
 

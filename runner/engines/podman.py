@@ -30,7 +30,7 @@ from typing import Any
 
 from runner import ui
 from runner.checks import Check, free_space
-from runner.engines.base import Cancelled, Engine, Job, Made, allocated_gpus, time_limit
+from runner.engines.base import Cancelled, Engine, Job, Made, host_gpus, time_limit
 from runner.engines.docker import DockerBuilder, inventory
 from runner.engines.docker.client import SHM_SIZE, UNPRIVILEGED, security_options
 from runner.engines.watchdog import Watchdog
@@ -213,13 +213,12 @@ class PodmanRunner:
         elif job.limits.cpus or job.limits.memory:
             ui.say(f"step {job.step}: rootless Podman on cgroup v1 cannot limit cpus, memory or processes (time "
                    "limits apply); ask for cgroup v2 with delegation", "yellow", prefix="note:")
-        env = dict(job.env)
-        if job.gpus:  # the NVIDIA CDI spec's devices, narrowed to the caller's allocation
-            argv += ["--device", "nvidia.com/gpu=all"]
-            env.update(allocated_gpus(job.gpus, os.environ))
+        if job.gpus:  # the NVIDIA CDI spec's devices: those of the caller's allocation the step asks for (the
+            ids = host_gpus(job.gpus, os.environ)  # container sees only them: no CUDA_VISIBLE_DEVICES to narrow)
+            argv += [f"--device=nvidia.com/gpu={i}" for i in (["all"] if ids is None else ids)]
         for key, value in {f"{LABEL}.managed": "1", **self._labels, **job.labels}.items():
             argv += ["--label", f"{key}={value}"]
-        for key, value in env.items():
+        for key, value in job.env.items():
             argv += ["--env", f"{key}={value}"]
         for m in job.mounts:
             argv += ["--volume", f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import docker
@@ -13,6 +14,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import DeviceRequest
 
+from runner.engines.base import host_gpus
 from runner.errors import UserError
 
 DEFAULT_PARENT = "python:3.11-slim"
@@ -95,10 +97,14 @@ def security_options() -> dict[str, Any]:
             "pids_limit": int(os.environ.get("ITWIN_RUN_PIDS_LIMIT") or PIDS_LIMIT)}
 
 
-def gpu_requests(gpus: str | int | list[int] | None) -> list[DeviceRequest]:
-    """`gpus:` (all, a count, or device ids) as Docker device requests."""
+def gpu_requests(gpus: str | int | list[int] | None, env: Mapping[str, str] | None = None) -> list[DeviceRequest]:
+    """`gpus:` (all, a count, or device ids) as Docker device requests; where the caller was given GPUs, those of
+    them the step asks for (runner.engines.base.host_gpus)."""
     if gpus is None or gpus == 0 or gpus == []:
         return []
+    ids = host_gpus(gpus, os.environ if env is None else env)
+    if ids is not None:
+        return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])] if ids else []
     if gpus == "all":
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     if isinstance(gpus, int):
