@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -147,3 +149,31 @@ def test_cwl_mode_with_podman_writes_what_the_classical_run_writes(podman):
     assert contents(project / "data") == produced
     uid = pwd.getpwnam(podman.name).pw_uid
     assert {p.stat().st_uid for p in (project / "data").rglob("*")} == {uid}
+
+
+def test_a_podman_push_runs_with_docker_through_its_pin_file(podman, docker_client, tmp_path):
+    """`build --push` with Podman (its registries.conf lets it speak plain HTTP to the loopback registry, as
+    Docker's daemon does by default), then Docker, as root elsewhere, runs the workflow from the pin file alone."""
+    from tests.services import registry
+
+    store = Path(tempfile.mkdtemp(prefix="itwin-registry-"))
+    with registry(store) as addr:
+        conf = podman.home / ".config" / "containers" / "registries.conf"
+        conf.write_text(f'[[registry]]\nlocation = "{addr}"\ninsecure = true\n')
+        project = podman.project(TOY, "push")
+        res = podman.itwin("build", "--engine", "podman", "workflow.yml", "--push", "--registry", f"{addr}/pod",
+                           cwd=project)
+        conf.unlink()
+        assert res.returncode == 0, res.stderr[-3000:]
+        pins = json.loads((project / "workflow.images.json").read_text())["images"]
+        assert set(pins) == {"generate", "square", "summarize"}
+        assert all(ref.startswith(f"{addr}/pod/") and "@sha256:" in ref for ref in pins.values()), pins
+        elsewhere = tmp_path / "elsewhere"
+        subprocess.run(["cp", "-r", str(project), str(elsewhere)], check=True)
+        elsewhere.chmod(0o755)
+        tmp_path.chmod(0o755)  # as root, steps run as the project's owner: root's tmp_path must be readable
+        ran = itwin("--images", "workflow.images.json", "workflow.yml", cwd=elsewhere)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert ran.stderr.count("pulled ") == 3, ran.stderr[-3000:]
+        assert (elsewhere / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
+    shutil.rmtree(store, ignore_errors=True)

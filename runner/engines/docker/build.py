@@ -219,6 +219,8 @@ class DockerBuilder:
                                                                       "Layer already exists"))
                         status.update(f"{verb} {ref}: {done}/{len(layers)} layers")
                     digest = (item.get("aux") or {}).get("Digest", digest)
+                    if m := re.search(r"digest: (sha256:[0-9a-f]{64})", str(item.get("status", ""))):
+                        digest = digest or m.group(1)  # Podman says it only in words
         except docker.errors.APIError as exc:
             raise UserError(f"{what}: {_registry_problem(str(exc.explanation or exc))}") from None
         except docker.errors.DockerException as exc:
