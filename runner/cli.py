@@ -89,8 +89,8 @@ def run(
                                                show_default=False)] = None,
     retries: Annotated[int | None, typer.Option(min=0, help="Run a failed step again up to N times (over each "
                                                             "step's retries).", show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Print the plan (images, argv, mounts); run "
-                                                                  "nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Print the plan: each step `run (why)` or `up "
+                                                                  "to date`, then images, argv, mounts; run nothing.")] = False,
     cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images "
                                                    "(the cwl executor).")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Independent steps run at once.")] = 1,

@@ -7,6 +7,7 @@ build images and run one container. Reading this file top to bottom is reading w
 from __future__ import annotations
 
 import dataclasses
+import graphlib
 import os
 import secrets
 import signal
@@ -24,7 +25,7 @@ from runner.executors.base import Executor, Outcome, RunOptions, Submission
 from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for
 from runner.policy import mask_env
 from runner.report import edges_of
-from runner.state import ProjectFiles, State, complete_step, step_fingerprint, this_process
+from runner.state import ProjectFiles, State, complete_step, fingerprint, step_fingerprint, this_process, why
 from runner.workflow import Limits, StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
@@ -171,6 +172,7 @@ class RunSession:
         self._written = 0.0  # when the manifest was last written
         self._unwritten = False  # a step started since
         self._image_ids: dict[str, str | None] = {}
+        self._why: dict[str, str] = {}  # why each step that runs does (state.why)
 
     # ------------------------------------------------------------ the run
 
@@ -224,6 +226,21 @@ class RunSession:
         check_inputs(self.wf, steps)  # what the run would refuse, the dry run refuses
         images = resolve_images(self.wf, self.builder, self._build_options(), build=False, pinned=self.opts.pinned)
         subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps]
+        deps = dependencies(self.wf)
+        runs: set[str] = set()
+        names = {s.name for s in steps}
+        order = list(graphlib.TopologicalSorter({s.name: deps[s.name] & names for s in steps}).static_order())
+        for step in sorted(steps, key=lambda s: order.index(s.name)):  # a step's writers first
+            ref, present = images[step.name]
+            if not present:
+                reason: str | None = "its image is to be built"
+            elif self._up_to_date(self._submission(step, ref, [])):
+                reason = "upstream would run" if deps[step.name] & runs else None
+            else:
+                reason = self._why[step.name]
+            if reason:
+                runs.add(step.name)
+            print(f"{step.name}: " + (f"run ({reason})" if reason else "up to date"))
         self.executor.dry_run(subs, {k: present for k, (_, present) in images.items()})
 
     def _check_access(self, steps: list[StepSpec]) -> None:
@@ -278,8 +295,9 @@ class RunSession:
         if self._files is None:
             env_files = [s.env_file for s in self.wf.steps if s.env_file]  # in the image hash already
             self._files = ProjectFiles(self.wf.root, self.state, [*self.wf.datasets.values(), *env_files])
+        files = self._files.read_by(step.depends, self._named_by_others(step))
         return {"image": job.image, "engine": self.runner.name, "argv": job.argv, "env": job.env, "user": job.user,
-                "gpus": job.gpus, "project": self._files.digest(step.depends, self._named_by_others(step))}
+                "gpus": job.gpus, "project": fingerprint(files=files), "files": files}
 
     def _named_by_others(self, step: StepSpec) -> set[str]:
         """Project files other steps' commands name and this one's does not: editing another step's script reruns
@@ -295,11 +313,18 @@ class RunSession:
         return set().union(*(f for name, f in self._named.items() if name != step.name)) - self._named[step.name]
 
     def _up_to_date(self, sub: Submission) -> bool:
+        """Whether the step's record matches; if not, why it runs is kept for its record (`reason`)."""
         force = self.opts.force
         if force is not None and (not force or sub.step.name in force):
+            self._why[sub.step.name] = "--force"
             return False
-        return self.state.up_to_date(sub.key, step_fingerprint(sub.parts, sub.inputs),
-                                     Path(sub.output) if sub.output else None)
+        if self.state.up_to_date(sub.key, step_fingerprint(sub.parts, sub.inputs),
+                                 Path(sub.output) if sub.output else None):
+            return True
+        reason = why(self.state.record(sub.key), sub.parts, sub.inputs)
+        ran = sorted(u for u in dependencies(self.wf)[sub.step.name] if self.status.get(u) == "done")
+        self._why[sub.step.name] = f"upstream reran: {', '.join(ran)}" if ran and reason.startswith("input") else reason
+        return False
 
     def _schedule(self, steps: list[StepSpec], images: dict[str, str]) -> None:
         deps = self._deps = {s.name: dependencies(self.wf)[s.name] & {x.name for x in steps} for s in steps}
@@ -313,7 +338,10 @@ class RunSession:
         whole = self.executor.whole_workflow
         if whole:  # all or nothing: up to date only when every step is
             subs = [self._submission(s, images[s.name], []) for s in steps]
-            if all(self._up_to_date(sub) for sub in subs):
+            fresh = [self._up_to_date(sub) for sub in subs]
+            for sub in (sub for sub, ok in zip(subs, fresh, strict=True) if ok):
+                self._why[sub.step.name] = "its workflow runs whole (cwltool)"
+            if all(fresh):
                 for step in steps:
                     self._finish(step.name, "up to date")
                 pending = []
@@ -441,7 +469,10 @@ class RunSession:
             "user": job.user, "gpus": job.gpus, "env": mask_env(job.env), "mounts": job.to_dict()["mounts"],
             "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
             **({"image_id": self._image_ids[job.image]} if self._image_ids.get(job.image) else {}),
-            "start": time.time(), "status": "running", "log": str(sub.log), **({"attempts": attempts} if attempts else {})}
+            "start": time.time(), "status": "running", "log": str(sub.log), **({"attempts": attempts} if attempts else {}),
+            "reason": self._why.get(job.step) or "upstream reran"}
+        if not attempts:
+            ui.say(f" {job.step}: {self.manifest['steps'][job.step]['reason']}", "dim", prefix="run")
         self._unwritten = True
         self._flush()
 

@@ -107,17 +107,19 @@ class ProjectFiles:
             return False
         return bool(_WORKFLOW_TEXT.search(head)) and "command:" in head
 
-    def digest(self, depends: list[str] | None = None, others: set[str] = frozenset()) -> str:
-        """One digest of the files a step may read: those its `depends:` globs match, or else all of them but
+    def read_by(self, depends: list[str] | None = None, others: set[str] = frozenset()) -> dict[str, str]:
+        """The files a step may read, with their digests: those its `depends:` globs match, or else all of them but
         `others` (the files other steps' commands name: their scripts are theirs)."""
         if depends is not None:
             from docker.utils.build import PatternMatcher
 
             matcher = PatternMatcher(depends)
-            files = {k: v for k, v in self.files.items() if matcher.matches(k)}
-        else:
-            files = {k: v for k, v in self.files.items() if k not in others}
-        return fingerprint(files=files)
+            return {k: v for k, v in self.files.items() if matcher.matches(k)}
+        return {k: v for k, v in self.files.items() if k not in others}
+
+    def digest(self, depends: list[str] | None = None, others: set[str] = frozenset()) -> str:
+        """One digest of the files a step may read (read_by)."""
+        return fingerprint(files=self.read_by(depends, others))
 
 
 def _started(pid: int) -> str | None:
@@ -156,13 +158,45 @@ def crashed(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def step_fingerprint(parts: dict, inputs: dict[str, str]) -> str:
     """What a step's record is checked against: its image, argv, env, user, the project files it may read, and
-    its inputs as they are now."""
-    return fingerprint(**parts, inputs={d: tree_manifest(Path(p)) for d, p in inputs.items()})
+    its inputs as they are now. (`files`, the digest of each of those files, is for saying why; `project` holds it.)"""
+    return fingerprint(**{k: v for k, v in parts.items() if k != "files"},
+                       inputs={d: tree_manifest(Path(p)) for d, p in inputs.items()})
+
+
+def facts(parts: dict, inputs: dict[str, str]) -> dict[str, Any]:
+    """What a record keeps of a step's fingerprint, to say later why the step runs again."""
+    return {"image": parts.get("image"), "engine": parts.get("engine"), "argv": parts.get("argv"),
+            "env": fingerprint(env=parts.get("env"))[:16], "user": parts.get("user"), "gpus": parts.get("gpus"),
+            "files": parts.get("files") or {}, "inputs": {d: tree_manifest(Path(p)) for d, p in inputs.items()}}
+
+
+def why(rec: dict[str, Any] | None, parts: dict, inputs: dict[str, str]) -> str:
+    """Why a step whose record does not match runs again, in a few words."""
+    if not rec:
+        return "first run"
+    was, now = rec.get("facts"), facts(parts, inputs)
+    if not was:
+        return "changed since its last run"
+    if was["image"] != now["image"] or was["engine"] != now["engine"]:
+        return "image changed"
+    if was["argv"] != now["argv"]:
+        return "command or params changed"
+    if was["env"] != now["env"] or was["user"] != now["user"] or was["gpus"] != now["gpus"]:
+        return "env, user or gpus changed"
+    edited = sorted(set(was["files"].items()) ^ set(now["files"].items()))
+    if edited:
+        names = list(dict.fromkeys(name for name, _ in edited))
+        return "changed: " + ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    inputs_changed = [d for d in now["inputs"] if was["inputs"].get(d) != now["inputs"][d]]
+    if inputs_changed:
+        return "input changed: " + ", ".join(inputs_changed)
+    return "its output changed since it was made"
 
 
 def complete_step(root: Path, key: str, parts: dict, inputs: dict[str, str], output: str | None, run_id: str) -> None:
     """Mark a step's output complete (after it succeeded): used by the session and by SLURM's step jobs."""
-    State(root).complete(key, step_fingerprint(parts, inputs), Path(output) if output else None, run_id)
+    State(root).complete(key, step_fingerprint(parts, inputs), Path(output) if output else None, run_id,
+                         facts(parts, inputs))
 
 
 class State:
@@ -222,12 +256,13 @@ class State:
         except (OSError, ValueError):
             return None
 
-    def complete(self, key: str, fp: str, output: Path | None, run_id: str) -> None:
+    def complete(self, key: str, fp: str, output: Path | None, run_id: str, known: dict | None = None) -> None:
         """Written last, after the step succeeded: the marker that its output is complete."""
         path = self._record_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         rec = {"fingerprint": fp, "output": str(output) if output else None,
-               "output_manifest": tree_manifest(output) if output else "", "run": run_id, "finished": time.time()}
+               "output_manifest": tree_manifest(output) if output else "", "run": run_id, "finished": time.time(),
+               **({"facts": known} if known else {})}
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(path)

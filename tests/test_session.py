@@ -418,3 +418,27 @@ def test_a_write_to_a_read_only_mount_names_the_one_writable_place(project):
         "step 'gen' wrote into a read-only mount (the project and the inputs are read-only): what it keeps goes "
         f"into its output dataset, {project}/data/a (its --output)")
     assert failure_reason(FakeRunner(), job, 1, ["ValueError: no"]) == ""
+
+
+def test_why_a_step_runs_is_said_by_the_dry_run_the_run_and_the_record(project, capsys):
+    run(project, FakeRunner())
+    assert {s["reason"] for s in last_manifest(project)["steps"].values()} == {"first run"}
+    (project / "two.py").write_text("print('edited')\n")
+    capsys.readouterr()
+    run(project, FakeRunner(), dry_run=True)
+    plan = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("one:", "two:", "three:"))]
+    assert plan == ["one: up to date", "two: run (changed: two.py)", "three: run (upstream would run)"], plan
+
+    def writes(job):
+        (project / "data/b/out.txt").write_text("new\n")
+        return 0
+
+    run(project, FakeRunner({"two": writes}))
+    assert "run two: changed: two.py" in capsys.readouterr().err
+    steps = last_manifest(project)["steps"]
+    assert (steps["two"]["reason"], steps["three"]["reason"]) == ("changed: two.py", "upstream reran: two")
+    run(project, FakeRunner(), force=["one"], dry_run=True)
+    assert "one: run (--force)" in capsys.readouterr().out
+    (project / "chain.yml").write_text(CHAIN.replace('"python three.py"', '"python three.py --fast"'))
+    run(project, FakeRunner(), dry_run=True)
+    assert "three: run (command or params changed)" in capsys.readouterr().out
