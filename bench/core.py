@@ -103,7 +103,7 @@ def main() -> None:
             results["cwltool"].append(timed([str(BIN / "cwltool"), "--quiet", "--outdir", str(cwl_out), "--tmpdir-prefix",
                                              f"{tmp}/cwl-tmp/", "--tmp-outdir-prefix", f"{tmp}/cwl-tmp/", "wf.cwl"], tmp))
 
-        from runner import session, workflow
+        from runner import plan, workflow
         from runner.engines.docker import DockerBuilder
         from runner.images import BuildOptions
 
@@ -113,7 +113,7 @@ def main() -> None:
             builder = DockerBuilder()  # resolve the base image again, as a fresh process does
             start = time.perf_counter()
             # the build options the CLI takes (the host's wheelhouse included), so that the images it built are found
-            images = session.resolve_images(wf, builder, BuildOptions.from_env(), build=False)
+            images = plan.resolve_images(wf, builder, BuildOptions.from_env(), build=False)
             per_step.append((time.perf_counter() - start) / len(wf.steps) * 1000)
             assert all(present for _, present in images.values()), "warm rerun would build"
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner import ui
 from runner.engines import engine, engines
 from runner.engines.base import Made, image_parts
 from runner.errors import UserError
@@ -147,3 +148,35 @@ def age(t: float | None) -> str:
         return "never"
     d = time.time() - t
     return f"{d / DAY:.0f}d ago" if d >= DAY else f"{d / 3600:.0f}h ago" if d >= 3600 else f"{d / 60:.0f}m ago"
+
+
+def listing(where: Path) -> None:
+    """Print what each engine made, with what names it (`itwin-run images`)."""
+    entries, notes = inventory(where)
+    for note in notes:
+        ui.say(note, "yellow")
+    print(f"{'ENGINE':<9}  {'IMAGE':<58}  {'OWN SIZE':>8}  {'MADE':>9}  {'USED':>9}  NAMED BY")
+    for e in sorted(entries, key=lambda e: (e.item.engine, e.item.ref)):
+        named = ", ".join(e.named_by) or ("left by a build" if e.item.stage else "-")
+        print(f"{e.item.engine:<9}  {e.item.ref:<58}  {size(e.item.size):>8}  {age(e.item.created):>9}  "
+              f"{age(e.last_used):>9}  {named}{'  (in use)' if e.item.busy else ''}")
+
+
+def prune(where: Path, older_than: float | None, dry_run: bool, everything: bool) -> None:
+    """Remove (or with dry_run, name) what no record or pin file names, and with older_than what was not used
+    for that many days (`itwin-run prune`)."""
+    entries, notes = inventory(where)
+    for note in notes:
+        ui.say(note, "yellow")
+    doomed = to_prune(entries, older_than, everything)
+    freed = 0
+    for e in doomed:
+        if not dry_run:
+            try:
+                remove(e)
+            except UserError as exc:  # another image depends on it, say: the rest still go
+                ui.say(f" {exc}", "yellow", prefix="kept:")
+                continue
+        freed += e.item.size
+        print(f"{'would remove' if dry_run else 'removed'}  {e.item.engine}  {e.item.ref}  {size(e.item.size)}")
+    ui.say(f"{'would free' if dry_run else 'freed'} about {size(freed)} ({len(doomed)} of {len(entries)})")

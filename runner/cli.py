@@ -4,9 +4,7 @@
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -170,7 +168,7 @@ def build(
     verbose: VerboseOpt = False,
 ) -> None:
     """Build the step images only (and push them, writing an image pin file, with --push)."""
-    from runner import session
+    from runner import plan
     from runner import workflow as wfmod
     from runner.images import BuildOptions, write_pins
 
@@ -179,7 +177,7 @@ def build(
         raise UsageError("--push needs --registry HOST[:PORT]/NAMESPACE")
     builder = _builder(engine, base_parent, verbose)
     opts = BuildOptions.from_env(wheelhouse, constraints, pull)
-    refs = {k: ref for k, (ref, _) in session.resolve_images(wf, builder, opts).items()}
+    refs = {k: ref for k, (ref, _) in plan.resolve_images(wf, builder, opts).items()}
     shown = refs
     if push:
         assert registry
@@ -207,13 +205,13 @@ def export_cwl(
     base_parent: ParentOpt = None,
 ) -> None:
     """Write a CWL v1.2 Workflow + one CommandLineTool per step (DockerRequirement with the step image)."""
-    from runner import cwl, session
+    from runner import cwl, plan
     from runner import workflow as wfmod
     from runner.images import BuildOptions
 
     wf = wfmod.load(workflow, root)
     builder = _builder("docker", base_parent)  # CWL's DockerRequirement names OCI images
-    images = {k: ref for k, (ref, _) in session.resolve_images(wf, builder, BuildOptions.from_env(wheelhouse, constraints)).items()}
+    images = {k: ref for k, (ref, _) in plan.resolve_images(wf, builder, BuildOptions.from_env(wheelhouse, constraints)).items()}
     for path in cwl.export(wf, images, output):
         print(path)
 
@@ -245,43 +243,20 @@ def base(
 def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt = None) -> None:
     """Check a workflow file, its env files and its datasets (the mount policy); print nothing and exit 0 when all
     is well."""
-    from runner import session
+    from runner import plan
     from runner import workflow as wfmod
 
     wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
-    session.image_specs(wf)
-    session.check_inputs(wf, wf.steps)  # what a run of the whole workflow would refuse
+    plan.image_specs(wf)
+    plan.check_inputs(wf, wf.steps)  # what a run of the whole workflow would refuse
 
 
 @app.command()
 def history(root: RootOpt = None) -> None:
     """List the runs recorded in this project's .itwin-run/, oldest first."""
-    from runner.executors import follow_detached
-    from runner.state import State
+    from runner import history as records
 
-    where = (root or Path.cwd()).resolve()
-    follow_detached(where)  # a detached run whose jobs ended shows how they ended
-    runs = sorted(State(where).manifests(), key=lambda m: m.get("started", 0))
-    if not runs:
-        ui.say(f"no runs yet in {where}")
-        return
-    print(f"{'RUN':<22}  {'STARTED':<19}  {'STATUS':<11}  {'ENGINE':<9}  {'EXECUTOR':<8}  WORKFLOW  (STEPS)")
-    for m in runs:
-        counts: dict[str, int] = {}
-        for info in m.get("steps", {}).values():
-            counts[info.get("status", "?")] = counts.get(info.get("status", "?"), 0) + 1
-        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        error = f"  {m['error']}" if m.get("error") else ""
-        print(f"{m['run_id']:<22}  {_when(m.get('started'), 'seconds').replace('T', ' ')[:19]}  "
-              f"{m.get('status', '?'):<11}  {m.get('engine', '?'):<9}  {m.get('executor', 'local'):<8}  "
-              f"{Path(m.get('workflow', '?')).name}  ({summary}){error}")
-
-
-def _when(stamp: float | None, spec: str = "milliseconds") -> str:
-    """A manifest's time (seconds since the epoch) in ISO 8601, local time with its offset."""
-    from datetime import datetime
-
-    return datetime.fromtimestamp(stamp).astimezone().isoformat(timespec=spec) if stamp else "-"
+    records.table((root or Path.cwd()).resolve())
 
 
 @app.command()
@@ -289,17 +264,9 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) fro
          root: RootOpt = None) -> None:
     """Print one run's provenance manifest (JSON, times in ISO 8601): per step its image, engine, argv, mounts,
     times, exit code."""
-    from runner.state import State
+    from runner import history as records
 
-    m = State((root or Path.cwd()).resolve()).manifest(run_id)
-    for key in ("started", "ended"):
-        if key in m:
-            m[key] = _when(m[key])
-    for info in m.get("steps", {}).values():
-        for key in ("start", "end"):
-            if key in info:
-                info[key] = _when(info[key])
-    print(json.dumps(m, indent=2))
+    records.show((root or Path.cwd()).resolve(), run_id)
 
 
 @app.command()
@@ -358,15 +325,7 @@ def images(root: RootOpt = None) -> None:
     project still name them."""
     from runner import cache
 
-    where = (root or Path.cwd()).resolve()
-    entries, notes = cache.inventory(where)
-    for note in notes:
-        ui.say(note, "yellow")
-    print(f"{'ENGINE':<9}  {'IMAGE':<58}  {'OWN SIZE':>8}  {'MADE':>9}  {'USED':>9}  NAMED BY")
-    for e in sorted(entries, key=lambda e: (e.item.engine, e.item.ref)):
-        named = ", ".join(e.named_by) or ("left by a build" if e.item.stage else "-")
-        print(f"{e.item.engine:<9}  {e.item.ref:<58}  {cache.size(e.item.size):>8}  {cache.age(e.item.created):>9}  "
-              f"{cache.age(e.last_used):>9}  {named}{'  (in use)' if e.item.busy else ''}")
+    cache.listing((root or Path.cwd()).resolve())
 
 
 @app.command()
@@ -383,21 +342,7 @@ def prune(
     --older-than, what was not used for N days). Never an image a container uses, nor one itwin-run did not make."""
     from runner import cache
 
-    entries, notes = cache.inventory((root or Path.cwd()).resolve())
-    for note in notes:
-        ui.say(note, "yellow")
-    doomed = cache.to_prune(entries, older_than, everything)
-    freed = 0
-    for e in doomed:
-        if not dry_run:
-            try:
-                cache.remove(e)
-            except UserError as exc:  # another image depends on it, say: the rest still go
-                ui.say(f" {exc}", "yellow", prefix="kept:")
-                continue
-        freed += e.item.size
-        print(f"{'would remove' if dry_run else 'removed'}  {e.item.engine}  {e.item.ref}  {cache.size(e.item.size)}")
-    ui.say(f"{'would free' if dry_run else 'freed'} about {cache.size(freed)} ({len(doomed)} of {len(entries)})")
+    cache.prune((root or Path.cwd()).resolve(), older_than, dry_run, everything)
 
 
 @app.command("status")
@@ -412,9 +357,6 @@ def status_(run_id: Annotated[str | None, typer.Argument(help="A run id from `it
         print(f"{name}\t{handle}\t{state}")
 
 
-TEMPLATES = ("basic", "ml")
-
-
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to start the project (default: here); empty or new.")] = Path("."),
@@ -426,73 +368,9 @@ def init(
 ) -> None:
     """Start a project: a two-step workflow, an env file per step, the step scripts, a .gitignore and a README that
     runs at once with `itwin-run workflow.yml`. Writes nothing into a folder that holds anything."""
-    from importlib import resources
+    from runner import scaffold
 
-    if template not in TEMPLATES:
-        raise UsageError(f"--template {template}: not a template (one of: {', '.join(TEMPLATES)})")
-    if itwinai and template != "ml":
-        raise UsageError("--itwinai: only with --template ml")
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise UsageError(f"{directory}: not empty; itwin-run init writes only into an empty or new folder")
-    files: list[tuple[str, bytes]] = []
-
-    def collect(node, rel: str) -> None:
-        for child in sorted(node.iterdir(), key=lambda c: c.name):
-            if child.name == "__pycache__":
-                continue
-            if child.is_dir():
-                collect(child, f"{rel}{child.name}/")
-            else:
-                files.append((f"{rel}{child.name}".replace("gitignore", ".gitignore"), child.read_bytes()))
-    collect(resources.files("runner") / "data" / "init" / template, "")
-    wheel: Path | None = None
-    with tempfile.TemporaryDirectory() as tmp:
-        if template == "ml":  # before anything is written: a wheel that cannot be had leaves no half project
-            wheel = _itwinai_wheel(itwinai, Path(tmp))
-            files = [(rel, data.replace(b"ITWINAI_WHEEL", wheel.name.encode())) for rel, data in files]
-        for rel, data in files:
-            dest = directory / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-        if wheel:
-            (directory / "wheels").mkdir()
-            shutil.copy(wheel, directory / "wheels" / wheel.name)
-    ui.say(f" {directory.resolve()}: run it with `cd {directory} && itwin-run workflow.yml`", "green", prefix="created")
-
-
-def _itwinai_wheel(given: Path | None, tmp: Path) -> Path:
-    """The itwinai wheel the ml template's training image installs: the one given, or built from a directory."""
-    import importlib.util
-    import subprocess
-
-    import runner
-
-    checkout = Path(runner.__file__).resolve().parents[1] / "itwinai"
-    source = given or (checkout if (checkout / "pyproject.toml").is_file() else None)
-    if source is None:
-        raise UsageError("the ml template installs itwinai into its training image: pass --itwinai PATH (an itwinai "
-                         "wheel, or the itwinai directory of an itwin-run checkout)")
-    if source.is_file() and source.suffix == ".whl":
-        return source
-    if not (source / "pyproject.toml").is_file():
-        raise UsageError(f"--itwinai {source}: neither a .whl file nor a package directory (no pyproject.toml)")
-    # Offline sites: build with the setuptools at hand rather than fetch one, where it can make wheels (its own
-    # bdist_wheel since 70.1, else the `wheel` package: a fresh venv has setuptools without either).
-    local = importlib.util.find_spec("setuptools") is not None and (
-        importlib.util.find_spec("wheel") is not None or importlib.util.find_spec("setuptools.command.bdist_wheel"))
-    # Fixed timestamps (SOURCE_DATE_EPOCH): the same source makes the same wheel, so projects share their image.
-    # The path resolved: pip reads a bare `itwinai-src` (Path drops the `./`) as a package name.
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                           *(["--no-build-isolation"] if local else []), "-w", str(tmp), str(source.resolve())],
-                          capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
-    wheels = sorted(tmp.glob("itwinai-*.whl"))
-    if done.returncode or not wheels:
-        # the build's own last words (pip quotes them up to "[end of output]"), else pip's last error line
-        said = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
-        ends = [i for i, ln in enumerate(said) if ln == "[end of output]"]
-        errors = said[:ends[-1]] if ends else [ln for ln in said if re.search(r"error", ln, re.IGNORECASE)]
-        raise UserError(f"could not build the itwinai wheel from {source}: {(errors or ['no wheel came out'])[-1]}")
-    return wheels[0]
+    scaffold.create(directory, template, itwinai)
 
 
 @app.command()

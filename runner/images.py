@@ -18,7 +18,8 @@ from typing import Any
 
 from runner import tree
 from runner.errors import UsageError, UserError, ValidationError
-from runner.workflow import StepSpec, Workflow, compose, dotted, line_of
+from runner.workflow import StepSpec, Workflow
+from runner.yamlfile import compose, dotted, line_of
 
 # Templates and scripts: the repository's images/ and Dockerfile.base, reached through runner/data (links in the
 # checkout, files in the wheel), so the installed tool finds them too.

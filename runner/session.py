@@ -18,15 +18,16 @@ from typing import Any
 
 from runner import ui
 from runner.cache import remember
-from runner.engines.base import ImageBuilder, Job, Mount, StepRunner
+from runner.engines.base import ImageBuilder, Job, StepRunner
 from runner.errors import StepFailed, UsageError, UserError
 from runner.executors import follow_detached
 from runner.executors.base import Executor, Outcome, RunOptions, Submission
-from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for
+from runner.images import LABEL, BuildOptions
+from runner.plan import check_inputs, job_for, prepare_output, resolve_images, select
 from runner.policy import mask_env
 from runner.report import edges_of
 from runner.state import ProjectFiles, State, complete_step, fingerprint, step_fingerprint, this_process, why
-from runner.workflow import Limits, StepSpec, Workflow, dependencies
+from runner.workflow import StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
 
@@ -42,110 +43,6 @@ class Interrupted(Exception):
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code
-
-
-# ---------------------------------------------------------------- selection and images
-
-
-def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
-    """--only / --from / --until: the slice of the workflow to run, in dependency order."""
-    deps = dependencies(wf)
-    names = [s.name for s in wf.steps]
-    for n in [*opts.only, opts.from_, opts.until, *(opts.force or [])]:
-        if n is not None and n not in names:
-            import difflib
-
-            close = difflib.get_close_matches(n, names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UsageError(f"no step named {n!r} in {wf.path.name} ({hint}steps: {', '.join(names)})")
-
-    def closure(start: str, edges: dict[str, set[str]]) -> set[str]:
-        seen, todo = {start}, [start]
-        while todo:
-            for nxt in edges.get(todo.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        return seen
-
-    chosen = set(names)
-    if opts.only:
-        chosen &= set(opts.only)
-    if opts.from_:
-        downstream: dict[str, set[str]] = {n: set() for n in names}
-        for n, ups in deps.items():
-            for up in ups:
-                downstream[up].add(n)
-        chosen &= closure(opts.from_, downstream)
-    if opts.until:
-        chosen &= closure(opts.until, deps)
-    return [s for s in wf.steps if s.name in chosen]
-
-
-def check_inputs(wf: Workflow, steps: list[StepSpec]) -> None:
-    """Every input of these steps exists or one of them writes it (checked before anything is built or run)."""
-    written = {s.output for s in steps if s.output}
-    for step in steps:
-        for d in step.inputs:
-            if d not in written and not wf.datasets[d].exists():
-                raise UsageError(f"{wf.path}:{step.line}: {step.name}.input: dataset {d!r} ({wf.datasets[d]}) does "
-                                 "not exist and no selected step writes it")
-
-
-def image_specs(wf: Workflow, pinned: dict[str, Pin] | None = None) -> dict[str, ImageSpec]:
-    """Each step's image spec; with a pin file's images, exactly those prebuilt references."""
-    if pinned is None:
-        return {s.name: spec_for(s, wf) for s in wf.steps}
-    missing = [s.name for s in wf.steps if s.name not in pinned]
-    if missing:
-        raise UsageError(f"the image file names no image for step(s) {', '.join(missing)}: rebuild it with "
-                         "`itwin-run build --push`")
-    return {s.name: ImageSpec(kind="image", name=pinned[s.name].image, step=s.name, image=pinned[s.name].image,
-                              pin=pinned[s.name]) for s in wf.steps}
-
-
-def resolve_images(wf: Workflow, builder: ImageBuilder, opts: BuildOptions, *, build: bool = True,
-                   pinned: dict[str, Pin] | None = None) -> dict[str, tuple[str, bool]]:
-    """Step name -> (image reference, present); equal specs are resolved (and built) once."""
-    specs = image_specs(wf, pinned)
-    done: dict[tuple, tuple[str, bool]] = {}
-    out = {}
-    for name, spec in specs.items():
-        key = (spec.kind, spec.name, spec.image, tuple(spec.digest_parts))
-        if key not in done:
-            done[key] = builder.resolve(spec, opts, build=build)
-        out[name] = done[key]
-    return out
-
-
-def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_id: str,
-            limits: Limits | None = None) -> Job:
-    mounts = [Mount(wf.root, wf.root, read_only=True)]
-    mounts += [Mount(wf.datasets[d], wf.datasets[d], read_only=True) for d in step.inputs]
-    if step.output:
-        mounts.append(Mount(wf.datasets[step.output], wf.datasets[step.output], read_only=False))
-    env = {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in step.env.vars.items()}
-    return Job(step=step.name, image=image, argv=wf.argv(step), workdir=wf.root, mounts=mounts, env=env, user=user,
-               gpus=gpus if gpus is not None else step.gpus, limits=limits or step.limits,
-               labels={f"{LABEL}.run": run_id, f"{LABEL}.step": step.name})
-
-
-def prepare_output(path: Path, user: str) -> None:
-    """Create an output dataset directory; when we are root, it (and what an earlier run left in it) belongs to
-    the step's uid, so that the step can write it."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.getuid() != 0:
-        return
-    uid_s, _, gid_s = user.partition(":")
-    if not uid_s.isdigit():
-        return
-    uid, gid = int(uid_s), int(gid_s) if gid_s.isdigit() else int(uid_s)
-    if path.stat().st_uid == uid:
-        return
-    for dirpath, dirnames, filenames in os.walk(path):
-        os.chown(dirpath, uid, gid)
-        for name in [*dirnames, *filenames]:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
 
 
 # ---------------------------------------------------------------- the session

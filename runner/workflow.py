@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticError
 
 from runner.errors import UsageError, UserError, ValidationError
+from runner.yamlfile import by_line, closest, compose, control_characters, dotted, line_of
 
 Scalar = Union[bool, int, float, str]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -191,67 +191,6 @@ class Workflow:
         return argv
 
 
-# ---------------------------------------------------------------- YAML with line numbers
-
-
-def compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
-    """Load YAML into plain objects and remember the line of every key/item path."""
-    try:
-        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml where there is one
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        row = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
-        if mark and "\t" in row[:mark.column + 1]:  # YAML indents with spaces only
-            col = row.index("\t") + 1
-            raise ValidationError([f"{fname}:{line}:{col}: yaml: a tab at column {col}: indent with spaces"]) from None
-        raise ValidationError([f"{fname}:{line}: yaml: {problem}"]) from None
-    lines: dict[tuple, int] = {}
-    constructor = yaml.SafeLoader("")
-
-    def build(n: yaml.Node, path: tuple) -> Any:
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            constructor.flatten_mapping(n)
-            out: dict[Any, Any] = {}
-            for k, v in n.value:
-                # keys are names as written: YAML 1.1 would turn `on:`/`off:`/`1:` into bools and ints
-                key = k.value if isinstance(k, yaml.ScalarNode) else None
-                if not isinstance(key, str) or not key:
-                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {dotted(path) or 'top'}: keys must be plain names"])
-                if key in out:
-                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {dotted(path + (key,))}: duplicate key"])
-                lines[path + (key,)] = k.start_mark.line + 1
-                out[key] = build(v, path + (key,))
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            return [build(v, path + (i,)) for i, v in enumerate(n.value)]
-        try:
-            return constructor.construct_object(n, deep=True)
-        except yaml.YAMLError as exc:
-            raise ValidationError([f"{fname}:{n.start_mark.line + 1}: {dotted(path)}: {exc}"]) from None
-
-    if node is None:
-        return None, lines
-    return build(node, ()), lines
-
-
-def dotted(path: tuple) -> str:
-    out = ""
-    for p in path:
-        if p == "[key]":  # pydantic's marker for a problem with a mapping's key: the key is already named
-            continue
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-def line_of(lines: dict[tuple, int], path: tuple) -> int:
-    while path and path not in lines:
-        path = path[:-1]
-    return lines.get(path, 1)
-
-
 # ---------------------------------------------------------------- loading
 
 
@@ -271,7 +210,7 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
         raise ValidationError([f"{fname}:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"])
     if not isinstance(data, dict):
         raise ValidationError([f"{fname}:1: top: a workflow is a mapping with 'datasets' and 'steps'"])
-    control = _control_characters(data, lines, fname)
+    control = control_characters(data, lines, fname)
     if control:
         raise ValidationError(control)
     try:
@@ -284,32 +223,11 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
             if len(loc) >= 5 and loc[0] == "steps" and loc[3] == "params" and err["type"] != "missing":
                 loc, msg = loc[:5], "a param is a scalar (text, number, true/false) or a list of scalars"
             if err["type"] == "extra_forbidden":
-                msg += _closest(str(loc[-1]), _fields_at(loc[:-1]))
+                msg += closest(str(loc[-1]), _fields_at(loc[:-1]))
             problems.append(f"{fname}:{line_of(lines, loc)}: {dotted(loc) or 'top'}: {msg}")
-        raise ValidationError(sorted(set(problems), key=_by_line)) from None
+        raise ValidationError(sorted(set(problems), key=by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
     return _resolve(wf, path, root, lines, allowed_mounts)
-
-
-def _control_characters(data: Any, lines: dict[tuple, int], fname: str) -> list[str]:
-    """No NUL anywhere, and no line break but in a command (where it is a space between words): workflow strings
-    end up in argv, bind options and batch scripts."""
-    problems = []
-
-    def visit(v: Any, path: tuple) -> None:
-        if isinstance(v, dict):
-            for k, x in v.items():
-                visit(x, path + (k,))
-        elif isinstance(v, list):
-            for i, x in enumerate(v):
-                visit(x, path + (i,))
-        elif isinstance(v, str):
-            in_command = len(path) >= 4 and path[0] == "steps" and path[3] == "command"
-            if "\0" in v or (not in_command and ("\n" in v or "\r" in v)):
-                problems.append(f"{fname}:{line_of(lines, path)}: {dotted(path)}: "
-                                f"{'NUL' if chr(0) in v else 'a line break'} is not allowed here")
-    visit(data, ())
-    return problems
 
 
 def _is_union_tag(p: Any) -> bool:
@@ -338,18 +256,6 @@ def _fields_at(loc: tuple) -> list[str]:
         sub = {"env": Env, "slurm": Slurm, "resources": Resources}.get(str(loc[3])) if len(loc) > 3 else Step
         return list(sub.model_fields) if sub else []
     return list(WorkflowFile.model_fields)
-
-
-def _closest(name: str, known: Any) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def _by_line(problem: str) -> tuple[int, str]:
-    parts = problem.split(":")
-    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, problem)
 
 
 def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = ()) -> Workflow:
@@ -399,10 +305,10 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         inputs = (step.input,) if isinstance(step.input, str) else tuple(step.input or ())
         for ds in inputs:
             if ds not in datasets and ds not in wf.datasets:
-                problem(here + ("input",), f"unknown dataset {ds!r}{_closest(ds, wf.datasets)}")
+                problem(here + ("input",), f"unknown dataset {ds!r}{closest(ds, wf.datasets)}")
         if step.output:
             if step.output not in wf.datasets:
-                problem(here + ("output",), f"unknown dataset {step.output!r}{_closest(step.output, wf.datasets)}")
+                problem(here + ("output",), f"unknown dataset {step.output!r}{closest(step.output, wf.datasets)}")
             elif step.output in writers:
                 problem(here + ("output",), f"dataset {step.output!r} is also written by step {writers[step.output]!r}")
             else:
@@ -454,7 +360,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         else:
             steps = ordered
     if problems:
-        raise ValidationError(sorted(problems, key=_by_line))
+        raise ValidationError(sorted(problems, key=by_line))
     extra = dict(wf.model_extra or {})
     return Workflow(path=path.resolve(), root=root, datasets=datasets, steps=steps, extra=extra)
 

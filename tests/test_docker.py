@@ -187,15 +187,15 @@ def test_gpu_requests_reach_the_daemon(docker_client):
 
 
 def test_step_gpus_field_and_cli_override_reach_the_job(tmp_path, toy):
-    from runner import session, workflow
+    from runner import plan, workflow
 
     text = (toy / "workflow.yml").read_text().replace("      command: python ./steps/square.py",
                                                       "      command: python ./steps/square.py\n      gpus: [1]")
     (toy / "workflow.yml").write_text(text)
     wf = workflow.load(toy / "workflow.yml", root=toy)
-    assert session.job_for(wf, wf.step("square"), "img", "1:1", None, "r").gpus == [1]
-    assert session.job_for(wf, wf.step("square"), "img", "1:1", "all", "r").gpus == "all"
-    assert session.job_for(wf, wf.step("generate"), "img", "1:1", None, "r").gpus is None
+    assert plan.job_for(wf, wf.step("square"), "img", "1:1", None, "r").gpus == [1]
+    assert plan.job_for(wf, wf.step("square"), "img", "1:1", "all", "r").gpus == "all"
+    assert plan.job_for(wf, wf.step("generate"), "img", "1:1", None, "r").gpus is None
 
 
 def test_daemon_not_running_is_one_line(toy):
