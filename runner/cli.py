@@ -10,27 +10,14 @@ from typing import Annotated
 
 import typer
 
-from runner import ui
+from runner import flags, ui
 from runner.errors import StepFailed, UsageError, UserError, ValidationError
+from runner.flags import AllowOpt, ConsOpt, EngineOpt, ImagesOpt, ParentOpt, PullOpt, RootOpt, VerboseOpt, WheelOpt, WorkflowArg
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status",
                "init", "doctor", "report", "dag", "images", "prune", "--help", "-h", "--version",
                "--install-completion", "--show-completion"}
-
-WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
-EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker (the default) or another "
-                                                                "installed one; `itwin-run doctor` checks each.")]
-RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
-WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
-ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]
-ParentOpt = Annotated[str | None, typer.Option("--base-parent", help="Parent of the base image (default python:3.11-slim, "
-                                                  "else the offline-bootstrapped one; or ITWIN_RUN_BASE_PARENT).")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full build output.")]
-PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
-ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Image pin file from `build --push`: run exactly "
-                                                                  "these images.")]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -48,29 +35,6 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
     Exit codes: 0 success; 2 a usage or workflow problem (nothing started); 1 the engine or machine (daemon, registry, build);
     a failed step's own code; 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM, 129 hang-up)."""
-
-
-def _gpus(value: str | None) -> str | int | list[int] | None:
-    if value is None:
-        return None
-    if value == "all":
-        return "all"
-    if value.isdigit():
-        return int(value)
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise UsageError(f"--gpus: expected 'all', a count or device ids like 0,1; got {value!r}") from None
-
-
-def _builder(name: str, parent: str | None = None, verbose: bool = False):
-    from runner.engines import get_builder
-
-    return get_builder(name, parent=parent, verbose=verbose)
-
-
-AllowOpt = Annotated[list[str] | None, typer.Option(
-    "--allow-mount", help="Allow a dataset at or under PATH that the mount policy refuses (repeatable; recorded).")]
 
 
 @app.command()
@@ -133,7 +97,7 @@ def run(
     if memory is not None and not re.match(wfmod.MEMORY, memory):
         raise UsageError(f"--memory {memory}: a size such as 512M or 2G")
     wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
-    opts = session.RunOptions(user=user, gpus=_gpus(gpus), cpus=cpus, memory=memory, retries=retries,
+    opts = session.RunOptions(user=user, gpus=flags.gpus(gpus), cpus=cpus, memory=memory, retries=retries,
                               build=BuildOptions.from_env(wheelhouse, constraints, pull),
                               pinned=read_pins(images) if images else None, jobs=jobs, only=only or [],
                               from_=from_, until=until, force=[] if force else (force_step or None),
@@ -146,7 +110,7 @@ def run(
                   "detach": detach, "cancel_on_exit": cancel_on_exit, "engine": runner.name},
     }.get(executor_, {})  # type: ignore[assignment]
     executor = get_executor(executor_, **options)  # type: ignore[arg-type]
-    session.RunSession(wf, _builder(engine, base_parent, verbose), runner, executor, opts).run()
+    session.RunSession(wf, flags.builder(engine, base_parent, verbose), runner, executor, opts).run()
 
 
 @app.command()
@@ -170,27 +134,17 @@ def build(
     """Build the step images only (and push them, writing an image pin file, with --push)."""
     from runner import plan
     from runner import workflow as wfmod
-    from runner.images import BuildOptions, write_pins
+    from runner.images import BuildOptions
 
     wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
     if push and not registry:
         raise UsageError("--push needs --registry HOST[:PORT]/NAMESPACE")
-    builder = _builder(engine, base_parent, verbose)
+    builder = flags.builder(engine, base_parent, verbose)
     opts = BuildOptions.from_env(wheelhouse, constraints, pull)
     refs = {k: ref for k, (ref, _) in plan.resolve_images(wf, builder, opts).items()}
-    shown = refs
-    if push:
-        assert registry
-        pushed = {ref: builder.push(ref, registry) for ref in dict.fromkeys(refs.values())}
-        shown = {step: pushed[ref].image for step, ref in refs.items()}
-        pins = pins or wf.path.with_name(wf.path.stem + ".images.json")
-        write_pins(pins, wf.path, {step: pushed[ref] for step, ref in refs.items()})
-        ui.say(f"image pin file: {pins}")
+    shown = plan.push(wf, builder, refs, registry, pins) if push and registry else refs
     if save:
-        save.mkdir(parents=True, exist_ok=True)
-        builder.save(list(dict.fromkeys(refs.values())), save)
-        oci = {step: builder.oci_ref(ref) for step, ref in refs.items()}  # what `load` brings back into Docker
-        (save / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": oci}, indent=2) + "\n")
+        plan.save(wf, builder, refs, save)
     for step, ref in shown.items():
         print(f"{step}\t{ref}")
 
@@ -210,7 +164,7 @@ def export_cwl(
     from runner.images import BuildOptions
 
     wf = wfmod.load(workflow, root)
-    builder = _builder("docker", base_parent)  # CWL's DockerRequirement names OCI images
+    builder = flags.builder("docker", base_parent)  # CWL's DockerRequirement names OCI images
     images = {k: ref for k, (ref, _) in plan.resolve_images(wf, builder, BuildOptions.from_env(wheelhouse, constraints)).items()}
     for path in cwl.export(wf, images, output):
         print(path)
@@ -224,7 +178,7 @@ def load(
     """Load image archives (Docker) or SIFs (Apptainer) saved by `build --save`, for sites with no registry."""
     if not directory.is_dir():
         raise UsageError(f"{directory}: no such directory")
-    for ref in _builder(engine).load(directory):
+    for ref in flags.builder(engine).load(directory):
         print(ref)
 
 
@@ -236,7 +190,7 @@ def base(
     verbose: VerboseOpt = False,
 ) -> None:
     """Build the project base image (Dockerfile.base)."""
-    print(_builder(engine, base_parent, verbose).base(bootstrap=bootstrap))
+    print(flags.builder(engine, base_parent, verbose).base(bootstrap=bootstrap))
 
 
 @app.command()
@@ -281,23 +235,8 @@ def report(
     """Write a run's report: one self-contained HTML page (the DAG, a timeline, per step its status, duration, CPU,
     peak memory against its limit, image, attempts, logs and MLflow run); it opens without a network."""
     from runner import report as rep
-    from runner.state import State
 
-    state = State((root or Path.cwd()).resolve())
-    m = state.manifest(run_id)
-    dest = output or state.root / ".itwin-run" / "runs" / m["run_id"] / "report.html"
-    edges = [tuple(e) for e in m.get("dag", [])]
-    if "dag" not in m:  # a run recorded before manifests kept the DAG: the workflow file as it is now
-        try:
-            from runner import workflow as wfmod
-
-            edges = rep.edges_of(wfmod.load(m["workflow"], m.get("root")))
-        except (UserError, KeyError):
-            edges = []
-    try:
-        dest.write_text(rep.render(m, edges, dest), encoding="utf-8")  # type: ignore[arg-type]
-    except OSError as exc:
-        raise UserError(f"cannot write the report to {dest}: {exc.strerror}") from None
+    dest = rep.write((root or Path.cwd()).resolve(), run_id, output)
     print(dest)
 
 
@@ -310,13 +249,8 @@ def dag(
 ) -> None:
     """Print the workflow's steps and the datasets between them as a graph."""
     from runner import report as rep
-    from runner import workflow as wfmod
 
-    render = {"dot": rep.to_dot, "mermaid": rep.to_mermaid, "svg": rep.to_svg}.get(fmt)
-    if render is None:
-        raise UsageError(f"--format {fmt}: one of dot, mermaid, svg")
-    wf = wfmod.load(workflow, root)
-    sys.stdout.write(render([s.name for s in wf.steps], rep.edges_of(wf)))
+    sys.stdout.write(rep.graph(workflow, root, fmt))
 
 
 @app.command()
@@ -349,12 +283,9 @@ def prune(
 def status_(run_id: Annotated[str | None, typer.Argument(help="A run id from `itwin-run history` (default: the "
                                                                 "latest).")] = None, root: RootOpt = None) -> None:
     """The state of each step of a run, as its executor knows it now (SLURM: squeue, then sacct)."""
-    from runner.executors import follow_detached, status
+    from runner import history as records
 
-    where = (root or Path.cwd()).resolve()
-    follow_detached(where)
-    for name, handle, state in status(where, run_id):
-        print(f"{name}\t{handle}\t{state}")
+    records.status((root or Path.cwd()).resolve(), run_id)
 
 
 @app.command()
@@ -385,19 +316,8 @@ def doctor(
     """Check what this machine offers (Docker, the NVIDIA runtime, Apptainer, SLURM, disk, registries, the
     wheelhouse), one line each with what to do about a gap; exit 0 when what the run needs is usable, else 1."""
     from runner import doctor as doc
-    from runner.engines import engine as declared
 
-    engine = declared(engine).name  # an unknown one is a usage error naming those installed
-    needs_gpu, refs = False, []
-    if workflow is not None:
-        from runner import workflow as wfmod
-
-        wf = wfmod.load(workflow, root)
-        needs_gpu = any(s.gpus for s in wf.steps)
-        refs = [s.env.image for s in wf.steps if s.env.image]
-    checks, usable = doc.diagnose(engine, "cwl" if executor_ == "cwl" else executor_, needs_gpu, refs)
-    doc.report(checks, usable, as_json)
-    if not usable:
+    if not doc.check(workflow, root, engine, executor_, as_json):
         raise typer.Exit(1)
 
 

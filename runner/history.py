@@ -1,4 +1,5 @@
-"""`history` and `show`: the runs recorded in a project, as a table and as one run's manifest."""
+"""`history`, `show` and `status`: the runs recorded in a project, as a table, one run's manifest, and the state of
+each of its steps as its executor knows it now."""
 
 from __future__ import annotations
 
@@ -50,3 +51,13 @@ def show(where: Path, run_id: str) -> None:
             if key in info:
                 info[key] = when(info[key])
     print(json.dumps(m, indent=2))
+
+
+def status(where: Path, run_id: str | None) -> None:
+    """Print each step of a run (default: the latest), its handle and its state now (SLURM: squeue, then sacct)."""
+    from runner.executors import follow_detached
+    from runner.executors import status as states
+
+    follow_detached(where)
+    for name, handle, state in states(where, run_id):
+        print(f"{name}\t{handle}\t{state}")

@@ -1,16 +1,19 @@
 """What a run is made of, before it starts: the steps selected, their inputs checked, their images resolved, and
-each step as a Job (its mounts, env and labels); and an output folder made ready for the step's user."""
+each step as a Job (its mounts, env and labels); an output folder made ready for the step's user; and, for
+`build`, the step images pushed (with their pin file) or saved."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+from runner import ui
 from runner.engines.base import ImageBuilder, Job, Mount
 from runner.errors import UsageError
 from runner.executors.base import RunOptions
-from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for
+from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for, write_pins
 from runner.workflow import Limits, StepSpec, Workflow, dependencies
 
 
@@ -113,3 +116,21 @@ def prepare_output(path: Path, user: str) -> None:
         os.chown(dirpath, uid, gid)
         for name in [*dirnames, *filenames]:
             os.lchown(os.path.join(dirpath, name), uid, gid)
+
+
+def push(wf: Workflow, builder: ImageBuilder, refs: dict[str, str], registry: str, pins: Path | None) -> dict[str, str]:
+    """Push each step image once and write the pin file (default: WORKFLOW.images.json beside it); step -> the
+    pushed reference."""
+    pushed = {ref: builder.push(ref, registry) for ref in dict.fromkeys(refs.values())}
+    pins = pins or wf.path.with_name(wf.path.stem + ".images.json")
+    write_pins(pins, wf.path, {step: pushed[ref] for step, ref in refs.items()})
+    ui.say(f"image pin file: {pins}")
+    return {step: pushed[ref].image for step, ref in refs.items()}
+
+
+def save(wf: Workflow, builder: ImageBuilder, refs: dict[str, str], dest: Path) -> None:
+    """The step images into dest, with images.json naming what `load` brings back into Docker."""
+    dest.mkdir(parents=True, exist_ok=True)
+    builder.save(list(dict.fromkeys(refs.values())), dest)
+    oci = {step: builder.oci_ref(ref) for step, ref in refs.items()}
+    (dest / "images.json").write_text(json.dumps({"workflow": str(wf.path), "images": oci}, indent=2) + "\n")

@@ -10,6 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runner.errors import UsageError, UserError
+
 Edge = tuple[str, str, str]  # upstream step, downstream step, the dataset between them
 
 COLOURS = {"done": "#2e7d32", "up to date": "#66bb6a", "failed": "#c62828", "interrupted": "#ef6c00",
@@ -235,3 +237,37 @@ dt {{ color: #757575; }} dd {{ margin: 0; }}
 </tbody></table>
 </body></html>
 """
+
+
+def write(where: Path, run_id: str | None, output: Path | None) -> Path:
+    """Write the report of a run of the project at `where` (default: its latest) to output (default: beside the
+    run's manifest); where it went."""
+    from runner.state import State
+
+    state = State(where)
+    m = state.manifest(run_id)
+    dest = output or state.root / ".itwin-run" / "runs" / m["run_id"] / "report.html"
+    edges = [tuple(e) for e in m.get("dag", [])]
+    if "dag" not in m:  # a run recorded before manifests kept the DAG: the workflow file as it is now
+        try:
+            from runner import workflow as wfmod
+
+            edges = edges_of(wfmod.load(m["workflow"], m.get("root")))
+        except (UserError, KeyError):
+            edges = []
+    try:
+        dest.write_text(render(m, edges, dest), encoding="utf-8")  # type: ignore[arg-type]
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {dest}: {exc.strerror}") from None
+    return dest
+
+
+def graph(path: Path, root: Path | None, fmt: str) -> str:
+    """`itwin-run dag`: a workflow file's steps and the datasets between them, as dot, mermaid or svg."""
+    from runner import workflow as wfmod
+
+    render = {"dot": to_dot, "mermaid": to_mermaid, "svg": to_svg}.get(fmt)
+    if render is None:
+        raise UsageError(f"--format {fmt}: one of dot, mermaid, svg")
+    wf = wfmod.load(path, root)
+    return render([s.name for s in wf.steps], edges_of(wf))

@@ -1,0 +1,46 @@
+"""The command line's shared flags (typer's Annotated types) and what parses them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from runner.errors import UsageError
+
+WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker (the default) or another "
+                                                                "installed one; `itwin-run doctor` checks each.")]
+RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
+WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
+ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]
+ParentOpt = Annotated[str | None, typer.Option("--base-parent", help="Parent of the base image (default python:3.11-slim, "
+                                                  "else the offline-bootstrapped one; or ITWIN_RUN_BASE_PARENT).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full build output.")]
+PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
+ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Image pin file from `build --push`: run exactly "
+                                                                  "these images.")]
+
+
+def gpus(value: str | None) -> str | int | list[int] | None:
+    if value is None:
+        return None
+    if value == "all":
+        return "all"
+    if value.isdigit():
+        return int(value)
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UsageError(f"--gpus: expected 'all', a count or device ids like 0,1; got {value!r}") from None
+
+
+def builder(name: str, parent: str | None = None, verbose: bool = False):
+    from runner.engines import get_builder
+
+    return get_builder(name, parent=parent, verbose=verbose)
+
+
+AllowOpt = Annotated[list[str] | None, typer.Option(
+    "--allow-mount", help="Allow a dataset at or under PATH that the mount policy refuses (repeatable; recorded).")]
