@@ -100,6 +100,21 @@ def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_
                labels={f"{LABEL}.run": run_id, f"{LABEL}.step": step.name})
 
 
+def check_access(wf: Workflow, steps: list[StepSpec], user: str) -> None:
+    """As root, steps run as another uid by default: the project and the inputs must be readable by it."""
+    uid_s, _, gid_s = user.partition(":")
+    if os.getuid() != 0 or not uid_s.isdigit() or int(uid_s) == 0:
+        return
+    uid, gid = int(uid_s), int(gid_s) if gid_s.isdigit() else -1
+    paths = [wf.root, *{wf.datasets[d] for s in steps for d in s.inputs if wf.datasets[d].exists()}]
+    for path in paths:
+        st = path.stat()
+        bits = 0o5 if st.st_uid != uid and st.st_gid != gid else 0o50 if st.st_uid != uid else 0o500
+        if st.st_mode & bits != bits:
+            raise UsageError(f"{path} is not readable by uid {uid}, which steps run as when itwin-run runs as "
+                             f"root: make it readable (chmod o+rx {path}) or run the steps as root (--user 0:0)")
+
+
 def prepare_output(path: Path, user: str) -> None:
     """Create an output dataset directory; when we are root, it (and what an earlier run left in it) belongs to
     the step's uid, so that the step can write it."""

@@ -7,7 +7,6 @@ build images and run one container. Reading this file top to bottom is reading w
 from __future__ import annotations
 
 import dataclasses
-import graphlib
 import os
 import secrets
 import signal
@@ -19,14 +18,15 @@ from typing import Any
 from runner import ui
 from runner.cache import remember
 from runner.engines.base import ImageBuilder, Job, StepRunner
-from runner.errors import StepFailed, UsageError, UserError
+from runner.errors import StepFailed, UserError
 from runner.executors import follow_detached
 from runner.executors.base import Executor, Outcome, RunOptions, Submission
+from runner.freshness import Freshness
 from runner.images import LABEL, BuildOptions
-from runner.plan import check_inputs, job_for, prepare_output, resolve_images, select
+from runner.plan import check_access, check_inputs, job_for, prepare_output, resolve_images, select
 from runner.policy import mask_env
 from runner.report import edges_of
-from runner.state import ProjectFiles, State, complete_step, fingerprint, step_fingerprint, this_process, why
+from runner.state import State, complete_step, this_process
 from runner.workflow import StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
@@ -63,13 +63,11 @@ class RunSession:
         self.cancel_code = 0  # 128 + the signal once cancelled
         self._cancelled_at: float | None = None
         self._phase = "prepare"
-        self._files: ProjectFiles | None = None
         self._deps: dict[str, set[str]] = {}
-        self._named: dict[str, set[str]] = {}  # step -> project files its command names
         self._written = 0.0  # when the manifest was last written
         self._unwritten = False  # a step started since
         self._image_ids: dict[str, str | None] = {}
-        self._why: dict[str, str] = {}  # why each step that runs does (state.why)
+        self.freshness = Freshness(wf, self.state)
 
     # ------------------------------------------------------------ the run
 
@@ -101,7 +99,7 @@ class RunSession:
                                                                    pinned=self.opts.pinned).items()}
                 self._image_ids = {ref: self.builder.identity(ref) for ref in set(images.values())}
                 check_inputs(self.wf, steps)
-                self._check_access(steps)
+                check_access(self.wf, steps, self.user)
                 self.runner.clean(self.state.over)  # before any step: no container of a dead run writes beside it
                 self._phase = "steps"
                 if self.cancel_code:
@@ -123,37 +121,10 @@ class RunSession:
         check_inputs(self.wf, steps)  # what the run would refuse, the dry run refuses
         images = resolve_images(self.wf, self.builder, self._build_options(), build=False, pinned=self.opts.pinned)
         subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps]
-        deps = dependencies(self.wf)
-        runs: set[str] = set()
-        names = {s.name for s in steps}
-        order = list(graphlib.TopologicalSorter({s.name: deps[s.name] & names for s in steps}).static_order())
-        for step in sorted(steps, key=lambda s: order.index(s.name)):  # a step's writers first
-            ref, present = images[step.name]
-            if not present:
-                reason: str | None = "its image is to be built"
-            elif self._up_to_date(self._submission(step, ref, [])):
-                reason = "upstream would run" if deps[step.name] & runs else None
-            else:
-                reason = self._why[step.name]
-            if reason:
-                runs.add(step.name)
-            print(f"{step.name}: " + (f"run ({reason})" if reason else "up to date"))
+        for line in self.freshness.plan(steps, images, lambda step, ref: self._submission(step, ref, []),
+                                        lambda sub: self._up_to_date(sub)):
+            print(line)
         self.executor.dry_run(subs, {k: present for k, (_, present) in images.items()})
-
-    def _check_access(self, steps: list[StepSpec]) -> None:
-        """As root, steps run as another uid by default: the project and the inputs must be readable by it."""
-        uid_s, _, gid_s = self.user.partition(":")
-        if os.getuid() != 0 or not uid_s.isdigit() or int(uid_s) == 0:
-            return
-        uid, gid = int(uid_s), int(gid_s) if gid_s.isdigit() else -1
-        paths = [self.wf.root, *{self.wf.datasets[d] for s in steps for d in s.inputs if self.wf.datasets[d].exists()}]
-        for path in paths:
-            st = path.stat()
-            bits = 0o5 if st.st_uid != uid and st.st_gid != gid else 0o50 if st.st_uid != uid else 0o500
-            if st.st_mode & bits != bits:
-                raise UsageError(f"{path} is not readable by uid {uid}, which steps run as when itwin-run runs as "
-                                 f"root: make it readable (chmod o+rx {path}) or run the steps as root (--user 0:0)")
-
 
     # ------------------------------------------------------------ signals: one flag for the whole run
 
@@ -188,40 +159,10 @@ class RunSession:
                           output=str(output) if output else None, log=self.run_dir / f"{step.name}.log", after=after)
 
     def _parts(self, step: StepSpec, job: Job) -> dict[str, Any]:
-        """What a step's fingerprint is made of, but its inputs (taken when it is checked or done)."""
-        if self._files is None:
-            env_files = [s.env_file for s in self.wf.steps if s.env_file]  # in the image hash already
-            self._files = ProjectFiles(self.wf.root, self.state, [*self.wf.datasets.values(), *env_files])
-        files = self._files.read_by(step.depends, self._named_by_others(step))
-        return {"image": job.image, "engine": self.runner.name, "argv": job.argv, "env": job.env, "user": job.user,
-                "gpus": job.gpus, "project": fingerprint(files=files), "files": files}
-
-    def _named_by_others(self, step: StepSpec) -> set[str]:
-        """Project files other steps' commands name and this one's does not: editing another step's script reruns
-        that step (and what reads its output), not this one."""
-        if not self._named:
-            for s in self.wf.steps:
-                files = set()
-                for token in self.wf.argv(s):
-                    path = (self.wf.root / token).resolve()
-                    if self.wf.root in path.parents and path.is_file():
-                        files.add(str(path.relative_to(self.wf.root)))
-                self._named[s.name] = files
-        return set().union(*(f for name, f in self._named.items() if name != step.name)) - self._named[step.name]
+        return self.freshness.parts(step, job, self.runner.name)
 
     def _up_to_date(self, sub: Submission) -> bool:
-        """Whether the step's record matches; if not, why it runs is kept for its record (`reason`)."""
-        force = self.opts.force
-        if force is not None and (not force or sub.step.name in force):
-            self._why[sub.step.name] = "--force"
-            return False
-        if self.state.up_to_date(sub.key, step_fingerprint(sub.parts, sub.inputs),
-                                 Path(sub.output) if sub.output else None):
-            return True
-        reason = why(self.state.record(sub.key), sub.parts, sub.inputs)
-        ran = sorted(u for u in dependencies(self.wf)[sub.step.name] if self.status.get(u) == "done")
-        self._why[sub.step.name] = f"upstream reran: {', '.join(ran)}" if ran and reason.startswith("input") else reason
-        return False
+        return self.freshness.holds(sub, self.opts.force, self.status)
 
     def _schedule(self, steps: list[StepSpec], images: dict[str, str]) -> None:
         deps = self._deps = {s.name: dependencies(self.wf)[s.name] & {x.name for x in steps} for s in steps}
@@ -237,7 +178,7 @@ class RunSession:
             subs = [self._submission(s, images[s.name], []) for s in steps]
             fresh = [self._up_to_date(sub) for sub in subs]
             for sub in (sub for sub, ok in zip(subs, fresh, strict=True) if ok):
-                self._why[sub.step.name] = "its workflow runs whole (cwltool)"
+                self.freshness.why[sub.step.name] = "its workflow runs whole (cwltool)"
             if all(fresh):
                 for step in steps:
                     self._finish(step.name, "up to date")
@@ -367,7 +308,7 @@ class RunSession:
             "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
             **({"image_id": self._image_ids[job.image]} if self._image_ids.get(job.image) else {}),
             "start": time.time(), "status": "running", "log": str(sub.log), **({"attempts": attempts} if attempts else {}),
-            "reason": self._why.get(job.step) or "upstream reran"}
+            "reason": self.freshness.why.get(job.step) or "upstream reran"}
         if not attempts:
             ui.say(f" {job.step}: {self.manifest['steps'][job.step]['reason']}", "dim", prefix="run")
         self._unwritten = True

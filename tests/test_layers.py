@@ -101,3 +101,11 @@ def test_the_check_sees_a_circle_a_wrong_way_and_a_private_name(tmp_path):
     assert circles(graph) == [["runner.engines.docker", "runner.session", "runner.workflow"]]
     assert wrong_way(graph) == ["runner.engines.docker -> runner.session", "runner.workflow -> runner.engines.docker"]
     assert private == ["runner.engines.docker: from runner.workflow import _line"]
+
+
+def test_no_module_over_400_lines():
+    """Files doing several jobs are split (the Docker and Apptainer engines are packages; the session's plan,
+    freshness, history and scaffold are modules of their own)."""
+    long = {str(p.relative_to(RUNNER.parent)): n for p in RUNNER.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
