@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, Interrupted):
             ui.say("interrupted: the interrupted steps are not marked complete", "red")
             sys.exit(exc.code)
-        _usage_error(exc)
+        flags.usage_error(exc, args, SUBCOMMANDS)
 
 
 def entry() -> None:
@@ -383,14 +383,3 @@ def entry() -> None:
         except (OSError, ValueError):  # a closed pipe: nothing more can be said there
             pass
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
-
-
-def _usage_error(exc: Exception) -> None:
-    """typer's (vendored) click reports usage problems as exceptions that know how to show themselves."""
-    if type(exc).__name__ == "Abort":
-        sys.exit(130)
-    if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
-        if type(exc).__name__ != "NoArgsIsHelpError":  # the help text was shown already
-            exc.show()
-        sys.exit(exc.exit_code)
-    raise exc

@@ -1,12 +1,15 @@
-"""The command line's shared flags (typer's Annotated types) and what parses them."""
+"""The command line's shared flags (typer's Annotated types), what parses them, and its usage errors in
+itwin-run's voice."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from runner import ui
 from runner.errors import UsageError
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
@@ -44,3 +47,21 @@ def builder(name: str, parent: str | None = None, verbose: bool = False):
 
 AllowOpt = Annotated[list[str] | None, typer.Option(
     "--allow-mount", help="Allow a dataset at or under PATH that the mount policy refuses (repeatable; recorded).")]
+
+
+def usage_error(exc: Exception, args: list[str], commands: set[str]) -> None:
+    """typer's (vendored) click reports usage problems as exceptions: said in itwin-run's voice, one line with where
+    to look (or, for a command given after options, the order to give it in)."""
+    if type(exc).__name__ == "Abort":
+        sys.exit(130)
+    if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
+        if type(exc).__name__ != "NoArgsIsHelpError":  # the help text was shown already
+            ctx = getattr(exc, "ctx", None)
+            where = f"itwin-run {ctx.info_name} --help" if ctx is not None and ctx.info_name else "itwin-run --help"
+            late = next((a for a in args[1:] if a in commands and not a.startswith("-")), None)
+            hint = (f"the command comes first: `itwin-run {late} [OPTIONS] ...`" if args[:1] == ["run"] and late
+                    and late != "run" else f"see `{where}`")
+            message = exc.format_message() if callable(getattr(exc, "format_message", None)) else str(exc)
+            ui.say(f" {message.rstrip('.')}; {hint}", "red", prefix="error:")
+        sys.exit(exc.exit_code)
+    raise exc

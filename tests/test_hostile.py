@@ -94,3 +94,19 @@ def test_malformed_workflows_exit_2_with_file_line(data, capsys):
     assert lines and all(ln.startswith(str(wf) + ":") and LINE.match(ln) for ln in lines), err
     assert "Traceback" not in err
     assert not PYTHONISH.search(err), err  # no class names, no pydantic URLs: words a user can act on
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["run", "--nosuch", "w.yml"], "error: No such option: --nosuch"),
+    (["validate"], "error: Missing argument 'workflow'; see `itwin-run validate --help`"),
+    (["--jobs", "x", "w.yml"], "error: Invalid value for '--jobs'"),
+    (["--engine", "podman", "load", "/tmp"], "the command comes first: `itwin-run load [OPTIONS] ...`"),
+])
+def test_command_line_mistakes_are_one_line_in_itwin_runs_voice(argv, said, capsys):
+    """typer's own `Usage: … Error: …` block was three shapes of message: now one line, `error: …`, with where to
+    look, and for a command given after options the order it goes in."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], err
