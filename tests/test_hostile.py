@@ -110,3 +110,19 @@ def test_command_line_mistakes_are_one_line_in_itwin_runs_voice(argv, said, caps
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], err
+
+
+def test_doctor_fails_only_what_the_run_needs(monkeypatch, tmp_path):
+    """`doctor` printed `FAIL apptainer` (or docker, podman) and then `usable`, exit 0: a FAIL now always means the
+    run cannot go, and what it does not need is info."""
+    from runner import doctor
+
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # no daemon answers there
+    monkeypatch.setenv("PATH", str(tmp_path))  # nor any apptainer, podman or SLURM
+    checks, usable = doctor.diagnose("apptainer", "local", False, [])
+    assert not usable and any(c.area == "apptainer" and c.ok is False for c in checks)
+    failed = {c.area for c in checks if c.ok is False}
+    assert failed <= {"apptainer", "local", "images"}, [c.line() for c in checks]
+    docker = next(c for c in checks if c.area == "docker")
+    assert docker.line().startswith("info docker: no Docker daemon answers") and "(not needed for this run)" in \
+        docker.line(), docker.line()
