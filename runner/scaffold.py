@@ -49,7 +49,8 @@ def create(directory: Path, template: str, itwinai: Path | None) -> None:
         if wheel:
             (directory / "wheels").mkdir()
             shutil.copy(wheel, directory / "wheels" / wheel.name)
-    ui.say(f" {directory.resolve()}: run it with `cd {directory} && itwin-run workflow.yml`", "green", prefix="created")
+    go = "" if directory.resolve() == Path.cwd().resolve() else f"cd {directory} && "
+    ui.say(f" {directory.resolve()}: run it with `{go}itwin-run workflow.yml`", "green", prefix="created")
 
 
 def itwinai_wheel(given: Path | None, tmp: Path) -> Path:

@@ -450,3 +450,12 @@ def test_ml_template_takes_itwinai_as_a_relative_directory(tmp_path):
     res = itwin("init", "ml2", "--template", "ml", "--itwinai", "./broken", cwd=tmp_path)
     assert res.returncode != 0 and "could not build the itwinai wheel from broken" in res.stderr, res.stderr
     assert "See above for details" not in res.stderr and "version" in res.stderr.lower(), res.stderr
+
+
+def test_init_here_says_how_to_run_it_from_here(tmp_path):
+    """`init .` said ``cd . && itwin-run workflow.yml``."""
+    (tmp_path / "here").mkdir()
+    res = itwin("init", ".", cwd=tmp_path / "here")
+    assert res.returncode == 0 and "run it with `itwin-run workflow.yml`" in res.stderr, res.stderr
+    res = itwin("init", "there", cwd=tmp_path)
+    assert res.returncode == 0 and "run it with `cd there && itwin-run workflow.yml`" in res.stderr, res.stderr
