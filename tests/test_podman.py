@@ -107,6 +107,26 @@ def test_killed_runner_leaves_no_container_and_no_service(podman):
     assert manifest["run_id"] in hist.stdout and " crashed " in hist.stdout, hist.stdout + hist.stderr
 
 
+def test_ctrl_c_stops_the_step_and_leaves_no_container(podman):
+    project = podman.project(TOY, "interrupted")
+    (project / "slow.yml").write_text(
+        "datasets:\n  a: {location: ./data/a}\nsteps:\n"
+        "  - slow: {output: a, command: python -c \"import time; time.sleep(120)\", "
+        "env: {file: ./envs/requirements.txt}}\n")
+    proc = subprocess.Popen(["runuser", "-u", podman.name, "--", "env", f"HOME={podman.home}",
+                             f"PATH={podman.bin}:/usr/bin:/bin", str(podman.bin / "itwin-run"), "--engine", "podman",
+                             "slow.yml"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: containers(podman, "org.itwin-run.step=slow"), tries=600), "the step never started"
+        manifest = json.loads(next((project / ".itwin-run" / "runs").glob("*/manifest.json")).read_text())
+        os.kill(manifest["pid"], signal.SIGINT)  # what Ctrl-C sends itwin-run
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "slow  interrupted" in err, err[-2000:]
+    assert not containers(podman, f"org.itwin-run.run={manifest['run_id']}"), "the interrupted step's container"
+
+
 def test_time_limits_apply_and_rootless_cgroup_v1_says_so_in_one_line(podman):
     project = podman.project(TOY, "limits")
     (project / "wf.yml").write_text(
