@@ -197,3 +197,28 @@ def test_a_podman_push_runs_with_docker_through_its_pin_file(podman, docker_clie
         assert ran.stderr.count("pulled ") == 3, ran.stderr[-3000:]
         assert (elsewhere / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
     shutil.rmtree(store, ignore_errors=True)
+
+
+def test_images_a_user_saved_with_podman_load_into_docker_and_run(podman, docker_client, tmp_path):
+    """`build --save` by Podman for a site without a registry, `load` there by Docker: the workflow runs from
+    the loaded images with nothing built."""
+    project = podman.project(TOY, "save")
+    archive = podman.home / "save-archive"
+    res = podman.itwin("build", "--engine", "podman", "workflow.yml", "--save", str(archive), cwd=project)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list(archive.glob("*.tar"))) >= 4 and (archive / "images.json").is_file()  # parent, base, 3 steps
+    refs = json.loads((archive / "images.json").read_text())["images"]
+    for ref in set(refs.values()):  # Docker has none of them before the load
+        for image in docker_client.images.list(name=ref.rsplit(":", 1)[0]):
+            if ref in image.tags:
+                docker_client.images.remove(ref, force=True)
+    loaded = itwin("load", str(archive), cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert set(refs.values()) <= {line.removeprefix("docker.io/") for line in loaded.stdout.split()}, loaded.stdout
+    elsewhere = tmp_path / "elsewhere"
+    subprocess.run(["cp", "-r", str(project), str(elsewhere)], check=True)
+    tmp_path.chmod(0o755)
+    ran = itwin("workflow.yml", cwd=elsewhere)
+    assert ran.returncode == 0 and "built " not in ran.stderr, ran.stderr[-3000:]
+    assert (elsewhere / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
+    shutil.rmtree(archive, ignore_errors=True)
