@@ -459,3 +459,19 @@ def test_init_here_says_how_to_run_it_from_here(tmp_path):
     assert res.returncode == 0 and "run it with `itwin-run workflow.yml`" in res.stderr, res.stderr
     res = itwin("init", "there", cwd=tmp_path)
     assert res.returncode == 0 and "run it with `cd there && itwin-run workflow.yml`" in res.stderr, res.stderr
+
+
+def test_concurrent_gpu_steps_on_a_workstation_get_distinct_gpus():
+    """With no allocation naming the GPUs, two `gpus: 1` steps under --jobs 2 on a two-GPU machine both got GPU 0:
+    a count now takes the least busy of the node's GPUs, and gives them back when the step ends."""
+    from runner.engines.base import GpuShare
+    from runner.engines.docker.client import gpu_requests
+
+    share = GpuShare(["0", "1"])
+    first, second = share.take(1), share.take(1)
+    assert (first, second) == (["0"], ["1"])
+    share.give(first)
+    assert share.take(1) == ["0"] and share.take(2) == ["0", "1"]  # more than are free: shared, least busy first
+    assert GpuShare([]).take(1) is None  # the node's GPUs unknown: the runtime chooses, as before
+    assert gpu_requests(1, {}, ids=["1"])[0]["DeviceIDs"] == ["1"]
+    assert gpu_requests(1, {})[0]["Count"] == 1

@@ -138,6 +138,47 @@ def host_gpus(gpus: str | int | list[int], env: Mapping[str, str]) -> list[str] 
     return chosen.split(",") if chosen else []
 
 
+class GpuShare:
+    """A node's GPUs among one run's concurrent steps where no allocation names them (a workstation): a step that
+    asks for a count gets the least busy ones, so two `gpus: 1` steps under --jobs 2 on a two-GPU machine get one
+    each, not both GPU 0. The node's GPUs come from `nvidia-smi` (none there: the runtime picks, as before)."""
+
+    def __init__(self, found: list[str] | None = None):
+        self._found = found
+        self._busy: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> list[str] | None:
+        """GPU ids for a step that asks for `count`; None when the node's GPUs are not known."""
+        with self._lock:
+            if self._found is None:
+                self._found = _nvidia_smi()
+            if not self._found:
+                return None
+            order = {g: i for i, g in enumerate(self._found)}
+            chosen = sorted(self._found, key=lambda g: (self._busy.get(g, 0), order[g]))[:count]
+            for g in chosen:
+                self._busy[g] = self._busy.get(g, 0) + 1
+            return chosen
+
+    def give(self, ids: list[str]) -> None:
+        with self._lock:
+            for g in ids:
+                self._busy[g] = max(0, self._busy.get(g, 0) - 1)
+
+
+def _nvidia_smi() -> list[str]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                            text=True)
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip().isdigit()] if not listed.returncode \
+        else []
+
+
 class Cancelled(Exception):
     """The run was cancelled before this step's container (or process) started: nothing ran."""
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from runner import ui
 from runner.checks import Check, free_space
-from runner.engines.base import Cancelled, Engine, Job, Made, host_gpus, time_limit
+from runner.engines.base import Cancelled, Engine, GpuShare, Job, Made, host_gpus, time_limit
 from runner.engines.docker import DockerBuilder, inventory
 from runner.engines.docker.client import SHM_SIZE, UNPRIVILEGED, security_options
 from runner.engines.watchdog import Watchdog
@@ -171,6 +171,7 @@ class PodmanRunner:
         self._after: list[threading.Thread] = []  # removals and the sweep of earlier runs' leftovers
         self._watchdog = Watchdog()
         self._watched = False
+        self._gpus = GpuShare()  # the node's GPUs among concurrent steps, where no allocation names them
 
     def default_user(self, root: Path) -> str:
         """Rootless: the container's root, which is you outside. As root: Docker's choice (the project's owner)."""
@@ -200,7 +201,7 @@ class PodmanRunner:
             if run and over(run):
                 subprocess.run([executable(), "rm", "-f", "-t", "0", c["Id"]], capture_output=True)
 
-    def _argv(self, job: Job, name: str, keep: bool) -> list[str]:
+    def _argv(self, job: Job, name: str, keep: bool, gpus: list[str] | None) -> list[str]:
         argv = [executable(), "run", "--pull", "never", "--init", "--log-driver", "none", "--name", name,
                 "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--shm-size", SHM_SIZE,
                 "--user", job.user, "--workdir", str(job.workdir), *([] if keep else ["--rm"])]
@@ -213,9 +214,9 @@ class PodmanRunner:
         elif job.limits.cpus or job.limits.memory:
             ui.say(f"step {job.step}: rootless Podman on cgroup v1 cannot limit cpus, memory or processes (time "
                    "limits apply); ask for cgroup v2 with delegation", "yellow", prefix="note:")
-        if job.gpus:  # the NVIDIA CDI spec's devices: those of the caller's allocation the step asks for (the
-            ids = host_gpus(job.gpus, os.environ)  # container sees only them: no CUDA_VISIBLE_DEVICES to narrow)
-            argv += [f"--device=nvidia.com/gpu={i}" for i in (["all"] if ids is None else ids)]
+        if job.gpus:  # the NVIDIA CDI spec's devices: those of the caller's allocation the step asks for, else
+            ids = host_gpus(job.gpus, os.environ) if gpus is None else gpus  # those chosen (the container sees
+            argv += [f"--device=nvidia.com/gpu={i}" for i in (["all"] if ids is None else ids)]  # only them)
         for key, value in {f"{LABEL}.managed": "1", **self._labels, **job.labels}.items():
             argv += ["--label", f"{key}={value}"]
         for key, value in job.env.items():
@@ -236,7 +237,9 @@ class PodmanRunner:
             if run_id and not self._watched:  # should this process die, the run's containers go
                 self._watched = True
                 self._watchdog.command([executable(), "rm", "-f", "-t", "0", "--filter", f"label={LABEL}.run={run_id}"])
-            proc = subprocess.Popen(self._argv(job, name, keep), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            alone = isinstance(job.gpus, int) and job.gpus and host_gpus(job.gpus, os.environ) is None
+            taken = self._gpus.take(job.gpus) if alone else None  # type: ignore[arg-type]
+            proc = subprocess.Popen(self._argv(job, name, keep, taken), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)  # signals come from interrupt()
             self._active[name] = proc
         started = time.monotonic()
@@ -251,6 +254,8 @@ class PodmanRunner:
         finally:
             if timer:
                 timer.cancel()
+            if taken:
+                self._gpus.give(taken)
             with self._lock:
                 self._active.pop(name, None)
         job.usage["wall_s"] = round(time.monotonic() - started, 3)

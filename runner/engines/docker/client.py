@@ -97,12 +97,13 @@ def security_options() -> dict[str, Any]:
             "pids_limit": int(os.environ.get("ITWIN_RUN_PIDS_LIMIT") or PIDS_LIMIT)}
 
 
-def gpu_requests(gpus: str | int | list[int] | None, env: Mapping[str, str] | None = None) -> list[DeviceRequest]:
+def gpu_requests(gpus: str | int | list[int] | None, env: Mapping[str, str] | None = None,
+                 ids: list[str] | None = None) -> list[DeviceRequest]:
     """`gpus:` (all, a count, or device ids) as Docker device requests; where the caller was given GPUs, those of
-    them the step asks for (runner.engines.base.host_gpus)."""
+    them the step asks for (runner.engines.base.host_gpus); `ids`: the node's GPUs chosen for it already."""
     if gpus is None or gpus == 0 or gpus == []:
         return []
-    ids = host_gpus(gpus, os.environ if env is None else env)
+    ids = ids or host_gpus(gpus, os.environ if env is None else env)
     if ids is not None:
         return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])] if ids else []
     if gpus == "all":

@@ -14,7 +14,7 @@ import docker
 import docker.errors
 
 from runner import usage
-from runner.engines.base import Cancelled, Job, time_limit
+from runner.engines.base import Cancelled, GpuShare, Job, host_gpus, time_limit
 from runner.engines.docker.client import (
     GONE,
     SHM_SIZE,
@@ -55,6 +55,7 @@ class DockerRunner:
         self._cgroup_v: int | None = -1  # not asked yet
         self._watchdog = Watchdog()  # removes the run's containers should this process be killed outright
         self._watched = False
+        self._gpus = GpuShare()
 
     def default_user(self, root: Path) -> str:
         """Your uid:gid; when you are root, the project directory's owner, or nobody (65534) for a root-owned
@@ -176,19 +177,25 @@ class DockerRunner:
         return out
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
+        # no allocation names the GPUs (a workstation): a count gets the least busy of the node's
+        alone = isinstance(job.gpus, int) and job.gpus and host_gpus(job.gpus, os.environ) is None
+        taken = self._gpus.take(job.gpus) if alone else None  # type: ignore[arg-type]
         try:
-            code = self._run(job, on_line)
+            code = self._run(job, on_line, taken)
         except (Cancelled, UserError):
             raise
         except Exception:  # the connection's end, whatever layer saw it: one line when the daemon went away
             if answers(self.daemon()):
                 raise
             raise lost(job.step, self.daemon()) from None
+        finally:
+            if taken:
+                self._gpus.give(taken)
         if code in (137, 143) and not self._cancelled and "killed" not in job.usage and going_away(host=self.daemon()):
             raise lost(job.step, self.daemon())  # a daemon that shuts down stops its containers first
         return code
 
-    def _run(self, job: Job, on_line: Callable[[str], None]) -> int:
+    def _run(self, job: Job, on_line: Callable[[str], None], gpus: list[str] | None) -> int:
         api = self._api()
         self._watch()
         binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
@@ -198,7 +205,7 @@ class DockerRunner:
 
         def create() -> str:
             host_config = api.create_host_config(
-                binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus) or None, init=True,
+                binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus, ids=gpus) or None, init=True,
                 network_mode=network, cgroup_parent=parent.path if parent else None, **self.limit_options(job),
                 **security_options())
             return api.create_container(
