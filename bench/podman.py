@@ -11,6 +11,7 @@ Run as root: .venv/bin/python bench/podman.py [--rounds N]
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,14 +77,19 @@ def main() -> None:
 
     as_user = ["runuser", "-u", user.name, "--", "env", f"HOME={user.home}", f"PATH={user.bin}:/usr/bin:/bin"]
     results: dict[str, list[float]] = {"raw podman run x3": [], "itwin-run podman": [], "itwin-run docker": []}
-    for _ in range(args.rounds):
-        results["raw podman run x3"].append(timed([*as_user, "bash", "raw.sh"], project))
-        results["itwin-run podman"].append(timed([*as_user, "itwin-run", "--engine", "podman", "--force",
-                                                  "workflow.yml"], project))
-        results["itwin-run docker"].append(timed([ITWIN, "--force", "workflow.yml"], docker_project))
-    starts = [subprocess.run([*as_user, str(user.bin / "python"), "api.py"], cwd=project, check=True,
-                             capture_output=True, text=True).stdout.split() for _ in range(5)]
-    one_raw = [timed([*as_user, "podman", "run", "--rm", image, "python", "-c", "pass"], project) for _ in range(5)]
+    try:
+        for _ in range(args.rounds):
+            results["raw podman run x3"].append(timed([*as_user, "bash", "raw.sh"], project))
+            results["itwin-run podman"].append(timed([*as_user, "itwin-run", "--engine", "podman", "--force",
+                                                      "workflow.yml"], project))
+            results["itwin-run docker"].append(timed([ITWIN, "--force", "workflow.yml"], docker_project))
+        starts = [subprocess.run([*as_user, str(user.bin / "python"), "api.py"], cwd=project, check=True,
+                                 capture_output=True, text=True).stdout.split() for _ in range(5)]
+        one_raw = [timed([*as_user, "podman", "run", "--rm", image, "python", "-c", "pass"], project)
+                   for _ in range(5)]
+    finally:  # what this bench made outside the user's home
+        shutil.rmtree(docker_project, ignore_errors=True)
+        shutil.rmtree(dist, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"3 trivial chained steps as a non-root user, median of {args.rounds} alternating rounds (seconds):")

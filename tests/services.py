@@ -217,3 +217,13 @@ def podman_base(user: User, itwin_run: str) -> str:
     shutil.rmtree(archive, ignore_errors=True)
     assert loaded.returncode == 0 and ref in loaded.stderr, loaded.stderr[-2000:]
     return ref
+
+
+def wait_for(check, tries: int = 100, every: float = 0.1):
+    """check() until it is truthy, `tries` times at most (a hang guard, not a measure); its last value."""
+    for _ in range(tries):
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return check()

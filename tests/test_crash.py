@@ -14,21 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ITWIN_RUN, REPO, itwin
+from tests.services import wait_for
 from tests.test_schedule import manifest, start_slow, write_parallel
 
 pytestmark = pytest.mark.docker
 
 RUN_LABEL = "org.itwin-run.run"
-
-
-def wait_for(check, tries: int = 100, every: float = 0.1):
-    """check() until it is truthy, `tries` times at most (a hang guard, not a measure); its last value."""
-    for _ in range(tries):
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    return check()
 
 
 def test_kill_9_leaves_no_container_and_the_run_is_crashed(toy, docker_client, no_leftovers):

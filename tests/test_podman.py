@@ -13,24 +13,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import TOY, itwin
+from tests.services import wait_for
 
 pytestmark = pytest.mark.docker
-
-
-def wait_for(check, tries: int = 100, every: float = 0.1):
-    """check() until it is truthy, `tries` times at most (a hang guard, not a measure); its last value."""
-    for _ in range(tries):
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    return check()
 
 
 def contents(data: Path) -> dict[str, str]:
@@ -89,8 +79,10 @@ def test_a_user_runs_the_toy_with_podman_and_gets_dockers_bytes(podman, docker_c
     assert wait_for(lambda: not services(podman), tries=200), "a Podman service outlived its run"
 
 
-def test_killed_runner_leaves_no_container_and_no_service(podman):
-    project = podman.project(TOY, "slow")
+def signal_slow_step(podman, name: str, sig: int) -> tuple[subprocess.Popen, dict, str]:
+    """A run of one 120 s step as the user; once its container runs, `sig` to itwin-run itself (not runuser).
+    The run's process, its manifest, and what it wrote on stderr."""
+    project = podman.project(TOY, name)
     (project / "slow.yml").write_text(
         "datasets:\n  a: {location: ./data/a}\nsteps:\n"
         "  - slow: {output: a, command: python -c \"import time; time.sleep(120)\", "
@@ -101,33 +93,24 @@ def test_killed_runner_leaves_no_container_and_no_service(podman):
     try:
         assert wait_for(lambda: containers(podman, "org.itwin-run.step=slow"), tries=600), "the step never started"
         manifest = json.loads(next((project / ".itwin-run" / "runs").glob("*/manifest.json")).read_text())
-        os.kill(manifest["pid"], signal.SIGKILL)  # itwin-run itself, not runuser: no handler of the runner runs
-        proc.communicate(timeout=30)
+        os.kill(manifest["pid"], sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
+    return proc, manifest, err
+
+
+def test_killed_runner_leaves_no_container_and_no_service(podman):
+    _, manifest, _ = signal_slow_step(podman, "slow", signal.SIGKILL)  # no handler of the runner runs
     assert wait_for(lambda: not containers(podman, f"org.itwin-run.run={manifest['run_id']}")), \
         "the killed run's containers were left"
     assert wait_for(lambda: not services(podman), tries=300), "the killed run's Podman service was left"
-    hist = podman.itwin("history", cwd=project)
+    hist = podman.itwin("history", cwd=podman.home / "slow")
     assert manifest["run_id"] in hist.stdout and " crashed " in hist.stdout, hist.stdout + hist.stderr
 
 
 def test_ctrl_c_stops_the_step_and_leaves_no_container(podman):
-    project = podman.project(TOY, "interrupted")
-    (project / "slow.yml").write_text(
-        "datasets:\n  a: {location: ./data/a}\nsteps:\n"
-        "  - slow: {output: a, command: python -c \"import time; time.sleep(120)\", "
-        "env: {file: ./envs/requirements.txt}}\n")
-    proc = subprocess.Popen(["runuser", "-u", podman.name, "--", "env", f"HOME={podman.home}",
-                             f"PATH={podman.bin}:/usr/bin:/bin", str(podman.bin / "itwin-run"), "--engine", "podman",
-                             "slow.yml"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert wait_for(lambda: containers(podman, "org.itwin-run.step=slow"), tries=600), "the step never started"
-        manifest = json.loads(next((project / ".itwin-run" / "runs").glob("*/manifest.json")).read_text())
-        os.kill(manifest["pid"], signal.SIGINT)  # what Ctrl-C sends itwin-run
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    proc, manifest, err = signal_slow_step(podman, "interrupted", signal.SIGINT)  # what Ctrl-C sends itwin-run
     assert proc.returncode == 130 and "slow  interrupted" in err, err[-2000:]
     assert not containers(podman, f"org.itwin-run.run={manifest['run_id']}"), "the interrupted step's container"
 
