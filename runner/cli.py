@@ -64,6 +64,7 @@ def run(
     keep_going: Annotated[bool, typer.Option("--keep-going", help="After a failure, let independent steps "
                                                                   "finish (default: stop them).")] = False,
     allow_mount: AllowOpt = None,
+    max_points: flags.MaxPointsOpt = None,
     images: ImagesOpt = None,
     pull: PullOpt = "missing",
     executor_: Annotated[str, typer.Option("--executor", help="local, slurm (one sbatch job per step) or cwl.")] = "local",
@@ -96,7 +97,7 @@ def run(
         raise UsageError(f"{', '.join(slurm_flags)}: only with --executor slurm")
     if memory is not None and not re.match(wfmod.MEMORY, memory):
         raise UsageError(f"--memory {memory}: a size such as 512M or 2G")
-    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
+    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
     opts = session.RunOptions(user=user, gpus=flags.gpus(gpus), cpus=cpus, memory=memory, retries=retries,
                               build=BuildOptions.from_env(wheelhouse, constraints, pull),
                               pinned=read_pins(images) if images else None, jobs=jobs, only=only or [],
@@ -125,6 +126,7 @@ def build(
                                                              "beside it).")] = None,
     save: Annotated[Path | None, typer.Option(help="Write the images (and SIFs with --engine apptainer) into DIR.")] = None,
     allow_mount: AllowOpt = None,
+    max_points: flags.MaxPointsOpt = None,
     pull: PullOpt = "missing",
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
@@ -136,7 +138,7 @@ def build(
     from runner import workflow as wfmod
     from runner.images import BuildOptions
 
-    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
+    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
     if push and not registry:
         raise UsageError("--push needs --registry HOST[:PORT]/NAMESPACE")
     builder = flags.builder(engine, base_parent, verbose)
@@ -194,13 +196,14 @@ def base(
 
 
 @app.command()
-def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt = None) -> None:
+def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt = None,
+             max_points: flags.MaxPointsOpt = None) -> None:
     """Check a workflow file, its env files and its datasets (the mount policy); print nothing and exit 0 when all
     is well."""
     from runner import plan
     from runner import workflow as wfmod
 
-    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [])
+    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
     plan.image_specs(wf)
     plan.check_inputs(wf, wf.steps)  # what a run of the whole workflow would refuse
 
@@ -356,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         ui.say("interrupted", "red")
         sys.exit(130)
     except Exception as exc:
-        from runner.session import Interrupted
+        from runner.errors import Interrupted
 
         if isinstance(exc, Interrupted):
             ui.say("interrupted: the interrupted steps are not marked complete", "red")

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from runner.errors import UserError
-from runner.workflow import Limits, StepSpec, Workflow
+from runner.limits import Limits
+from runner.workflow import StepSpec, Workflow
 
 CWL_KEY = "workflowFileCWL"
 
@@ -122,6 +123,9 @@ def _id(name: str) -> str:
 
 def export(wf: Workflow, images: dict[str, str], outdir: Path) -> list[Path]:
     """A CWL v1.2 Workflow plus one CommandLineTool per step; argv and outputs as the classical run has them."""
+    sweep = next((s for s in wf.steps if s.sweep), None)
+    if sweep:  # a CWL scatter would be its form: not written yet
+        raise UserError(f"{wf.path}:{sweep.line}: {sweep.name}.sweep: export-cwl does not write sweeps yet")
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     wf_inputs: dict[str, Any] = {}

@@ -5,6 +5,8 @@ daemon, registry, build), the step's own code when a step fails, 128 + the signa
 
 from __future__ import annotations
 
+import signal
+
 
 class UserError(Exception):
     """A problem with the user's input or environment; `exit_code` is what the CLI exits with."""
@@ -34,3 +36,16 @@ class StepFailed(UserError):
         self.step, self.code, self.tail, self.log = step, code, tail, log
         self.exit_code = code if 0 < code < 256 else 1
         super().__init__(reason or f"step {step!r} failed with exit code {code} (log: {log})")
+
+
+# Every signal that ends a runner ends its run the same way: steps stopped, nothing marked complete, 128 + N.
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class Interrupted(Exception):
+    """Ctrl-C, SIGTERM, SIGHUP or SIGQUIT: `code` is what the run exits with (128 + the signal: 130, 143, 129,
+    131)."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code

@@ -67,6 +67,12 @@ class Freshness:
         lines = []
         for step in sorted(steps, key=lambda s: order.index(s.name)):
             ref, present = images[step.name]
+            if step.sweep:  # no container: it picks the best of its points
+                if deps[step.name] & runs:
+                    runs.add(step.name)
+                lines.append(f"{step.name}: the best of its {len(step.points)} points by {step.sweep.best.metric} "
+                             f"({step.sweep.best.mode}), linked as {self.wf.output_dir(step)}/best")
+                continue
             if not present:
                 reason: str | None = "its image is to be built"
             elif holds(submission(step, ref)):

@@ -14,7 +14,9 @@ from runner.engines.base import ImageBuilder, Job, Mount
 from runner.errors import UsageError
 from runner.executors.base import RunOptions
 from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for, write_pins
-from runner.workflow import Limits, StepSpec, Workflow, dependencies
+from runner.limits import Limits
+from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
+from runner.workflow import StepSpec, Workflow, dependencies
 
 
 def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
@@ -49,6 +51,7 @@ def select(wf: Workflow, opts: RunOptions) -> list[StepSpec]:
         chosen &= closure(opts.from_, downstream)
     if opts.until:
         chosen &= closure(opts.until, deps)
+    chosen |= {s.name for s in wf.steps if s.parent in chosen}  # a sweep's step brings its points
     return [s for s in wf.steps if s.name in chosen]
 
 
@@ -65,13 +68,15 @@ def check_inputs(wf: Workflow, steps: list[StepSpec]) -> None:
 def image_specs(wf: Workflow, pinned: dict[str, Pin] | None = None) -> dict[str, ImageSpec]:
     """Each step's image spec; with a pin file's images, exactly those prebuilt references."""
     if pinned is None:
-        return {s.name: spec_for(s, wf) for s in wf.steps}
-    missing = [s.name for s in wf.steps if s.name not in pinned]
+        own = {s.name: spec_for(s, wf) for s in wf.steps if not s.parent}
+        return {s.name: own[s.parent or s.name] for s in wf.steps}  # a sweep's points: its step's image, made once
+    missing = [s.name for s in wf.steps if not s.parent and s.name not in pinned]
     if missing:
         raise UsageError(f"the image file names no image for step(s) {', '.join(missing)}: rebuild it with "
                          "`itwin-run build --push`")
-    return {s.name: ImageSpec(kind="image", name=pinned[s.name].image, step=s.name, image=pinned[s.name].image,
-                              pin=pinned[s.name]) for s in wf.steps}
+    pins = {s.name: pinned[s.parent or s.name] for s in wf.steps}  # a sweep's points run its step's image
+    return {name: ImageSpec(kind="image", name=pin.image, step=name, image=pin.image, pin=pin)
+            for name, pin in pins.items()}
 
 
 def resolve_images(wf: Workflow, builder: ImageBuilder, opts: BuildOptions, *, build: bool = True,
@@ -95,6 +100,10 @@ def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_
     if step.output:
         mounts.append(Mount(wf.datasets[step.output], wf.datasets[step.output], read_only=False))
     env = {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in step.env.vars.items()}
+    if step.point and step.parent:  # what a point is told: its sweep (one MLflow parent run) and how the best is chosen
+        best = wf.step(step.parent).sweep
+        env |= {ENV_SWEEP: step.parent, ENV_POINT: step.point.slug,
+                **({ENV_BEST: f"{best.best.metric}:{best.best.mode}"} if best else {})}
     return Job(step=step.name, image=image, argv=wf.argv(step), workdir=wf.root, mounts=mounts, env=env, user=user,
                gpus=gpus if gpus is not None else step.gpus, limits=limits or step.limits,
                labels={f"{LABEL}.run": run_id, f"{LABEL}.step": step.name})
@@ -138,7 +147,7 @@ def push(wf: Workflow, builder: ImageBuilder, refs: dict[str, str], registry: st
     pushed reference."""
     pushed = {ref: builder.push(ref, registry) for ref in dict.fromkeys(refs.values())}
     pins = pins or wf.path.with_name(wf.path.stem + ".images.json")
-    write_pins(pins, wf.path, {step: pushed[ref] for step, ref in refs.items()})
+    write_pins(pins, wf.path, {step: pushed[ref] for step, ref in refs.items() if not wf.step(step).parent})
     ui.say(f"image pin file: {pins}")
     return {step: pushed[ref].image for step, ref in refs.items()}
 

@@ -21,8 +21,10 @@ RUN_ID = re.compile(r"\brun_id[=: ]+([0-9a-f]{32})\b")
 
 
 def edges_of(wf: Any) -> list[Edge]:
-    writers = {s.output: s.name for s in wf.steps if s.output}
-    return [(writers[d], s.name, d) for s in wf.steps for d in s.inputs if d in writers]
+    """Writer to reader through a dataset; a sweep's points to its own step through the points' folders."""
+    writers = {s.output: s.name for s in wf.steps if s.output and not s.parent}
+    return [*((f"{s.name}.{p.slug}", s.name, f"{s.output}/{p.slug}") for s in wf.steps for p in s.points),
+            *((writers[d], s.name, d) for s in wf.steps for d in s.inputs if d in writers)]
 
 
 # ---------------------------------------------------------------- the DAG as text

@@ -15,34 +15,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner import ui
+from runner import record, ui
 from runner.cache import remember
 from runner.engines.base import ImageBuilder, Job, StepRunner
-from runner.errors import StepFailed, UserError
+from runner.errors import ENDING_SIGNALS, Interrupted, StepFailed, UserError
 from runner.executors import follow_detached
 from runner.executors.base import Executor, Outcome, RunOptions, Submission
 from runner.freshness import Freshness
 from runner.images import LABEL, BuildOptions
 from runner.plan import check_access, check_inputs, job_for, prepare_output, resolve_images, select
-from runner.policy import mask_env
-from runner.report import edges_of
-from runner.state import State, complete_step, this_process
+from runner.state import State, complete_step
+from runner.sweep import settle
 from runner.workflow import StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
-
-
-# Every signal that ends a runner ends its run the same way: steps stopped, nothing marked complete, 128 + N.
-ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-
-
-class Interrupted(Exception):
-    """Ctrl-C, SIGTERM, SIGHUP or SIGQUIT: `code` is what the run exits with (128 + the signal: 130, 143, 129,
-    131)."""
-
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
 
 
 # ---------------------------------------------------------------- the session
@@ -74,6 +60,11 @@ class RunSession:
     def run(self) -> None:
         steps = select(self.wf, self.opts)
         self.executor.check(self.opts, steps)  # flags this executor cannot honour: refused before anything starts
+        sweep = next((s for s in steps if s.sweep), None)
+        if sweep and (self.executor.whole_workflow or getattr(self.executor, "detach", False)):
+            how = f"through {self.executor.name}" if self.executor.whole_workflow else "with --detach"
+            raise UserError(f"{self.wf.path}:{sweep.line}: {sweep.name}.sweep: not yet {how} (this process picks "
+                            "the best point once the points end)")
         if os.getuid() == 0 and not self.opts.user and not self.user.startswith("0:"):
             ui.say(f"note: steps run as uid:gid {self.user}, not root (you are root; --user 0:0 runs them as root)",
                    "dim")
@@ -120,7 +111,7 @@ class RunSession:
     def _dry_run(self, steps: list[StepSpec]) -> None:
         check_inputs(self.wf, steps)  # what the run would refuse, the dry run refuses
         images = resolve_images(self.wf, self.builder, self._build_options(), build=False, pinned=self.opts.pinned)
-        subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps]
+        subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps if not s.sweep]
         for line in self.freshness.plan(steps, images, lambda step, ref: self._submission(step, ref, []),
                                         lambda sub: self._up_to_date(sub)):
             print(line)
@@ -152,7 +143,7 @@ class RunSession:
         limits = dataclasses.replace(step.limits, cpus=self.opts.cpus or step.limits.cpus,
                                      memory=self.opts.memory or step.limits.memory)
         job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits)
-        output = self.wf.datasets[step.output] if step.output else None
+        output = self.wf.output_dir(step)
         return Submission(step=step, job=job, key=State.record_key(self.wf.root, self.wf.path, step.name),
                           parts=self._parts(step, job) if fingerprinted else {},
                           inputs={d: str(self.wf.datasets[d]) for d in step.inputs},
@@ -189,9 +180,17 @@ class RunSession:
                     for step in list(pending):
                         if not self.executor.has_room(len(active)):
                             break
+                        if step.sweep:  # once every point has ended: the best of them goes on
+                            if all(self.status.get(u) not in (None, "running") for u in deps[step.name]):
+                                pending.remove(step)
+                                joined = self._join(step)  # always: with --keep-going a point may have failed
+                                failure = failure or joined
+                            continue
                         if any(self._failed(self.status.get(u)) for u in deps[step.name]):
                             pending.remove(step)
                             self._finish(step.name, "skipped: upstream failed")
+                            continue
+                        if step.parent and self._busy(step.parent, active):
                             continue
                         waiting = [u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date")]
                         if waiting and not (self.executor.orders_itself and all(u in handles for u in waiting)):
@@ -255,6 +254,31 @@ class RunSession:
             raise StepFailed(failure.step, failure.exit_code or 1, failure.tail, str(self.run_dir / f"{failure.step}.log"),
                              reason=failure.reason)
 
+    def _busy(self, sweep: str, active: dict[str, Submission]) -> bool:
+        """Whether the sweep runs as many points as its `parallel` allows."""
+        limit = self.wf.step(sweep).sweep.parallel  # type: ignore[union-attr]
+        return limit is not None and sum(sub.step.parent == sweep for sub in active.values()) >= limit
+
+    def _join(self, step: StepSpec) -> Outcome | None:
+        """A sweep's own step: the best of its points that ended well, linked as OUTPUT/best (no container); its
+        log is the table of points. Returns the outcome when no point has the metric."""
+        states = {p.slug: self.status.get(f"{step.name}.{p.slug}") for p in step.points}
+        output = self.wf.output_dir(step)
+        if self.cancel_code or not output or not step.sweep:
+            return self._finish(step.name, "not run")
+        if not any(st in ("done", "up to date") for st in states.values()):
+            return self._finish(step.name, "skipped: upstream failed")
+        start = time.time()
+        status, info, lines = settle(output, list(step.points), step.sweep.best, states)
+        log = self.run_dir / f"{step.name}.log"
+        log.write_text("\n".join(lines) + "\n")
+        self._finish(step.name, status, start=start, end=time.time(), log=str(log), **info)
+        if status == "failed":
+            return Outcome(step.name, "failed", reason=f"sweep {step.name}: {info['reason']}", tail=lines[-5:])
+        if status == "done":
+            ui.say(f" {step.name}: {lines[-1]}", "green", prefix="✓")
+        return None
+
     @staticmethod
     def _failed(status: str | None) -> bool:
         """A status that keeps what reads the step's output from running (skipped ones pass it on downstream)."""
@@ -298,17 +322,15 @@ class RunSession:
 
     def _begin_step(self, sub: Submission) -> None:
         job = sub.job
+        if sub.step.point and sub.step.output:  # a point writes beside the others (one tracking store for all)
+            prepare_output(self.wf.datasets[sub.step.output], job.user)
         if sub.output:
             prepare_output(Path(sub.output), job.user)
         self.state.forget(sub.key)  # the output is not complete until this step says so again
         attempts = self.manifest["steps"].get(job.step, {}).get("attempts")
-        self.manifest["steps"][job.step] = {
-            "image": job.image, "engine": self.runner.name, "executor": self.executor.name, "argv": job.argv,
-            "user": job.user, "gpus": job.gpus, "env": mask_env(job.env), "mounts": job.to_dict()["mounts"],
-            "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
-            **({"image_id": self._image_ids[job.image]} if self._image_ids.get(job.image) else {}),
-            "start": time.time(), "status": "running", "log": str(sub.log), **({"attempts": attempts} if attempts else {}),
-            "reason": self.freshness.why.get(job.step) or "upstream reran"}
+        self.manifest["steps"][job.step] = record.begun(
+            job, self.runner.name, self.executor.name, self._image_ids.get(job.image), sub.log, attempts,
+            self.freshness.why.get(job.step) or "upstream reran")
         if not attempts:
             ui.say(f" {job.step}: {self.manifest['steps'][job.step]['reason']}", "dim", prefix="run")
         self._unwritten = True
@@ -360,40 +382,19 @@ class RunSession:
 
     def _start_manifest(self, steps: list[StepSpec]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = {"run_id": self.run_id, "workflow": str(self.wf.path), "root": str(self.wf.root),
-                         "engine": self.runner.name, "executor": self.executor.name, "started": time.time(),
-                         **this_process(), "status": "running", "selected": [s.name for s in steps],
-                         "allowed_mounts": self.opts.allowed_mounts,
-                         "dag": [list(e) for e in edges_of(self.wf) if {e[0], e[1]} <= {s.name for s in steps}],
-                         "steps": {}}
+        self.manifest = record.opened(self.run_id, self.wf, self.runner.name, self.executor.name, steps,
+                                      self.opts.allowed_mounts)
         self.state.write_manifest(self.run_id, self.manifest)
 
     def _end_manifest(self, steps: list[StepSpec], exc: BaseException | None) -> None:
-        detached = self.manifest.get("status") == "submitted"
-        for s in steps:
-            entry = self.manifest["steps"].setdefault(s.name, {})
-            if entry.get("status") in (None, "running"):  # never more than what happened
-                now = self.status.get(s.name, "not run")
-                entry["status"] = ("submitted" if detached and entry.get("status") else
-                                   "interrupted" if now == "running" else now)
-            self.status.setdefault(s.name, entry["status"])
-        if not detached:
-            self.manifest["ended"] = time.time()
-            self.manifest["status"] = ("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) or
-                                       self.cancel_code else "failed" if exc is not None else "succeeded")
-            if exc is not None and not isinstance(exc, (Interrupted, KeyboardInterrupt, StepFailed)):
-                self.manifest["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        interrupted = isinstance(exc, (Interrupted, KeyboardInterrupt))
+        outcome = "interrupted" if interrupted or self.cancel_code else "failed" if exc is not None else "succeeded"
+        error = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__) if (
+            exc is not None and not interrupted and not isinstance(exc, StepFailed)) else None
+        record.closed(self.manifest, steps, self.status, outcome, error)
         self.state.write_manifest(self.run_id, self.manifest)
         if self._phase == "steps":
-            self._table(steps)
+            record.table(steps, self.status)
         if self.manifest["status"] == "submitted":
             self.state.note_detached(self.run_id)
             ui.say(f"run {self.run_id}: follow it with `itwin-run status {self.run_id}`")
-
-    def _table(self, steps: list[StepSpec]) -> None:
-        width = max(len(s.name) for s in steps)
-        for s in steps:
-            st = self.status.get(s.name, "not run")
-            style = "green" if st in ("done", "up to date") else "red" if st in ("failed", "interrupted") else "dim"
-            ui.say(f"  {s.name:<{width}}  {st}", style)
-

@@ -2,7 +2,7 @@
 
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -10,6 +10,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic import ValidationError as PydanticError
 
 from runner.errors import UsageError, UserError, ValidationError
+from runner.limits import DURATION, MEMORY, PATTERN_WORDS, Limits, duration_seconds, memory_bytes  # noqa: F401
+from runner.sweep import MAX_POINTS, Point, Sweep, check, points
 from runner.yamlfile import by_line, closest, compose, control_characters, dotted, line_of
 
 Scalar = Union[bool, int, float, str]
@@ -60,9 +62,6 @@ class Slurm(BaseModel):
     extra: list[SbatchFlag] = Field(default_factory=list)
 
 
-MEMORY = r"^\d+(\.\d+)?([KMGTkmgt][Bb]?)?$"
-DURATION = r"^(\d+(\.\d+)?[smhd]|\d+(:\d{1,2}){1,2})$"
-PATTERN_WORDS = {MEMORY: "a size such as 512M, 2G or 1.5G", DURATION: "a duration such as 90s, 30m, 2h or 01:30:00"}
 GpuSpec = Literal["all"] | Annotated[int, Field(ge=0, le=1024)] | list[Annotated[int, Field(ge=0)]] | None
 
 
@@ -74,44 +73,6 @@ class Resources(BaseModel):
     memory: Annotated[str, StringConstraints(max_length=32, pattern=MEMORY)] | None = None  # 512M, 2G, 1.5G
     time: Annotated[str, StringConstraints(max_length=32, pattern=DURATION)] | None = None  # 30m, 2h, 90s, 01:30:00
     gpus: GpuSpec = None
-
-
-@dataclass(frozen=True)
-class Limits:
-    """A step's resources, resolved: `memory` and `time` keep the text people wrote (for messages)."""
-
-    cpus: float | None = None
-    memory: str | None = None
-    time: str | None = None
-
-    @property
-    def memory_bytes(self) -> int | None:
-        return memory_bytes(self.memory) if self.memory else None
-
-    @property
-    def seconds(self) -> float | None:
-        return duration_seconds(self.time) if self.time else None
-
-    def __bool__(self) -> bool:
-        return bool(self.cpus or self.memory or self.time)
-
-
-def memory_bytes(text: str) -> int:
-    """`512M`, `2G`, `1.5GB`, `1024` (bytes): binary units, as Docker, Apptainer and SLURM read them."""
-    text = text.upper().removesuffix("B")
-    unit = text[-1] if text[-1].isalpha() else ""
-    number = float(text[:-1] if unit else text)
-    return int(number * 1024 ** ("KMGT".index(unit) + 1 if unit else 0))
-
-
-def duration_seconds(text: str) -> float:
-    """`30m`, `2h`, `90s`, `1d`, or `[HH:]MM:SS` (SLURM's and `time`'s way)."""
-    if ":" in text:
-        total = 0.0
-        for part in text.split(":"):
-            total = total * 60 + int(part)
-        return total
-    return float(text[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
 
 
 class Step(BaseModel):
@@ -126,6 +87,7 @@ class Step(BaseModel):
     retries: Annotated[int, Field(ge=0, le=100)] = 0  # a failed step runs again up to this many times
     slurm: Slurm | None = None
     depends: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] | None = None
+    sweep: Sweep | None = None
 
 
 class Dataset(BaseModel):
@@ -160,6 +122,10 @@ class StepSpec:
     retries: int = 0
     slurm: Slurm | None = None
     depends: list[str] | None = None  # globs of project files the step reads (default: the whole project)
+    sweep: Sweep | None = None  # a sweep's own step: it picks the best of its points once they end
+    points: tuple[Point, ...] = ()  # (a sweep's own step) its points, each a step named NAME.SLUG
+    parent: str | None = None  # (a point) its sweep's step
+    point: Point | None = None  # (a point) its values and folder
 
 
 @dataclass
@@ -176,13 +142,19 @@ class Workflow:
                 return s
         raise UserError(f"no step named {name!r} in {self.path}")
 
+    def output_dir(self, step: StepSpec) -> Path | None:
+        """Where the step writes: its output dataset, or a point's own folder in it."""
+        if not step.output:
+            return None
+        return self.datasets[step.output] / step.point.slug if step.point else self.datasets[step.output]
+
     def argv(self, step: StepSpec) -> list[str]:
         """The prototype's contract: CMD --input IN… --output OUT --key value…; no shell."""
         argv = shlex.split(step.command)
         for name in step.inputs:
             argv += ["--input", str(self.datasets[name])]
         if step.output:
-            argv += ["--output", str(self.datasets[step.output])]
+            argv += ["--output", str(self.output_dir(step))]
         for key, value in step.params.items():
             for v in value if isinstance(value, list) else [value]:
                 if v is None or v is False:
@@ -194,9 +166,10 @@ class Workflow:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[str] | tuple[str, ...] = ()) -> Workflow:
+def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[str] | tuple[str, ...] = (),
+         max_points: int | None = None) -> Workflow:
     """Parse and validate a workflow file; raise ValidationError with every problem found (a dataset the mount
-    policy refuses included, unless `allowed_mounts` names it)."""
+    policy refuses included, unless `allowed_mounts` names it; a sweep of more than `max_points` points)."""
     path = Path(path)
     fname = str(path)
     try:
@@ -227,7 +200,7 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
             problems.append(f"{fname}:{line_of(lines, loc)}: {dotted(loc) or 'top'}: {msg}")
         raise ValidationError(sorted(set(problems), key=by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
-    return _resolve(wf, path, root, lines, allowed_mounts)
+    return _resolve(wf, path, root, lines, allowed_mounts, max_points or MAX_POINTS)
 
 
 def _is_union_tag(p: Any) -> bool:
@@ -253,12 +226,13 @@ def _fields_at(loc: tuple) -> list[str]:
     if loc[:1] == ("resources",):
         return list(Resources.model_fields)
     if loc[:1] == ("steps",) and len(loc) >= 3:
-        sub = {"env": Env, "slurm": Slurm, "resources": Resources}.get(str(loc[3])) if len(loc) > 3 else Step
+        sub = {"env": Env, "slurm": Slurm, "resources": Resources, "sweep": Sweep}.get(str(loc[3])) if len(loc) > 3 else Step
         return list(sub.model_fields) if sub else []
     return list(WorkflowFile.model_fields)
 
 
-def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = ()) -> Workflow:
+def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = (),
+             max_points: int | None = None) -> Workflow:
     from runner.policy import mount_problem, under
 
     fname = str(path)
@@ -293,14 +267,16 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
     steps: list[StepSpec] = []
     writers: dict[str, str] = {}
     seen: dict[str, int] = {}
+    sweeps = {n for item in wf.steps for n, s in item.items() if s.sweep}
     for i, item in enumerate(wf.steps):
         if len(item) != 1:
             problem(("steps", i), "each step is a one-key map: '- NAME: {command: ...}'")
             continue
         (name, step), = item.items()
         here = ("steps", i, name)
-        if name in seen:
-            problem(here, f"duplicate step name (first at line {seen[name]})")
+        if name in seen or any(name.startswith(f"{w}.") for w in sweeps):
+            problem(here, f"duplicate step name (first at line {seen[name]})" if name in seen else
+                          f"a step named NAME.X is a point of sweep NAME: rename {name!r}")
         seen.setdefault(name, line_of(lines, here))
         inputs = (step.input,) if isinstance(step.input, str) else tuple(step.input or ())
         for ds in inputs:
@@ -344,17 +320,27 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         gpus = next((g for g in (step.gpus, own.gpus, default.gpus) if g is not None), None)
         limits = Limits(cpus=own.cpus or default.cpus, memory=own.memory or default.memory,
                         time=own.time or default.time)
-        steps.append(StepSpec(name=name, line=line_of(lines, here), command=step.command, inputs=inputs,
-                              output=step.output, env=env, env_file=env_file, sources=tuple(sources),
-                              params=step.params or {}, gpus=gpus, limits=limits, retries=step.retries,
-                              slurm=step.slurm, depends=step.depends))
+        spec = StepSpec(name=name, line=line_of(lines, here), command=step.command, inputs=inputs,
+                        output=step.output, env=env, env_file=env_file, sources=tuple(sources),
+                        params=step.params or {}, gpus=gpus, limits=limits, retries=step.retries,
+                        slurm=step.slurm, depends=step.depends)
+        if step.sweep:
+            for where, msg in check(step.sweep, spec.params, max_points):
+                problem(here + ("sweep", *where), msg)
+            if not step.output:
+                problem(here + ("sweep",), "a sweep needs an output dataset: each point writes a folder in it")
+            pts = tuple(points(step.sweep.grid))
+            steps += [replace(spec, name=f"{name}.{p.slug}", params={**spec.params, **p.values}, parent=name, point=p)
+                      for p in pts]
+            spec = replace(spec, sweep=step.sweep, points=pts)
+        steps.append(spec)
         try:
             shlex.split(step.command)
         except ValueError as exc:
             problem(here + ("command",), f"cannot split command: {exc}")
 
     if not problems:
-        ordered = _order(steps, writers)
+        ordered = _order(steps)
         if isinstance(ordered, str):
             problem(("steps",), ordered)
         else:
@@ -365,9 +351,9 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
     return Workflow(path=path.resolve(), root=root, datasets=datasets, steps=steps, extra=extra)
 
 
-def _order(steps: list[StepSpec], writers: dict[str, str]) -> list[StepSpec] | str:
+def _order(steps: list[StepSpec]) -> list[StepSpec] | str:
     """Topological order from datasets (reader after writer), file order where free; or a cycle message."""
-    deps = {s.name: {writers[d] for d in s.inputs if d in writers} for s in steps}
+    deps = needs(steps)
     done: list[StepSpec] = []
     placed: set[str] = set()
     pending = list(steps)
@@ -382,10 +368,16 @@ def _order(steps: list[StepSpec], writers: dict[str, str]) -> list[StepSpec] | s
     return done
 
 
+def needs(steps: list[StepSpec]) -> dict[str, set[str]]:
+    """Step name -> the steps that write its inputs (a sweep's own step writes its dataset, after its points)."""
+    writers = {s.output: s.name for s in steps if s.output and not s.parent}
+    return {s.name: {writers[d] for d in s.inputs if d in writers} | {f"{s.name}.{p.slug}" for p in s.points}
+            for s in steps}
+
+
 def dependencies(wf: Workflow) -> dict[str, set[str]]:
-    """Step name -> names of the steps that write its inputs."""
-    writers = {s.output: s.name for s in wf.steps if s.output}
-    return {s.name: {writers[d] for d in s.inputs if d in writers} for s in wf.steps}
+    """Step name -> names of the steps it runs after: the writers of its inputs (a sweep: its points)."""
+    return needs(wf.steps)
 
 
 def schema() -> dict[str, Any]:

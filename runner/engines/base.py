@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runner.images import BuildOptions, ImageSpec, Pin
-from runner.workflow import Limits
+from runner.limits import Limits
 
 OVERLAY = "::"  # a step image in two files (Apptainer): DEPS.sif::SOURCES.sqfs
 

@@ -1,0 +1,61 @@
+"""A run's provenance record (the manifest) as the session opens and closes it, and the table a run ends with."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from runner import ui
+from runner.engines.base import Job
+from runner.policy import mask_env
+from runner.report import edges_of
+from runner.state import this_process
+from runner.workflow import StepSpec, Workflow
+
+
+def opened(run_id: str, wf: Workflow, engine: str, executor: str, steps: list[StepSpec],
+           allowed_mounts: list[str]) -> dict[str, Any]:
+    names = {s.name for s in steps}
+    return {"run_id": run_id, "workflow": str(wf.path), "root": str(wf.root), "engine": engine, "executor": executor,
+            "started": time.time(), **this_process(), "status": "running", "selected": [s.name for s in steps],
+            "allowed_mounts": allowed_mounts, "dag": [list(e) for e in edges_of(wf) if {e[0], e[1]} <= names],
+            "steps": {}}
+
+
+def begun(job: Job, engine: str, executor: str, image_id: str | None, log: Path, attempts: list | None,
+          reason: str) -> dict[str, Any]:
+    """A step's entry as it starts (its earlier attempts kept)."""
+    return {"image": job.image, "engine": engine, "executor": executor, "argv": job.argv, "user": job.user,
+            "gpus": job.gpus, "env": mask_env(job.env), "mounts": job.to_dict()["mounts"],
+            "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
+            **({"image_id": image_id} if image_id else {}), "start": time.time(), "status": "running",
+            "log": str(log), **({"attempts": attempts} if attempts else {}), "reason": reason}
+
+
+def closed(manifest: dict[str, Any], steps: list[StepSpec], status: dict[str, str], outcome: str,
+           error: str | None) -> None:
+    """Every step's final status (never more than what happened) and the run's `outcome` (interrupted, failed,
+    succeeded); a detached run (status submitted) stays open. `status` gains what the record says."""
+    detached = manifest.get("status") == "submitted"
+    for s in steps:
+        entry = manifest["steps"].setdefault(s.name, {})
+        if entry.get("status") in (None, "running"):
+            now = status.get(s.name, "not run")
+            entry["status"] = ("submitted" if detached and entry.get("status") else
+                               "interrupted" if now == "running" else now)
+        status.setdefault(s.name, entry["status"])
+    if not detached:
+        manifest["ended"] = time.time()
+        manifest["status"] = outcome
+        if error:
+            manifest["error"] = error
+
+
+def table(steps: list[StepSpec], status: dict[str, str]) -> None:
+    width = max(len(s.name) for s in steps)
+    for s in steps:
+        st = status.get(s.name, "not run")
+        style = "green" if st in ("done", "up to date") else "red" if st in ("failed", "interrupted") else "dim"
+        ui.say(f"  {s.name:<{width}}  {st}", style)

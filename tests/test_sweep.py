@@ -1,0 +1,227 @@
+"""Sweeps (fast tier, the fake engine): the grid's points as steps, each in its own folder, the best linked on,
+`parallel`, reruns of only what changed, failing points, and the file:line errors of a bad `sweep:`."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from runner import session, workflow
+from runner.errors import StepFailed, ValidationError
+from runner.executors.local import LocalExecutor
+from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
+from tests.fakes import FakeBuilder, FakeRunner
+
+SWEEP = """
+datasets:
+  gen: {{location: ./data/gen}}
+  logs: {{location: ./data/logs}}
+  preds: {{location: ./data/preds}}
+steps:
+  - train:
+      input: gen
+      output: logs
+      command: itwinai train
+      env: {{file: env.txt}}
+      params: {{config: ./ai.yml}}
+      sweep:
+        grid:
+          model.init_args.hidden: {hidden}
+          model.init_args.lr: [0.003, 0.03]
+        best: {{metric: val_loss, mode: {mode}}}
+        parallel: 2
+  - predict: {{input: logs, output: preds, command: itwinai predict, env: {{file: env.txt}}}}
+"""
+
+
+def write(project: Path, hidden: str = "[16, 64]", mode: str = "min") -> Path:
+    (project / "env.txt").write_text("")
+    (project / "data" / "gen").mkdir(parents=True, exist_ok=True)
+    path = project / "wf.yml"
+    path.write_text(SWEEP.format(hidden=hidden, mode=mode))
+    return path
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def trains(loss=lambda hidden, lr: hidden * lr, fail: tuple[str, ...] = (), seen: list | None = None):
+    """A point's container: writes metrics.json with a val_loss made of its flags."""
+    def act(job) -> int:
+        if seen is not None:
+            seen.append(job)
+        if job.env[ENV_POINT] in fail:
+            return 3
+        out = Path(flag(job.argv, "--output"))
+        out.mkdir(parents=True, exist_ok=True)
+        hidden, lr = int(flag(job.argv, "--model.init_args.hidden")), float(flag(job.argv, "--model.init_args.lr"))
+        value = loss(hidden, lr)
+        (out / "metrics.json").write_text(json.dumps({} if value is None else {"val_loss": value}))
+        return 0
+    return act
+
+
+def go(project: Path, runner: FakeRunner, jobs: int = 4, **opts) -> session.RunSession:
+    w = workflow.load(project / "wf.yml", root=project)
+    s = session.RunSession(w, FakeBuilder(), runner, LocalExecutor(runner, jobs), session.RunOptions(jobs=jobs, **opts))
+    s.run()
+    return s
+
+
+def sweep_runner(**kw) -> FakeRunner:
+    act = trains(**kw)
+    runner = FakeRunner()
+    runner.plan = _Points(act)
+    return runner
+
+
+class _Points(dict):
+    """Every point of `train` gets the same behaviour."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+
+    def get(self, step, default=None):
+        return self.act if step.startswith("train.") else default
+
+
+def test_points_are_steps_with_their_flags_folder_and_sweep(tmp_path):
+    wf = workflow.load(write(tmp_path), root=tmp_path)
+    names = [s.name for s in wf.steps]
+    assert names == ["train.hidden-16_lr-0.003", "train.hidden-16_lr-0.03", "train.hidden-64_lr-0.003",
+                     "train.hidden-64_lr-0.03", "train", "predict"]
+    point = wf.step("train.hidden-64_lr-0.03")
+    argv = wf.argv(point)
+    assert flag(argv, "--output") == str(tmp_path / "data/logs/hidden-64_lr-0.03")
+    assert flag(argv, "--model.init_args.hidden") == "64" and flag(argv, "--config") == "./ai.yml"
+    assert workflow.dependencies(wf)["train"] == {s for s in names if s.startswith("train.")}
+    assert workflow.dependencies(wf)["predict"] == {"train"}
+
+
+def test_the_best_point_is_linked_and_the_next_step_reads_it(tmp_path):
+    write(tmp_path)
+    seen: list = []
+    runner = sweep_runner(seen=seen)
+    s = go(tmp_path, runner)
+    logs = tmp_path / "data" / "logs"
+    assert os.readlink(logs / "best") == "hidden-16_lr-0.003"  # 16 * 0.003 is the least
+    record = json.loads((logs / "sweep.json").read_text())
+    assert record["best"] == "hidden-16_lr-0.003" and len(record["points"]) == 4
+    entry = s.manifest["steps"]["train"]
+    assert entry["status"] == "done" and entry["best"] == "hidden-16_lr-0.003"
+    assert {p["point"]: p["val_loss"] for p in entry["points"]}["hidden-64_lr-0.03"] == pytest.approx(1.92)
+    assert runner.started[-1] == "predict" and len(runner.started) == 5
+    env = seen[0].env
+    assert env[ENV_SWEEP] == "train" and env[ENV_BEST] == "val_loss:min" and env[ENV_POINT].startswith("hidden-")
+    assert all(seen[0].image == job.image for job in seen)  # one image for every point
+
+
+def test_max_mode_picks_the_largest(tmp_path):
+    write(tmp_path, mode="max")
+    go(tmp_path, sweep_runner())
+    assert os.readlink(tmp_path / "data/logs/best") == "hidden-64_lr-0.03"
+
+
+def test_parallel_bounds_the_points_at_once(tmp_path):
+    write(tmp_path)
+    now, most, lock = [0], [0], threading.Lock()
+    barrier = threading.Event()
+
+    def loss(hidden, lr):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        barrier.wait(0.3)
+        with lock:
+            now[0] -= 1
+        return hidden * lr
+
+    go(tmp_path, sweep_runner(loss=loss), jobs=4)
+    assert most[0] == 2  # parallel: 2, though --jobs 4
+
+
+def test_a_rerun_runs_only_new_points_and_nothing_when_nothing_changed(tmp_path):
+    write(tmp_path)
+    go(tmp_path, sweep_runner())
+    again = sweep_runner()
+    s = go(tmp_path, again)
+    assert again.started == [] and s.status["train"] == "up to date"
+    write(tmp_path, hidden="[16, 64, 4]")
+    more = sweep_runner()
+    s = go(tmp_path, more)
+    assert sorted(more.started) == ["predict", "train.hidden-4_lr-0.003", "train.hidden-4_lr-0.03"]
+    assert os.readlink(tmp_path / "data/logs/best") == "hidden-4_lr-0.003"
+
+
+def test_only_the_sweep_runs_its_points(tmp_path):
+    write(tmp_path)
+    runner = sweep_runner()
+    go(tmp_path, runner, only=["train"])
+    assert len(runner.started) == 4 and "predict" not in runner.started
+
+
+def test_a_failed_point_is_never_chosen_and_keep_going_goes_on(tmp_path):
+    write(tmp_path)
+    runner = sweep_runner(fail=("hidden-16_lr-0.003",))
+    with pytest.raises(StepFailed) as exc:
+        go(tmp_path, runner, keep_going=True)
+    assert exc.value.step == "train.hidden-16_lr-0.003"
+    assert os.readlink(tmp_path / "data/logs/best") == "hidden-64_lr-0.003"  # the least of the three left
+    assert "predict" in runner.started
+
+
+def test_a_failed_point_fails_the_run_without_keep_going(tmp_path):
+    write(tmp_path)
+    runner = sweep_runner(fail=("hidden-16_lr-0.003",))
+    with pytest.raises(StepFailed):
+        go(tmp_path, runner, jobs=1)
+    assert "predict" not in runner.started
+
+
+def test_no_point_with_the_metric_fails_the_sweep(tmp_path):
+    write(tmp_path)
+    runner = sweep_runner(loss=lambda hidden, lr: None)
+    with pytest.raises(StepFailed) as exc:
+        go(tmp_path, runner)
+    assert exc.value.step == "train" and "val_loss" in str(exc.value) and exc.value.exit_code == 1
+    assert "predict" not in runner.started and not (tmp_path / "data/logs/best").exists()
+
+
+BAD = {
+    ("model.init_args.hidden: [16, 64]", "model.init_args.hidden: []"):
+        ("sweep.grid.model.init_args.hidden", "at least 1"),
+    ("mode: min", "mode: least"): ("sweep.best.mode", "'min' or 'max'"),
+    ("params: {config: ./ai.yml}", "params: {config: ./ai.yml, model.init_args.lr: 1}"):
+        ("sweep.grid.model.init_args.lr", "also in params"),
+    ("model.init_args.hidden: [16, 64]", f"model.init_args.hidden: {list(range(51))}"):
+        ("sweep.grid", "102 points, more than 100 (--max-points"),
+    ("parallel: 2", "paralel: 2"): ("sweep.paralel", "unknown field"),
+    ("      output: logs\n      command: itwinai train", "      command: itwinai train"):
+        ("train.sweep", "needs an output dataset"),
+}
+
+
+@pytest.mark.parametrize("edit", BAD, ids=[new for _, new in BAD])
+def test_a_bad_sweep_is_one_line_with_file_line_and_field(tmp_path, edit):
+    text = write(tmp_path).read_text()
+    assert edit[0] in text
+    (tmp_path / "bad.yml").write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(ValidationError) as exc:
+        workflow.load(tmp_path / "bad.yml", root=tmp_path)
+    where, words = BAD[edit]
+    problems = exc.value.problems
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'bad.yml'}:"), problems
+    assert where in problems[0] and words in problems[0], problems[0]
+
+
+def test_more_points_than_allowed_need_max_points(tmp_path):
+    write(tmp_path)
+    with pytest.raises(ValidationError, match="4 points, more than 3"):
+        workflow.load(tmp_path / "wf.yml", root=tmp_path, max_points=3)
+    assert len(workflow.load(tmp_path / "wf.yml", root=tmp_path, max_points=4).steps) == 6
