@@ -24,7 +24,7 @@ def edges_of(wf: Any) -> list[Edge]:
     """Writer to reader through a dataset; a sweep's points to its own step through the points' folders."""
     writers = {s.output: s.name for s in wf.steps if s.output and not s.parent}
     return [*((f"{s.name}.{p.slug}", s.name, f"{s.output}/{p.slug}") for s in wf.steps for p in s.points),
-            *((writers[d], s.name, d) for s in wf.steps for d in s.inputs if d in writers)]
+            *((writers[d], s.name, d) for s in wf.steps if not s.points for d in s.inputs if d in writers)]
 
 
 # ---------------------------------------------------------------- the DAG as text
@@ -166,6 +166,27 @@ def _stamp(t: float | None) -> str:
     return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds") if t else "-"
 
 
+def sweep_tables(steps: dict[str, Any]) -> str:
+    """Each sweep's points: their params and metric, the best marked."""
+    parts = []
+    for name, info in steps.items():
+        if not info.get("points"):
+            continue
+        metric = info["metric"]
+        keys = list(info["points"][0]["params"])
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in ["point", *keys, metric, "status"])
+        rows = []
+        for p in info["points"]:
+            best = p["point"] == info.get("best")
+            cells = [html.escape(p["point"]) + (' <span class="best">best</span>' if best else ""),
+                     *(html.escape(str(p["params"].get(k))) for k in keys),
+                     "-" if p.get(metric) is None else f"{p[metric]:.6g}", html.escape(str(p.get("status")))]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append(f'<h2>Sweep {html.escape(name)}: best by {html.escape(metric)} ({info["mode"]})</h2>\n'
+                     f'<table class="sweep"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return "\n".join(parts)
+
+
 def render(manifest: dict[str, Any], edges: list[Edge], out: Path) -> str:
     steps = manifest.get("steps", {})
     names = list(manifest.get("selected") or steps)
@@ -218,6 +239,7 @@ th {{ background: #f5f5f5; }}
 .why {{ color: #c62828; font-size: 12px; margin-top: 3px; }} .id {{ color: #757575; font-size: 11px; }}
 dl {{ display: grid; grid-template-columns: max-content auto; gap: 4px 16px; font-size: 13px; }}
 dt {{ color: #757575; }} dd {{ margin: 0; }}
+.best {{ background: #2e7d32; color: #fff; border-radius: 4px; padding: 0 5px; font-size: 11px; }}
 </style></head><body>
 <h1>{html.escape(title)}: {html.escape(manifest.get('status', '?'))}</h1>
 <dl>
@@ -237,6 +259,7 @@ dt {{ color: #757575; }} dd {{ margin: 0; }}
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>
+{sweep_tables(steps)}
 </body></html>
 """
 

@@ -188,3 +188,41 @@ def test_a_failed_submission_is_a_failed_run_in_history(toy, slurm_env):
     run_id = row.split()[0]
     shown = itwin("show", run_id, cwd=toy)
     assert shown.returncode == 0 and '"status": "failed"' in shown.stdout
+
+
+POINT = """import argparse, json, os
+p = argparse.ArgumentParser()
+p.add_argument("--input"); p.add_argument("--output"); p.add_argument("--x", type=float); p.add_argument("--y", type=float)
+a = p.parse_args()
+os.makedirs(a.output, exist_ok=True)
+json.dump({"loss": (a.x - 2) ** 2 + a.y, "job": os.environ.get("SLURM_JOB_ID")}, open(os.path.join(a.output, "metrics.json"), "w"))
+"""
+
+
+def test_a_sweep_runs_one_job_per_point_and_the_best_goes_on(toy, slurm_env):
+    (toy / "steps" / "point.py").write_text(POINT)
+    text = (toy / "workflow.yml").read_text()
+    text = text.replace("  - square:\n      input: raw\n", """  - fit:
+      input: raw
+      output: fits
+      command: python ./steps/point.py
+      env: {file: ./envs/requirements.txt}
+      sweep:
+        grid: {x: [1, 2, 3], y: [0]}
+        best: {metric: loss, mode: min}
+  - square:
+      input: raw
+""").replace("datasets:\n", "datasets:\n  fits:\n    location: ./data/fits\n")
+    text = text.replace("      input: squares\n      output: summary", "      input: [fits, squares]\n      output: summary")
+    (toy / "workflow.yml").write_text(text)
+    res = slurm("workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(re.findall(r"submitted fit\.x-\d_y-0 as job", res.stderr)) == 3
+    fits = toy / "data" / "fits"
+    assert os.readlink(fits / "best") == "x-2_y-0"
+    jobs = {json.loads((fits / f"x-{x}_y-0" / "metrics.json").read_text())["job"] for x in (1, 2, 3)}
+    assert len(jobs) == 3 and None not in jobs  # each point ran as its own SLURM job
+    assert json.loads((fits / "sweep.json").read_text())["best"] == "x-2_y-0"
+    assert "summarize: COMPLETED" in res.stderr  # what reads the sweep ran after it
+    again = slurm("workflow.yml", cwd=toy, env=slurm_env)
+    assert again.returncode == 0 and "submitted" not in again.stderr

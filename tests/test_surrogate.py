@@ -84,3 +84,50 @@ def test_the_same_workflows_in_cwl_mode(project, docker_client):
         assert dataset.stat().st_mode & 0o755 == 0o755, name
         assert not {".cache", ".config"} & {p.name for p in dataset.iterdir()}, name
     run(project, "use-cases/surrogate/inference-workflow.yml")  # classical steps read what cwltool wrote
+
+
+def test_a_sweep_trains_its_points_two_at_a_time_and_serves_the_best(project, docker_client):
+    """sweep-workflow.yml, smaller: every point a child run of one `train` run in one store; the best by val_loss
+    linked as sweep/best and holding the alias the predict step serves; adding a value runs only the new points;
+    a rerun with nothing changed runs nothing."""
+    from mlflow.tracking import MlflowClient
+
+    wf = project / "use-cases/surrogate/sweep-workflow.yml"
+    text = wf.read_text()
+    small = text.replace("max-epochs: 10", "max-epochs: 3").replace("[0.0005, 0.002]", "[0.002]")
+    assert small != text
+    wf.write_text(small)
+    run(project, "--jobs", "2", str(wf.relative_to(project)))
+    record = json.loads(sorted((project / ".itwin-run/runs").glob("*/manifest.json"))[-1].read_text())
+    points = [record["steps"][f"train.hidden_size-{h}_learning_rate-0.002"] for h in (32, 128)]
+    assert points[0]["start"] < points[1]["end"] and points[1]["start"] < points[0]["end"]  # side by side
+
+    wf.write_text(small.replace("[0.002]", "[0.002, 0.0005]"))
+    res = itwin("--jobs", "2", str(wf.relative_to(project)), cwd=project,
+                env={"ITWIN_RUN_WHEELHOUSE": wheelhouse()}, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ran = sorted(line.split(":")[0].removeprefix("run ") for line in res.stderr.splitlines() if line.startswith("run "))
+    assert ran == ["predict", "train.hidden_size-128_learning_rate-0.0005", "train.hidden_size-32_learning_rate-0.0005"]
+
+    sweep = project / "data/surrogate/sweep"
+    table = json.loads((sweep / "sweep.json").read_text())
+    losses = {p["point"]: p["val_loss"] for p in table["points"]}
+    assert len(losses) == 4 and table["best"] == min(losses, key=losses.get)
+    assert (sweep / "best").resolve() == sweep / table["best"]
+    uri = f"sqlite:///{sweep}/mlflow.db"
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("oscillator surrogate")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.info.run_name == "train"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parent) == 1 and len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent[0].info.run_id}
+    assert {c.info.run_name: c.data.metrics["val_loss"] for c in children} == pytest.approx(losses)
+    assert {c.data.params["model.init_args.hidden_size"] for c in children} == {"32", "128"}
+    champion = client.get_model_version_by_alias("oscillator-surrogate", "champion")
+    assert client.get_run(champion.run_id).info.run_name == table["best"]
+    summary = json.loads((project / "data/surrogate/sweep-predictions/summary.json").read_text())
+    assert summary["run_id"] == champion.run_id
+
+    res = itwin("--jobs", "2", str(wf.relative_to(project)), cwd=project, env={"ITWIN_RUN_WHEELHOUSE": wheelhouse()})
+    assert res.returncode == 0 and not [line for line in res.stderr.splitlines() if line.startswith("run ")]

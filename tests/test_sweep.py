@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import session, workflow
+from runner import report, session, workflow
 from runner.errors import StepFailed, ValidationError
 from runner.executors.local import LocalExecutor
 from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
@@ -225,3 +225,26 @@ def test_more_points_than_allowed_need_max_points(tmp_path):
     with pytest.raises(ValidationError, match="4 points, more than 3"):
         workflow.load(tmp_path / "wf.yml", root=tmp_path, max_points=3)
     assert len(workflow.load(tmp_path / "wf.yml", root=tmp_path, max_points=4).steps) == 6
+
+
+def test_the_report_has_a_table_of_points_with_the_best_marked(tmp_path):
+    write(tmp_path)
+    s = go(tmp_path, sweep_runner())
+    page = report.render(s.manifest, report.edges_of(s.wf), tmp_path / "r.html")
+    table = page.split('<table class="sweep">')[1].split("</table>")[0]
+    assert table.count("<tr>") == 5 and "<th>model.init_args.lr</th>" in table and "<th>val_loss</th>" in table
+    best = [row for row in table.split("<tr>") if 'class="best"' in row]
+    assert len(best) == 1 and "hidden-16_lr-0.003" in best[0] and "<td>0.048</td>" in best[0]
+
+
+def test_itwinai_takes_dotted_settings_as_lightningcli_does():
+    from itwinai.config import ItwinaiError, dotted_settings, set_dotted
+
+    got = dotted_settings(["--model.init_args.hidden", "16", "--trainer.max_epochs=3", "--data.init_args.name", "a b"])
+    assert got == {"model.init_args.hidden": 16, "trainer.max_epochs": 3, "data.init_args.name": "a b"}
+    conf = {"model": {"class_path": "M", "init_args": {"hidden": 8, "lr": 0.1}}}
+    set_dotted(conf, "model.init_args.hidden", 16, "x.yml")
+    assert conf["model"]["init_args"] == {"hidden": 16, "lr": 0.1}
+    for bad in (["--hidden", "16"], ["--model.init_args.hidden"], ["16"]):
+        with pytest.raises(ItwinaiError):
+            dotted_settings(bad)

@@ -6,14 +6,16 @@ import argparse
 import os
 import sys
 
-from itwinai.config import ItwinaiError, load_mlops
+from itwinai.config import ItwinaiError, dotted_settings, load_mlops
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="itwinai", description="Train and serve Lightning models with MLflow tracking.")
+    p = argparse.ArgumentParser(prog="itwinai", description="Train and serve Lightning models with MLflow tracking.",
+                                epilog="train also takes settings of the Lightning config in its dotted form: "
+                                       "--model.init_args.hidden 16, --trainer.max_epochs=3", allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("train", "predict"):
-        s = sub.add_parser(name)
+        s = sub.add_parser(name, allow_abbrev=False)
         s.add_argument("--config", required=True, help="MLOps config (train / inference / logger sections)")
         s.add_argument("--input", action="append", help="input dataset directory (repeatable: data, tracking store)")
         s.add_argument("--output", help="output dataset directory (tracking store / predictions)")
@@ -45,9 +47,12 @@ def quiet_environment(output: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
     quiet_environment(args.output)
     try:
+        if extra and args.command != "train":
+            raise ItwinaiError(f"unknown argument {extra[0]!r}")
+        settings = dotted_settings(extra)  # --model.init_args.hidden 16: LightningCLI's dotted form
         cfg = load_mlops(args.config)
         if getattr(args, "train_config", None):
             from pathlib import Path
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             from itwinai.train import train
 
             train(cfg, args.input[0] if args.input else None, args.output, args.tracking_uri,
-                  {"max_epochs": args.max_epochs, "accelerator": args.accelerator}, resume=args.resume)
+                  {"max_epochs": args.max_epochs, "accelerator": args.accelerator}, resume=args.resume,
+                  settings=settings)
         else:
             if not args.input or not args.output:
                 raise ItwinaiError("predict needs --input (data) and --output (where predictions go)")

@@ -87,3 +87,36 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     else:
         out[prefix.rstrip(".")] = str(d)[:6000]
     return out
+
+
+SECTIONS = ("model", "data", "trainer", "optimizer", "lr_scheduler", "seed_everything")
+
+
+def dotted_settings(extra: list[str]) -> dict[str, Any]:
+    """`--model.init_args.hidden 16` / `--trainer.max_epochs=3` (LightningCLI's form) as {dotted key: value}, each
+    value read as YAML (16 is a number, true a bool)."""
+    out: dict[str, Any] = {}
+    items = list(extra)
+    while items:
+        flag = items.pop(0)
+        key, eq, value = flag.removeprefix("--").partition("=")
+        if not flag.startswith("--") or key.split(".")[0] not in SECTIONS:
+            raise ItwinaiError(f"unknown argument {flag!r} (settings of the Lightning config are "
+                               f"--SECTION.KEY VALUE, SECTION one of {', '.join(SECTIONS)})")
+        if not eq:
+            if not items:
+                raise ItwinaiError(f"{flag}: needs a value")
+            value = items.pop(0)
+        out[key] = yaml.safe_load(value) if value.strip() else value
+    return out
+
+
+def set_dotted(conf: dict[str, Any], key: str, value: Any, where: Any) -> None:
+    """conf[a][b][c] = value for key a.b.c; every part but the last must be a mapping of the config."""
+    *parents, last = key.split(".")
+    node = conf
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ItwinaiError(f"--{key}: {part} in {where} is not a mapping")
+    node[last] = value

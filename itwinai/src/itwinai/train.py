@@ -8,7 +8,10 @@ What itwinai adds to the user's Lightning config:
   best by `val_loss` unless the config has a ModelCheckpoint of its own;
 - at the end, on rank 0: the test split (only where the model or datamodule has test data), a loadable MLflow model
   (`mlflow.pytorch.log_model`, with signature and input example), registered with an alias when
-  `logger.registered_model_name` is set, and the effective config (`pl-training.yml`) as an artifact.
+  `logger.registered_model_name` is set, and the effective config (`pl-training.yml`) as an artifact;
+- `metrics.json` in the output dataset: the last value of each metric (what a sweep picks its best point by);
+- dotted settings of the Lightning config from the command line (`--model.init_args.hidden 16`), and for a point
+  of an itwin-run sweep one store and one parent run for all points (itwinai.sweep).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from itwinai.config import ItwinaiError, MLOpsConfig, flatten, import_class, read_yaml, require_lightning
+from itwinai import sweep
+from itwinai.config import ItwinaiError, MLOpsConfig, flatten, import_class, read_yaml, require_lightning, set_dotted
 from itwinai.tracking import artifact_location, ensure_experiment, tracking_uri
 
 CKPT_DIR = "model/checkpoints/best-checkpoint"  # where the best checkpoint is logged (the prototype's ckpt_path)
@@ -46,7 +50,8 @@ def declares(class_path: str, arg: str) -> bool:
     return arg in params
 
 
-def lightning_config(cfg: MLOpsConfig, input_dir: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+def lightning_config(cfg: MLOpsConfig, input_dir: str | None, overrides: dict[str, Any],
+                     settings: dict[str, Any] | None = None) -> dict[str, Any]:
     require_lightning(cfg.train_type, "train", cfg.path)
     if cfg.train_path is None:
         raise ItwinaiError(f"{cfg.path}: train.path: the Lightning config file is missing")
@@ -63,6 +68,8 @@ def lightning_config(cfg: MLOpsConfig, input_dir: str | None, overrides: dict[st
                 section.setdefault("init_args", {})["data_dir"] = str(Path(input_dir).resolve())
     trainer = conf.setdefault("trainer", {})
     trainer.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in (settings or {}).items():  # --model.init_args.hidden 16 (a sweep's point)
+        set_dotted(conf, key, value, cfg.train_path)
     return conf
 
 
@@ -173,15 +180,15 @@ def _has_test_data(model, datamodule) -> bool:
 
 
 def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: str | None,
-          overrides: dict[str, Any], resume: bool = False) -> str:
+          overrides: dict[str, Any], resume: bool = False, settings: dict[str, Any] | None = None) -> str:
     """Train; in a distributed run every rank trains, the one with trainer.global_rank 0 alone tracks in MLflow."""
     from lightning.pytorch.cli import LightningCLI
 
-    conf = lightning_config(cfg, input_dir, overrides)
+    conf = lightning_config(cfg, input_dir, overrides, settings)
     resume = resume or cfg.resume
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri(uri, output_dir)
+    uri = tracking_uri(uri, sweep.store_dir(output_dir))  # a sweep's points: one store, the sweep's
     ckpt_dir = _checkpoint_dir(output_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     shared = not output_dir and CKPT_ENV not in os.environ  # this process chose a scratch directory
@@ -224,7 +231,7 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
                 print(f"itwinai: resume: no {last}: training from the start", flush=True)
             for old in [*ckpt_dir.glob(f"{CKPT_NAME}*.ckpt"), *ckpt_dir.glob("last*.ckpt"), ckpt_dir / RUN_FILE]:
                 old.unlink(missing_ok=True)
-        client, run_id = _start_run(cfg, uri, ckpt_dir, resume_from is not None)
+        client, run_id = _start_run(cfg, uri, ckpt_dir, resume_from is not None, output_dir)
         from lightning.pytorch.loggers import MLFlowLogger
 
         logger = MLFlowLogger(experiment_name=cfg.experiment_name, tracking_uri=uri, run_id=run_id,
@@ -239,6 +246,7 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
         start = time.perf_counter()
         trainer_obj.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         elapsed = time.perf_counter() - start
+        fitted = dict(trainer_obj.callback_metrics)  # the last val_loss etc. (testing replaces them)
         print(f"itwinai: rank {trainer_obj.global_rank} of world size {trainer_obj.world_size} trained", flush=True)
         # every rank's own count, summed (a rank may see a batch more or less than another): a collective call
         import torch
@@ -252,6 +260,8 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
         elif best:
             _load_weights(model, best)
         if client:
+            if output_dir:
+                sweep.write_metrics(output_dir, {**fitted, **trainer_obj.callback_metrics})
             rate = samples / elapsed if elapsed else 0.0
             client.log_metric(run_id, "train_samples", samples)
             client.log_metric(run_id, "train_samples_per_sec", rate)
@@ -277,23 +287,28 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
     name = log.get("registered_model_name")
     if name and model_uri:
         alias = str(log.get("registered_model_alias") or DEFAULT_ALIAS)
-        version = register(client, name, run_id, model_uri, alias)
-        print(f"itwinai: registered model {name!r} version {version} (alias {alias!r}: models:/{name}@{alias})",
-              flush=True)
+        point = sweep.current()
+        version = register(client, name, run_id, model_uri, None if point else alias)
+        if point:  # the alias goes to the best point so far (the last point to end sees them all)
+            sweep.follow_best(client, name, alias, run_id, Path(output_dir or ".").resolve().parent)
+        where = "" if point else f" (alias {alias!r}: models:/{name}@{alias})"
+        print(f"itwinai: registered model {name!r} version {version}{where}", flush=True)
     elif name:
         print(f"itwinai: no model to register as {name!r} (no checkpoint was written)", flush=True)
     print(f"itwinai: run_id={run_id}", flush=True)
     return run_id
 
 
-def _start_run(cfg: MLOpsConfig, uri: str, ckpt_dir: Path, resuming: bool) -> tuple[Any, str]:
+def _start_run(cfg: MLOpsConfig, uri: str, ckpt_dir: Path, resuming: bool, output_dir: str | None) -> tuple[Any, str]:
     """The MLflow run: a new one, or the one the resumed checkpoint was written under (one metric history)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # the registry is the tracking store's (the process may have named another)
-    client = MlflowClient(uri, registry_uri=uri)
+    with sweep.locked_if_point(output_dir):  # points create the one store together: one creates its tables
+        client = MlflowClient(uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
     run_file = ckpt_dir / RUN_FILE
     if resuming and run_file.is_file():
         try:
@@ -306,10 +321,17 @@ def _start_run(cfg: MLOpsConfig, uri: str, ckpt_dir: Path, resuming: bool) -> tu
             print(f"itwinai: cannot continue the earlier run ({str(exc).splitlines()[0][:120]}): a new run",
                   flush=True)
     log = cfg.logger
-    experiment_id = ensure_experiment(client, cfg.experiment_name, uri)
-    run = client.create_run(experiment_id, run_name=log.get("run_name"),
-                            tags={"mlflow.note.content": str(log.get("description", "")),
-                                  "itwinai.config": str(cfg.path)})
+    point, tags = sweep.current(), {"mlflow.note.content": str(log.get("description", "")),
+                                    "itwinai.config": str(cfg.path)}
+    if point:  # a child of the sweep's run, in the sweep's experiment
+        folder = Path(output_dir or ".").resolve().parent
+        with sweep.locked(folder):
+            experiment_id = ensure_experiment(client, cfg.experiment_name, uri)
+            parent = sweep.parent_run(client, experiment_id, point[0], f"{folder}#{point[0]}")
+        tags |= {sweep.PARENT_TAG: parent, sweep.POINT_TAG: point[1]}
+    else:
+        experiment_id = ensure_experiment(client, cfg.experiment_name, uri)
+    run = client.create_run(experiment_id, run_name=log.get("run_name") or (point[1] if point else None), tags=tags)
     run_id = run.info.run_id
     run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}) + "\n")
     print(f"itwinai: tracking {uri}, experiment {cfg.experiment_name!r}, run {run_id}", flush=True)
@@ -373,7 +395,7 @@ def log_model(uri: str, run_id: str, model, example) -> str:
     return info.model_uri
 
 
-def register(client, name: str, run_id: str, model_uri: str, alias: str = DEFAULT_ALIAS) -> str:
+def register(client, name: str, run_id: str, model_uri: str, alias: str | None = DEFAULT_ALIAS) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -383,5 +405,6 @@ def register(client, name: str, run_id: str, model_uri: str, alias: str = DEFAUL
             raise
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id).version
-    client.set_registered_model_alias(name, alias, str(version))
+    if alias:
+        client.set_registered_model_alias(name, alias, str(version))
     return str(version)
