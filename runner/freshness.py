@@ -46,7 +46,7 @@ class Freshness:
     def holds(self, sub: Submission, force: list[str] | None, status: dict[str, str]) -> bool:
         """Whether the step's record matches (`force`: steps to rerun whatever; [] all); if not, why it runs is
         kept in `why` for its record (`reason`). `status`: this run's steps so far (an upstream that reran)."""
-        if force is not None and (not force or sub.step.name in force):
+        if force is not None and (not force or sub.step.name in force or sub.step.parent in force):
             self.why[sub.step.name] = "--force"
             return False
         if self.state.up_to_date(sub.key, step_fingerprint(sub.parts, sub.inputs),

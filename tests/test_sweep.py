@@ -159,6 +159,15 @@ def test_a_rerun_runs_only_new_points_and_nothing_when_nothing_changed(tmp_path)
     assert os.readlink(tmp_path / "data/logs/best") == "hidden-4_lr-0.003"
 
 
+def test_forcing_the_sweep_reruns_its_points(tmp_path):
+    write(tmp_path)
+    go(tmp_path, sweep_runner())
+    again = sweep_runner()
+    go(tmp_path, again, force=["train"])
+    points = [s.name for s in workflow.load(tmp_path / "wf.yml", root=tmp_path).steps if s.parent]
+    assert sorted(again.started) == sorted([*points, "predict"])  # and what reads their dataset
+
+
 def test_only_the_sweep_runs_its_points(tmp_path):
     write(tmp_path)
     runner = sweep_runner()
