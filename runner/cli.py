@@ -15,7 +15,7 @@ from runner.errors import StepFailed, UsageError, UserError, ValidationError
 from runner.flags import AllowOpt, ConsOpt, EngineOpt, ImagesOpt, ParentOpt, PullOpt, RootOpt, VerboseOpt, WheelOpt, WorkflowArg
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status",
+SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status", "crate",
                "init", "doctor", "report", "dag", "images", "prune", "--help", "-h", "--version",
                "--install-completion", "--show-completion"}
 
@@ -228,8 +228,7 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (or its start) fro
 
 @app.command()
 def report(
-    run_id: Annotated[str | None, typer.Argument(help="A run id from `itwin-run history` (default: the latest).",
-                                                 show_default=False)] = None,
+    run_id: flags.RunArg = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write it (default: "
                                                                       ".itwin-run/runs/RUN/report.html).",
                                                 show_default=False)] = None,
@@ -241,6 +240,17 @@ def report(
 
     dest = rep.write((root or Path.cwd()).resolve(), run_id, output)
     print(dest)
+
+
+@app.command()
+def crate(run_id: flags.RunArg = None, root: RootOpt = None,
+          output: Annotated[Path, typer.Option("-o", "--output", help="A new folder, or FILE.zip.")] = Path("crate"),
+          include_data: Annotated[bool, typer.Option(help="Copy the datasets into the crate (default: refer to "
+                                                          "them by file: URI).")] = False) -> None:
+    """Write a run as a Workflow Run RO-Crate (Provenance Run Crate profile) for WorkflowHub and runcrate."""
+    from runner.crate import write
+
+    write((root or Path.cwd()).resolve(), run_id, output, include_data)
 
 
 @app.command()
@@ -283,8 +293,7 @@ def prune(
 
 
 @app.command("status")
-def status_(run_id: Annotated[str | None, typer.Argument(help="A run id from `itwin-run history` (default: the "
-                                                                "latest).")] = None, root: RootOpt = None) -> None:
+def status_(run_id: flags.RunArg = None, root: RootOpt = None) -> None:
     """The state of each step of a run, as its executor knows it now (SLURM: squeue, then sacct)."""
     from runner import history as records
 

@@ -21,6 +21,8 @@ ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for imag
 ParentOpt = Annotated[str | None, typer.Option("--base-parent", help="Parent of the base image (default python:3.11-slim, "
                                                   "else the offline-bootstrapped one; or ITWIN_RUN_BASE_PARENT).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full build output.")]
+RunArg = Annotated[str | None, typer.Argument(help="A run id from `itwin-run history` (default: the latest).",
+                                             show_default=False)]
 MaxPointsOpt = Annotated[int | None, typer.Option("--max-points", min=1, help="Most points a sweep may have "
                                                                                  "(default: 100).")]
 PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]

@@ -154,7 +154,7 @@ def _size(n: float | None) -> str:
     return "-"
 
 
-def _mlflow_run(log: Path) -> str:
+def mlflow_run(log: Path) -> str:
     try:
         found = RUN_ID.findall(log.read_text(errors="replace"))
     except OSError:
@@ -211,7 +211,7 @@ def render(manifest: dict[str, Any], edges: list[Edge], out: Path) -> str:
             links.append(f'<a href="{html.escape(os.path.relpath(a["log"], here))}">attempt {a["attempt"]}</a>')
         if log:
             links.append(f'<a href="{html.escape(os.path.relpath(log, here))}">log</a>')
-        run = _mlflow_run(Path(log)) if log else ""
+        run = mlflow_run(Path(log)) if log else ""
         why = info.get("reason") or (f"killed: {used['killed']}" if used.get("killed") else "")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
             html.escape(name),

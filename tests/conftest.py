@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -143,3 +144,23 @@ def source_project(root: Path, word: str = "first") -> Path:
 def set_word(root: Path, word: str) -> None:
     (root / "mypkg" / "mypkg" / "__init__.py").write_text(f"WORD = {word!r}\ndef say():\n    print('script', WORD)\n")
 
+
+
+@pytest.fixture(scope="session")
+def validate_crate(tmp_path_factory):
+    """The RO-Crate validator for the provenance-run-crate profile at REQUIRED severity, offline: its HTTP cache
+    seeded with the JSON-LD context the rocrate package ships (../shared/tools). Returns verdict(CRATE_DIR)."""
+    cache = tmp_path_factory.mktemp("roc-cache") / "http_cache"
+    seed = subprocess.run([sys.executable, str(SHARED / "tools" / "rocrate-validator-offline.py"), f"{cache}.sqlite"],
+                          capture_output=True, text=True)
+    assert seed.returncode == 0, seed.stderr
+
+    def verdict(crate: Path) -> dict:
+        out = crate.parent / f"{crate.name}.verdict.json"
+        res = subprocess.run([str(Path(sys.executable).parent / "rocrate-validator"), "-y", "validate", "-p",
+                              "provenance-run-crate", "--no-auto-profile", "--offline", "--skip-availability-check",
+                              "--cache-path", str(cache), "-f", "json", "-o", str(out), str(crate)],
+                             capture_output=True, text=True, timeout=300)
+        assert out.is_file(), res.stdout[-2000:] + res.stderr[-2000:]
+        return json.loads(out.read_text())
+    return verdict

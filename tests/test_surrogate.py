@@ -86,10 +86,11 @@ def test_the_same_workflows_in_cwl_mode(project, docker_client):
     run(project, "use-cases/surrogate/inference-workflow.yml")  # classical steps read what cwltool wrote
 
 
-def test_a_sweep_trains_its_points_two_at_a_time_and_serves_the_best(project, docker_client):
+def test_a_sweep_trains_its_points_two_at_a_time_and_serves_the_best(project, docker_client, tmp_path,
+                                                                     validate_crate):
     """sweep-workflow.yml, smaller: every point a child run of one `train` run in one store; the best by val_loss
     linked as sweep/best and holding the alias the predict step serves; adding a value runs only the new points;
-    a rerun with nothing changed runs nothing."""
+    a rerun with nothing changed runs nothing. The first run's RO-Crate validates, each point its own action."""
     from mlflow.tracking import MlflowClient
 
     wf = project / "use-cases/surrogate/sweep-workflow.yml"
@@ -101,6 +102,17 @@ def test_a_sweep_trains_its_points_two_at_a_time_and_serves_the_best(project, do
     record = json.loads(sorted((project / ".itwin-run/runs").glob("*/manifest.json"))[-1].read_text())
     points = [record["steps"][f"train.hidden_size-{h}_learning_rate-0.002"] for h in (32, 128)]
     assert points[0]["start"] < points[1]["end"] and points[1]["start"] < points[0]["end"]  # side by side
+    res = itwin("crate", "-o", str(tmp_path / "crate"), cwd=project)
+    assert res.returncode == 0, res.stderr
+    verdict = validate_crate(tmp_path / "crate")
+    assert verdict["passed"] and verdict["statistics"]["total_failed_checks"] == 0, verdict.get("issues")
+    graph = {e["@id"]: e for e in json.loads((tmp_path / "crate/ro-crate-metadata.json").read_text())["@graph"]}
+    for h in (32, 128):
+        action = graph[f"#action-train.hidden_size-{h}_learning_rate-0.002"]
+        assert action["instrument"] == {"@id": "#tool-train"} and action["identifier"].startswith("mlflow:runs/")
+        assert action["about"].startswith("models:/oscillator-surrogate/")
+        image = graph[action["containerImage"]["@id"]]
+        assert image["name"].startswith("itwin-run/itwinai-env") and len(image["sha256"]) == 64
 
     wf.write_text(small.replace("[0.002]", "[0.002, 0.0005]"))
     res = itwin("--jobs", "2", str(wf.relative_to(project)), cwd=project,
