@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -166,6 +167,30 @@ def test_forcing_the_sweep_reruns_its_points(tmp_path):
     go(tmp_path, again, force=["train"])
     points = [s.name for s in workflow.load(tmp_path / "wf.yml", root=tmp_path).steps if s.parent]
     assert sorted(again.started) == sorted([*points, "predict"])  # and what reads their dataset
+
+
+def test_ctrl_c_mid_sweep_and_a_rerun_finishes_only_the_unfinished_points(tmp_path):
+    write(tmp_path)
+    act = trains()
+    runner = FakeRunner()
+
+    def point(job) -> int:
+        if job.env[ENV_POINT] == "hidden-64_lr-0.003":
+            os.kill(os.getpid(), signal.SIGINT)
+            runner.stopped.wait(10)
+            return 130
+        return act(job)
+
+    runner.plan = _Points(point)
+    with pytest.raises(session.Interrupted):
+        go(tmp_path, runner, jobs=1)
+    assert not (tmp_path / "data/logs/best").exists()  # no pick from a sweep that did not end
+    again = sweep_runner()
+    go(tmp_path, again)
+    done = {"train.hidden-16_lr-0.003", "train.hidden-16_lr-0.03"}
+    assert set(again.started) == {s.name for s in workflow.load(tmp_path / "wf.yml", root=tmp_path).steps
+                                  if s.parent} - done | {"predict"}
+    assert os.readlink(tmp_path / "data/logs/best") == "hidden-16_lr-0.003"
 
 
 def test_only_the_sweep_runs_its_points(tmp_path):
