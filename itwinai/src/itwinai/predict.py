@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from itwinai.config import ItwinaiError, MLOpsConfig, import_class, read_yaml, require_lightning
+from itwinai.registry import MODEL_TAG
 from itwinai.tracking import ARTIFACTS, DB_NAME, normalise, tracking_uri
 
 DEFAULT_CKPT = "model/checkpoints/best-checkpoint/best-checkpoint.ckpt"
-MODEL_TAG = "itwinai.model_uri"
 URI_PREFIXES = ("models:/", "runs:/")
 
 
