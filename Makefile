@@ -9,7 +9,7 @@ export ITWIN_RUN_WHEELHOUSE ?= $(WHEELHOUSE)
 PIP_FIND := $(if $(WHEELHOUSE),--find-links $(WHEELHOUSE))
 PYTEST_ARGS ?=
 
-.PHONY: all venv bytecode engine base test test-fast stress-fast lint demo clean
+.PHONY: all venv bytecode engine base test test-fast stress-fast lint docs demo clean
 all: venv bytecode engine base
 
 # Byte-compile the checkout's packages (pip does it for installed ones): every itwin-run start then skips compiling
@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml itwinai/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(PIP_FIND) 'torch==2.13.0' --config-settings editable_mode=compat -e '.[test]' -e ./itwinai
+	$(PY) -m pip install -q $(PIP_FIND) 'torch==2.13.0' --config-settings editable_mode=compat -e '.[test,docs]' -e ./itwinai
 	touch $@
 
 # A Docker daemon: use the one that answers, else install Debian's docker.io and start dockerd (root, no systemd).
@@ -47,16 +47,21 @@ stress-fast: venv
 	    echo "stress-fast: run $$i of $(STRESS) failed (log: .stress.log)"; exit 1; }; \
 	done; rm -f .stress.log; echo "stress-fast: $(STRESS) of $(STRESS) passed in $$(( $$(date +%s) - start )) s"
 
-test: venv
-	$(VENV)/bin/ruff check runner itwinai tests bench use-cases
+# The documentation site (MkDocs, strict: a broken link or reference fails): the reference pages generated first.
+docs: venv
+	$(PY) docs/gen.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict  # not -q: it would hide the warnings strict counts
+
+test: venv docs
+	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs
 	$(VENV)/bin/pytest -q $(FAST)
 	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS) $(addprefix --ignore=,$(FAST))
 
 lint: venv
-	$(VENV)/bin/ruff check runner itwinai tests bench use-cases
+	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs
 
 demo: all
 	bash use-cases/mnist/demo.sh
 
 clean:
-	rm -rf $(VENV) .itwin-run data
+	rm -rf $(VENV) .itwin-run data site docs/reference docs/index.md

@@ -7,6 +7,18 @@ from __future__ import annotations
 
 import signal
 
+# Every code itwin-run exits with, and when (the documentation's exit-code table is made from this).
+EXIT_CODES = [
+    ("0", "success: every selected step is done or up to date"),
+    ("1", "the machine's side: the engine or its daemon, a registry, an image build, a step the engine refused, a "
+          "sweep whose points wrote no metric"),
+    ("2", "a usage or workflow problem: a bad flag or combination, a bad or missing file, a refused mount (nothing "
+          "was started)"),
+    ("N", "a step failed with exit code N: the run exits with the first failed step's own code"),
+    ("130, 143, 129, 131", "interrupted: 128 + the signal (Ctrl-C, SIGTERM, a hang-up, SIGQUIT); steps not finished "
+                           "are recorded interrupted"),
+]
+
 
 class UserError(Exception):
     """A problem with the user's input or environment; `exit_code` is what the CLI exits with."""

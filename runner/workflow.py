@@ -76,6 +76,8 @@ class Resources(BaseModel):
 
 
 class Step(BaseModel):
+    """One step: a command run in a container built from `env`, reading its input datasets and writing its output."""
+
     model_config = ConfigDict(extra="forbid")
     input: Name | list[Name] | None = None
     output: Name | None = None
@@ -91,6 +93,8 @@ class Step(BaseModel):
 
 
 class Dataset(BaseModel):
+    """A folder a step reads or writes, mounted at the same path in the container."""
+
     model_config = ConfigDict(extra="forbid")
     location: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
