@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -227,3 +228,46 @@ def wait_for(check, tries: int = 100, every: float = 0.1):
             return value
         time.sleep(every)
     return check()
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (websocket-client): open a page, evaluate JavaScript."""
+
+    def __init__(self, profile: Path):
+        import websocket
+
+        port = free_port()
+        self.proc = subprocess.Popen(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                                      f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tabs = wait_for(lambda: _tabs(port), tries=300)
+        self.ws = websocket.create_connection(next(t for t in tabs if t["type"] == "page")["webSocketDebuggerUrl"],
+                                              timeout=30)
+        self.calls = 0
+
+    def call(self, method: str, **params):
+        self.calls += 1
+        self.ws.send(json.dumps({"id": self.calls, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.calls:
+                return msg.get("result")
+
+    def open(self, url: str) -> None:
+        self.call("Page.enable")
+        self.call("Page.navigate", url=url)
+
+    def value(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _tabs(port: int):
+    try:
+        return json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2))
+    except OSError:
+        return None

@@ -3,6 +3,7 @@ the built pages rendered by headless Chromium from a local web server (no networ
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -56,16 +57,22 @@ def test_reference_pages_come_from_the_schema_the_cli_and_the_exit_codes(site):
     assert any(d["location"].startswith("guide/sweeps/") and "sweep" in d["text"].lower() for d in index)
 
 
-def render(site: Path, page: str) -> str:
+@contextlib.contextmanager
+def served(site: Path):
+    """The site from a local web server (the search needs http:, not file:): its address."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                              "--dump-dom", f"http://127.0.0.1:{server.server_address[1]}/{page}"],
-                             capture_output=True, text=True, timeout=120)
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+def render(site: Path, page: str) -> str:
+    with served(site) as url:
+        res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                              "--dump-dom", f"{url}/{page}"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 
@@ -76,3 +83,18 @@ def test_chromium_renders_the_start_page_and_a_reference_page(site):
     assert 'href="guide/sweeps/"' in start  # the nav
     ref = render(site, "reference/workflow/")
     assert '<h2 id="sweepbest"><code>sweep.best</code>' in ref and ref.count("<table>") >= 8
+
+
+def test_the_search_box_finds_sweep_in_chromium(site, tmp_path):
+    """Material's own search (its web worker and index), asked through the page as a reader would: ?q=sweep."""
+    from tests.services import Browser, wait_for
+
+    with served(site) as url:
+        browser = Browser(tmp_path / "profile")
+        try:
+            browser.open(f"{url}/?q=sweep")
+            links = wait_for(lambda: browser.value("[...document.querySelectorAll('.md-search-result__item a')]"
+                                                   ".map(a => a.getAttribute('href'))"), tries=150, every=0.2)
+        finally:
+            browser.close()
+    assert links and links[0].startswith(f"{url}/guide/sweeps/"), links
