@@ -48,9 +48,10 @@ stress-fast: venv
 	done; rm -f .stress.log; echo "stress-fast: $(STRESS) of $(STRESS) passed in $$(( $$(date +%s) - start )) s"
 
 # The documentation site (MkDocs, strict: a broken link or reference fails): the reference pages generated first.
+# Not -q: it hides the warnings that --strict counts.
 docs: venv
 	$(PY) docs/gen.py
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict  # not -q: it would hide the warnings strict counts
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 test: venv docs
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs
