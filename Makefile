@@ -35,7 +35,7 @@ base: venv engine
 # The fast tier: the run session against an in-process fake engine, the workflow model and the safety checks (seconds,
 # no daemon). `make test` runs it first, then everything against the real engines.
 FAST := tests/test_session.py tests/test_policy.py tests/test_workflow.py tests/test_hostile.py tests/test_report.py \
-	tests/test_suite_rules.py tests/test_layers.py tests/test_plugins.py tests/test_sweep.py tests/test_crate.py
+	tests/test_suite_rules.py tests/test_layers.py tests/test_plugins.py tests/test_sweep.py tests/test_crate.py tests/test_ui.py
 test-fast: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(FAST)
 

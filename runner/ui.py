@@ -3,14 +3,17 @@ so a warm run pays nothing for it."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.status import Status
 
 _ANSI = {"green": "32", "red": "31", "dim": "2", "yellow": "33"}
 
@@ -44,6 +47,30 @@ def console() -> Console:
     # no live display (spinners, cursor moves) where plain() says no escape codes
     return Console(stderr=True, soft_wrap=True, force_terminal=False if plain() else None,
                    no_color=bool(os.environ.get("NO_COLOR")))
+
+
+_SHOWN: list[Status] = []  # the spinner on screen, if any
+
+
+@contextlib.contextmanager
+def status(text: str) -> Iterator[Status]:
+    """A spinner saying `text` while the block runs. Inside another one (pulling wheels while making an overlay), the
+    outer spinner says `text` and then its own again: rich before 14 allows one live display at a time."""
+    if _SHOWN:
+        outer = _SHOWN[-1]
+        before = outer.status
+        outer.update(text)
+        try:
+            yield outer
+        finally:
+            outer.update(before)
+        return
+    with console().status(text) as shown:
+        _SHOWN.append(shown)
+        try:
+            yield shown
+        finally:
+            _SHOWN.pop()
 
 
 def hung_up() -> None:

@@ -146,7 +146,7 @@ class ApptainerBuilder:
         stage = Path(tempfile.mkdtemp(prefix=".overlay-", dir=overlay.parent))
         partial = overlay.with_name(f".{overlay.name}.{os.getpid()}.partial")
         try:
-            with ui.console().status(f"making the source overlay of step {step}"):
+            with ui.status(f"making the source overlay of step {step}"):
                 wheels = fetch(stage)
                 root = stage / "root"
                 proc = subprocess.run(
@@ -204,7 +204,7 @@ class ApptainerBuilder:
         if os.environ.get("ITWIN_RUN_REGISTRY_USER") and os.environ.get("ITWIN_RUN_REGISTRY_PASSWORD"):
             env["APPTAINER_DOCKER_USERNAME"] = os.environ["ITWIN_RUN_REGISTRY_USER"]
             env["APPTAINER_DOCKER_PASSWORD"] = os.environ["ITWIN_RUN_REGISTRY_PASSWORD"]
-        with ui.console().status(doing):
+        with ui.status(doing):
             proc = subprocess.run([*cmd, str(target), source], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-8:]

@@ -126,7 +126,7 @@ class DockerBuilder:
     def bootstrap_parent(self) -> str:
         """Make the offline parent (debootstrap + docker import), for hosts with no registry."""
         script = TEMPLATES / "bootstrap-parent.sh"
-        with ui.console().status(f"bootstrapping {BOOTSTRAP_PARENT} from the Debian mirror (about a minute)…"):
+        with ui.status(f"bootstrapping {BOOTSTRAP_PARENT} from the Debian mirror (about a minute)…"):
             proc = subprocess.run(["bash", str(script), BOOTSTRAP_PARENT], capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -209,7 +209,7 @@ class DockerBuilder:
         layers: dict[str, str] = {}
         digest = ""
         try:
-            with ui.console().status(f"{verb} {ref}") as status:
+            with ui.status(f"{verb} {ref}") as status:
                 for item in call(repo, tag=tag, stream=True, decode=True, auth_config=_auth()):
                     if "error" in item:
                         raise docker.errors.APIError(item["error"])
@@ -289,7 +289,7 @@ class DockerBuilder:
             path = dest / f"{_archive_name(ref)}.tar"
             partial = path.with_name(f".{path.name}.partial")
             image = self.client.images.get(ref)
-            with ui.console().status(f"saving {ref} to {path}"), open(partial, "wb") as f:
+            with ui.status(f"saving {ref} to {path}"), open(partial, "wb") as f:
                 # by this name: an image made for the same content has others (and the first would be saved)
                 for chunk in image.save(named=ref if ref in image.tags else True):
                     f.write(chunk)
@@ -301,7 +301,7 @@ class DockerBuilder:
     def load(self, src: Path) -> list[str]:
         loaded = []
         for path in sorted(src.glob("*.tar")):
-            with ui.console().status(f"loading {path.name}"), open(path, "rb") as f:
+            with ui.status(f"loading {path.name}"), open(path, "rb") as f:
                 try:
                     images = self.client.images.load(f)
                 except docker.errors.APIError as exc:
@@ -332,7 +332,7 @@ class DockerBuilder:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
                 path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels,
                 rm=True, forcerm=True, decode=True, pull=False)
-            with ui.console().status(f"building {ref} (step {step})") as status:
+            with ui.status(f"building {ref} (step {step})") as status:
                 for item in stream:
                     if "error" in item:
                         error = ui.strip_escapes(item["error"]).strip()
