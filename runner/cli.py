@@ -55,6 +55,8 @@ def run(
                                                                   "to date`, then images, argv, mounts; run nothing.")] = False,
     cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images "
                                                    "(the cwl executor).")] = False,
+    provenance: Annotated[bool, typer.Option("--provenance", help="cwl: keep cwltool's provenance research object "
+                                             "(CWLProv) with the run; its crate links it.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Independent steps run at once.")] = 1,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run just this step (repeatable).")] = None,
     from_: Annotated[str | None, typer.Option("--from", help="Run this step and everything downstream.")] = None,
@@ -91,10 +93,11 @@ def run(
         raise UsageError(f"--cwl runs the workflow with cwltool on this machine: it does not combine with "
                          f"--executor {executor_}")
     executor_ = "cwl" if cwl else executor_
-    slurm_flags = [f for f, v in (("--detach", detach), ("--cancel-on-exit", cancel_on_exit), ("--partition", partition),
-                                  ("--time", time_limit), ("--account", account), ("--sbatch-arg", sbatch_arg)) if v]
-    if slurm_flags and executor_ != "slurm":
-        raise UsageError(f"{', '.join(slurm_flags)}: only with --executor slurm")
+    for only_with, given in {"slurm": (("--detach", detach), ("--cancel-on-exit", cancel_on_exit), ("--partition",
+                             partition), ("--time", time_limit), ("--account", account), ("--sbatch-arg", sbatch_arg)),
+                             "cwl": (("--provenance", provenance),)}.items():
+        if executor_ != only_with and any(v for _, v in given):
+            raise UsageError(f"{', '.join(f for f, v in given if v)}: only with --executor {only_with}")
     if memory is not None and not re.match(wfmod.MEMORY, memory):
         raise UsageError(f"--memory {memory}: a size such as 512M or 2G")
     wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
@@ -106,7 +109,7 @@ def run(
     runner = get_runner(engine)
     options: dict[str, object] = {
         "local": {"runner": runner, "jobs": jobs},
-        "cwl": {"runner": runner, "wf": wf, "jobs": jobs, "keep_going": keep_going},
+        "cwl": {"runner": runner, "wf": wf, "jobs": jobs, "keep_going": keep_going, "provenance": provenance},
         "slurm": {"partition": partition, "time": time_limit, "account": account, "extra": sbatch_arg or [],
                   "detach": detach, "cancel_on_exit": cancel_on_exit, "engine": runner.name},
     }.get(executor_, {})  # type: ignore[assignment]

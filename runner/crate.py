@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from runner.cwl import CWL_KEY, PROVENANCE
 from runner.errors import UserError
 from runner.report import mlflow_run
 from runner.workflow import Workflow
@@ -27,6 +28,7 @@ WFRUN = "https://w3id.org/ro/terms/workflow-run#"
 TERMS = {"wfrun": WFRUN, **{t: WFRUN + t for t in ("containerImage", "ContainerImage", "DockerImage", "SIFImage",
                                                    "registry", "tag", "resourceUsage", "exitCode")},
          "ComputationalWorkflow": "https://bioschemas.org/ComputationalWorkflow"}
+CWLPROV = "https://w3id.org/cwl/prov/0.6.0"  # the research object profile cwltool --provenance writes
 MODEL = re.compile(r"registered model '([^']+)' version (\d+)")
 
 
@@ -36,18 +38,21 @@ def write(where: Path, run_id: str | None, out: Path, include_data: bool) -> Non
     from runner import workflow as wfmod
     from runner.state import State
 
-    m = State(where).manifest(run_id)
+    state = State(where)
+    m = state.manifest(run_id)
     if m.get("status") in ("running", "submitted"):
         raise UserError(f"run {m['run_id']} has not ended ({m['status']}): make its crate once it has")
     wf = wfmod.load(m["workflow"], m.get("root"), allowed_mounts=m.get("allowed_mounts") or [])
-    counts = make(m, wf, out.resolve(), include_data)
+    counts = make(m, wf, out.resolve(), include_data, state.runs / m["run_id"] / "cwl" / PROVENANCE)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
     ui.say(f"crate of run {m['run_id']}: {out} ({counts['steps']} steps, {counts['actions']} container runs, "
            f"{counts['entities']} entities, {size / 1e6:.1f} MB)")
 
 
-def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool) -> dict[str, int]:
-    """Write the crate of this run to `out` (a folder, or FILE.zip); returns entity counts for the message."""
+def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool,
+         cwlprov: Path | None = None) -> dict[str, int]:
+    """Write the crate of this run to `out` (a folder, or FILE.zip); returns entity counts for the message.
+    `cwlprov`: where cwltool's research object of a --cwl run would be."""
     from rocrate.model.computerlanguage import ComputerLanguage
     from rocrate.model.contextentity import ContextEntity
     from rocrate.rocrate import ROCrate
@@ -117,6 +122,8 @@ def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool) 
         "object": [datasets[d] for s in wf.steps for d in s.inputs if d not in written],
         "result": [datasets[d] for d in sorted(written)]})
     crate.root_dataset["mentions"] = [run]
+    if manifest.get("executor") == "cwl":
+        _cwl(crate, wf, workflow, run, cwlprov, include_data)
     entity(f"#organize-{manifest['run_id']}", {
         "@type": "OrganizeAction", "name": f"itwin-run {manifest['run_id']} ({manifest.get('engine')} engine, "
                                            f"{manifest.get('executor')} executor)",
@@ -131,6 +138,26 @@ def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool) 
     return {"steps": len(users), "actions": actions, "entities": len(crate.get_entities())}
 
 
+def _cwl(crate, wf: Workflow, workflow, run, cwlprov: Path | None, include_data: bool) -> None:
+    """A --cwl run: the CWL workflow that cwltool ran, part of the main workflow; and, where the run kept one
+    (`--provenance`), cwltool's own research object (CWLProv, a BagIt folder with a snapshot of every CWL file, its
+    PROV graphs and copies of the data) as a Dataset about the run: copied in with the data, else referenced."""
+    from rocrate.model.computerlanguage import cwl
+
+    source = (wf.root / str(wf.extra.get(CWL_KEY, ""))).resolve()
+    lang = crate.add(cwl(crate))
+    crate.add_file(source.as_uri(), properties={
+        "@type": ["File", "SoftwareSourceCode"], "name": source.name, "programmingLanguage": lang,
+        "isPartOf": workflow, "description": f"The CWL workflow ({CWL_KEY}) cwltool ran, each tool in its step's image"})
+    if cwlprov is None or not (cwlprov / "bag-info.txt").is_file():
+        return
+    props = {"name": "cwltool's provenance of this run (CWLProv research object)",
+             "conformsTo": {"@id": CWLPROV}, "about": run}
+    ro = (crate.add_dataset(cwlprov, dest_path="cwlprov/", properties=props) if include_data
+          else crate.add_dataset(cwlprov.as_uri() + "/", properties=props))
+    run["subjectOf"] = ro
+
+
 def _iso(stamp: float | None) -> str | None:
     from datetime import datetime
 
@@ -139,12 +166,18 @@ def _iso(stamp: float | None) -> str | None:
 
 def _action(crate, entity, manifest, wf: Workflow, step, info, attempt, tool, datasets, suffix: str) -> Any:
     """One container run of a step: its image, times, status, params, datasets, usage and MLflow run."""
+    from runner.engines import engine
+
     name = step.name
     image = info.get("image", "")
+    try:
+        kind = engine(manifest["engine"]).image_kind
+    except UserError:  # an engine not installed here: its images are OCI ones unless it said otherwise
+        kind = "DockerImage"
+
     repo, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
     container = entity(f"#image-{image}", {
-        "@type": "ContainerImage", "additionalType": {"@id": WFRUN + ("SIFImage" if manifest["engine"] == "apptainer"
-                                                                         else "DockerImage")},
+        "@type": "ContainerImage", "additionalType": {"@id": WFRUN + kind},
         "name": repo or image, "tag": tag or "latest",
         **({"sha256": info["image_id"].removeprefix("sha256:")} if info.get("image_id") else {})})
     values = []

@@ -21,6 +21,7 @@ from runner.limits import Limits
 from runner.workflow import StepSpec, Workflow
 
 CWL_KEY = "workflowFileCWL"
+PROVENANCE = "provenance"  # cwltool's research object of a --cwl --provenance run: RUN_DIR/cwl/provenance
 
 
 def cwltool() -> str:

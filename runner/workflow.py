@@ -4,17 +4,16 @@
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticError
 
 from runner.errors import UsageError, UserError, ValidationError
 from runner.limits import DURATION, MEMORY, PATTERN_WORDS, Limits, duration_seconds, memory_bytes  # noqa: F401
-from runner.sweep import MAX_POINTS, Point, Sweep, check, points
+from runner.sweep import MAX_POINTS, Point, Scalar, Sweep, check, points
 from runner.yamlfile import by_line, closest, compose, control_characters, dotted, line_of
 
-Scalar = Union[bool, int, float, str]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 # SLURM options become #SBATCH lines of a batch script that runs on the host: each has the shape sbatch documents

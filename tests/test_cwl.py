@@ -68,6 +68,36 @@ def test_cwl_mode_outputs_land_in_datasets(toy, classical, no_leftovers):
     assert len(list((toy / ".itwin-run" / "runs").glob("*/cwltool.log"))) == 1  # kept with the run's record
 
 
+def test_a_cwl_run_with_provenance_has_a_crate_that_links_cwltools_own(toy, docker_client, tmp_path, validate_crate,
+                                                                       no_leftovers):
+    res = itwin("--provenance", "workflow.yml", cwd=toy)
+    assert res.returncode == 2 and "--provenance: only with --executor cwl" in res.stderr
+    with_cwl_section(toy)
+    res = itwin("--cwl", "--provenance", "workflow.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ro = next((toy / ".itwin-run" / "runs").glob("*/cwl/provenance"))
+    assert "Research Object of CWL workflow run" in (ro / "bag-info.txt").read_text()
+    assert (ro / "snapshot" / "square.cwl").is_file()  # cwltool's own snapshot of the tools it ran
+    linked_as = []
+    for crate, data in ((tmp_path / "crate", []), (tmp_path / "with-data", ["--include-data"])):
+        res = itwin("crate", "-o", str(crate), *data, cwd=toy)
+        assert res.returncode == 0, res.stderr
+        verdict = validate_crate(crate)
+        assert verdict["passed"] and verdict["statistics"]["total_failed_checks"] == 0, verdict.get("issues")
+        graph = {e["@id"]: e for e in json.loads((crate / "ro-crate-metadata.json").read_text())["@graph"]}
+        run = next(e for e in graph.values() if e["@id"].startswith("#run-"))
+        linked = graph[run["subjectOf"]["@id"]]
+        assert linked["conformsTo"] == {"@id": "https://w3id.org/cwl/prov/0.6.0"} and linked["about"] == {"@id": run["@id"]}
+        assert {a for a in graph if a.startswith("#action-")} == {"#action-generate", "#action-square",
+                                                                  "#action-summarize"}
+        cwl_file = next(e for e in graph.values() if e["@id"].endswith("/cwl/workflow.cwl"))
+        assert graph[cwl_file["programmingLanguage"]["@id"]]["alternateName"] == "CWL"
+        linked_as.append(linked["@id"])
+    assert linked_as == [ro.as_uri() + "/", "cwlprov/"]  # referenced by default, copied in with the data
+    assert not (tmp_path / "crate" / "cwlprov").exists()
+    assert (tmp_path / "with-data" / "cwlprov" / "snapshot" / "square.cwl").is_file()
+
+
 def test_cwl_mode_with_apptainer(toy, classical, apptainer_env, no_leftovers):
     with_cwl_section(toy)
     res = itwin("--engine", "apptainer", "--cwl", "workflow.yml", cwd=toy, env=apptainer_env)

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from runner import report, session, workflow
-from runner.errors import StepFailed, ValidationError
+from runner.errors import StepFailed, UserError, ValidationError
+from runner.executors.cwl import CwlExecutor
 from runner.executors.local import LocalExecutor
+from runner.executors.slurm import SlurmExecutor
 from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
 from tests.fakes import FakeBuilder, FakeRunner
 
@@ -259,6 +261,19 @@ def test_more_points_than_allowed_need_max_points(tmp_path):
     with pytest.raises(ValidationError, match="4 points, more than 3"):
         workflow.load(tmp_path / "wf.yml", root=tmp_path, max_points=3)
     assert len(workflow.load(tmp_path / "wf.yml", root=tmp_path, max_points=4).steps) == 6
+
+
+@pytest.mark.parametrize("where", ["slurm --detach", "cwl"])
+def test_a_sweep_is_refused_where_no_process_stays_to_pick_the_best(tmp_path, where):
+    path = write(tmp_path)
+    path.write_text(path.read_text() + "workflowFileCWL: wf.cwl\n")
+    (tmp_path / "wf.cwl").write_text("class: Workflow\n")
+    w = workflow.load(path, root=tmp_path)
+    runner = sweep_runner()
+    executor = SlurmExecutor(detach=True) if where.startswith("slurm") else CwlExecutor(runner, w)
+    with pytest.raises(UserError, match=r"wf.yml:\d+: train.sweep: not yet (with --detach|through cwltool)"):
+        session.RunSession(w, FakeBuilder(), runner, executor, session.RunOptions()).run()
+    assert runner.started == [] and not (tmp_path / ".itwin-run" / "runs").exists()
 
 
 def test_the_report_has_a_table_of_points_with_the_best_marked(tmp_path):

@@ -227,6 +227,7 @@ class Engine:
     remove: Callable[[Made], None]
     doctor: Callable[[bool], list]  # (needs_gpu) -> runner.checks.Check of this machine
     aliases: tuple[str, ...] = ()
+    image_kind: str = "DockerImage"  # its images as the Workflow Run Crate terms name them (SIFImage, DockerImage)
 
 
 class StepRunner(Protocol):

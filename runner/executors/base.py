@@ -64,6 +64,7 @@ class Executor(Protocol):
     whole_workflow: bool  # runs all selected steps or none (cwltool): skipped only when every one is up to date
     runs_as_caller: bool  # steps run as the user who started itwin-run (cwltool), not as the session's step user
     single_file_images: bool  # takes a step image as one file (cwltool's SIF): no dependency SIF + source overlay
+    refuses_sweeps: str  # why a sweep cannot run here ("" when it can): the best point is picked by this process
 
     def check(self, opts: RunOptions, steps: list[StepSpec]) -> None:
         """Refuse (UsageError) what this executor cannot honour, before anything starts."""

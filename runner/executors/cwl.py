@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from runner import ui
-from runner.cwl import CWL_KEY, job_order, overrides
+from runner.cwl import CWL_KEY, PROVENANCE, cwltool, job_order, overrides
 from runner.engines.base import StepRunner
 from runner.errors import UsageError
 from runner.executors.base import Outcome, Submission
@@ -34,11 +34,6 @@ _VALIDATION = re.compile(r"(failed validation|is not valid|ValidationException|T
 _STEP_DONE = re.compile(r"\[step ([^\]]+)\] completed (\w+)")
 
 
-def cwltool() -> str:
-    exe = Path(sys.executable).parent / "cwltool"
-    return str(exe) if exe.exists() else (shutil.which("cwltool") or "cwltool")
-
-
 class CwlExecutor:
     name = "cwl"
     orders_itself = True  # cwltool orders the steps
@@ -46,9 +41,12 @@ class CwlExecutor:
     whole_workflow = True  # all steps go to cwltool at once; none can be skipped on its own
     runs_as_caller = True  # cwltool runs the tools as the calling user
     single_file_images = True  # DockerRequirement.dockerImageId: one SIF
+    refuses_sweeps = "through cwltool (a CWL scatter would be its form)"
 
-    def __init__(self, runner: StepRunner, wf: Workflow, jobs: int = 1, keep_going: bool = False):
+    def __init__(self, runner: StepRunner, wf: Workflow, jobs: int = 1, keep_going: bool = False,
+                 provenance: bool = False):
         self.runner, self.wf, self.jobs, self.keep_going = runner, wf, jobs, keep_going
+        self.provenance = provenance  # cwltool's research object (CWLProv) goes into the run's folder
         self.subs: list[Submission] = []
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
@@ -95,6 +93,8 @@ class CwlExecutor:
                 "--on-error", "continue" if self.keep_going else "stop"]
         if self.jobs > 1:
             args.append("--parallel")
+        if self.provenance:
+            args += ["--provenance", str(workdir / PROVENANCE)]
         # cwltool's own temporary and staging directories go under the run's, so nothing is left in /tmp
         args += ["--outdir", str(workdir / "out"), "--tmpdir-prefix", f"{workdir}/tmp-",
                  "--tmp-outdir-prefix", f"{workdir}/out-", "--overrides", str(workdir / "overrides.yml"),

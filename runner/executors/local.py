@@ -43,6 +43,7 @@ class LocalExecutor:
     whole_workflow = False
     runs_as_caller = False
     single_file_images = False
+    refuses_sweeps = ""
 
     def __init__(self, runner: StepRunner, jobs: int = 1):
         self.runner, self.jobs = runner, max(1, jobs)

@@ -83,6 +83,10 @@ class SlurmExecutor:
     runs_as_caller: bool = False
     single_file_images: bool = False
 
+    @property
+    def refuses_sweeps(self) -> str:
+        return "with --detach (this process picks the best point once the points end)" if self.detach else ""
+
     def __post_init__(self) -> None:
         self.run_id, self.run_dir = "", Path(".")
         self._last_poll = 0.0

@@ -18,6 +18,6 @@ from runner.engines.apptainer.tool import one_maker, unwritable
 from runner.engines.base import Engine
 
 ENGINE = Engine(name="apptainer", builder=ApptainerBuilder, runner=ApptainerRunner, made=made, remove=remove,
-                doctor=doctor, aliases=("singularity",))
+                doctor=doctor, aliases=("singularity",), image_kind="SIFImage")
 
 __all__ = ["ENGINE", "ApptainerBuilder", "ApptainerRunner", "one_maker", "unwritable"]
