@@ -54,7 +54,6 @@ def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool,
     """Write the crate of this run to `out` (a folder, or FILE.zip); returns entity counts for the message.
     `cwlprov`: where cwltool's research object of a --cwl run would be."""
     from rocrate.model.computerlanguage import ComputerLanguage
-    from rocrate.model.contextentity import ContextEntity
     from rocrate.rocrate import ROCrate
 
     crate = ROCrate(version="1.1")  # what the Provenance Run Crate 0.5 profile builds on
@@ -63,59 +62,21 @@ def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool,
     crate.description = f"A run of {wf.path.name} by itwin-run ({manifest.get('status')})"
     crate.license = "https://spdx.org/licenses/CC-BY-4.0"
     for url, name in PROFILES.items():
-        crate.add(ContextEntity(crate, url, properties={"@type": "CreativeWork", "name": name, "version": url[-3:]}))
+        _entity(crate, url, {"@type": "CreativeWork", "name": name, "version": url[-3:]})
     crate.root_dataset["conformsTo"] = [{"@id": url} for url in PROFILES]
-
-    def entity(ident: str, props: dict[str, Any]) -> Any:
-        return crate.add(ContextEntity(crate, ident, properties=props))
 
     lang = crate.add(ComputerLanguage(crate, "#itwin-run-workflow", properties={
         "name": "itwin-run workflow (YAML)", "url": {"@id": "https://pypi.org/project/itwin-run/"}}))
     workflow = crate.add_workflow(wf.path, dest_path=wf.path.name, main=True, lang=lang,
                                   properties={"name": wf.path.name, "@type": [
                                       "File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"]})
-    engine = entity("#itwin-run", {"@type": "SoftwareApplication", "name": "itwin-run",
-                                   "softwareVersion": manifest.get("version", "")})
+    engine = _entity(crate, "#itwin-run", {"@type": "SoftwareApplication", "name": "itwin-run",
+                                           "softwareVersion": manifest.get("version", "")})
     datasets = {name: _dataset(crate, name, path, include_data) for name, path in wf.datasets.items()}
-    params: dict[str, Any] = {}
-
-    def formal(ident: str, name: str, kind: str) -> Any:
-        if ident not in params:
-            params[ident] = crate.add_formal_parameter(name, kind, identifier=ident)
-        return params[ident]
-
-    tools, howto = {}, {}
-    users = [s for s in wf.steps if not s.parent]
-    for position, step in enumerate(users):
-        inputs = [formal(f"#{step.name}-in-{d}", d, "Dataset") for d in step.inputs]
-        inputs += [formal(f"#{step.name}-param-{k}", k, "Text") for k in
-                   [*step.params, *(step.sweep.grid if step.sweep else ())]]
-        outputs = [formal(f"#{step.name}-out-{step.output}", step.output, "Dataset")] if step.output else []
-        tools[step.name] = entity(f"#tool-{step.name}", {"@type": "SoftwareApplication", "name": step.command,
-                                                         "input": inputs, "output": outputs})
-        howto[step.name] = entity(f"#step-{step.name}", {"@type": "HowToStep", "name": step.name,
-                                                         "position": str(position),
-                                                         "workExample": tools[step.name]})
-    workflow["hasPart"] = list(tools.values())
-    workflow["step"] = list(howto.values())
-    workflow["input"] = [params[k] for k in params if "-in-" in k or "-param-" in k]
-    workflow["output"] = [params[k] for k in params if "-out-" in k]
-
-    controls, actions = [], 0
-    for name, info in manifest.get("steps", {}).items():
-        if name not in (s.name for s in wf.steps) or not info.get("start") or "argv" not in info:
-            continue  # not run in this run (up to date, skipped), or a sweep's pick (no container)
-        step = wf.step(name)
-        user = step.parent or name
-        for n, attempt in enumerate([*info.get("attempts", [])[:-1], info] if info.get("attempts") else [info], 1):
-            suffix = f"-attempt{n}" if info.get("attempts") else ""
-            action = _action(crate, entity, manifest, wf, step, info, attempt, tools[user], datasets, suffix)
-            actions += 1
-            controls.append(entity(f"#control-{name}{suffix}", {
-                "@type": "ControlAction", "name": f"orchestrate {name}{suffix}", "instrument": howto[user],
-                "object": action, "actionStatus": action["actionStatus"]}))
+    tools, howto = _steps(crate, wf, workflow)
+    controls = _containers(crate, manifest, wf, tools, howto, datasets)
     written = {s.output for s in wf.steps if s.output}
-    run = entity(f"#run-{manifest['run_id']}", {
+    run = _entity(crate, f"#run-{manifest['run_id']}", {
         "@type": "CreateAction", "name": f"run {manifest['run_id']} of {wf.path.name}", "instrument": workflow,
         "startTime": _iso(manifest.get("started")), "endTime": _iso(manifest.get("ended")),
         "actionStatus": "CompletedActionStatus" if manifest.get("status") == "succeeded" else "FailedActionStatus",
@@ -124,7 +85,7 @@ def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool,
     crate.root_dataset["mentions"] = [run]
     if manifest.get("executor") == "cwl":
         _cwl(crate, wf, workflow, run, cwlprov, include_data)
-    entity(f"#organize-{manifest['run_id']}", {
+    _entity(crate, f"#organize-{manifest['run_id']}", {
         "@type": "OrganizeAction", "name": f"itwin-run {manifest['run_id']} ({manifest.get('engine')} engine, "
                                            f"{manifest.get('executor')} executor)",
         "instrument": engine, "object": controls, "result": run,
@@ -135,7 +96,58 @@ def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool,
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out}: not empty: name a new folder or a .zip")
         crate.write(str(out))
-    return {"steps": len(users), "actions": actions, "entities": len(crate.get_entities())}
+    return {"steps": len(tools), "actions": len(controls), "entities": len(crate.get_entities())}
+
+
+def _entity(crate, ident: str, props: dict[str, Any]) -> Any:
+    from rocrate.model.contextentity import ContextEntity
+
+    return crate.add(ContextEntity(crate, ident, properties=props))
+
+
+def _steps(crate, wf: Workflow, workflow) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each step of the file (a sweep once, not its points): its command as a SoftwareApplication with its datasets
+    and params as FormalParameters, and a HowToStep; the workflow's parts, steps, inputs and outputs."""
+    params: dict[str, Any] = {}
+
+    def formal(ident: str, name: str, kind: str) -> Any:
+        if ident not in params:
+            params[ident] = crate.add_formal_parameter(name, kind, identifier=ident)
+        return params[ident]
+
+    tools, howto = {}, {}
+    for position, step in enumerate(s for s in wf.steps if not s.parent):
+        inputs = [formal(f"#{step.name}-in-{d}", d, "Dataset") for d in step.inputs]
+        inputs += [formal(f"#{step.name}-param-{k}", k, "Text") for k in
+                   [*step.params, *(step.sweep.grid if step.sweep else ())]]
+        outputs = [formal(f"#{step.name}-out-{step.output}", step.output, "Dataset")] if step.output else []
+        tools[step.name] = _entity(crate, f"#tool-{step.name}", {"@type": "SoftwareApplication", "name": step.command,
+                                                                 "input": inputs, "output": outputs})
+        howto[step.name] = _entity(crate, f"#step-{step.name}", {"@type": "HowToStep", "name": step.name,
+                                                                 "position": str(position),
+                                                                 "workExample": tools[step.name]})
+    workflow["hasPart"] = list(tools.values())
+    workflow["step"] = list(howto.values())
+    workflow["input"] = [params[k] for k in params if "-in-" in k or "-param-" in k]
+    workflow["output"] = [params[k] for k in params if "-out-" in k]
+    return tools, howto
+
+
+def _containers(crate, manifest, wf: Workflow, tools, howto, datasets) -> list[Any]:
+    """A CreateAction for every container the run ran, each with the ControlAction that ran it (returned)."""
+    controls = []
+    for name, info in manifest.get("steps", {}).items():
+        if name not in (s.name for s in wf.steps) or not info.get("start") or "argv" not in info:
+            continue  # not run in this run (up to date, skipped), or a sweep's pick (no container)
+        step = wf.step(name)
+        user = step.parent or name
+        for n, attempt in enumerate([*info.get("attempts", [])[:-1], info] if info.get("attempts") else [info], 1):
+            suffix = f"-attempt{n}" if info.get("attempts") else ""
+            action = _action(crate, manifest, step, info, attempt, tools[user], datasets, suffix)
+            controls.append(_entity(crate, f"#control-{name}{suffix}", {
+                "@type": "ControlAction", "name": f"orchestrate {name}{suffix}", "instrument": howto[user],
+                "object": action, "actionStatus": action["actionStatus"]}))
+    return controls
 
 
 def _cwl(crate, wf: Workflow, workflow, run, cwlprov: Path | None, include_data: bool) -> None:
@@ -164,7 +176,7 @@ def _iso(stamp: float | None) -> str | None:
     return datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds") if stamp else None
 
 
-def _action(crate, entity, manifest, wf: Workflow, step, info, attempt, tool, datasets, suffix: str) -> Any:
+def _action(crate, manifest, step, info, attempt, tool, datasets, suffix: str) -> Any:
     """One container run of a step: its image, times, status, params, datasets, usage and MLflow run."""
     from runner.engines import engine
 
@@ -176,16 +188,16 @@ def _action(crate, entity, manifest, wf: Workflow, step, info, attempt, tool, da
         kind = "DockerImage"
 
     repo, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
-    container = entity(f"#image-{image}", {
+    container = _entity(crate, f"#image-{image}", {
         "@type": "ContainerImage", "additionalType": {"@id": WFRUN + kind},
         "name": repo or image, "tag": tag or "latest",
         **({"sha256": info["image_id"].removeprefix("sha256:")} if info.get("image_id") else {})})
     values = []
     for key, value in {**step.params}.items():
-        values.append(entity(f"#{name}{suffix}-value-{key}", {
+        values.append(_entity(crate, f"#{name}{suffix}-value-{key}", {
             "@type": "PropertyValue", "name": key, "value": str(value),
             "exampleOfWork": {"@id": f"#{step.parent or name}-param-{key}"}}))
-    usage = [entity(f"#{name}{suffix}-usage-{k}", {"@type": "PropertyValue", "propertyID": k, "name": k,
+    usage = [_entity(crate, f"#{name}{suffix}-usage-{k}", {"@type": "PropertyValue", "propertyID": k, "name": k,
                                                    "value": str(v)})
              for k, v in (attempt.get("usage") or {}).items() if isinstance(v, (int, float))]
     props: dict[str, Any] = {
