@@ -4,7 +4,6 @@ workflow-file reference (from the pydantic schema, with examples from the shippe
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,8 +121,22 @@ def main() -> None:
     (REPO / "docs" / "index.md").write_text(readme.replace("](docs/", "]("))
     (OUT / "workflow.md").write_text(workflow_reference())
     (OUT / "exit-codes.md").write_text(exit_codes())
-    subprocess.run([sys.executable, "-m", "typer", "runner.cli", "utils", "docs", "--name", "itwin-run", "--title",
-                    "CLI reference", "--output", str(OUT / "cli.md")], cwd=REPO, check=True, capture_output=True)
+    (OUT / "cli.md").write_text(cli_reference())
+
+
+def cli_reference() -> str:
+    """What `typer runner.cli utils docs` writes, with `run` given every installed executor's flags first (as
+    `itwin-run run` does)."""
+    import typer
+    import typer.main
+    from typer.cli import get_docs_for_click
+
+    from runner import cli, flags
+
+    flags.executor_flags(cli.run)
+    command = typer.main.get_command(cli.app)
+    return get_docs_for_click(obj=command, ctx=typer.Context(command), name="itwin-run",
+                              title="CLI reference").strip() + "\n"
 
 
 if __name__ == "__main__":

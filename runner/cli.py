@@ -6,7 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -38,6 +38,7 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 
 @app.command()
+@flags.without_settings
 def run(
     workflow: WorkflowArg,
     engine: EngineOpt = "docker",
@@ -55,8 +56,6 @@ def run(
                                                                   "to date`, then images, argv, mounts; run nothing.")] = False,
     cwl: Annotated[bool, typer.Option("--cwl", help="Run the file's workflowFileCWL with cwltool in the step images "
                                                    "(the cwl executor).")] = False,
-    provenance: Annotated[bool, typer.Option("--provenance", help="cwl: keep cwltool's provenance research object "
-                                             "(CWLProv) with the run; its crate links it.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Independent steps run at once.")] = 1,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run just this step (repeatable).")] = None,
     from_: Annotated[str | None, typer.Option("--from", help="Run this step and everything downstream.")] = None,
@@ -69,35 +68,26 @@ def run(
     max_points: flags.MaxPointsOpt = None,
     images: ImagesOpt = None,
     pull: PullOpt = "missing",
-    executor_: Annotated[str, typer.Option("--executor", help="local, slurm (one sbatch job per step) or cwl.")] = "local",
-    detach: Annotated[bool, typer.Option(help="slurm: return after submission (`itwin-run status RUN` later).")] = False,
-    cancel_on_exit: Annotated[bool, typer.Option(help="slurm: scancel the run's jobs on Ctrl-C.")] = False,
-    partition: Annotated[str | None, typer.Option(help="slurm: default partition.")] = None,
-    time_limit: Annotated[str | None, typer.Option("--time", help="slurm: default time limit.")] = None,
-    account: Annotated[str | None, typer.Option(help="slurm: default account.")] = None,
-    sbatch_arg: Annotated[list[str] | None, typer.Option(help="slurm: extra sbatch option, --flag[=value] (repeatable).")] = None,
+    executor_: flags.ExecutorOpt = "local",
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
     verbose: VerboseOpt = False,
+    **settings: Any,  # each executor's own flags (flags.executor_flags)
 ) -> None:
     """Build (when needed) each step's image and run the steps in containers; steps whose image, argv, env, inputs
     and project files are unchanged since they last succeeded (and whose output is intact) are skipped."""
     from runner import session
     from runner import workflow as wfmod
     from runner.engines import get_runner
-    from runner.executors import get_executor
+    from runner.executors import Common, get_executor
     from runner.images import BuildOptions, read_pins
 
     if cwl and executor_ not in ("local", "cwl"):
         raise UsageError(f"--cwl runs the workflow with cwltool on this machine: it does not combine with "
                          f"--executor {executor_}")
     executor_ = "cwl" if cwl else executor_
-    for only_with, given in {"slurm": (("--detach", detach), ("--cancel-on-exit", cancel_on_exit), ("--partition",
-                             partition), ("--time", time_limit), ("--account", account), ("--sbatch-arg", sbatch_arg)),
-                             "cwl": (("--provenance", provenance),)}.items():
-        if executor_ != only_with and any(v for _, v in given):
-            raise UsageError(f"{', '.join(f for f, v in given if v)}: only with --executor {only_with}")
+    own = flags.executor_settings(executor_, settings)
     if memory is not None and not re.match(wfmod.MEMORY, memory):
         raise UsageError(f"--memory {memory}: a size such as 512M or 2G")
     wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
@@ -107,13 +97,7 @@ def run(
                               from_=from_, until=until, force=[] if force else (force_step or None),
                               keep_going=keep_going, dry_run=dry_run, allowed_mounts=allow_mount or [])
     runner = get_runner(engine)
-    options: dict[str, object] = {
-        "local": {"runner": runner, "jobs": jobs},
-        "cwl": {"runner": runner, "wf": wf, "jobs": jobs, "keep_going": keep_going, "provenance": provenance},
-        "slurm": {"partition": partition, "time": time_limit, "account": account, "extra": sbatch_arg or [],
-                  "detach": detach, "cancel_on_exit": cancel_on_exit, "engine": runner.name},
-    }.get(executor_, {})  # type: ignore[assignment]
-    executor = get_executor(executor_, **options)  # type: ignore[arg-type]
+    executor = get_executor(executor_, Common(runner, wf, jobs, keep_going, flags.confirm), own)
     session.RunSession(wf, flags.builder(engine, base_parent, verbose), runner, executor, opts).run()
 
 
@@ -324,7 +308,7 @@ def doctor(
     workflow: Annotated[Path | None, typer.Argument(help="A workflow: check what it needs (its GPUs, its registries).",
                                                      show_default=False)] = None,
     engine: EngineOpt = "docker",
-    executor_: Annotated[str, typer.Option("--executor", help="local, slurm or cwl.")] = "local",
+    executor_: flags.ExecutorOpt = "local",
     root: RootOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
 ) -> None:
@@ -349,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     # `itwin-run [options] workflow.yml` is `itwin-run run …`: insert the default command.
     if args and args[0] not in SUBCOMMANDS:
         args.insert(0, "run")
+    if args[:1] == ["run"]:
+        flags.executor_flags(run)
     try:
         code = app(args, standalone_mode=False, prog_name="itwin-run")
         if isinstance(code, int) and code:  # typer turns Ctrl-C into exit code 130 when not standalone

@@ -3,9 +3,12 @@ itwin-run's voice."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
@@ -25,6 +28,8 @@ RunArg = Annotated[str | None, typer.Argument(help="A run id from `itwin-run his
                                              show_default=False)]
 MaxPointsOpt = Annotated[int | None, typer.Option("--max-points", min=1, help="Most points a sweep may have "
                                                                                  "(default: 100).")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where the steps run: local (the default) or another "
+                                                             "installed executor; flags marked NAME: are its own.")]
 PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
 ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Image pin file from `build --push`: run exactly "
                                                                   "these images.")]
@@ -69,3 +74,57 @@ def usage_error(exc: Exception, args: list[str], commands: set[str]) -> None:
             ui.say(f" {message.rstrip('.')}; {hint}", "red", prefix="error:")
         sys.exit(exc.exit_code)
     raise exc
+
+
+def confirm(question: str) -> bool:
+    """A yes/no question to the user at a terminal (no terminal: no)."""
+    return sys.stdin.isatty() and input(f"\n{question} [y/N] ").strip().lower() == "y"
+
+
+SETTINGS = "__"  # run's keyword for an executor's setting: EXECUTOR__FIELD
+FLAG_OF: dict[str, str] = {}  # EXECUTOR__FIELD -> its flag, once executor_flags() ran
+
+
+def without_settings(command: Callable) -> Callable:
+    """`run` as typer first sees it: its **settings left out (executor_flags() fills them in)."""
+    sig = inspect.signature(command)
+    command.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD])
+    return command
+
+
+def executor_flags(command: Callable) -> None:
+    """Give `command` (run) each installed executor's settings as flags, `--FIELD-NAME` with `EXECUTOR: help`, passed
+    as EXECUTOR__FIELD keywords. This loads the executors, so it is done only for `run`."""
+    from runner.executors import settings
+
+    sig = inspect.signature(command)
+    params = [p for p in sig.parameters.values() if SETTINGS not in p.name]
+    for name, cls in settings().items():
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            if flag in FLAG_OF.values() and FLAG_OF.get(f"{name}{SETTINGS}{f.name}") != flag:
+                raise UsageError(f"executor {name}: its setting {flag} is another executor's too")
+            FLAG_OF[f"{name}{SETTINGS}{f.name}"] = flag
+            listed = f.default is dataclasses.MISSING  # a list: typer gives None when none is given
+            params.append(inspect.Parameter(f"{name}{SETTINGS}{f.name}", inspect.Parameter.KEYWORD_ONLY,
+                                            default=None if listed else f.default, annotation=Annotated[
+                                                hints[f.name] | None if listed else hints[f.name],
+                                                typer.Option(flag, help=f"{name}: {f.metadata['help']}",
+                                                             show_default=False)]))
+    command.__signature__ = sig.replace(parameters=params)
+
+
+def executor_settings(executor: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The chosen executor's settings (field -> value) from run's EXECUTOR__FIELD keywords; a flag of another
+    executor is a usage error."""
+    mine, wrong = {}, []
+    for key, value in given.items():
+        name, _, field = key.partition(SETTINGS)
+        if name == executor and value is not None:
+            mine[field] = value
+        elif name != executor and value not in (None, False, [], ()):
+            wrong.append((name, FLAG_OF.get(key, key)))
+    if wrong:
+        raise UsageError(f"{', '.join(f for _, f in wrong)}: only with --executor {wrong[0][0]}")
+    return mine

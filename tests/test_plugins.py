@@ -73,3 +73,68 @@ def test_an_unknown_engine_names_those_installed(plugin, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown engine 'nosuch': choose one of ") and "toyengine" in err, err
+
+
+EXECUTOR = '''
+from dataclasses import dataclass
+
+from runner.executors.base import setting
+from runner.executors.local import LocalExecutor
+
+MADE = []
+
+
+@dataclass
+class ToySettings:
+    greeting: str = setting("hi", "what it says first.")
+    loud: bool = setting(False, "say it loud.")
+
+
+class ToyExecutor(LocalExecutor):
+    name = "toyexec"
+    settings = ToySettings
+
+    @classmethod
+    def create(cls, common, settings):
+        MADE.append(settings)
+        return cls(common.runner, common.jobs)
+'''
+
+
+@pytest.fixture
+def executor_plugin(tmp_path, monkeypatch):
+    """An installed distribution whose one entry point names an executor with its own settings."""
+    site = tmp_path / "site"
+    (site / "toyexec_plugin").mkdir(parents=True)
+    (site / "toyexec_plugin" / "__init__.py").write_text(EXECUTOR)
+    info = site / "toyexec_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyexec-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[itwin_run.executors]\ntoyexec = toyexec_plugin:ToyExecutor\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield
+    sys.modules.pop("toyexec_plugin", None)
+
+
+def test_an_executor_from_another_package_brings_its_own_flags(executor_plugin, plugin, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # help lines unwrapped
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "env.txt").write_text("")
+    (project / "wf.yml").write_text("datasets: {a: {location: ./data/a}}\nsteps:\n"
+                                    "  - one: {output: a, command: python one.py, env: {file: env.txt}}\n")
+    main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "toyexec: what it says first." in out and "--greeting" in out and "slurm: default partition." in out
+    wf = [str(project / "wf.yml"), "--root", str(project), "--engine", "toyengine"]
+    main(["--executor", "toyexec", "--greeting", "hello", "--loud", *wf])
+    import toyengine_plugin
+    import toyexec_plugin
+
+    assert [(s.greeting, s.loud) for s in toyexec_plugin.MADE] == [("hello", True)] and toyengine_plugin.RAN == ["one"]
+    for flags, wrong in ((["--greeting", "x"], "--greeting: only with --executor toyexec"),
+                         (["--executor", "toyexec", "--partition", "gpu"], "--partition: only with --executor slurm")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*flags, *wf])
+        assert exit_info.value.code == 2 and wrong in capsys.readouterr().err

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from runner import plugins
 from runner.errors import UsageError, UserError
-from runner.executors.base import Executor, Outcome, Submission
+from runner.executors.base import Common, Executor, Outcome, Submission
 
 GROUP = "itwin_run.executors"
 # Where no installed metadata declares any (a source tree run without installing it): the built-in ones.
@@ -29,14 +30,22 @@ def module_of(name: str) -> ModuleType:
     return importlib.import_module(found.get(name, found.get("local", BUILT_IN["local"])).partition(":")[0])
 
 
-def get_executor(name: str, **options: object) -> Executor:
+def get_executor(name: str, common: Common, settings: dict[str, Any] | None = None) -> Executor:
+    """The executor `name` for a run, made from `common` and its own settings (field -> value)."""
     found = available()
     if name not in found:
         raise UsageError(f"--executor: choose one of {', '.join(found)}, not {name!r}")
-    return plugins.load(found[name])(**options)
+    cls = plugins.load(found[name])
+    return cls.create(common, cls.settings(**(settings or {})) if cls.settings else None)
 
 
-__all__ = ["Executor", "Outcome", "Submission", "available", "get_executor", "module_of"]
+def settings() -> dict[str, type]:
+    """Executor name -> its settings dataclass, for those that have one (loads every executor's module)."""
+    return {name: cls.settings for name, target in available().items()
+            if (cls := plugins.load(target)).settings is not None}
+
+
+__all__ = ["Common", "Executor", "Outcome", "Submission", "available", "get_executor", "module_of", "settings"]
 
 
 def follow_detached(root) -> list[str]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.engines.base import Job
+from runner.engines.base import Job, StepRunner
 from runner.images import BuildOptions, Pin
-from runner.workflow import StepSpec
+from runner.workflow import StepSpec, Workflow
 
 
 @dataclass
@@ -57,14 +58,45 @@ class Outcome:
     usage: dict[str, Any] = field(default_factory=dict)  # what the step used, as far as it was measured
 
 
+def no(question: str) -> bool:
+    return False
+
+
+@dataclass
+class Common:
+    """What every executor is made from: the run's step runner and workflow, its common flags, and how to ask the
+    user a yes/no question (the command line's prompt; by default, and with no terminal, the answer is no)."""
+
+    runner: StepRunner
+    wf: Workflow
+    jobs: int = 1
+    keep_going: bool = False
+    ask: Callable[[str], bool] = no
+
+
+def setting(default: Any, help: str, flag: str | None = None) -> Any:
+    """A field of an executor's settings dataclass: the command line makes it `--FIELD-NAME` (or `flag`) on `run`,
+    with this help, given only with that executor (Snakemake's ExecutorSettingsBase is the model)."""
+    meta = {"help": help, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 class Executor(Protocol):
     name: str
+    settings: type | None  # a dataclass of setting() fields: this executor's own flags (None: it has none)
     orders_itself: bool  # takes steps whose upstream steps are still running (their handles in `after`)
     records_itself: bool  # writes step records where the step runs (SLURM jobs outlive a detached session)
     whole_workflow: bool  # runs all selected steps or none (cwltool): skipped only when every one is up to date
     runs_as_caller: bool  # steps run as the user who started itwin-run (cwltool), not as the session's step user
     single_file_images: bool  # takes a step image as one file (cwltool's SIF): no dependency SIF + source overlay
     refuses_sweeps: str  # why a sweep cannot run here ("" when it can): the best point is picked by this process
+
+    @classmethod
+    def create(cls, common: Common, settings: Any) -> Executor:
+        """The executor for a run: from what every executor gets, and its own settings (None when it has none)."""
+        ...
 
     def check(self, opts: RunOptions, steps: list[StepSpec]) -> None:
         """Refuse (UsageError) what this executor cannot honour, before anything starts."""

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from runner import ui
 from runner.cwl import CWL_KEY, PROVENANCE, cwltool, job_order, overrides
 from runner.engines.base import StepRunner
 from runner.errors import UsageError
-from runner.executors.base import Outcome, Submission
+from runner.executors.base import Common, Outcome, Submission, setting
 from runner.workflow import StepSpec, Workflow
 
 _LOCATED = re.compile(r"^\S+:\d+:\d+:")
@@ -34,14 +35,25 @@ _VALIDATION = re.compile(r"(failed validation|is not valid|ValidationException|T
 _STEP_DONE = re.compile(r"\[step ([^\]]+)\] completed (\w+)")
 
 
+@dataclass
+class CwlSettings:
+    provenance: bool = setting(False, "keep cwltool's provenance research object (CWLProv) with the run; its "
+                                      "crate links it.")
+
+
 class CwlExecutor:
     name = "cwl"
+    settings = CwlSettings
     orders_itself = True  # cwltool orders the steps
     records_itself = False
     whole_workflow = True  # all steps go to cwltool at once; none can be skipped on its own
     runs_as_caller = True  # cwltool runs the tools as the calling user
     single_file_images = True  # DockerRequirement.dockerImageId: one SIF
     refuses_sweeps = "through cwltool (a CWL scatter would be its form)"
+
+    @classmethod
+    def create(cls, common: Common, settings: CwlSettings) -> CwlExecutor:
+        return cls(common.runner, common.wf, common.jobs, common.keep_going, settings.provenance)
 
     def __init__(self, runner: StepRunner, wf: Workflow, jobs: int = 1, keep_going: bool = False,
                  provenance: bool = False):

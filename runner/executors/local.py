@@ -15,7 +15,7 @@ from typing import Any
 from runner import ui
 from runner.engines.base import Cancelled, StepRunner, failure_reason
 from runner.errors import UserError
-from runner.executors.base import Outcome, Submission
+from runner.executors.base import Common, Outcome, Submission
 from runner.policy import mask_env, masker
 from runner.workflow import StepSpec
 
@@ -38,12 +38,17 @@ def print_plan(subs: list[Submission], present: dict[str, bool]) -> None:
 
 class LocalExecutor:
     name = "local"
+    settings = None
     orders_itself = False
     records_itself = False
     whole_workflow = False
     runs_as_caller = False
     single_file_images = False
     refuses_sweeps = ""
+
+    @classmethod
+    def create(cls, common: Common, settings: None) -> LocalExecutor:
+        return cls(common.runner, common.jobs)
 
     def __init__(self, runner: StepRunner, jobs: int = 1):
         self.runner, self.jobs = runner, max(1, jobs)

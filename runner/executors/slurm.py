@@ -12,13 +12,15 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from runner import ui
 from runner.engines.watchdog import Watchdog
 from runner.errors import UsageError, UserError
-from runner.executors.base import Outcome, Submission
+from runner.executors.base import Common, Outcome, Submission, no, setting
 from runner.workflow import PARTITION, SBATCH_FLAG, SLURM_TIME, StepSpec, sbatch_flag
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
@@ -68,6 +70,16 @@ def accounting_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 
 @dataclass
+class SlurmSettings:
+    partition: str | None = setting(None, "default partition.")
+    time: str | None = setting(None, "default time limit.")
+    account: str | None = setting(None, "default account.")
+    sbatch_arg: list[str] = setting([], "extra sbatch option, --flag[=value] (repeatable).")
+    detach: bool = setting(False, "return after submission (`itwin-run status RUN` later).")
+    cancel_on_exit: bool = setting(False, "scancel the run's jobs on Ctrl-C.")
+
+
+@dataclass
 class SlurmExecutor:
     partition: str | None = None
     time: str | None = None
@@ -76,12 +88,19 @@ class SlurmExecutor:
     detach: bool = False
     cancel_on_exit: bool = False
     engine: str = "docker"
+    ask: Callable[[str], bool] = no  # the user's yes/no on Ctrl-C: cancel the jobs?
     name: str = "slurm"
+    settings: ClassVar[type] = SlurmSettings
     orders_itself: bool = True
     records_itself: bool = True
     whole_workflow: bool = False
     runs_as_caller: bool = False
     single_file_images: bool = False
+
+    @classmethod
+    def create(cls, common: Common, settings: SlurmSettings) -> SlurmExecutor:
+        return cls(settings.partition, settings.time, settings.account, settings.sbatch_arg, settings.detach,
+                   settings.cancel_on_exit, common.runner.name, common.ask)
 
     @property
     def refuses_sweeps(self) -> str:
@@ -222,8 +241,7 @@ class SlurmExecutor:
         ids = [self._handles[n] for n in active]
         if not ids or self.detach:
             return
-        if force or not interrupted or self.cancel_on_exit or (sys.stdin.isatty() and input(
-                f"\ncancel the run's {len(ids)} unfinished jobs? [y/N] ").strip().lower() == "y"):
+        if force or not interrupted or self.cancel_on_exit or self.ask(f"cancel the run's {len(ids)} unfinished jobs?"):
             subprocess.run(["scancel", *ids])
             ui.say(f"cancelled jobs {' '.join(ids)}", "yellow")
         else:
