@@ -36,6 +36,7 @@ class ApptainerRunner:
         self._cancelled = False
         self._noted = False
         self._watchdog = Watchdog()
+        self._procs: set[subprocess.Popen] = set()  # the apptainer processes of this run's steps still running
 
     def default_user(self, root: Path) -> str:
         return f"{os.getuid()}:{os.getgid()}"  # apptainer runs as the caller; as root, without privileges
@@ -49,18 +50,12 @@ class ApptainerRunner:
         return f"command {missing!r} not found in the image of step {job.step!r} ($PATH of the SIF)" if missing else ""
 
     def interrupt(self, force: bool) -> None:
-        """SIGTERM (SIGKILL when forced) to the apptainer processes this runner started (its children)."""
+        """SIGTERM (SIGKILL when forced) to the apptainer processes of this run's steps; none starts after this."""
         with self._lock:
             self._cancelled = True
-        me = os.getpid()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me:
+            for proc in self._procs:  # os.kill, not send_signal: its poll() could reap what run() waits for
                 try:
-                    os.kill(int(stat.parent.name), signal.SIGKILL if force else signal.SIGTERM)
+                    os.kill(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
                 except ProcessLookupError:
                     pass
 
@@ -99,13 +94,18 @@ class ApptainerRunner:
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                     start_new_session=True)
             self._watchdog.group(proc.pid)
+            self._procs.add(proc)
         started = time.monotonic()
         exited = threading.Event()
         timer = time_limit(job, lambda: self._stop(proc, exited))
         assert proc.stdout is not None
         for line in proc.stdout:
             on_line(line.rstrip("\n"))
-        _, status, rusage = os.wait4(proc.pid, 0)
+        try:
+            _, status, rusage = os.wait4(proc.pid, 0)
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         exited.set()
         self._watchdog.release(proc.pid)
