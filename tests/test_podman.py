@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,51 @@ def test_doctor_as_the_user_says_what_podman_has(podman):
     assert any(ln.startswith("ok   podman: subordinate uid/gid ranges: ") for ln in lines), res.stdout
     assert "ok   podman: catatonit (the steps' init) found" in lines, res.stdout
     assert not services(podman) or wait_for(lambda: not services(podman), tries=200)
+
+
+def test_doctor_on_vfs_storage_says_how_to_switch_to_overlay(podman):
+    """Podman's vfs default (here, for a user with no storage.conf) copies a whole image per container: doctor
+    names the driver and the file to switch it in. A store of its own (rootless_storage_path: its own libpod
+    database too), so the user's overlay store is untouched."""
+    conf, store, runroot = podman.home / "vfs.conf", podman.home / "vfs-store", f"/tmp/vfs-run-{podman.name}"
+    conf.write_text(f'[storage]\ndriver = "vfs"\nrootless_storage_path = "{store}"\nrunroot = "{runroot}"\n')
+    subprocess.run(["chown", f"{podman.name}:", str(conf)], check=True)
+    try:
+        res = podman.itwin("doctor", "--engine", "podman", cwd=podman.home, env={"CONTAINERS_STORAGE_CONF": str(conf)})
+        line = next((ln for ln in res.stdout.splitlines() if "storage driver" in ln), "")
+        assert "storage driver vfs: it copies a whole image for every container" in line, res.stdout
+        assert "switch to overlay in ~/.config/containers/storage.conf" in line, line
+        assert res.returncode == 0, res.stdout  # a warning, not a failure: vfs works, slowly
+    finally:
+        subprocess.run(["rm", "-rf", str(conf), str(store), runroot])
+    overlay = podman.run(["podman", "info", "--format", "{{.Store.GraphDriverName}}"])
+    assert overlay.stdout.strip() == "overlay", overlay.stdout + overlay.stderr
+
+
+def test_prune_removes_the_podman_images_no_record_names(podman):
+    from tests.services import change_packages
+
+    project = podman.project(TOY, "prune")
+    env = project / "envs" / "requirements.txt"
+    change_packages(env, time.time_ns())  # an image no other project of the user's names (the toy's is shared)
+    assert podman.itwin("--engine", "podman", "workflow.yml", cwd=project).returncode == 0
+    first = podman.itwin("build", "--engine", "podman", "workflow.yml", cwd=project).stdout.split()
+    old = first[first.index("generate") + 1]
+    change_packages(env, time.time_ns())  # another image for the step of that env file: `old` is named by none
+    ran = podman.itwin("--engine", "podman", "workflow.yml", cwd=project)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    current = set(podman.itwin("build", "--engine", "podman", "workflow.yml", cwd=project).stdout.split()[1::2])
+    assert old not in current
+    dry = podman.itwin("prune", "--dry-run", cwd=project)
+    assert f"would remove  podman  {old}" in dry.stdout, dry.stdout + dry.stderr
+    assert not any(f"  {ref} " in dry.stdout for ref in current) and "itwin-run/base:" not in dry.stdout
+    res = podman.itwin("prune", cwd=project)
+    assert res.returncode == 0 and f"removed  podman  {old}" in res.stdout, res.stdout + res.stderr
+    left = {ln.removeprefix("docker.io/") for ln in podman.run(["podman", "images", "--format",
+                                                                "{{.Repository}}:{{.Tag}}"]).stdout.split()}
+    assert old not in left and current <= left, left
+    again = podman.itwin("--engine", "podman", "workflow.yml", cwd=project)
+    assert again.returncode == 0 and "built " not in again.stderr, again.stderr[-2000:]
 
 
 def test_cwl_mode_with_podman_writes_what_the_classical_run_writes(podman):
