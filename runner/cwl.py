@@ -18,7 +18,7 @@ import yaml
 
 from runner.errors import UserError
 from runner.limits import Limits
-from runner.workflow import StepSpec, Workflow
+from runner.workflow import StepSpec, Workflow, writers
 
 CWL_KEY = "workflowFileCWL"
 PROVENANCE = "provenance"  # cwltool's research object of a --cwl --provenance run: RUN_DIR/cwl/provenance
@@ -131,9 +131,9 @@ def export(wf: Workflow, images: dict[str, str], outdir: Path) -> list[Path]:
     written = []
     wf_inputs: dict[str, Any] = {}
     wf_steps: dict[str, Any] = {}
-    writers = {s.output: s.name for s in wf.steps if s.output}
+    producers = writers(wf.steps)
     for step in wf.steps:
-        tool, step_in = tool_for(wf, step, images[step.name], writers, wf_inputs)
+        tool, step_in = tool_for(wf, step, images[step.name], producers, wf_inputs)
         path = outdir / f"{step.name}.cwl"
         path.write_text("#!/usr/bin/env cwl-runner\n" + yaml.safe_dump(tool, sort_keys=False))
         written.append(path)

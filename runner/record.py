@@ -10,7 +10,6 @@ from typing import Any
 from runner import ui
 from runner.engines.base import Job
 from runner.policy import mask_env
-from runner.report import edges_of
 from runner.state import this_process
 from runner.workflow import StepSpec, Workflow
 
@@ -20,7 +19,7 @@ def opened(run_id: str, wf: Workflow, engine: str, executor: str, steps: list[St
     names = {s.name for s in steps}
     return {"run_id": run_id, "workflow": str(wf.path), "root": str(wf.root), "engine": engine, "executor": executor,
             "started": time.time(), **this_process(), "status": "running", "selected": [s.name for s in steps],
-            "allowed_mounts": allowed_mounts, "dag": [list(e) for e in edges_of(wf) if {e[0], e[1]} <= names],
+            "allowed_mounts": allowed_mounts, "dag": [list(e) for e in wf.edges() if {e[0], e[1]} <= names],
             "steps": {}}
 
 

@@ -20,13 +20,6 @@ GREY = "#9e9e9e"
 RUN_ID = re.compile(r"\brun_id[=: ]+([0-9a-f]{32})\b")
 
 
-def edges_of(wf: Any) -> list[Edge]:
-    """Writer to reader through a dataset; a sweep's points to its own step through the points' folders."""
-    writers = {s.output: s.name for s in wf.steps if s.output and not s.parent}
-    return [*((f"{s.name}.{p.slug}", s.name, f"{s.output}/{p.slug}") for s in wf.steps for p in s.points),
-            *((writers[d], s.name, d) for s in wf.steps if not s.points for d in s.inputs if d in writers)]
-
-
 # ---------------------------------------------------------------- the DAG as text
 
 
@@ -277,7 +270,7 @@ def write(where: Path, run_id: str | None, output: Path | None) -> Path:
         try:
             from runner import workflow as wfmod
 
-            edges = edges_of(wfmod.load(m["workflow"], m.get("root")))
+            edges = wfmod.load(m["workflow"], m.get("root")).edges()
         except (UserError, KeyError):
             edges = []
     try:
@@ -295,4 +288,4 @@ def graph(path: Path, root: Path | None, fmt: str) -> str:
     if render is None:
         raise UsageError(f"--format {fmt}: one of dot, mermaid, svg")
     wf = wfmod.load(path, root)
-    return render([s.name for s in wf.steps], edges_of(wf))
+    return render([s.name for s in wf.steps], wf.edges())

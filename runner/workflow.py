@@ -145,6 +145,13 @@ class Workflow:
                 return s
         raise UserError(f"no step named {name!r} in {self.path}")
 
+    def edges(self) -> list[tuple[str, str, str]]:
+        """(writer, reader, dataset) of every edge of the DAG; a sweep's points lead to its own step through their
+        folders (DATASET/POINT)."""
+        by = writers(self.steps)
+        return [*((f"{s.name}.{p.slug}", s.name, f"{s.output}/{p.slug}") for s in self.steps for p in s.points),
+                *((by[d], s.name, d) for s in self.steps if not s.points for d in s.inputs if d in by)]
+
     def output_dir(self, step: StepSpec) -> Path | None:
         """Where the step writes: its output dataset, or a point's own folder in it."""
         if not step.output:
@@ -371,11 +378,15 @@ def _order(steps: list[StepSpec]) -> list[StepSpec] | str:
     return done
 
 
+def writers(steps: list[StepSpec]) -> dict[str, str]:
+    """Dataset -> the step that writes it (a sweep's own step writes its dataset, after its points)."""
+    return {s.output: s.name for s in steps if s.output and not s.parent}
+
+
 def needs(steps: list[StepSpec]) -> dict[str, set[str]]:
-    """Step name -> the steps that write its inputs (a sweep's own step writes its dataset, after its points)."""
-    writers = {s.output: s.name for s in steps if s.output and not s.parent}
-    return {s.name: {writers[d] for d in s.inputs if d in writers} | {f"{s.name}.{p.slug}" for p in s.points}
-            for s in steps}
+    """Step name -> the steps that write its inputs (a sweep: its points)."""
+    by = writers(steps)
+    return {s.name: {by[d] for d in s.inputs if d in by} | {f"{s.name}.{p.slug}" for p in s.points} for s in steps}
 
 
 def dependencies(wf: Workflow) -> dict[str, set[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from runner import report, workflow
+from runner import workflow
 from tests.conftest import itwin
 from tests.fakes import FakeRunner, fails
 from tests.test_session import CHAIN, FORK, last_manifest, project, run  # noqa: F401  (project is a fixture)
@@ -17,7 +17,7 @@ def test_dag_in_dot_mermaid_and_svg(tmp_path):
     (tmp_path / "env.txt").write_text("")
     (tmp_path / "fork.yml").write_text(FORK)
     wf = workflow.load(tmp_path / "fork.yml", root=tmp_path)
-    assert sorted(report.edges_of(wf)) == [("a", "c", "a"), ("b", "c", "b")]
+    assert sorted(wf.edges()) == [("a", "c", "a"), ("b", "c", "b")]
     dot = itwin("dag", "fork.yml", cwd=tmp_path).stdout
     assert dot.startswith("digraph workflow {") and '"a" -> "c" [label="a"];' in dot and '"b" -> "c"' in dot
     mermaid = itwin("dag", "--format", "mermaid", "fork.yml", cwd=tmp_path).stdout

@@ -279,7 +279,7 @@ def test_a_sweep_is_refused_where_no_process_stays_to_pick_the_best(tmp_path, wh
 def test_the_report_has_a_table_of_points_with_the_best_marked(tmp_path):
     write(tmp_path)
     s = go(tmp_path, sweep_runner())
-    page = report.render(s.manifest, report.edges_of(s.wf), tmp_path / "r.html")
+    page = report.render(s.manifest, s.wf.edges(), tmp_path / "r.html")
     table = page.split('<table class="sweep">')[1].split("</table>")[0]
     assert table.count("<tr>") == 5 and "<th>model.init_args.lr</th>" in table and "<th>val_loss</th>" in table
     best = [row for row in table.split("<tr>") if 'class="best"' in row]

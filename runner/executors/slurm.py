@@ -21,7 +21,7 @@ from runner import ui
 from runner.engines.watchdog import Watchdog
 from runner.errors import UsageError, UserError
 from runner.executors.base import Common, Outcome, Submission, no, setting
-from runner.workflow import PARTITION, SBATCH_FLAG, SLURM_TIME, StepSpec, sbatch_flag
+from runner.workflow import PARTITION, SBATCH_FLAG, SLURM_TIME, StepSpec, needs, sbatch_flag
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "SPECIAL_EXIT", "REVOKED"}
@@ -169,9 +169,9 @@ class SlurmExecutor:
                            "exit_file": str(sub.log.with_suffix(".exit"))}, indent=1, default=str)
 
     def dry_run(self, subs: list[Submission], present: dict[str, bool]) -> None:
-        handles = {}
+        handles, upstream = {}, needs([s.step for s in subs])
         for sub in subs:
-            sub.after = [handles[u] for u in _upstream(sub, subs) if u in handles]
+            sub.after = [handles[u] for u in sorted(upstream[sub.step.name]) if u in handles]
             handles[sub.step.name] = f"<{sub.step.name}>"
             print(f"# ---- {sub.step.name}.sbatch\n{self.script(sub, sub.log.with_suffix('.job.json'))}")
 
@@ -265,11 +265,6 @@ class SlurmExecutor:
         for line in complete.split("\n"):
             sys.stdout.write(f"{name} | {line}\n")
         sys.stdout.flush()
-
-
-def _upstream(sub: Submission, subs: list[Submission]) -> list[str]:
-    writers = {s.output: s.step.name for s in subs if s.output}
-    return [writers[p] for p in sub.inputs.values() if p in writers]
 
 
 def job_states(jobs: dict[str, Path]) -> dict[str, tuple[str, int | None]]:
