@@ -1,13 +1,13 @@
 """MNIST with Podman against Docker, side by side in one run (Podman as a non-root user made here as the tests make
-theirs: useradd, the wheel in ~/venv, rootless Podman on fuse-overlayfs, the base loaded from Docker's; Docker as
-root on a copy of the same project):
+theirs: useradd, the wheel in ~/venv, rootless Podman on overlay, the kernel's or with --fuse fuse-overlayfs, the base
+loaded from Docker's; Docker as root on a copy of the same project):
 
   - a one-line edit of the itwinai source (the training step's image): rebuild time and the bytes of the layers the
     new image does not share with the one before, Podman against Docker (alternating rounds, medians)
   - the training and inference workflows end to end with each engine: checksums of the preprocessed data and of
     the predictions, and the accuracy
 
-Run as root after `make`: .venv/bin/python bench/podman_mnist.py [--rounds N]
+Run as root after `make`: .venv/bin/python bench/podman_mnist.py [--rounds N] [--fuse]
 """
 
 from __future__ import annotations
@@ -83,13 +83,15 @@ def outputs(root: Path) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fuse", action="store_true", help="the user's Podman on fuse-overlayfs, not the kernel's overlay")
     args = ap.parse_args()
     dist = Path("/tmp/itwin-bench-wheel")
     shutil.rmtree(dist, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO), "-w",
                     str(dist)], check=True, capture_output=True)
     user = make_user("itwinbench", next(dist.glob("*.whl")))
-    rootless_podman(user)
+    rootless_podman(user, fuse=args.fuse)
+    print("podman storage: overlay " + ("through fuse-overlayfs" if args.fuse else "(the kernel's, rootless)"))
     podman_base(user, ITWIN)
     pod = user.home / "mnist"
     shutil.rmtree(pod, ignore_errors=True)

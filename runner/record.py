@@ -14,6 +14,32 @@ from runner.state import this_process
 from runner.workflow import StepSpec, Workflow
 
 
+def failed(status: str | None) -> bool:
+    """A status that keeps what reads the step's output from running (skipped ones pass it on downstream)."""
+    return status == "failed" or (status or "").startswith(("stopped", "skipped"))
+
+
+def upstream_failed(name: str, deps: dict[str, set[str]], status: dict[str, str]) -> bool:
+    """Whether a step upstream of `name` (its writers, theirs, ...) failed or was skipped."""
+    todo, seen = list(deps[name]), set()
+    while todo:
+        d = todo.pop()
+        if failed(status.get(d)):
+            return True
+        if d not in seen:
+            seen.add(d)
+            todo += deps.get(d, ())
+    return False
+
+
+def attempt(entry: dict[str, Any], out: Any, log: Path) -> None:
+    """An attempt of a retried step joins its entry's list (`out`: its executor's Outcome)."""
+    entry.setdefault("attempts", []).append({
+        "attempt": len(entry["attempts"]) + 1, "status": out.status, "exit_code": out.exit_code,
+        **({"reason": out.reason} if out.reason else {}), "start": entry.get("start"), "end": time.time(),
+        "log": str(log), "usage": out.usage})
+
+
 def opened(run_id: str, wf: Workflow, engine: str, executor: str, steps: list[StepSpec],
            allowed_mounts: list[str]) -> dict[str, Any]:
     names = {s.name for s in steps}

@@ -180,41 +180,55 @@ def sweep_tables(steps: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+STYLE = """body { font-family: sans-serif; margin: 24px; color: #212121; }
+h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border-bottom: 1px solid #e0e0e0; padding: 6px 10px; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; }
+.st { color: #fff; border-radius: 4px; padding: 1px 6px; white-space: nowrap; }
+.why { color: #c62828; font-size: 12px; margin-top: 3px; } .id { color: #757575; font-size: 11px; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 4px 16px; font-size: 13px; }
+dt { color: #757575; } dd { margin: 0; }
+.best { background: #2e7d32; color: #fff; border-radius: 4px; padding: 0 5px; font-size: 11px; }"""
+
+
+def _row(name: str, info: dict[str, Any], status: str, here: Path) -> str:
+    """A step's row of the table: status (and why), duration, CPU, peak memory, image, attempts, logs, MLflow run."""
+    used, limits = info.get("usage") or {}, info.get("limits") or {}
+    start, end = info.get("start"), info.get("end")
+    duration = f"{end - start:.1f} s" if start and end else "-"
+    cpu = "-"
+    if used.get("cpu_s") is not None:
+        share = f" ({used['cpu_s'] / used['wall_s']:.2f} CPUs)" if used.get("wall_s") else ""
+        cpu = f"{used['cpu_s']:.1f} s{share}"
+    peak = _size(used.get("peak_memory"))
+    if limits.get("memory"):
+        peak += f" / {limits['memory']}"
+    log = info.get("log")
+    links = []
+    for a in info.get("attempts", [])[:-1]:
+        links.append(f'<a href="{html.escape(os.path.relpath(a["log"], here))}">attempt {a["attempt"]}</a>')
+    if log:
+        links.append(f'<a href="{html.escape(os.path.relpath(log, here))}">log</a>')
+    run = mlflow_run(Path(log)) if log else ""
+    why = info.get("reason") or (f"killed: {used['killed']}" if used.get("killed") else "")
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in (
+        html.escape(name),
+        f'<span class="st" style="background:{COLOURS.get(status, GREY)}">{html.escape(status)}'
+        f"</span>" + (f'<div class="why">{html.escape(why)}</div>' if why else ""),
+        duration, cpu, html.escape(peak),
+        f'<code>{html.escape(info.get("image", "-"))}</code>' +
+        (f'<div class="id">{html.escape(info["image_id"][:19])}</div>' if info.get("image_id") else ""),
+        str(len(info.get("attempts") or []) or (1 if start else 0)),
+        " ".join(links) or "-", f"<code>{run}</code>" if run else "-")) + "</tr>"
+
+
 def render(manifest: dict[str, Any], edges: list[Edge], out: Path) -> str:
     steps = manifest.get("steps", {})
     names = list(manifest.get("selected") or steps)
     status = {n: steps.get(n, {}).get("status", "not run") for n in names}
     here = out.resolve().parent
-    rows = []
-    for name in names:
-        info = steps.get(name, {})
-        used, limits = info.get("usage") or {}, info.get("limits") or {}
-        start, end = info.get("start"), info.get("end")
-        duration = f"{end - start:.1f} s" if start and end else "-"
-        cpu = "-"
-        if used.get("cpu_s") is not None:
-            share = f" ({used['cpu_s'] / used['wall_s']:.2f} CPUs)" if used.get("wall_s") else ""
-            cpu = f"{used['cpu_s']:.1f} s{share}"
-        peak = _size(used.get("peak_memory"))
-        if limits.get("memory"):
-            peak += f" / {limits['memory']}"
-        log = info.get("log")
-        links = []
-        for a in info.get("attempts", [])[:-1]:
-            links.append(f'<a href="{html.escape(os.path.relpath(a["log"], here))}">attempt {a["attempt"]}</a>')
-        if log:
-            links.append(f'<a href="{html.escape(os.path.relpath(log, here))}">log</a>')
-        run = mlflow_run(Path(log)) if log else ""
-        why = info.get("reason") or (f"killed: {used['killed']}" if used.get("killed") else "")
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-            html.escape(name),
-            f'<span class="st" style="background:{COLOURS.get(status[name], GREY)}">{html.escape(status[name])}'
-            f"</span>" + (f'<div class="why">{html.escape(why)}</div>' if why else ""),
-            duration, cpu, html.escape(peak),
-            f'<code>{html.escape(info.get("image", "-"))}</code>' +
-            (f'<div class="id">{html.escape(info["image_id"][:19])}</div>' if info.get("image_id") else ""),
-            str(len(info.get("attempts") or []) or (1 if start else 0)),
-            " ".join(links) or "-", f"<code>{run}</code>" if run else "-")) + "</tr>")
+    rows = [_row(name, steps.get(name, {}), status[name], here) for name in names]
     title = f"itwin-run {manifest.get('run_id', '?')}"
     counts: dict[str, int] = {}
     for s in status.values():
@@ -223,16 +237,7 @@ def render(manifest: dict[str, Any], edges: list[Edge], out: Path) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
-body {{ font-family: sans-serif; margin: 24px; color: #212121; }}
-h1 {{ font-size: 20px; }} h2 {{ font-size: 16px; margin-top: 28px; }}
-table {{ border-collapse: collapse; font-size: 13px; }}
-th, td {{ border-bottom: 1px solid #e0e0e0; padding: 6px 10px; text-align: left; vertical-align: top; }}
-th {{ background: #f5f5f5; }}
-.st {{ color: #fff; border-radius: 4px; padding: 1px 6px; white-space: nowrap; }}
-.why {{ color: #c62828; font-size: 12px; margin-top: 3px; }} .id {{ color: #757575; font-size: 11px; }}
-dl {{ display: grid; grid-template-columns: max-content auto; gap: 4px 16px; font-size: 13px; }}
-dt {{ color: #757575; }} dd {{ margin: 0; }}
-.best {{ background: #2e7d32; color: #fff; border-radius: 4px; padding: 0 5px; font-size: 11px; }}
+{STYLE}
 </style></head><body>
 <h1>{html.escape(title)}: {html.escape(manifest.get('status', '?'))}</h1>
 <dl>

@@ -24,11 +24,25 @@ from runner.executors.base import Executor, Outcome, RunOptions, Submission
 from runner.freshness import Freshness
 from runner.images import LABEL, BuildOptions
 from runner.plan import check_access, check_inputs, job_for, prepare_output, resolve_images, select
+from runner.record import failed, upstream_failed
 from runner.state import State, complete_step
 from runner.sweep import settle
 from runner.workflow import StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
+
+
+@dataclasses.dataclass
+class Loop:
+    """The scheduling loop's state: steps still to start, those running (with every handle), the first failure."""
+
+    pending: list[StepSpec]
+    active: dict[str, Submission] = dataclasses.field(default_factory=dict)
+    handles: dict[str, str] = dataclasses.field(default_factory=dict)
+    failure: Outcome | None = None
+    stopping: bool = False  # siblings of a failed step are being stopped (no --keep-going)
+    cancel_sent: bool = False
+    kill_sent: bool = False
 
 
 # ---------------------------------------------------------------- the session
@@ -143,27 +157,18 @@ class RunSession:
         job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits)
         output = self.wf.output_dir(step)
         return Submission(step=step, job=job, key=State.record_key(self.wf.root, self.wf.path, step.name),
-                          parts=self._parts(step, job) if fingerprinted else {},
+                          parts=self.freshness.parts(step, job, self.runner.name) if fingerprinted else {},
                           inputs={d: str(self.wf.datasets[d]) for d in step.inputs},
                           output=str(output) if output else None, log=self.run_dir / f"{step.name}.log", after=after)
-
-    def _parts(self, step: StepSpec, job: Job) -> dict[str, Any]:
-        return self.freshness.parts(step, job, self.runner.name)
 
     def _up_to_date(self, sub: Submission) -> bool:
         return self.freshness.holds(sub, self.opts.force, self.status)
 
     def _schedule(self, steps: list[StepSpec], images: dict[str, str]) -> None:
-        deps = self._deps = {s.name: dependencies(self.wf)[s.name] & {x.name for x in steps} for s in steps}
-        pending = list(steps)
-        active: dict[str, Submission] = {}
-        handles: dict[str, str] = {}
-        failure: Outcome | None = None
-        stopping = False  # siblings of a failed step are being stopped (no --keep-going)
-        cancel_sent = kill_sent = False
+        self._deps = {s.name: dependencies(self.wf)[s.name] & {x.name for x in steps} for s in steps}
+        loop = Loop(list(steps))
         self.executor.start(self.run_id, self.run_dir, {f"{LABEL}.run": self.run_id})
-        whole = self.executor.whole_workflow
-        if whole:  # all or nothing: up to date only when every step is
+        if self.executor.whole_workflow:  # all or nothing: up to date only when every step is
             subs = [self._submission(s, images[s.name], []) for s in steps]
             fresh = [self._up_to_date(sub) for sub in subs]
             for sub in (sub for sub, ok in zip(subs, fresh, strict=True) if ok):
@@ -171,86 +176,103 @@ class RunSession:
             if all(fresh):
                 for step in steps:
                     self._finish(step.name, "up to date")
-                pending = []
+                loop.pending = []
         try:
-            while pending or active:
-                if not self.cancel_code and not stopping:
-                    for step in list(pending):
-                        if not self.executor.has_room(len(active)):
-                            break
-                        if step.sweep:  # once every point has ended: the best of them goes on
-                            if all(self.status.get(u) not in (None, "running") for u in deps[step.name]):
-                                pending.remove(step)
-                                joined = self._join(step)  # always: with --keep-going a point may have failed
-                                failure = failure or joined
-                            continue
-                        if any(self._failed(self.status.get(u)) for u in deps[step.name]):
-                            pending.remove(step)
-                            self._finish(step.name, "skipped: upstream failed")
-                            continue
-                        if step.parent and self._busy(step.parent, active):
-                            continue
-                        waiting = [u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date")]
-                        if waiting and not (self.executor.orders_itself and all(u in handles for u in waiting)):
-                            continue
-                        pending.remove(step)
-                        sub = self._submission(step, images[step.name], [handles[u] for u in waiting])
-                        if not waiting and not whole and self._up_to_date(sub):
-                            self._finish(step.name, "up to date")
-                            continue
-                        self._begin_step(sub)
-                        handles[step.name] = self.executor.submit(sub)
-                        self.manifest["steps"][step.name]["handle"] = handles[step.name]
-                        active[step.name] = sub
-                        self.status[step.name] = "running"
-                    if self.executor.detached(active):
+            while loop.pending or loop.active:
+                if not self.cancel_code and not loop.stopping:
+                    self._start_ready(loop, images)
+                    if self.executor.detached(loop.active):
                         self.manifest["status"] = "submitted"
-                        active = {}  # they run on without us
+                        loop.active = {}  # they run on without us
                         return
-                if self.cancel_code or stopping:
-                    for step in pending:
-                        self._finish(step.name, "skipped: upstream failed" if self._upstream_failed(step.name, deps)
-                                     else "not run")
-                    pending = []
-                if not active:
-                    continue
-                self._flush()
-                for out in self.executor.poll(active, timeout=0.2):
-                    sub = active.pop(out.step)
-                    again = self._retry(sub, out, stopping)
-                    if again:
-                        handles[out.step] = self.executor.submit(again)
-                        active[out.step] = again
-                        continue
-                    failed = self._outcome(sub, out, stopping)
-                    failure = failure or failed  # the run ends with the first failure (later ones are said as they come)
-                if failure and not self.opts.keep_going and not stopping:
-                    stopping = True
-                    if active:
-                        ui.say(f"stopping the running steps: {failure.step} failed (--keep-going lets them finish)",
-                               "yellow")
-                        self.executor.cancel(active, force=False, interrupted=False)
-                if self.cancel_code and active:
-                    if not cancel_sent:
-                        cancel_sent = True
-                        ui.say("interrupted: stopping running steps (Ctrl-C again to kill them now)", "yellow")
-                        self.executor.cancel(active, force=False, interrupted=True)
-                    elif not kill_sent and time.monotonic() - (self._cancelled_at or 0) >= GRACE:
-                        kill_sent = True
-                        self.executor.cancel(active, force=True, interrupted=True)
-                    if self.executor.detached(active):  # SLURM: the jobs go on without us
-                        self.manifest["status"] = "submitted"
-                        active = {}
+                if self.cancel_code or loop.stopping:
+                    for step in loop.pending:
+                        self._finish(step.name, "skipped: upstream failed" if upstream_failed(
+                            step.name, self._deps, self.status) else "not run")
+                    loop.pending = []
+                if loop.active:
+                    self._flush()
+                    self._collect(loop)
+                    if self._stop(loop):
                         break
         finally:
-            if active:  # an error of ours (not of a step): leave nothing running behind
-                self.executor.cancel(active, force=True, interrupted=True)
+            if loop.active:  # an error of ours (not of a step): leave nothing running behind
+                self.executor.cancel(loop.active, force=True, interrupted=True)
             self.executor.close()
         if self.cancel_code:
             raise Interrupted(self.cancel_code)
-        if failure:
-            raise StepFailed(failure.step, failure.exit_code or 1, failure.tail, str(self.run_dir / f"{failure.step}.log"),
-                             reason=failure.reason)
+        if loop.failure:
+            raise StepFailed(loop.failure.step, loop.failure.exit_code or 1, loop.failure.tail,
+                             str(self.run_dir / f"{loop.failure.step}.log"), reason=loop.failure.reason)
+
+    def _start_ready(self, loop: Loop, images: dict[str, str]) -> None:
+        """Submit each pending step whose inputs are ready (or, to an executor that orders steps itself, submitted);
+        settle those that need not run."""
+        deps, whole = self._deps, self.executor.whole_workflow
+        for step in list(loop.pending):
+            if not self.executor.has_room(len(loop.active)):
+                break
+            if step.sweep:  # once every point has ended: the best of them goes on
+                if all(self.status.get(u) not in (None, "running") for u in deps[step.name]):
+                    loop.pending.remove(step)
+                    joined = self._join(step)  # always: with --keep-going a point may have failed
+                    loop.failure = loop.failure or joined
+                continue
+            if any(failed(self.status.get(u)) for u in deps[step.name]):
+                loop.pending.remove(step)
+                self._finish(step.name, "skipped: upstream failed")
+                continue
+            if step.parent and self._busy(step.parent, loop.active):
+                continue
+            waiting = [u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date")]
+            if waiting and not (self.executor.orders_itself and all(u in loop.handles for u in waiting)):
+                continue
+            loop.pending.remove(step)
+            sub = self._submission(step, images[step.name], [loop.handles[u] for u in waiting])
+            if not waiting and not whole and self._up_to_date(sub):
+                self._finish(step.name, "up to date")
+                continue
+            self._begin_step(sub)
+            loop.handles[step.name] = self.executor.submit(sub)
+            self.manifest["steps"][step.name]["handle"] = loop.handles[step.name]
+            loop.active[step.name] = sub
+            self.status[step.name] = "running"
+
+    def _collect(self, loop: Loop) -> None:
+        """The outcomes of steps that ended (a failed one with retries left runs again); after a failure without
+        --keep-going, the running steps are stopped."""
+        for out in self.executor.poll(loop.active, timeout=0.2):
+            sub = loop.active.pop(out.step)
+            again = self._retry(sub, out, loop.stopping)
+            if again:
+                loop.handles[out.step] = self.executor.submit(again)
+                loop.active[out.step] = again
+                continue
+            failure = self._outcome(sub, out, loop.stopping)
+            loop.failure = loop.failure or failure  # the run ends with the first (later ones are said as they come)
+        if loop.failure and not self.opts.keep_going and not loop.stopping:
+            loop.stopping = True
+            if loop.active:
+                ui.say(f"stopping the running steps: {loop.failure.step} failed (--keep-going lets them finish)",
+                       "yellow")
+                self.executor.cancel(loop.active, force=False, interrupted=False)
+
+    def _stop(self, loop: Loop) -> bool:
+        """After an interrupt: stop the running steps, kill them after GRACE; True when they go on without us."""
+        if not (self.cancel_code and loop.active):
+            return False
+        if not loop.cancel_sent:
+            loop.cancel_sent = True
+            ui.say("interrupted: stopping running steps (Ctrl-C again to kill them now)", "yellow")
+            self.executor.cancel(loop.active, force=False, interrupted=True)
+        elif not loop.kill_sent and time.monotonic() - (self._cancelled_at or 0) >= GRACE:
+            loop.kill_sent = True
+            self.executor.cancel(loop.active, force=True, interrupted=True)
+        if self.executor.detached(loop.active):  # SLURM: the jobs go on without us
+            self.manifest["status"] = "submitted"
+            loop.active = {}
+            return True
+        return False
 
     def _busy(self, sweep: str, active: dict[str, Submission]) -> bool:
         """Whether the sweep runs as many points as its `parallel` allows."""
@@ -277,22 +299,6 @@ class RunSession:
             ui.say(f" {step.name}: {lines[-1]}", "green", prefix="✓")
         return None
 
-    @staticmethod
-    def _failed(status: str | None) -> bool:
-        """A status that keeps what reads the step's output from running (skipped ones pass it on downstream)."""
-        return status == "failed" or (status or "").startswith(("stopped", "skipped"))
-
-    def _upstream_failed(self, name: str, deps: dict[str, set[str]]) -> bool:
-        todo, seen = list(deps[name]), set()
-        while todo:
-            d = todo.pop()
-            if self._failed(self.status.get(d)):
-                return True
-            if d not in seen:
-                seen.add(d)
-                todo += deps.get(d, ())
-        return False
-
     def _retry(self, sub: Submission, out: Outcome, stopping: bool) -> Submission | None:
         """A failed attempt of a step with retries left: keep its log and record, and the submission to run again.
         Never after an interrupt, nor once another step's failure is stopping the run."""
@@ -304,19 +310,12 @@ class RunSession:
         kept = sub.log.with_name(f"{name}.attempt{attempt}.log")
         if sub.log.exists():
             sub.log.rename(kept)
-        self._attempt(name, out, kept)
+        record.attempt(self.manifest["steps"][name], out, kept)
         ui.say(f" {name}: attempt {attempt} of {retries + 1} failed ({out.reason or f'exit code {out.exit_code}'}); "
                "running it again", "yellow", prefix="!")
         again = dataclasses.replace(sub, job=dataclasses.replace(sub.job, usage={}), after=[])
         self._begin_step(again)
         return again
-
-    def _attempt(self, name: str, out: Outcome, log: Path) -> None:
-        entry = self.manifest["steps"][name]
-        entry.setdefault("attempts", []).append({
-            "attempt": len(entry["attempts"]) + 1, "status": out.status, "exit_code": out.exit_code,
-            **({"reason": out.reason} if out.reason else {}), "start": entry.get("start"), "end": time.time(),
-            "log": str(log), "usage": out.usage})
 
     def _begin_step(self, sub: Submission) -> None:
         job = sub.job
@@ -346,7 +345,7 @@ class RunSession:
         name = sub.step.name
         info: dict[str, Any] = {"end": time.time(), "exit_code": out.exit_code, "usage": out.usage}
         if self.manifest["steps"][name].get("attempts"):  # it was retried: the last attempt joins the list
-            self._attempt(name, out, sub.log)
+            record.attempt(self.manifest["steps"][name], out, sub.log)
         cancelled = self.cancel_code and (self._cancelled_at is None or out.ended >= self._cancelled_at)
         if out.status == "done" and not cancelled:
             if not self.executor.records_itself:
@@ -355,7 +354,7 @@ class RunSession:
             self._finish(name, "done", **info)
             ui.say(f" {name} ({info['end'] - self.manifest['steps'][name]['start']:.1f}s)", "green", prefix="✓")
             return None
-        if out.status == "cancelled" and self._upstream_failed(name, self._deps):
+        if out.status == "cancelled" and upstream_failed(name, self._deps, self.status):
             self._finish(name, "skipped: upstream failed", **info)
             return None
         if cancelled:

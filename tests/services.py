@@ -186,12 +186,17 @@ def make_user(name: str, wheel: Path) -> User:
     return user
 
 
-def rootless_podman(user: User) -> None:
-    """Rootless Podman for `user` on overlay storage through fuse-overlayfs (`make` installs Podman; with Podman's
-    vfs default every container copies its whole image, and --userns=keep-id breaks)."""
+def rootless_podman(user: User, fuse: bool = False) -> None:
+    """Rootless Podman for `user` on overlay storage: the kernel's own (rootless overlay, Linux 5.13 and later, as
+    here), or through fuse-overlayfs (`make` installs both; with Podman's vfs default every container copies its whole
+    image, and --userns=keep-id breaks). A store made the other way is reset first."""
     conf = user.home / ".config" / "containers" / "storage.conf"
+    text = '[storage]\ndriver = "overlay"\n' + (
+        '[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n' if fuse else "")
+    if conf.is_file() and conf.read_text() != text:
+        user.run(["podman", "system", "reset", "--force"])
     conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text('[storage]\ndriver = "overlay"\n[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n')
+    conf.write_text(text)
     subprocess.run(["chown", "-R", f"{user.name}:{user.name}", str(user.home / ".config")], check=True)
     res = user.run(["podman", "info", "--format", "{{.Store.GraphDriverName}}"])
     assert res.returncode == 0 and res.stdout.strip() == "overlay", res.stderr[-2000:]
