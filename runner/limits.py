@@ -7,6 +7,18 @@ from dataclasses import dataclass
 MEMORY = r"^\d+(\.\d+)?([KMGTkmgt][Bb]?)?$"
 DURATION = r"^(\d+(\.\d+)?[smhd]|\d+(:\d{1,2}){1,2})$"
 PATTERN_WORDS = {MEMORY: "a size such as 512M, 2G or 1.5G", DURATION: "a duration such as 90s, 30m, 2h or 01:30:00"}
+# SLURM options become #SBATCH lines of a batch script that runs on the host: each has the shape sbatch documents
+# (the SLURM executor checks its command-line defaults against the same patterns).
+PARTITION = r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$"
+SLURM_TIME = r"^(\d+(-\d{1,2}(:\d{1,2}){0,2})?|\d+(:\d{1,2}){1,2}|UNLIMITED|INFINITE)$"
+SBATCH_FLAG = r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:/@%+=-]+)?$"
+
+
+def sbatch_flag(x: str) -> str:
+    """One `--flag[=value]` token of sbatch's, but --wrap (it replaces the batch script)."""
+    if x == "--wrap" or x.startswith("--wrap="):
+        raise ValueError("--wrap would replace the step's batch script")
+    return x
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from runner import record, ui
 from runner.cache import remember
-from runner.engines.base import ImageBuilder, Job, StepRunner
+from runner.engines.base import ImageBuilder, StepRunner
 from runner.errors import ENDING_SIGNALS, Interrupted, StepFailed, UserError
 from runner.executors import follow_detached
 from runner.executors.base import Executor, Outcome, RunOptions, Submission

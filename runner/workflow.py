@@ -2,6 +2,7 @@
 
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -10,26 +11,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic import ValidationError as PydanticError
 
 from runner.errors import UsageError, UserError, ValidationError
-from runner.limits import DURATION, MEMORY, PATTERN_WORDS, Limits, duration_seconds, memory_bytes  # noqa: F401
+from runner.limits import DURATION, MEMORY, PARTITION, SBATCH_FLAG, SLURM_TIME, Limits, duration_seconds, memory_bytes, sbatch_flag  # noqa: F401 (the model's words for them)
 from runner.sweep import MAX_POINTS, Point, Scalar, Sweep, check, points
-from runner.yamlfile import by_line, closest, compose, control_characters, dotted, line_of
+from runner.yamlfile import by_line, closest, compose, control_characters, dotted, line_of, short, union_tag
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-# SLURM options become #SBATCH lines of a batch script that runs on the host: each has the shape sbatch documents
-# (the SLURM executor checks its command-line defaults against the same patterns).
-PARTITION = r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$"
-SLURM_TIME = r"^(\d+(-\d{1,2}(:\d{1,2}){0,2})?|\d+(:\d{1,2}){1,2}|UNLIMITED|INFINITE)$"
-SBATCH_FLAG = r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:/@%+=-]+)?$"
-
-
-def sbatch_flag(x: str) -> str:
-    """One `--flag[=value]` token of sbatch's, but --wrap (it replaces the batch script)."""
-    if x == "--wrap" or x.startswith("--wrap="):
-        raise ValueError("--wrap would replace the step's batch script")
-    return x
-
-
 Partition = Annotated[str, StringConstraints(max_length=256, pattern=PARTITION)]
 SlurmTime = Annotated[str, StringConstraints(max_length=32, pattern=SLURM_TIME)]
 Memory = Annotated[str, StringConstraints(max_length=32, pattern=r"^\d+[KMGT]?B?$")]
@@ -201,8 +188,8 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
     except PydanticError as exc:
         problems = []
         for err in exc.errors(include_url=False):
-            loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
-            msg = _short(err)
+            loc = tuple(p for p in err["loc"] if not union_tag(p))
+            msg = short(err)
             if len(loc) >= 5 and loc[0] == "steps" and loc[3] == "params" and err["type"] != "missing":
                 loc, msg = loc[:5], "a param is a scalar (text, number, true/false) or a list of scalars"
             if err["type"] == "extra_forbidden":
@@ -211,22 +198,6 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
         raise ValidationError(sorted(set(problems), key=by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
     return _resolve(wf, path, root, lines, allowed_mounts, max_points or MAX_POINTS)
-
-
-def _is_union_tag(p: Any) -> bool:
-    return isinstance(p, str) and (p in {"str", "int", "float", "bool", "list[...]", "literal['all']"} or
-                                   p.startswith(("constrained-", "list[", "dict[", "function-", "literal[")))
-
-
-def _short(err: dict) -> str:
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        return "unknown field"
-    if err["type"] == "missing":
-        return "required field is missing"
-    if err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in PATTERN_WORDS:
-        return f"{err['input']!r} is not {PATTERN_WORDS[err['ctx']['pattern']]}"
-    return msg
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -241,10 +212,11 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(WorkflowFile.model_fields)
 
 
+Problem = Callable[[tuple, str], None]  # says what is wrong at a location of the file
+
+
 def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = (),
              max_points: int | None = None) -> Workflow:
-    from runner.policy import mount_problem, under
-
     fname = str(path)
     problems: list[str] = []
 
@@ -255,25 +227,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
     # relative paths resolve against the current directory (the prototype's rule): say so when the file is elsewhere
     elsewhere = (f"; relative paths resolve against the current directory {root}, and the workflow file is in "
                  f"{here_dir}: cd there, or pass --root {here_dir}") if here_dir != root else ""
-    datasets: dict[str, Path] = {}
-    for name, ds in wf.datasets.items():
-        loc = Path(ds.location).expanduser()
-        full = Path(root, loc).resolve() if not loc.is_absolute() else loc.resolve()
-        if full == Path("/") or full == root or full in root.parents:
-            problem(("datasets", name, "location"), f"{ds.location!r} would expose {full} read-write; use a directory of its own")
-            continue
-        refused = mount_problem(full, allowed)
-        if refused:
-            problem(("datasets", name, "location"), f"refused: {refused} (itwin-run --allow-mount PATH allows it)")
-            continue
-        if full.exists() and not full.is_dir():
-            problem(("datasets", name, "location"), f"{full} is a file: a dataset is a directory")
-            continue
-        for other, other_path in datasets.items():
-            if under(full, other_path) or under(other_path, full):
-                problem(("datasets", name, "location"), f"overlaps dataset {other!r} ({other_path})")
-        datasets[name] = full
-
+    datasets = _datasets(wf, root, allowed, problem)
     steps: list[StepSpec] = []
     writers: dict[str, str] = {}
     seen: dict[str, int] = {}
@@ -301,54 +255,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
                 writers[step.output] = name
             if step.output in inputs:
                 problem(here + ("output",), f"step reads and writes the same dataset {step.output!r}")
-        env = step.env or Env()
-        env_file = None
-        sources: list[Path] = []
-        if env.file and env.image:
-            problem(here + ("env",), "give either 'file' or 'image', not both")
-        if env.file:
-            env_file = (root / env.file).resolve()
-            if not env_file.is_file():
-                problem(here + ("env", "file"), f"env file not found: {env.file} (looked in {env_file}){elsewhere}")
-        elif not env.image:
-            problem(here + ("env",), "needs 'file' (requirements.txt, environment.yml, Dockerfile) or 'image'")
-        for i, item in enumerate([env.source] if isinstance(env.source, str) else env.source or []):
-            where = here + (("env", "source") if isinstance(env.source, str) else ("env", "source", i))
-            source = (root / item).resolve()
-            if source.is_file() and source.suffix == ".whl":
-                sources.append(source)
-            elif not source.is_dir():
-                problem(where, f"source not found: {item} (looked in {source}; a package directory or a .whl file)"
-                               f"{elsewhere}")
-            elif not any((source / f).is_file() for f in ("pyproject.toml", "setup.py", "setup.cfg")):
-                problem(where, f"{item}: not a Python package directory (no pyproject.toml or setup.py in {source})")
-            else:
-                sources.append(source)
-        own, default = step.resources or Resources(), wf.resources or Resources()
-        if step.gpus is not None and own.gpus is not None:
-            problem(here + ("resources", "gpus"), "gpus given twice (gpus and resources.gpus): keep one")
-        gpus = next((g for g in (step.gpus, own.gpus, default.gpus) if g is not None), None)
-        limits = Limits(cpus=own.cpus or default.cpus, memory=own.memory or default.memory,
-                        time=own.time or default.time)
-        spec = StepSpec(name=name, line=line_of(lines, here), command=step.command, inputs=inputs,
-                        output=step.output, env=env, env_file=env_file, sources=tuple(sources),
-                        params=step.params or {}, gpus=gpus, limits=limits, retries=step.retries,
-                        slurm=step.slurm, depends=step.depends)
-        if step.sweep:
-            for where, msg in check(step.sweep, spec.params, max_points):
-                problem(here + ("sweep", *where), msg)
-            if not step.output:
-                problem(here + ("sweep",), "a sweep needs an output dataset: each point writes a folder in it")
-            pts = tuple(points(step.sweep.grid))
-            steps += [replace(spec, name=f"{name}.{p.slug}", params={**spec.params, **p.values}, parent=name, point=p)
-                      for p in pts]
-            spec = replace(spec, sweep=step.sweep, points=pts)
-        steps.append(spec)
-        try:
-            shlex.split(step.command)
-        except ValueError as exc:
-            problem(here + ("command",), f"cannot split command: {exc}")
-
+        steps += _step(wf, name, step, here, inputs, root, elsewhere, lines, max_points, problem)
     if not problems:
         ordered = _order(steps)
         if isinstance(ordered, str):
@@ -359,6 +266,90 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], 
         raise ValidationError(sorted(problems, key=by_line))
     extra = dict(wf.model_extra or {})
     return Workflow(path=path.resolve(), root=root, datasets=datasets, steps=steps, extra=extra)
+
+
+def _datasets(wf: WorkflowFile, root: Path, allowed: Any, problem: Problem) -> dict[str, Path]:
+    """Each dataset's absolute path: never the project or above it, nowhere the mount policy refuses, never a
+    file, never overlapping another."""
+    from runner.policy import mount_problem, under
+
+    datasets: dict[str, Path] = {}
+    for name, ds in wf.datasets.items():
+        loc = Path(ds.location).expanduser()
+        full = Path(root, loc).resolve() if not loc.is_absolute() else loc.resolve()
+        if full == Path("/") or full == root or full in root.parents:
+            problem(("datasets", name, "location"), f"{ds.location!r} would expose {full} read-write; use a directory of its own")
+            continue
+        refused = mount_problem(full, allowed)
+        if refused:
+            problem(("datasets", name, "location"), f"refused: {refused} (itwin-run --allow-mount PATH allows it)")
+            continue
+        if full.exists() and not full.is_dir():
+            problem(("datasets", name, "location"), f"{full} is a file: a dataset is a directory")
+            continue
+        for other, other_path in datasets.items():
+            if under(full, other_path) or under(other_path, full):
+                problem(("datasets", name, "location"), f"overlaps dataset {other!r} ({other_path})")
+        datasets[name] = full
+    return datasets
+
+
+def _step(wf: WorkflowFile, name: str, step: Step, here: tuple, inputs: tuple[str, ...], root: Path, elsewhere: str,
+          lines: dict[tuple, int], max_points: int | None, problem: Problem) -> list[StepSpec]:
+    """A step of the file as it runs: its env file and sources found, its resources over the file's defaults;
+    a sweep as its points and its own step."""
+    env = step.env or Env()
+    env_file, sources = _env(env, here, root, elsewhere, problem)
+    own, default = step.resources or Resources(), wf.resources or Resources()
+    if step.gpus is not None and own.gpus is not None:
+        problem(here + ("resources", "gpus"), "gpus given twice (gpus and resources.gpus): keep one")
+    gpus = next((g for g in (step.gpus, own.gpus, default.gpus) if g is not None), None)
+    limits = Limits(cpus=own.cpus or default.cpus, memory=own.memory or default.memory,
+                    time=own.time or default.time)
+    spec = StepSpec(name=name, line=line_of(lines, here), command=step.command, inputs=inputs,
+                    output=step.output, env=env, env_file=env_file, sources=tuple(sources),
+                    params=step.params or {}, gpus=gpus, limits=limits, retries=step.retries,
+                    slurm=step.slurm, depends=step.depends)
+    try:
+        shlex.split(step.command)
+    except ValueError as exc:
+        problem(here + ("command",), f"cannot split command: {exc}")
+    if not step.sweep:
+        return [spec]
+    for where, msg in check(step.sweep, spec.params, max_points):
+        problem(here + ("sweep", *where), msg)
+    if not step.output:
+        problem(here + ("sweep",), "a sweep needs an output dataset: each point writes a folder in it")
+    pts = tuple(points(step.sweep.grid))
+    return [*(replace(spec, name=f"{name}.{p.slug}", params={**spec.params, **p.values}, parent=name, point=p)
+              for p in pts), replace(spec, sweep=step.sweep, points=pts)]
+
+
+def _env(env: Env, here: tuple, root: Path, elsewhere: str, problem: Problem) -> tuple[Path | None, list[Path]]:
+    """The env file and the sources (package folders or wheels) a step names, found under the project root."""
+    env_file = None
+    sources: list[Path] = []
+    if env.file and env.image:
+        problem(here + ("env",), "give either 'file' or 'image', not both")
+    if env.file:
+        env_file = (root / env.file).resolve()
+        if not env_file.is_file():
+            problem(here + ("env", "file"), f"env file not found: {env.file} (looked in {env_file}){elsewhere}")
+    elif not env.image:
+        problem(here + ("env",), "needs 'file' (requirements.txt, environment.yml, Dockerfile) or 'image'")
+    for i, item in enumerate([env.source] if isinstance(env.source, str) else env.source or []):
+        where = here + (("env", "source") if isinstance(env.source, str) else ("env", "source", i))
+        source = (root / item).resolve()
+        if source.is_file() and source.suffix == ".whl":
+            sources.append(source)
+        elif not source.is_dir():
+            problem(where, f"source not found: {item} (looked in {source}; a package directory or a .whl file)"
+                           f"{elsewhere}")
+        elif not any((source / f).is_file() for f in ("pyproject.toml", "setup.py", "setup.cfg")):
+            problem(where, f"{item}: not a Python package directory (no pyproject.toml or setup.py in {source})")
+        else:
+            sources.append(source)
+    return env_file, sources
 
 
 def _order(steps: list[StepSpec]) -> list[StepSpec] | str:

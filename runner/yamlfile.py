@@ -99,3 +99,23 @@ def closest(name: str, known: Any) -> str:
 def by_line(problem: str) -> tuple[int, str]:
     parts = problem.split(":")
     return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, problem)
+
+
+def union_tag(p: Any) -> bool:
+    """A part of a pydantic error location that names a union member, not a field of the file."""
+    return isinstance(p, str) and (p in {"str", "int", "float", "bool", "list[...]", "literal['all']"} or
+                                   p.startswith(("constrained-", "list[", "dict[", "function-", "literal[")))
+
+
+def short(err: dict) -> str:
+    """A pydantic error in a few words (a pattern by what it stands for)."""
+    from runner.limits import PATTERN_WORDS
+
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "required field is missing"
+    if err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in PATTERN_WORDS:
+        return f"{err['input']!r} is not {PATTERN_WORDS[err['ctx']['pattern']]}"
+    return msg

@@ -21,7 +21,8 @@ from runner import ui
 from runner.engines.watchdog import Watchdog
 from runner.errors import UsageError, UserError
 from runner.executors.base import Common, Outcome, Submission, no, setting
-from runner.workflow import PARTITION, SBATCH_FLAG, SLURM_TIME, StepSpec, needs, sbatch_flag
+from runner.limits import PARTITION, SBATCH_FLAG, SLURM_TIME, sbatch_flag
+from runner.workflow import StepSpec, needs
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "SPECIAL_EXIT", "REVOKED"}
