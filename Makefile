@@ -32,10 +32,11 @@ engine:
 base: venv engine
 	$(VENV)/bin/itwin-run base --bootstrap
 
-# The fast tier: the run session against an in-process fake engine, the workflow model and the safety checks (seconds,
-# no daemon). `make test` runs it first, then everything against the real engines.
-FAST := tests/test_session.py tests/test_policy.py tests/test_workflow.py tests/test_hostile.py tests/test_report.py \
-	tests/test_suite_rules.py tests/test_layers.py tests/test_plugins.py tests/test_sweep.py tests/test_crate.py tests/test_ui.py
+# The tiers come from the tests' markers: the real one needs a daemon, a cluster, a browser or a model to train
+# (pyproject.toml declares them); the fast tier is the rest: the run session against an in-process fake engine, the
+# workflow model, the safety checks, the docs' sources (seconds, no daemon). `make test` runs it first, then the real.
+REAL := docker or slow or mlflow or browser
+FAST := -m "not ($(REAL))" tests
 test-fast: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(FAST)
 
@@ -56,7 +57,7 @@ docs: venv
 test: venv docs
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs
 	$(VENV)/bin/pytest -q $(FAST)
-	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS) $(addprefix --ignore=,$(FAST))
+	$(VENV)/bin/pytest -q --durations=15 -m "$(REAL)" $(PYTEST_ARGS) tests
 
 lint: venv
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs

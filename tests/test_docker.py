@@ -453,18 +453,3 @@ def test_images_lists_what_itwin_run_made_and_prune_removes_what_nothing_names(d
         assert "up to date" in itwin("workflow.yml", cwd=toy).stderr
     finally:
         docker_client.images.remove("mine/not-itwin:x")
-
-
-def test_build_progress_names_the_layer_and_pips_phase():
-    from runner.engines.docker import BuildPhase
-
-    phase = BuildPhase()
-    for line, want in [("Step 4/12 : RUN pip install --prefer-binary --find-links wheels -r requirements.txt",
-                        "dependencies layer"),
-                       ("Collecting torch==2.13.0", "dependencies layer, pip resolving"),
-                       ("  Downloading mlflow-3.17.2-py3-none-any.whl (24.1 MB)", "dependencies layer, pip downloading"),
-                       ("Installing collected packages: torch, mlflow", "dependencies layer, pip installing"),
-                       ("Step 4/7 : RUN python build-sources.py /tmp/itwin-wheels ./source/0", "sources layer"),
-                       ("Building wheel for itwinai (pyproject.toml): started", "sources layer, pip building wheels")]:
-        phase.see(line)
-        assert str(phase) == want, line

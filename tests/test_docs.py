@@ -77,6 +77,7 @@ def render(site: Path, page: str) -> str:
     return res.stdout
 
 
+@pytest.mark.browser
 def test_chromium_renders_the_start_page_and_a_reference_page(site):
     start = render(site, "")
     assert '<h1 id="itwin-run">itwin-run</h1>' in start and 'id="your-first-workflow"' in start
@@ -85,6 +86,7 @@ def test_chromium_renders_the_start_page_and_a_reference_page(site):
     assert '<h2 id="sweepbest"><code>sweep.best</code>' in ref and ref.count("<table>") >= 8
 
 
+@pytest.mark.browser
 def test_the_search_box_finds_sweep_in_chromium(site, tmp_path):
     """Material's own search (its web worker and index), asked through the page as a reader would: ?q=sweep."""
     from tests.services import Browser, wait_for

@@ -198,78 +198,26 @@ class DockerRunner:
     def _run(self, job: Job, on_line: Callable[[str], None], gpus: list[str] | None) -> int:
         api = self._api()
         self._watch()
-        binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
         network = self._network(job.image) if self._labels else None
         v = self.cgroup_version()
-        parent = usage.Parent(v) if v else None
-
-        def create() -> str:
-            host_config = api.create_host_config(
-                binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus, ids=gpus) or None, init=True,
-                network_mode=network, cgroup_parent=parent.path if parent else None, **self.limit_options(job),
-                **security_options())
-            return api.create_container(
-                job.image, command=job.argv, user=job.user, working_dir=str(job.workdir), environment=job.env,
-                labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config, detach=True)["Id"]
-
-        def created() -> str:
-            nonlocal parent
-            with self._lock:  # no container is created after interrupt()
-                if self._cancelled:
-                    raise Cancelled(job.step)
-                try:
-                    try:
-                        cid = create()
-                    except docker.errors.APIError as exc:
-                        if not parent or "cgroup" not in str(exc.explanation or exc).lower():
-                            raise
-                        self._cgroup_v = None  # the systemd driver: no cgroup parent, no measuring, from now on
-                        parent = None
-                        cid = create()
-                except docker.errors.ImageNotFound:
-                    raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
-                except docker.errors.APIError as exc:
-                    raise UserError(f"step {job.step!r}: {self.name} could not create the container: "
-                                    f"{exc.explanation or exc}") from None
-                self._active.add(cid)
-                return cid
-
-        cid = created()
+        cid, parent = self._create(api, job, gpus, network, usage.Parent(v) if v else None)
         try:
             if network and self._holder is not None and not self._holder.running():
                 with self._lock:  # the holder could not start: this step gets a network of its own
                     self._active.discard(cid)
                 self._remove(cid, None)
-                network = None
-                cid = created()
+                cid, parent = self._create(api, job, gpus, None, parent)
             with self._lock:
                 if self._cancelled:  # while the holder started
                     raise Cancelled(job.step)
-            try:
-                api.start(cid)
-            except docker.errors.APIError as exc:
-                msg = str(exc.explanation or exc)
-                if job.gpus and ("device driver" in msg or "gpu" in msg.lower()):
-                    raise UserError(f"step {job.step!r} asks for GPUs ({job.gpus}) but this Docker daemon has no "
-                                    "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
-                raise UserError(f"step {job.step!r}: {self.name} could not start the container: {msg}") from None
+            self._start(api, job, cid)
             started = time.monotonic()
             timer = time_limit(job, lambda: self._stop(cid, force=True))
             with self._lock:
                 cancelled, forced = self._cancelled, self._forced
             if cancelled:  # interrupt() came between create and start: it could not stop what had not started
                 self._stop(cid, forced)
-            # Ask for the exit status while the output streams: the daemon answers as soon as the container exits.
-            waiter = Waiter(api, cid)
-            pending = b""
-            for chunk in self.output(api, cid, waiter):
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for raw in complete:
-                    on_line(raw.decode("utf-8", "replace"))
-            if pending:
-                on_line(pending.decode("utf-8", "replace"))
-            code = waiter.result()
+            code = self._stream(api, cid, on_line)
             job.usage["wall_s"] = round(time.monotonic() - started, 3)
             if timer:
                 timer.cancel()
@@ -290,6 +238,65 @@ class DockerRunner:
             removal.start()
             with self._lock:
                 self._removals.append(removal)
+
+    def _create(self, api: Any, job: Job, gpus: list[str] | None, network: str | None,
+                parent: usage.Parent | None) -> tuple[str, usage.Parent | None]:
+        """The step's container, created (not after interrupt()), and the cgroup parent it is measured in: none
+        where the daemon's cgroup driver refuses one (systemd), from then on."""
+        binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
+
+        def create() -> str:
+            host_config = api.create_host_config(
+                binds=binds, shm_size=SHM_SIZE, device_requests=gpu_requests(job.gpus, ids=gpus) or None, init=True,
+                network_mode=network, cgroup_parent=parent.path if parent else None, **self.limit_options(job),
+                **security_options())
+            return api.create_container(
+                job.image, command=job.argv, user=job.user, working_dir=str(job.workdir), environment=job.env,
+                labels={f"{LABEL}.managed": "1", **job.labels}, host_config=host_config, detach=True)["Id"]
+
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled(job.step)
+            try:
+                try:
+                    cid = create()
+                except docker.errors.APIError as exc:
+                    if not parent or "cgroup" not in str(exc.explanation or exc).lower():
+                        raise
+                    self._cgroup_v = None  # the systemd driver: no cgroup parent, no measuring, from now on
+                    parent = None
+                    cid = create()
+            except docker.errors.ImageNotFound:
+                raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
+            except docker.errors.APIError as exc:
+                raise UserError(f"step {job.step!r}: {self.name} could not create the container: "
+                                f"{exc.explanation or exc}") from None
+            self._active.add(cid)
+            return cid, parent
+
+    def _start(self, api: Any, job: Job, cid: str) -> None:
+        try:
+            api.start(cid)
+        except docker.errors.APIError as exc:
+            msg = str(exc.explanation or exc)
+            if job.gpus and ("device driver" in msg or "gpu" in msg.lower()):
+                raise UserError(f"step {job.step!r} asks for GPUs ({job.gpus}) but this Docker daemon has no "
+                                "NVIDIA runtime: install nvidia-container-toolkit and restart dockerd") from None
+            raise UserError(f"step {job.step!r}: {self.name} could not start the container: {msg}") from None
+
+    def _stream(self, api: Any, cid: str, on_line: Callable[[str], None]) -> int:
+        """The container's output, line by line, until it exits; its exit code. The exit status is asked for while
+        the output streams: the daemon answers as soon as the container exits."""
+        waiter = Waiter(api, cid)
+        pending = b""
+        for chunk in self.output(api, cid, waiter):
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                on_line(raw.decode("utf-8", "replace"))
+        if pending:
+            on_line(pending.decode("utf-8", "replace"))
+        return waiter.result()
 
     def output(self, api: Any, cid: str, waiter: Waiter) -> Iterator[bytes]:
         """The container's output as it comes (stdout and stderr), until it exits."""
