@@ -1,5 +1,5 @@
 """Podman engine figures, side by side in one run, as a non-root user (made here, as the tests make theirs: useradd,
-the wheel in ~/venv, rootless Podman on fuse-overlayfs, the base image loaded from Docker's):
+the wheel in ~/venv, rootless Podman on the kernel's overlay, the base image loaded from Docker's):
 
   - 3 trivial chained steps: itwin-run --engine podman / the same three raw `podman run --rm` (both as the user,
     each round one `runuser` call), and / itwin-run with Docker (as root: no runuser); alternating rounds, medians
