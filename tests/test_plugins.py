@@ -6,6 +6,7 @@ containers.)"""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,17 +34,22 @@ ENGINE = Engine(name="toyengine", builder=lambda **options: FakeBuilder(), runne
 '''
 
 
+def install(site: Path, package: str, source: str, group: str, entry: str, monkeypatch) -> None:
+    """An installed distribution (a dist-info on sys.path) with one entry point, `NAME = package:ATTR`."""
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(source)
+    info = site / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+    monkeypatch.syspath_prepend(str(site))
+
+
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
-    """An installed distribution (a dist-info on sys.path) whose one entry point names its Engine."""
-    site = tmp_path / "site"
-    (site / "toyengine_plugin").mkdir(parents=True)
-    (site / "toyengine_plugin" / "__init__.py").write_text(PLUGIN)
-    info = site / "toyengine_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyengine-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[itwin_run.engines]\ntoyengine = toyengine_plugin:ENGINE\n")
-    monkeypatch.syspath_prepend(str(site))
+    """A distribution whose one entry point names its Engine."""
+    install(tmp_path / "site", "toyengine_plugin", PLUGIN, "itwin_run.engines", "toyengine = toyengine_plugin:ENGINE",
+            monkeypatch)
     yield
     sys.modules.pop("toyengine_plugin", None)
 
@@ -103,15 +109,9 @@ class ToyExecutor(LocalExecutor):
 
 @pytest.fixture
 def executor_plugin(tmp_path, monkeypatch):
-    """An installed distribution whose one entry point names an executor with its own settings."""
-    site = tmp_path / "site"
-    (site / "toyexec_plugin").mkdir(parents=True)
-    (site / "toyexec_plugin" / "__init__.py").write_text(EXECUTOR)
-    info = site / "toyexec_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyexec-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[itwin_run.executors]\ntoyexec = toyexec_plugin:ToyExecutor\n")
-    monkeypatch.syspath_prepend(str(site))
+    """A distribution whose one entry point names an executor with its own settings."""
+    install(tmp_path / "exec-site", "toyexec_plugin", EXECUTOR, "itwin_run.executors",
+            "toyexec = toyexec_plugin:ToyExecutor", monkeypatch)
     yield
     sys.modules.pop("toyexec_plugin", None)
 
