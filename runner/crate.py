@@ -186,7 +186,6 @@ def _action(crate, manifest, step, info, attempt, tool, datasets, suffix: str) -
         kind = engine(manifest["engine"]).image_kind
     except UserError:  # an engine not installed here: its images are OCI ones unless it said otherwise
         kind = "DockerImage"
-
     repo, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
     container = _entity(crate, f"#image-{image}", {
         "@type": "ContainerImage", "additionalType": {"@id": WFRUN + kind},
@@ -198,7 +197,7 @@ def _action(crate, manifest, step, info, attempt, tool, datasets, suffix: str) -
             "@type": "PropertyValue", "name": key, "value": str(value),
             "exampleOfWork": {"@id": f"#{step.parent or name}-param-{key}"}}))
     usage = [_entity(crate, f"#{name}{suffix}-usage-{k}", {"@type": "PropertyValue", "propertyID": k, "name": k,
-                                                   "value": str(v)})
+                                                           "value": str(v)})
              for k, v in (attempt.get("usage") or {}).items() if isinstance(v, (int, float))]
     props: dict[str, Any] = {
         "name": f"{manifest['engine']} container of {name}{suffix}", "startTime": _iso(attempt.get("start")),

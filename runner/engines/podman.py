@@ -334,10 +334,10 @@ def doctor(needs_gpu: bool) -> list[Check]:
     fuse = (store.get("graphOptions") or {}).get("overlay.mount_program", {}).get("Executable")
     if driver == "overlay" and fuse and rootless_overlay():
         checks.append(Check(area, None, f"storage driver overlay through {fuse}: every build step's layer is found by "
-                                        "comparing the whole image (a one-line edit rebuilt the MNIST image 8x slower "
-                                        f"than Docker here); Linux {os.uname().release} mounts overlay for rootless "
-                                        "Podman itself: drop mount_program from ~/.config/containers/storage.conf, "
-                                        "then `podman system reset`"))
+                                        "comparing the whole image, slow for one as large as torch's; Linux "
+                                        f"{os.uname().release} mounts overlay for rootless Podman itself: drop "
+                                        "mount_program from ~/.config/containers/storage.conf, then `podman system "
+                                        "reset`"))
     elif driver == "overlay":
         checks.append(Check(area, True, "storage driver overlay" + (f" through {fuse}" if fuse else " (the kernel's)")))
     else:
