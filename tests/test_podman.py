@@ -263,3 +263,54 @@ def test_images_a_user_saved_with_podman_load_into_docker_and_run(podman, docker
     assert ran.returncode == 0 and "built " not in ran.stderr, ran.stderr[-3000:]
     assert (elsewhere / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
     shutil.rmtree(archive, ignore_errors=True)
+
+
+SWEEP = """datasets:
+  runs: {location: ./data/runs}
+  picked: {location: ./data/picked}
+steps:
+  - train:
+      output: runs
+      command: python train.py
+      env: {file: ./envs/requirements.txt}
+      params: {epochs: 1}
+      sweep:
+        grid: {lr: [0.1, 0.01, 0.3]}
+        best: {metric: val_loss, mode: min}
+        parallel: 2
+  - report:
+      input: runs
+      output: picked
+      command: python report.py
+      env: {file: ./envs/requirements.txt}
+"""
+TRAIN = """import argparse, json, os, pathlib
+ap = argparse.ArgumentParser(); ap.add_argument("--output"); ap.add_argument("--lr", type=float)
+ap.add_argument("--epochs", type=int); a = ap.parse_args()
+pathlib.Path(a.output, "metrics.json").write_text(json.dumps({"val_loss": abs(a.lr - 0.05), "uid": os.getuid()}))
+"""
+REPORT = """import argparse, json, pathlib
+ap = argparse.ArgumentParser(); ap.add_argument("--input"); ap.add_argument("--output"); a = ap.parse_args()
+best = pathlib.Path(a.input, "best", "metrics.json").read_text()
+pathlib.Path(a.output, "best.json").write_text(best)
+"""
+
+
+def test_a_user_sweeps_with_podman_and_the_best_point_goes_on(podman):
+    """A sweep as a non-root user (rootless Podman): its points run two at a time in their own folders, the best is
+    linked, the next step reads it, every file is the user's; a rerun runs nothing."""
+    project = podman.project(TOY, "sweep")
+    for name, text in (("sweep.yml", SWEEP), ("train.py", TRAIN), ("report.py", REPORT)):
+        (project / name).write_text(text)
+    subprocess.run(["chown", "-R", f"{podman.name}:", str(project)], check=True)
+    res = podman.itwin("--engine", "podman", "--jobs", "2", "sweep.yml", cwd=project)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = project / "data" / "runs"
+    assert os.readlink(runs / "best") == "lr-0.01"  # |0.01 - 0.05| is the least
+    assert json.loads((project / "data" / "picked" / "best.json").read_text())["val_loss"] == pytest.approx(0.04)
+    record = json.loads((runs / "sweep.json").read_text())
+    assert record["best"] == "lr-0.01" and len(record["points"]) == 3
+    uid = pwd.getpwnam(podman.name).pw_uid
+    assert {p.lstat().st_uid for p in (project / "data").rglob("*")} == {uid}, "every file is the user's"
+    again = podman.itwin("--engine", "podman", "--jobs", "2", "sweep.yml", cwd=project)
+    assert again.returncode == 0 and "run train." not in again.stderr, again.stderr[-2000:]
