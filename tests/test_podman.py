@@ -212,9 +212,10 @@ def test_cwl_mode_with_podman_writes_what_the_classical_run_writes(podman):
     assert {p.stat().st_uid for p in (project / "data").rglob("*")} == {uid}
 
 
-def test_a_podman_push_runs_with_docker_through_its_pin_file(podman, docker_client, tmp_path):
+def test_pushes_run_across_engines_through_pin_files(podman, docker_client, apptainer_env, tmp_path):
     """`build --push` with Podman (its registries.conf lets it speak plain HTTP to the loopback registry, as
-    Docker's daemon does by default), then Docker, as root elsewhere, runs the workflow from the pin file alone."""
+    Docker's daemon does by default): Docker, as root elsewhere, and Apptainer run the workflow from the pin file
+    alone; and the other way round, Docker's push runs with the user's Podman from its pin file alone."""
     from tests.services import registry
 
     store = Path(tempfile.mkdtemp(prefix="itwin-registry-"))
@@ -224,19 +225,33 @@ def test_a_podman_push_runs_with_docker_through_its_pin_file(podman, docker_clie
         project = podman.project(TOY, "push")
         res = podman.itwin("build", "--engine", "podman", "workflow.yml", "--push", "--registry", f"{addr}/pod",
                            cwd=project)
-        conf.unlink()
         assert res.returncode == 0, res.stderr[-3000:]
         pins = json.loads((project / "workflow.images.json").read_text())["images"]
         assert set(pins) == {"generate", "square", "summarize"}
         assert all(ref.startswith(f"{addr}/pod/") and "@sha256:" in ref for ref in pins.values()), pins
-        elsewhere = tmp_path / "elsewhere"
-        subprocess.run(["cp", "-r", str(project), str(elsewhere)], check=True)
-        elsewhere.chmod(0o755)
         tmp_path.chmod(0o755)  # as root, steps run as the project's owner: root's tmp_path must be readable
-        ran = itwin("--images", "workflow.images.json", "workflow.yml", cwd=elsewhere)
+        for engine in ("docker", "apptainer"):
+            elsewhere = tmp_path / f"on-{engine}"
+            subprocess.run(["cp", "-r", str(project), str(elsewhere)], check=True)
+            elsewhere.chmod(0o755)
+            env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "sif")} if engine == "apptainer" else {}
+            ran = itwin("--engine", engine, "--images", "workflow.images.json", "workflow.yml", cwd=elsewhere,
+                        env=env)
+            assert ran.returncode == 0, ran.stderr[-3000:]
+            assert ran.stderr.count("pulled " if engine == "docker" else "converted ") == 3, ran.stderr[-3000:]
+            assert (elsewhere / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
+
+        docker_side = tmp_path / "docker-side"  # the other way round: Docker pushes, the user's Podman runs
+        subprocess.run(["cp", "-r", str(TOY), str(docker_side)], check=True)
+        docker_side.chmod(0o755)
+        res = itwin("build", "workflow.yml", "--push", "--registry", f"{addr}/dock", cwd=docker_side)
+        assert res.returncode == 0, res.stderr[-3000:]
+        user_side = podman.project(docker_side, "pulled")
+        ran = podman.itwin("--engine", "podman", "--images", "workflow.images.json", "workflow.yml", cwd=user_side)
+        conf.unlink()
         assert ran.returncode == 0, ran.stderr[-3000:]
-        assert ran.stderr.count("pulled ") == 3, ran.stderr[-3000:]
-        assert (elsewhere / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
+        assert ran.stderr.count("pulled ") == 3 and "built " not in ran.stderr, ran.stderr[-3000:]
+        assert (user_side / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
     shutil.rmtree(store, ignore_errors=True)
 
 
