@@ -20,7 +20,7 @@ from runner.cache import remember
 from runner.engines.base import ImageBuilder, StepRunner
 from runner.errors import ENDING_SIGNALS, Interrupted, StepFailed, UserError
 from runner.executors import follow_detached
-from runner.executors.base import Executor, Outcome, RunOptions, Submission
+from runner.executors.base import Executor, Loop, Outcome, RunOptions, Submission
 from runner.freshness import Freshness
 from runner.images import LABEL, BuildOptions
 from runner.plan import check_access, check_inputs, job_for, prepare_output, resolve_images, select
@@ -30,19 +30,6 @@ from runner.sweep import settle
 from runner.workflow import StepSpec, Workflow, dependencies
 
 GRACE = 5.0  # seconds a cancelled step has to stop before it is killed
-
-
-@dataclasses.dataclass
-class Loop:
-    """The scheduling loop's state: steps still to start, those running (with every handle), the first failure."""
-
-    pending: list[StepSpec]
-    active: dict[str, Submission] = dataclasses.field(default_factory=dict)
-    handles: dict[str, str] = dataclasses.field(default_factory=dict)
-    failure: Outcome | None = None
-    stopping: bool = False  # siblings of a failed step are being stopped (no --keep-going)
-    cancel_sent: bool = False
-    kill_sent: bool = False
 
 
 # ---------------------------------------------------------------- the session
@@ -208,7 +195,8 @@ class RunSession:
     def _start_ready(self, loop: Loop, images: dict[str, str]) -> None:
         """Submit each pending step whose inputs are ready (or, to an executor that orders steps itself, submitted);
         settle those that need not run."""
-        deps, whole = self._deps, self.executor.whole_workflow
+        deps, whole, arrays = self._deps, self.executor.whole_workflow, self.executor.arrays
+        points: dict[str, list[Submission]] = {}  # a sweep's points, for an executor that submits them as one array
         for step in list(loop.pending):
             if not self.executor.has_room(len(loop.active)):
                 break
@@ -222,7 +210,7 @@ class RunSession:
                 loop.pending.remove(step)
                 self._finish(step.name, "skipped: upstream failed")
                 continue
-            if step.parent and self._busy(step.parent, loop.active):
+            if step.parent and not arrays and self._busy(step.parent, loop.active):
                 continue
             waiting = [u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date")]
             if waiting and not (self.executor.orders_itself and all(u in loop.handles for u in waiting)):
@@ -232,11 +220,23 @@ class RunSession:
             if not waiting and not whole and self._up_to_date(sub):
                 self._finish(step.name, "up to date")
                 continue
+            if arrays and step.parent:
+                points.setdefault(step.parent, []).append(sub)
+                continue
             self._begin_step(sub)
-            loop.handles[step.name] = self.executor.submit(sub)
-            self.manifest["steps"][step.name]["handle"] = loop.handles[step.name]
-            loop.active[step.name] = sub
-            self.status[step.name] = "running"
+            self._track(loop, sub, self.executor.submit(sub))
+        for sweep, subs in points.items():
+            for sub in subs:
+                self._begin_step(sub)
+            handles = self.executor.submit_array(subs, self.wf.step(sweep).sweep.parallel)  # type: ignore[union-attr]
+            for sub, handle in zip(subs, handles, strict=True):
+                self._track(loop, sub, handle)
+
+    def _track(self, loop: Loop, sub: Submission, handle: str) -> None:
+        loop.handles[sub.step.name] = handle
+        self.manifest["steps"][sub.step.name]["handle"] = handle
+        loop.active[sub.step.name] = sub
+        self.status[sub.step.name] = "running"
 
     def _collect(self, loop: Loop) -> None:
         """The outcomes of steps that ended (a failed one with retries left runs again); after a failure without

@@ -199,7 +199,7 @@ json.dump({"loss": (a.x - 2) ** 2 + a.y}, open(os.path.join(a.output, "metrics.j
 """
 
 
-def test_a_sweep_runs_one_job_per_point_and_the_best_goes_on(toy, slurm_env):
+def test_a_sweep_is_one_job_array_and_the_best_goes_on(toy, slurm_env):
     (toy / "steps" / "point.py").write_text(POINT)
     text = (toy / "workflow.yml").read_text()
     text = text.replace("  - square:\n      input: raw\n", """  - fit:
@@ -210,6 +210,7 @@ def test_a_sweep_runs_one_job_per_point_and_the_best_goes_on(toy, slurm_env):
       sweep:
         grid: {x: [1, 2, 3], y: [0]}
         best: {metric: loss, mode: min}
+        parallel: 2
   - square:
       input: raw
 """).replace("datasets:\n", "datasets:\n  fits:\n    location: ./data/fits\n")
@@ -217,7 +218,12 @@ def test_a_sweep_runs_one_job_per_point_and_the_best_goes_on(toy, slurm_env):
     (toy / "workflow.yml").write_text(text)
     res = slurm("workflow.yml", cwd=toy, env=slurm_env)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert len(set(re.findall(r"submitted fit\.x-\d_y-0 as job (\d+)", res.stderr))) == 3  # a job per point
+    arrays = re.findall(r"submitted the 3 points of fit as job array (\d+) \(2 at a time\)", res.stderr)
+    assert len(arrays) == 1 and "submitted fit." not in res.stderr, res.stderr[-3000:]  # one sbatch call
+    run = next((toy / ".itwin-run" / "runs").glob("*/fit.sbatch"))
+    assert "#SBATCH --array=0-2%2" in run.read_text()
+    record = json.loads((run.parent / "manifest.json").read_text())
+    assert sorted(record["steps"][f"fit.x-{x}_y-0"]["handle"] for x in (1, 2, 3)) == [f"{arrays[0]}_{i}" for i in range(3)]
     fits = toy / "data" / "fits"
     assert os.readlink(fits / "best") == "x-2_y-0"
     assert [json.loads((fits / f"x-{x}_y-0" / "metrics.json").read_text())["loss"] for x in (1, 2, 3)] == [1, 0, 1]

@@ -263,6 +263,33 @@ def test_more_points_than_allowed_need_max_points(tmp_path):
     assert len(workflow.load(tmp_path / "wf.yml", root=tmp_path, max_points=4).steps) == 6
 
 
+class ArrayExecutor(LocalExecutor):
+    """The local executor taking a sweep's points together, as SLURM does (one job array)."""
+
+    arrays = True
+
+    def __init__(self, runner, jobs):
+        super().__init__(runner, jobs)
+        self.arrays_given: list[tuple[list[str], int | None]] = []
+
+    def submit_array(self, subs, parallel):
+        self.arrays_given.append(([s.step.name for s in subs], parallel))
+        return [self.submit(s) for s in subs]
+
+
+def test_an_executor_that_takes_arrays_gets_the_points_together(tmp_path):
+    write(tmp_path)
+    runner = sweep_runner()
+    executor = ArrayExecutor(runner, 4)
+    s = session.RunSession(workflow.load(tmp_path / "wf.yml", root=tmp_path), FakeBuilder(), runner, executor,
+                           session.RunOptions(jobs=4))
+    s.run()
+    points = [n for n in s.manifest["steps"] if n.startswith("train.")]
+    assert executor.arrays_given == [(points, 2)] and len(points) == 4  # one call, the sweep's `parallel`
+    assert os.readlink(tmp_path / "data" / "logs" / "best") == "hidden-16_lr-0.003"
+    assert runner.started[-1] == "predict"
+
+
 @pytest.mark.parametrize("where", ["slurm --detach", "cwl"])
 def test_a_sweep_is_refused_where_no_process_stays_to_pick_the_best(tmp_path, where):
     path = write(tmp_path)

@@ -58,6 +58,19 @@ class Outcome:
     usage: dict[str, Any] = field(default_factory=dict)  # what the step used, as far as it was measured
 
 
+@dataclass
+class Loop:
+    """The run session's scheduling state: steps still to start, those running (with every handle), the first failure."""
+
+    pending: list[StepSpec]
+    active: dict[str, Submission] = field(default_factory=dict)
+    handles: dict[str, str] = field(default_factory=dict)
+    failure: Outcome | None = None
+    stopping: bool = False  # siblings of a failed step are being stopped (no --keep-going)
+    cancel_sent: bool = False
+    kill_sent: bool = False
+
+
 def no(question: str) -> bool:
     return False
 
@@ -92,6 +105,7 @@ class Executor(Protocol):
     runs_as_caller: bool  # steps run as the user who started itwin-run (cwltool), not as the session's step user
     single_file_images: bool  # takes a step image as one file (cwltool's SIF): no dependency SIF + source overlay
     refuses_sweeps: str  # why a sweep cannot run here ("" when it can): the best point is picked by this process
+    arrays: bool  # takes a sweep's points together (submit_array), as one job array, `parallel` at a time
 
     @classmethod
     def create(cls, common: Common, settings: Any) -> Executor:
@@ -112,6 +126,10 @@ class Executor(Protocol):
 
     def submit(self, sub: Submission) -> str:
         """Start (or queue) a step; returns its handle (a job id, a step name)."""
+        ...
+
+    def submit_array(self, subs: list[Submission], parallel: int | None) -> list[str]:
+        """(Where `arrays`) a sweep's points at once, at most `parallel` running; their handles, in order."""
         ...
 
     def detached(self, active: dict[str, Submission]) -> bool:

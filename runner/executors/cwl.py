@@ -50,6 +50,7 @@ class CwlExecutor:
     runs_as_caller = True  # cwltool runs the tools as the calling user
     single_file_images = True  # DockerRequirement.dockerImageId: one SIF
     refuses_sweeps = "through cwltool (a CWL scatter would be its form)"
+    arrays = False
 
     @classmethod
     def create(cls, common: Common, settings: CwlSettings) -> CwlExecutor:

@@ -45,6 +45,7 @@ class LocalExecutor:
     runs_as_caller = False
     single_file_images = False
     refuses_sweeps = ""
+    arrays = False
 
     @classmethod
     def create(cls, common: Common, settings: None) -> LocalExecutor:

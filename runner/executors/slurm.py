@@ -44,7 +44,7 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """job id -> (state, reason) for the jobs the controller still knows: one squeue call."""
     if not job_ids:
         return {}
-    out = command(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])
+    out = command(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])  # -r: each array task
     states = {}
     for line in out.splitlines():
         parts = line.strip().split("|")
@@ -97,6 +97,7 @@ class SlurmExecutor:
     whole_workflow: bool = False
     runs_as_caller: bool = False
     single_file_images: bool = False
+    arrays: bool = True  # a sweep's points go as one job array (submit_array)
 
     @classmethod
     def create(cls, common: Common, settings: SlurmSettings) -> SlurmExecutor:
@@ -134,10 +135,16 @@ class SlurmExecutor:
 
     # ------------------------------------------------------------ scripts
 
-    def script(self, sub: Submission, spec_file: Path) -> str:
+    def script(self, sub: Submission, spec_file: Path, array: list[Submission] | None = None,
+               parallel: int | None = None) -> str:
+        """The batch script of a step; of a sweep's points (`array`, `sub` the first) as one job array, each task
+        the point of its index, with its own log, at most `parallel` at once."""
         s = sub.step.slurm
-        lines = ["#!/bin/bash", f"#SBATCH --job-name=itwin-{sub.step.name}", f"#SBATCH --output={sub.log}",
-                 f"#SBATCH --chdir={sub.job.workdir}"]
+        name = sub.step.parent if array else sub.step.name
+        lines = ["#!/bin/bash", f"#SBATCH --job-name=itwin-{name}",
+                 f"#SBATCH --output={'/dev/null' if array else sub.log}", f"#SBATCH --chdir={sub.job.workdir}"]
+        if array:
+            lines.append(f"#SBATCH --array=0-{len(array) - 1}" + (f"%{parallel}" if parallel else ""))
         if sub.after:
             lines += [f"#SBATCH --dependency=afterok:{':'.join(sub.after)}", "#SBATCH --kill-on-invalid-dep=yes"]
         # resources: map to SLURM's own options; a step's `slurm:` values, where given, are more specific
@@ -160,6 +167,11 @@ class SlurmExecutor:
             if "\n" in line or "\0" in line:
                 raise UsageError(f"step {sub.step.name!r}: a SLURM option holds a line break")
         run = f"{shlex.quote(sys.executable)} -m runner.stepjob {shlex.quote(str(spec_file))}"
+        if array:  # the task's own spec and log, by its index
+            quoted = " ".join(shlex.quote(str(self.run_dir / f"{p.step.name}.job.json")) for p in array)
+            logs = " ".join(shlex.quote(str(p.log)) for p in array)
+            lines += [f"specs=({quoted})", f"logs=({logs})", 'exec >"${logs[$SLURM_ARRAY_TASK_ID]}" 2>&1']
+            run = f'{shlex.quote(sys.executable)} -m runner.stepjob "${{specs[$SLURM_ARRAY_TASK_ID]}}"'
         tasks = ((s and s.nodes) or 1) * ((s and s.ntasks_per_node) or 1)
         lines.append(f"srun --kill-on-bad-exit=1 {run}" if tasks > 1 else f"exec {run}")
         return "\n".join(lines) + "\n"
@@ -173,8 +185,12 @@ class SlurmExecutor:
         handles, upstream = {}, needs([s.step for s in subs])
         for sub in subs:
             sub.after = [handles[u] for u in sorted(upstream[sub.step.name]) if u in handles]
-            handles[sub.step.name] = f"<{sub.step.name}>"
-            print(f"# ---- {sub.step.name}.sbatch\n{self.script(sub, sub.log.with_suffix('.job.json'))}")
+            handles[sub.step.name] = f"<{sub.step.parent or sub.step.name}>"
+            points = [p for p in subs if sub.step.parent and p.step.parent == sub.step.parent]
+            if not points:
+                print(f"# ---- {sub.step.name}.sbatch\n{self.script(sub, sub.log.with_suffix('.job.json'))}")
+            elif sub is points[0]:  # a sweep's points: one job array (its `parallel` becomes %N when submitted)
+                print(f"# ---- {sub.step.parent}.sbatch\n{self.script(sub, sub.log.with_suffix('.job.json'), points)}")
 
     # ------------------------------------------------------------ submit / poll / cancel
 
@@ -189,17 +205,37 @@ class SlurmExecutor:
         return self.detach and bool(active)
 
     def submit(self, sub: Submission) -> str:
-        for stale in (sub.log.with_suffix(".exit"), sub.log.with_suffix(".usage.json")):  # an earlier attempt's
-            stale.unlink(missing_ok=True)
-        spec_file = self.run_dir / f"{sub.step.name}.job.json"
-        spec_file.write_text(self._spec(sub))
-        script = self.run_dir / f"{sub.step.name}.sbatch"
-        script.write_text(self.script(sub, spec_file))
-        job_id = command(["sbatch", "--parsable", str(script)]).strip().split(";")[0]
+        job_id = self._sbatch(sub, [sub])
         self._handles[sub.step.name] = job_id
+        ui.say(f"submitted {sub.step.name} as job {job_id}" + (f" (after {', '.join(sub.after)})" if sub.after else ""))
+        return job_id
+
+    def submit_array(self, subs: list[Submission], parallel: int | None) -> list[str]:
+        """A sweep's points as one job array (one sbatch call), at most `parallel` tasks at once; the tasks'
+        handles (JOB_INDEX), in the order given. One point is a job of its own."""
+        if len(subs) == 1:
+            return [self.submit(subs[0])]
+        job_id = self._sbatch(subs[0], subs, parallel)
+        handles = [f"{job_id}_{i}" for i in range(len(subs))]
+        self._handles.update((sub.step.name, h) for sub, h in zip(subs, handles, strict=True))
+        ui.say(f"submitted the {len(subs)} points of {subs[0].step.parent} as job array {job_id}"
+               + (f" ({parallel} at a time)" if parallel else "") + (f" (after {', '.join(subs[0].after)})"
+                                                                   if subs[0].after else ""))
+        return handles
+
+    def _sbatch(self, sub: Submission, subs: list[Submission], parallel: int | None = None) -> str:
+        """Write the specs and the batch script of one step (or of a sweep's points, as an array); its job id."""
+        for each in subs:
+            for stale in (each.log.with_suffix(".exit"), each.log.with_suffix(".usage.json")):  # an earlier attempt's
+                stale.unlink(missing_ok=True)
+            (self.run_dir / f"{each.step.name}.job.json").write_text(self._spec(each))
+        array = subs if len(subs) > 1 else None
+        name = sub.step.parent if array else sub.step.name
+        script = self.run_dir / f"{name}.sbatch"
+        script.write_text(self.script(sub, self.run_dir / f"{sub.step.name}.job.json", array, parallel))
+        job_id = command(["sbatch", "--parsable", str(script)]).strip().split(";")[0]
         if self.cancel_on_exit:
             self._watchdog.job(job_id)
-        ui.say(f"submitted {sub.step.name} as job {job_id}" + (f" (after {', '.join(sub.after)})" if sub.after else ""))
         return job_id
 
     def poll(self, active: dict[str, Submission], timeout: float) -> list[Outcome]:
