@@ -16,6 +16,7 @@ from runner.executors.base import RunOptions
 from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for, write_pins
 from runner.limits import Limits
 from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
+from runner.tree import holds_a_file
 from runner.workflow import StepSpec, Workflow, dependencies
 
 
@@ -140,6 +141,14 @@ def prepare_output(path: Path, user: str) -> None:
         os.chown(dirpath, uid, gid)
         for name in [*dirnames, *filenames]:
             os.lchown(os.path.join(dirpath, name), uid, gid)
+
+
+def wrote_nothing(step: StepSpec, output: str | None) -> str:
+    """Why a step that exited 0 is not done: nothing is in its output (unless it allows that); "" when it is done."""
+    if not output or step.allow_empty_output or holds_a_file(Path(output)):
+        return ""
+    return (f"step {step.name!r} exited 0 but wrote nothing into its output dataset {step.output!r} ({output}); "
+            "a step that may write nothing says `allow_empty_output: true`")
 
 
 def push(wf: Workflow, builder: ImageBuilder, refs: dict[str, str], registry: str, pins: Path | None) -> dict[str, str]:

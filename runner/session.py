@@ -23,7 +23,7 @@ from runner.executors import follow_detached
 from runner.executors.base import Executor, Loop, Outcome, RunOptions, Submission
 from runner.freshness import Freshness
 from runner.images import LABEL, BuildOptions
-from runner.plan import check_access, check_inputs, job_for, prepare_output, resolve_images, select
+from runner.plan import check_access, check_inputs, job_for, prepare_output, resolve_images, select, wrote_nothing
 from runner.record import failed, upstream_failed
 from runner.state import State, complete_step
 from runner.sweep import settle
@@ -243,6 +243,8 @@ class RunSession:
         --keep-going, the running steps are stopped."""
         for out in self.executor.poll(loop.active, timeout=0.2):
             sub = loop.active.pop(out.step)
+            empty = wrote_nothing(sub.step, sub.output) if out.status == "done" else ""
+            out = dataclasses.replace(out, status="failed", reason=empty) if empty else out
             again = self._retry(sub, out, loop.stopping)
             if again:
                 loop.handles[out.step] = self.executor.submit(again)

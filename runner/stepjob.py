@@ -1,8 +1,8 @@
 """Run one step inside a batch job: `python -m runner.stepjob JOB.json` (written by the SLURM executor).
 
 The step runs through the chosen engine with the same argv, binds and env as a local run; task 0 writes the step's
-exit code beside its log and, on success, the step record (runner.state.complete_step). SIGTERM (scancel) stops
-the step's container or apptainer process before the job ends."""
+exit code beside its log and, on success with something in its output, the step record (runner.state.complete_step).
+SIGTERM (scancel) stops the step's container or apptainer process before the job ends."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from runner.engines import Cancelled, get_runner
 from runner.engines.base import Job, failure_reason
 from runner.policy import masker
 from runner.state import complete_step
+from runner.tree import holds_a_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         reason = failure_reason(runner, job, code, []) if code else ""
         exit_file.with_suffix(".usage.json").write_text(json.dumps({**job.usage, "reason": reason}))
         exit_file.write_text(f"{code}\n")
-        if code == 0:
+        output = spec["output"]
+        if code == 0 and (not output or spec.get("allow_empty_output") or holds_a_file(Path(output))):
             complete_step(Path(spec["root"]), spec["key"], spec["parts"], spec["inputs"], spec["output"], spec["run_id"])
     return code
 

@@ -78,3 +78,11 @@ def file_digest(path: Path) -> str:
 def content_digest(root: Path, exclude: Iterable[Path] = (), patterns: Iterable[str] = ()) -> list[str]:
     """`relative path:sha256` of every file: what an image built from this tree is made of."""
     return [f"{rel}:{file_digest(root / rel)}" for rel, _ in walk(root, exclude, patterns)]
+
+
+def holds_a_file(root: Path) -> bool:
+    """Whether anything but folders is under root (stops at the first): an output a step wrote nothing into does not."""
+    for _dirpath, _dirnames, filenames in os.walk(root):
+        if filenames:
+            return True
+    return False

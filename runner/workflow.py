@@ -76,6 +76,7 @@ class Step(BaseModel):
     slurm: Slurm | None = None
     depends: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] | None = None
     sweep: Sweep | None = None
+    allow_empty_output: bool = False  # exit 0 with nothing in its output counts as done
 
 
 class Dataset(BaseModel):
@@ -116,6 +117,7 @@ class StepSpec:
     points: tuple[Point, ...] = ()  # (a sweep's own step) its points, each a step named NAME.SLUG
     parent: str | None = None  # (a point) its sweep's step
     point: Point | None = None  # (a point) its values and folder
+    allow_empty_output: bool = False
 
 
 @dataclass
@@ -309,7 +311,7 @@ def _step(wf: WorkflowFile, name: str, step: Step, here: tuple, inputs: tuple[st
     spec = StepSpec(name=name, line=line_of(lines, here), command=step.command, inputs=inputs,
                     output=step.output, env=env, env_file=env_file, sources=tuple(sources),
                     params=step.params or {}, gpus=gpus, limits=limits, retries=step.retries,
-                    slurm=step.slurm, depends=step.depends)
+                    slurm=step.slurm, depends=step.depends, allow_empty_output=step.allow_empty_output)
     try:
         shlex.split(step.command)
     except ValueError as exc:

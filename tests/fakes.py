@@ -32,14 +32,15 @@ class FakeBuilder:
 
 class FakeRunner:
     """Each step's behaviour comes from `plan[step]`: a callable(job) -> exit code, run in the step's thread. It can
-    wait on `self.stopped` (set by interrupt) to stand for a container that stops on SIGTERM."""
+    wait on `self.stopped` (set by interrupt) to stand for a container that stops on SIGTERM. A step that ends well
+writes STEP.out into its output, unless `writes` is False."""
 
     name = "fake"
     cwltool_args: list[str] = []
     cwl_output_at_dataset = True
 
-    def __init__(self, plan: dict[str, Callable[[Job], int]] | None = None):
-        self.plan = plan or {}
+    def __init__(self, plan: dict[str, Callable[[Job], int]] | None = None, writes: bool = True):
+        self.plan, self.writes = plan or {}, writes
         self.started: list[str] = []  # containers created
         self.events: list[tuple[float, str, str]] = []
         self.stopped = threading.Event()
@@ -76,6 +77,10 @@ class FakeRunner:
         try:
             action = self.plan.get(job.step)
             code = action(job) if action else 0
+            if code == 0 and self.writes and "--output" in job.argv:  # what a step that ends well leaves
+                out = Path(job.argv[job.argv.index("--output") + 1])
+                if out.is_dir():
+                    (out / f"{job.step}.out").write_text(job.step)
         finally:
             self.events.append((time.monotonic(), "end", job.step))
         return code

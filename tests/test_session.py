@@ -442,3 +442,21 @@ def test_why_a_step_runs_is_said_by_the_dry_run_the_run_and_the_record(project, 
     (project / "chain.yml").write_text(CHAIN.replace('"python three.py"', '"python three.py --fast"'))
     run(project, FakeRunner(), dry_run=True)
     assert "three: run (command or params changed)" in capsys.readouterr().out
+
+
+def test_a_step_that_writes_nothing_fails_unless_it_allows_it(project):
+    """#32: exit 0 with an empty output is a failure (Snakemake's missing outputs): the next step never runs on
+    nothing, no record says it is done; `allow_empty_output: true` lets a step write nothing."""
+    with pytest.raises(StepFailed) as exc:
+        run(project, FakeRunner(writes=False))
+    assert exc.value.exit_code == 1 and "step 'one' exited 0 but wrote nothing into its output dataset 'a'" in str(
+        exc.value) and "allow_empty_output: true" in str(exc.value)
+    m = last_manifest(project)
+    assert [m["steps"][s]["status"] for s in ("one", "two", "three")] == ["failed", "skipped: upstream failed",
+                                                                          "skipped: upstream failed"]
+    assert "wrote nothing" in m["steps"]["one"]["reason"] and not State(project).record("chain.yml/one")
+    (project / "chain.yml").write_text(CHAIN.replace('"python one.py",', '"python one.py", allow_empty_output: true,'))
+    r = FakeRunner({"one": lambda job: 0, "two": lambda job: 0}, writes=False)
+    with pytest.raises(StepFailed, match="step 'two' exited 0 but wrote nothing"):
+        run(project, r)
+    assert last_manifest(project)["steps"]["one"]["status"] == "done" and State(project).record("chain.yml/one")

@@ -179,7 +179,8 @@ class SlurmExecutor:
     def _spec(self, sub: Submission) -> str:
         return json.dumps({"engine": self.engine, "run_id": self.run_id, "root": str(sub.job.workdir), "key": sub.key,
                            "output": sub.output, "parts": sub.parts, "inputs": sub.inputs, "job": sub.job.to_dict(),
-                           "exit_file": str(sub.log.with_suffix(".exit"))}, indent=1, default=str)
+                           "exit_file": str(sub.log.with_suffix(".exit")),
+                           "allow_empty_output": sub.step.allow_empty_output}, indent=1, default=str)
 
     def dry_run(self, subs: list[Submission], present: dict[str, bool]) -> None:
         handles, upstream = {}, needs([s.step for s in subs])
