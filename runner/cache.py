@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from runner import ui
 from runner.engines import engine, engines
 from runner.engines.base import Made, image_parts
 from runner.errors import UserError
+from runner.places import sif_cache
 from runner.state import State
 
 DAY = 86400.0
@@ -24,6 +26,7 @@ class Entry:
     item: Made
     named_by: list[str] = field(default_factory=list)  # "workflow/step" of step records, pin files
     last_used: float | None = None
+    ours: bool = False  # named by the project `images` and `prune` run in (or its dependency image is)
 
 
 def _projects_file() -> Path:
@@ -77,6 +80,7 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
             notes.append(f"{each.name}: not listed ({exc})")
     named: dict[str, list[str]] = {}
     used: dict[str, float] = {}
+    ours: set[str] = set()
     for project in projects(root):
         where = "" if project == root else f"{project}: "
         state = State(project)
@@ -106,12 +110,31 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
                 for form in (f for part in image_parts(step.get("image") or "") for f in _forms(part)
                              if step.get("start")):
                     used[form] = max(used.get(form, 0.0), float(step["start"]))
+        if project == root:  # projects() lists it first
+            ours = set(named)
     for i in items:  # an image's dependency image is needed (and used) as long as the image is
         if i.needs and named.get(i.ref):
             named.setdefault(i.needs, []).append(f"(dependencies of {i.ref})")
+            ours |= {i.needs} if i.ref in ours else set()
         if i.needs and i.ref in used:
             used[i.needs] = max(used.get(i.needs, 0.0), used[i.ref])
-    return [Entry(i, named.get(i.ref, []), used.get(i.ref)) for i in items], notes
+    return [Entry(i, named.get(i.ref, []), used.get(i.ref), i.ref in ours) for i in items], notes
+
+
+def _names(e: Entry, room: int) -> str:
+    """What names an entry, this project's names first, cut to `room` characters with a count of the rest."""
+    names = sorted(e.named_by, key=lambda n: n.startswith(("/", "(")))  # other projects' names start with theirs
+    names = [f"{Path(n.split(': ', 1)[0]).name}: {n.split(': ', 1)[1]}" if n.startswith("/") else n for n in names]
+    busy = "  (in use)" if e.item.busy else ""
+    out = names[:1] or ["left by a build" if e.item.stage else "-"]
+    for n in names[1:]:
+        if len(", ".join([*out, n])) + len(f" +{len(names)} more{busy}") > room:
+            break
+        out.append(n)
+    rest = (f" +{len(names) - len(out)} more" if len(out) < len(names) else "") + busy
+    if len(out[0]) + len(rest) > room:  # cut from the left: the step's name is at the end
+        out[0] = "…" + out[0][len(out[0]) + len(rest) - room + 1:]
+    return ", ".join(out) + rest
 
 
 def to_prune(entries: list[Entry], older_than: float | None, everything: bool) -> list[Entry]:
@@ -147,19 +170,34 @@ def age(t: float | None) -> str:
     if not t:
         return "never"
     d = time.time() - t
-    return f"{d / DAY:.0f}d ago" if d >= DAY else f"{d / 3600:.0f}h ago" if d >= 3600 else f"{d / 60:.0f}m ago"
+    return f"{d / DAY:.0f}d" if d >= DAY else f"{d / 3600:.0f}h" if d >= 3600 else f"{d / 60:.0f}m"
 
 
-def listing(where: Path) -> None:
-    """Print what each engine made, with what names it (`itwin-run images`)."""
+def listing(where: Path, everything: bool = False) -> None:
+    """Print what each engine made, with what names it (`itwin-run images`): what this project names and what
+    nothing names (what `prune` would remove), or with `everything` what every project names, one line each in the
+    terminal's width (100 columns without one)."""
     entries, notes = inventory(where)
     for note in notes:
         ui.say(note, "yellow")
-    print(f"{'ENGINE':<9}  {'IMAGE':<58}  {'OWN SIZE':>8}  {'MADE':>9}  {'USED':>9}  NAMED BY")
-    for e in sorted(entries, key=lambda e: (e.item.engine, e.item.ref)):
-        named = ", ".join(e.named_by) or ("left by a build" if e.item.stage else "-")
-        print(f"{e.item.engine:<9}  {e.item.ref:<58}  {size(e.item.size):>8}  {age(e.item.created):>9}  "
-              f"{age(e.last_used):>9}  {named}{'  (in use)' if e.item.busy else ''}")
+    shown = sorted((e for e in entries if everything or e.ours or not e.named_by),
+                   key=lambda e: (e.item.engine, e.item.ref))
+    sif = str(sif_cache()) + os.sep
+    refs = {id(e): e.item.ref.removeprefix(sif) for e in shown}  # a SIF by its name in the SIF cache
+    wide = max((len(r) for r in refs.values()), default=5)
+    kind = max((len(e.item.engine) for e in shown), default=6)
+    head = f"{'ENGINE':<{kind}}  {'IMAGE':<{wide}}  {'OWN SIZE':>8}  {'MADE':>5}  {'USED':>5}  "
+    room = max(15, shutil.get_terminal_size((100, 24)).columns - len(head))
+    print(head + "NAMED BY")
+    for e in shown:
+        print(f"{e.item.engine:<{kind}}  {refs[id(e)]:<{wide}}  {size(e.item.size):>8}  {age(e.item.created):>5}  "
+              f"{age(e.last_used):>5}  {_names(e, room)}")
+    if len(shown) < len(entries):
+        hidden = [e for e in entries if e not in shown]
+        print(f"and {len(hidden)} more that only other projects name ({size(sum(e.item.size for e in hidden))}): "
+              "`itwin-run images --all` lists them")
+    if any(e.item.engine == "apptainer" for e in shown):
+        print(f"SIFs are in {sif_cache()}")
 
 
 def prune(where: Path, older_than: float | None, dry_run: bool, everything: bool) -> None:

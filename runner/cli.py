@@ -254,12 +254,14 @@ def dag(
 
 
 @app.command()
-def images(root: RootOpt = None) -> None:
-    """List the images and SIFs itwin-run made: size, age, last use, and which step records or pin files of this
-    project still name them."""
+def images(root: RootOpt = None,
+           everything: Annotated[bool, typer.Option("--all", help="Also what only other projects name.")] = False,
+           ) -> None:
+    """List the images and SIFs itwin-run made that this project's step records or pin files name, and those
+    nothing names (what `prune` removes): size, age, last use, and what names them."""
     from runner import cache
 
-    cache.listing((root or Path.cwd()).resolve())
+    cache.listing((root or Path.cwd()).resolve(), everything)
 
 
 @app.command()

@@ -5,6 +5,7 @@ containers.)"""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from runner.engines.base import Engine, Made
 from tests.fakes import FakeBuilder, FakeRunner
 
 RAN = []
+MADE = [Made("toyengine", "toy/image:1", 1234, 0.0, key="toy/image:1")]
 
 
 class Runner(FakeRunner):
@@ -28,7 +30,7 @@ class Runner(FakeRunner):
 
 
 ENGINE = Engine(name="toyengine", builder=lambda **options: FakeBuilder(), runner=Runner,
-                made=lambda: [Made("toyengine", "toy/image:1", 1234, 0.0, key="toy/image:1")],
+                made=lambda: list(MADE),
                 remove=lambda item: None, doctor=lambda needs_gpu: [Check("toyengine", True, "the toy engine is here")],
                 aliases=("toy",))
 '''
@@ -71,6 +73,43 @@ def test_an_engine_from_another_package_runs_a_workflow(plugin, tmp_path, capsys
     assert "ok   toyengine: the toy engine is here" in capsys.readouterr().out.splitlines()
     main(["images", "--root", str(project)])
     assert any(line.startswith("toyengine  toy/image:1") for line in capsys.readouterr().out.splitlines())
+
+
+def test_images_lists_this_projects_images_in_100_columns_and_all_of_them_with_all(plugin, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """#32: `images` shows what this project names and what nothing names (what prune removes), not every
+    project's on the machine; `--all` shows those too; both in 100 columns, long names cut with a count."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the list of projects that ran here
+    monkeypatch.setenv("COLUMNS", "100")
+    import toyengine_plugin
+
+    from runner.engines.base import Made
+
+    refs = {}
+    for name, steps in (("mine", 6), ("theirs", 1)):
+        project = tmp_path / name / ("a-long-folder-name-" * 3)
+        project.mkdir(parents=True)
+        (project / f"env-{name}.txt").write_text("")
+        (project / "wf.yml").write_text("datasets:\n" + "".join(f"  a{i}: {{location: ./data/{i}}}\n" for i in range(
+            steps)) + "steps:\n" + "".join(f"  - step-with-a-long-name-{i}: {{output: a{i}, command: python one.py, "
+                                            f"env: {{file: env-{name}.txt}}}}\n" for i in range(steps)))
+        main(["--engine", "toyengine", str(project / "wf.yml"), "--root", str(project), "-j", "1"])
+        refs[name] = (project, json.loads(max((project / ".itwin-run/runs").glob("*/manifest.json")).read_text())[
+            "steps"]["step-with-a-long-name-0"]["image"])
+    toyengine_plugin.MADE += [Made("toyengine", refs[n][1] + "-x", 1, 0.0, key=n) for n in refs]
+    toyengine_plugin.MADE += [Made("toyengine", refs[n][1], 1, 0.0, key=n) for n in refs]
+    capsys.readouterr()
+    main(["images", "--root", str(refs["mine"][0])])
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[1]: line for line in out[1:] if line.startswith("toyengine")}
+    assert set(rows) == {"toy/image:1", refs["mine"][1], *(refs[n][1] + "-x" for n in refs)}, out
+    assert rows[refs["mine"][1]].endswith("-name-0 +5 more"), out  # its own names first, cut from the left
+    assert any(line.startswith("and 1 more that only other projects name") for line in out), out
+    assert all(len(line) <= 100 for line in out), [line for line in out if len(line) > 100]
+    main(["images", "--all", "--root", str(refs["mine"][0])])
+    out = capsys.readouterr().out.splitlines()
+    row = next(line for line in out if line.split()[1:2] == [refs["theirs"][1]])
+    assert row.endswith("-long-name-0") and all(len(line) <= 100 for line in out), out
 
 
 def test_an_unknown_engine_names_those_installed(plugin, tmp_path, capsys):
