@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from runner import flags, ui
-from runner.errors import StepFailed, UsageError, UserError, ValidationError
+from runner.errors import EXIT_CODES, StepFailed, UsageError, UserError, ValidationError
 from runner.flags import AllowOpt, ConsOpt, EngineOpt, ImagesOpt, ParentOpt, PullOpt, RootOpt, VerboseOpt, WheelOpt, WorkflowArg
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
@@ -27,14 +27,12 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(help="Run AI/ML digital-twin workflows step by step in containers. `itwin-run [OPTIONS] WORKFLOW.yml` "
+                   "is `itwin-run run [OPTIONS] WORKFLOW.yml`.\n\nExit codes: " + "; ".join(
+                       f"{code} {when.split(':')[0]}" for code, when in EXIT_CODES) + ".")
 def _top(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
-    """Run AI/ML digital-twin workflows step by step in containers. `itwin-run [OPTIONS] WORKFLOW.yml` is
-    `itwin-run run [OPTIONS] WORKFLOW.yml`.
-
-    Exit codes: 0 success; 2 a usage or workflow problem (nothing started); 1 the engine or machine (daemon, registry, build);
-    a failed step's own code; 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM, 129 hang-up)."""
+    pass
 
 
 @app.command()
@@ -315,11 +313,11 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
 ) -> None:
     """Check what this machine offers (Docker, the NVIDIA runtime, Apptainer, SLURM, disk, registries, the
-    wheelhouse), one line each with what to do about a gap; exit 0 when what the run needs is usable, else 1."""
+    wheelhouse), one line each with what to do about a gap; exit 0 when what the run needs is usable, else 3."""
     from runner import doctor as doc
 
     if not doc.check(workflow, root, engine, executor_, as_json):
-        raise typer.Exit(1)
+        raise typer.Exit(3)
 
 
 @app.command()

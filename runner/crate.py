@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.cwl import CWL_KEY, PROVENANCE
-from runner.errors import UserError
+from runner.errors import UsageError, UserError
 from runner.report import mlflow_run
 from runner.workflow import Workflow
 
@@ -41,7 +41,7 @@ def write(where: Path, run_id: str | None, out: Path, include_data: bool) -> Non
     state = State(where)
     m = state.manifest(run_id)
     if m.get("status") in ("running", "submitted"):
-        raise UserError(f"run {m['run_id']} has not ended ({m['status']}): make its crate once it has")
+        raise UsageError(f"run {m['run_id']} has not ended ({m['status']}): make its crate once it has")
     wf = wfmod.load(m["workflow"], m.get("root"), allowed_mounts=m.get("allowed_mounts") or [])
     counts = make(m, wf, out.resolve(), include_data, state.runs / m["run_id"] / "cwl" / PROVENANCE)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
@@ -94,7 +94,7 @@ def make(manifest: dict[str, Any], wf: Workflow, out: Path, include_data: bool,
         crate.write_zip(str(out))
     else:
         if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out}: not empty: name a new folder or a .zip")
+            raise UsageError(f"{out}: not empty: name a new folder or a .zip")
         crate.write(str(out))
     return {"steps": len(tools), "actions": len(controls), "entities": len(crate.get_entities())}
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from runner.errors import UserError
+from runner.errors import UsageError
 from runner.limits import Limits
 from runner.workflow import StepSpec, Workflow, writers
 
@@ -42,9 +42,9 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
     try:
         cwl = yaml.safe_load(cwl_file.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{cwl_file}: cannot read the CWL workflow: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"{cwl_file}: cannot read the CWL workflow: {str(exc).splitlines()[0]}") from None
     if not isinstance(cwl, dict) or cwl.get("class") != "Workflow":
-        raise UserError(f"{cwl_file}: not a CWL Workflow (class: Workflow)")
+        raise UsageError(f"{cwl_file}: not a CWL Workflow (class: Workflow)")
     by_name = {s.name: s for s in wf.steps}
     out: dict[str, Any] = {}
     unknown = []
@@ -54,13 +54,13 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
             unknown.append(step_id)
             continue
         if not isinstance(run, str):
-            raise UserError(f"{cwl_file}: step {step_id}: put its tool in a file of its own (run: tool.cwl) so that "
+            raise UsageError(f"{cwl_file}: step {step_id}: put its tool in a file of its own (run: tool.cwl) so that "
                             "itwin-run can give it the step image")
         reqs = requirements(wf, step, images[step.name], at_dataset, (gpus or {}).get(step.name, step.gpus),
                             (limits or {}).get(step.name), overriding=True)
         out[(cwl_file.parent / run).resolve().as_uri()] = {"requirements": reqs}
     if unknown:
-        raise UserError(f"{cwl_file}: CWL steps {', '.join(unknown)} match no step of {wf.path.name} "
+        raise UsageError(f"{cwl_file}: CWL steps {', '.join(unknown)} match no step of {wf.path.name} "
                         f"({', '.join(by_name)}): name them alike")
     return {"$namespaces": {"cwltool": "http://commonwl.org/cwltool#"}, "cwltool:overrides": out}
 
@@ -126,7 +126,7 @@ def export(wf: Workflow, images: dict[str, str], outdir: Path) -> list[Path]:
     """A CWL v1.2 Workflow plus one CommandLineTool per step; argv and outputs as the classical run has them."""
     sweep = next((s for s in wf.steps if s.sweep), None)
     if sweep:  # a CWL scatter would be its form: not written yet
-        raise UserError(f"{wf.path}:{sweep.line}: {sweep.name}.sweep: export-cwl does not write sweeps yet")
+        raise UsageError(f"{wf.path}:{sweep.line}: {sweep.name}.sweep: export-cwl does not write sweeps yet")
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     wf_inputs: dict[str, Any] = {}
@@ -161,7 +161,7 @@ def tool_for(wf: Workflow, step: StepSpec, image: str, writers: dict[str, str],
         local = (wf.root / token).resolve()
         if not base or not local.is_file() or wf.root not in local.parents:
             if inputs:
-                raise UserError(f"{wf.path}:{step.line}: {step.name}.command: export needs the project files "
+                raise UsageError(f"{wf.path}:{step.line}: {step.name}.command: export needs the project files "
                                 f"after the fixed words of the command ({token!r} follows one)")
             base.append(token)
             continue

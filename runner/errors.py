@@ -1,29 +1,30 @@
 """Errors a user can act on: printed as one line each, never as a traceback.
 
-Exit codes: 2 for a usage or workflow problem (bad flag, bad file, refused mount), 1 for the machine's side (engine,
-daemon, registry, build), the step's own code when a step fails, 128 + the signal when interrupted."""
+Exit codes (EXIT_CODES): 0 success, 1 a step failed, 2 a usage or workflow problem (nothing started), 3 the machine
+cannot run it (engine, daemon, registry, build, permissions), 128 + the signal when interrupted."""
 
 from __future__ import annotations
 
 import signal
 
-# Every code itwin-run exits with, and when (the documentation's exit-code table is made from this).
+# Every code itwin-run exits with, and when (`--help`, the README and the documentation's table are made from this).
 EXIT_CODES = [
     ("0", "success: every selected step is done or up to date"),
-    ("1", "the machine's side: the engine or its daemon, a registry, an image build, a step the engine refused, a "
-          "sweep whose points wrote no metric"),
-    ("2", "a usage or workflow problem: a bad flag or combination, a bad or missing file, a refused mount (nothing "
-          "was started)"),
-    ("N", "a step failed with exit code N: the run exits with the first failed step's own code"),
+    ("1", "a step failed: its own exit code, or why the engine stopped it, is in the message and the run's record"),
+    ("2", "the workflow or the command line is wrong: a bad flag or combination, a bad or missing file, a refused "
+          "mount, a run id that does not exist (nothing was started)"),
+    ("3", "the machine cannot run it: the engine or its daemon, a registry, an image build, permissions, another "
+          "run holding the project"),
     ("130, 143, 129, 131", "interrupted: 128 + the signal (Ctrl-C, SIGTERM, a hang-up, SIGQUIT); steps not finished "
                            "are recorded interrupted"),
 ]
 
 
 class UserError(Exception):
-    """A problem with the user's input or environment; `exit_code` is what the CLI exits with."""
+    """Something on the machine's side stops the run (engine, daemon, registry, build, permissions); subclasses
+    for the other rows of EXIT_CODES. `exit_code` is what the CLI exits with."""
 
-    exit_code = 1
+    exit_code = 3
 
 
 class UsageError(UserError):
@@ -42,11 +43,12 @@ class ValidationError(UsageError):
 
 
 class StepFailed(UserError):
-    """A step exited non-zero; the run exits with the step's own code."""
+    """A step failed (its own exit code is `code`, in the message and the record); the run exits with 1."""
+
+    exit_code = 1
 
     def __init__(self, step: str, code: int, tail: list[str], log: str, reason: str = ""):
         self.step, self.code, self.tail, self.log = step, code, tail, log
-        self.exit_code = code if 0 < code < 256 else 1
         super().__init__(reason or f"step {step!r} failed with exit code {code} (log: {log})")
 
 

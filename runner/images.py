@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import tree
-from runner.errors import UsageError, UserError, ValidationError
+from runner.errors import UsageError, ValidationError
 from runner.workflow import StepSpec, Workflow
 from runner.yamlfile import compose, dotted, line_of
 
@@ -51,12 +51,12 @@ class BuildOptions:
             wh = None
         cs = constraints or os.environ.get("ITWIN_RUN_CONSTRAINTS") or None
         if pull not in ("missing", "always", "never"):
-            raise UserError(f"--pull: expected missing, always or never; got {pull!r}")
+            raise UsageError(f"--pull: expected missing, always or never; got {pull!r}")
         opts = cls(Path(wh).resolve() if wh else None, Path(cs).resolve() if cs else None, pull)
         if opts.wheelhouse and not opts.wheelhouse.is_dir():
-            raise UserError(f"wheelhouse {opts.wheelhouse} is not a directory")
+            raise UsageError(f"wheelhouse {opts.wheelhouse} is not a directory")
         if opts.constraints and not opts.constraints.is_file():
-            raise UserError(f"constraints file {opts.constraints} not found")
+            raise UsageError(f"constraints file {opts.constraints} not found")
         return opts
 
 
@@ -236,7 +236,7 @@ def spec_for(step: StepSpec, wf: Workflow | None = None) -> ImageSpec:
     lower = f.name.lower()
     if lower == "dockerfile" or lower.endswith(".dockerfile") or lower.startswith("dockerfile."):
         if step.sources:
-            raise UserError(f"{f}: a Dockerfile env builds its own context; 'source' is not used with it (step {step.name!r})")
+            raise UsageError(f"{f}: a Dockerfile env builds its own context; 'source' is not used with it (step {step.name!r})")
         return ImageSpec(kind="dockerfile", name=name, step=step.name, env_file=f,
                          digest_parts=context_files(f.parent, exclude), exclude=exclude)
     kind = "conda" if f.suffix in {".yml", ".yaml"} else "requirements"

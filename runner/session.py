@@ -18,7 +18,7 @@ from typing import Any
 from runner import record, ui
 from runner.cache import remember
 from runner.engines.base import ImageBuilder, StepRunner
-from runner.errors import ENDING_SIGNALS, Interrupted, StepFailed, UserError
+from runner.errors import ENDING_SIGNALS, Interrupted, StepFailed, UsageError, UserError
 from runner.executors import follow_detached
 from runner.executors.base import Executor, Loop, Outcome, RunOptions, Submission
 from runner.freshness import Freshness
@@ -63,7 +63,7 @@ class RunSession:
         self.executor.check(self.opts, steps)  # flags this executor cannot honour: refused before anything starts
         sweep = next((s for s in steps if s.sweep), None)
         if sweep and self.executor.refuses_sweeps:
-            raise UserError(f"{self.wf.path}:{sweep.line}: {sweep.name}.sweep: not yet {self.executor.refuses_sweeps}")
+            raise UsageError(f"{self.wf.path}:{sweep.line}: {sweep.name}.sweep: not yet {self.executor.refuses_sweeps}")
         if os.getuid() == 0 and not self.opts.user and not self.user.startswith("0:"):
             ui.say(f"note: steps run as uid:gid {self.user}, not root (you are root; --user 0:0 runs them as root)",
                    "dim")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticError
 
-from runner.errors import UsageError, UserError, ValidationError
+from runner.errors import UsageError, ValidationError
 from runner.limits import DURATION, MEMORY, PARTITION, SBATCH_FLAG, SLURM_TIME, Limits, duration_seconds, memory_bytes, sbatch_flag  # noqa: F401 (the model's words for them)
 from runner.sweep import MAX_POINTS, Point, Scalar, Sweep, check, points
 from runner.yamlfile import by_line, closest, compose, control_characters, dotted, line_of, short, union_tag
@@ -132,7 +132,7 @@ class Workflow:
         for s in self.steps:
             if s.name == name:
                 return s
-        raise UserError(f"no step named {name!r} in {self.path}")
+        raise UsageError(f"no step named {name!r} in {self.path}")
 
     def edges(self) -> list[tuple[str, str, str]]:
         """(writer, reader, dataset) of every edge of the DAG; a sweep's points lead to its own step through their
@@ -176,7 +176,7 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
     except FileNotFoundError:
         raise UsageError(f"{fname}: no such workflow file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{fname}: cannot read workflow file: {exc}") from None
+        raise UsageError(f"{fname}: cannot read workflow file: {exc}") from None
     data, lines = compose(text, fname)
     if data is None:
         raise ValidationError([f"{fname}:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"])

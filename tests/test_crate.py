@@ -64,4 +64,4 @@ def test_data_by_reference_or_copied_into_a_zip(project, tmp_path):  # noqa: F81
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep")
     refused = itwin("crate", "-o", str(tmp_path / "full"), cwd=project)
-    assert refused.returncode == 1 and "not empty" in refused.stderr and (tmp_path / "full/mine.txt").exists()
+    assert refused.returncode == 2 and "not empty" in refused.stderr and (tmp_path / "full/mine.txt").exists()

@@ -106,7 +106,7 @@ def test_outputs_belong_to_requested_uid(docker_client, toy, no_leftovers):
 def test_failing_step_reports_code_and_tail_and_leaves_no_container(docker_client, toy, no_leftovers):
     (toy / "steps" / "square.py").write_text("import sys\nprint('about to fail')\nsys.exit(7)\n")
     res = itwin("workflow.yml", cwd=toy)
-    assert res.returncode == 7
+    assert res.returncode == 1  # a step failed: its own code is in the message
     assert "step 'square' failed with exit code 7" in res.stderr
     assert "square | about to fail" in res.stderr  # the log tail
     assert "Traceback" not in res.stderr
@@ -125,7 +125,7 @@ def test_dry_run_prints_plan_and_runs_nothing(docker_client, toy, no_leftovers):
 def test_build_failure_shows_pip_lines_and_tags_nothing(docker_client, toy, no_leftovers):
     (toy / "envs" / "requirements.txt").write_text("this-package-does-not-exist-itwin==0.0.1\n")
     res = itwin("build", "workflow.yml", cwd=toy)
-    assert res.returncode == 1
+    assert res.returncode == 3
     assert "build of itwin-run/envs-requirements:" in res.stderr and "for step 'generate' failed" in res.stderr
     assert "No matching distribution found for this-package-does-not-exist-itwin" in res.stderr
     assert "Traceback" not in res.stderr
@@ -200,7 +200,7 @@ def test_step_gpus_field_and_cli_override_reach_the_job(tmp_path, toy):
 
 def test_daemon_not_running_is_one_line(toy):
     res = itwin("workflow.yml", cwd=toy, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    assert res.returncode == 1
+    assert res.returncode == 3
     assert res.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Docker daemon")
     assert "Traceback" not in res.stderr
 
@@ -236,7 +236,7 @@ def test_out_of_disk_during_build_is_one_clear_line(docker_client, toy, no_lefto
     dockerfile.write_text(dockerfile.read_text() + 'RUN python3 -c "import errno, os; '
                           'raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))"\n')
     res = itwin("build", "workflow.yml", cwd=toy)
-    assert res.returncode == 1
+    assert res.returncode == 3
     assert not [ln for ln in res.stderr.splitlines() if ln.startswith("Traceback")], res.stderr  # the build's own is quoted
     assert res.stderr.strip().splitlines()[-1].endswith(
         "failed: no space left on device (free disk space, e.g. `docker image prune`)")
@@ -355,7 +355,7 @@ def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, n
     assert f"would remove  docker  {first} " in dry and deps not in dry and second not in dry
     set_word(tmp_path, "third")
     (tmp_path / "req.txt").write_text("itwin-run-no-such-package-zz\n")  # the dependency image fails to build
-    assert itwin("build", "wf.yml", cwd=tmp_path).returncode == 1
+    assert itwin("build", "wf.yml", cwd=tmp_path).returncode == 3
     assert untagged() <= left
 
 

@@ -53,6 +53,8 @@ def test_reference_pages_come_from_the_schema_the_cli_and_the_exit_codes(site):
     assert "## `itwin-run crate`" in cli and "--include-data" in cli
     codes = (REPO / "docs" / "reference" / "exit-codes.md").read_text()
     assert all(f"| {code} |" in codes for code, _ in EXIT_CODES)
+    readme = (REPO / "README.md").read_text()  # the same table, word for word
+    assert all(f"| {code} | {when} |" in readme for code, when in EXIT_CODES)
     index = json.loads((site / "search" / "search_index.json").read_text())["docs"]
     assert any(d["location"].startswith("guide/sweeps/") and "sweep" in d["text"].lower() for d in index)
 

@@ -40,7 +40,7 @@ def test_doctor_with_one_thing_missing(case, tmp_path, docker_client, slurm_env)
     else:
         res = itwin("doctor", "--executor", "slurm", cwd=tmp_path, env={**slurm_env, "PATH": no("sinfo")})
         line = "FAIL slurm: sbatch, squeue, scontrol, scancel not on PATH -> load SLURM's client commands"
-    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.returncode == 3, res.stdout + res.stderr
     assert any(ln.startswith(line) for ln in res.stdout.splitlines()), res.stdout
     assert "Traceback" not in res.stderr + res.stdout and res.stdout.strip().endswith("see the FAIL lines above")
 
@@ -56,7 +56,7 @@ def test_doctor_needs_what_the_workflow_asks(toy, docker_client):
     if "nvidia" in docker_client.info().get("Runtimes", {}):
         pytest.skip("this daemon has the NVIDIA runtime: test_doctor_passes_a_gpu_step_on_a_gpu_host runs instead")
     res = doctor_for_a_gpu_step(toy)
-    assert res.returncode == 1 and "FAIL docker: no NVIDIA runtime" in res.stdout
+    assert res.returncode == 3 and "FAIL docker: no NVIDIA runtime" in res.stdout
 
 
 def test_doctor_passes_a_gpu_step_on_a_gpu_host(toy, docker_client):
@@ -91,9 +91,9 @@ def test_an_unwritable_sif_cache_is_one_line_in_doctor_and_in_a_run(toy, apptain
     """It was a traceback (the shim directory beside the cache could not be made)."""
     env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": "/proc/itwin-no-cache"}
     res = itwin("doctor", "--engine", "apptainer", cwd=toy, env=env)
-    assert res.returncode == 1 and "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
+    assert res.returncode == 3 and "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
     assert "FAIL apptainer: the SIF cache /proc/itwin-no-cache is not writable" in res.stdout, res.stdout
     res = itwin("--engine", "apptainer", "workflow.yml", cwd=toy, env=env)
-    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith(
         "error: the SIF cache /proc/itwin-no-cache is not writable"), res.stderr[-2000:]

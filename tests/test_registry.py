@@ -133,7 +133,7 @@ def test_pinned_sources_reach_apptainer_as_an_overlay(registry, docker_client, a
 def test_pull_never_with_a_missing_image_fails_fast(toy, pushed, docker_client):
     drop_local(docker_client, pushed.values())
     res = itwin("--pull", "never", "--images", "workflow.images.json", "workflow.yml", cwd=toy)
-    assert res.returncode == 1
+    assert res.returncode == 3
     assert_gone(docker_client, pushed.values())  # nothing was pulled
     assert "is not present locally and --pull never forbids pulling it" in res.stderr
     assert "Traceback" not in res.stderr
@@ -144,10 +144,10 @@ def test_unknown_image_and_unreachable_registry_are_clear(toy, registry, docker_
     text = wf.read_text()
     wf.write_text(text.replace("env: {file: ./envs/requirements.txt}", f"env: {{image: {registry}/toy/nope:1}}"))
     res = itwin("workflow.yml", cwd=toy)
-    assert res.returncode == 1 and "cannot pull" in res.stderr and "no such image in the registry" in res.stderr
+    assert res.returncode == 3 and "cannot pull" in res.stderr and "no such image in the registry" in res.stderr
     wf.write_text(text.replace("env: {file: ./envs/requirements.txt}", "env: {image: 127.0.0.1:1/toy/nope:1}"))
     res = itwin("workflow.yml", cwd=toy)
-    assert res.returncode == 1 and "the registry is unreachable" in res.stderr
+    assert res.returncode == 3 and "the registry is unreachable" in res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -184,13 +184,13 @@ def test_registry_that_asks_for_credentials(toy, docker_client, tmp_path, apptai
     with serve_registry(root, "itwin", "s3cret-pw") as addr:
         creds = {"ITWIN_RUN_REGISTRY_USER": "itwin", "ITWIN_RUN_REGISTRY_PASSWORD": "s3cret-pw"}
         res = itwin("build", "workflow.yml", "--push", "--registry", f"{addr}/toy", cwd=toy)
-        assert res.returncode == 1 and "the registry asks for credentials" in res.stderr
+        assert res.returncode == 3 and "the registry asks for credentials" in res.stderr
         res = itwin("build", "workflow.yml", "--push", "--registry", f"{addr}/toy", cwd=toy, env=creds)  # from env
         assert res.returncode == 0, res.stderr
         lock = json.loads((toy / "workflow.images.json").read_text())["images"]
         drop_local(docker_client, lock.values())
         res = itwin("--images", "workflow.images.json", "workflow.yml", cwd=toy, env={"DOCKER_CONFIG": str(tmp_path)})
-        assert res.returncode == 1 and "the registry asks for credentials: `docker login`" in res.stderr
+        assert res.returncode == 3 and "the registry asks for credentials: `docker login`" in res.stderr
         auth = base64.b64encode(b"itwin:s3cret-pw").decode()  # what `docker login` writes
         (tmp_path / "config.json").write_text(json.dumps({"auths": {addr: {"auth": auth}}}))
         res = itwin("--images", "workflow.images.json", "workflow.yml", cwd=toy, env={"DOCKER_CONFIG": str(tmp_path)})

@@ -57,7 +57,7 @@ def test_failure_cancels_dependents_and_resume_resubmits_only_what_is_needed(toy
     good = square.read_text()
     square.write_text("import sys\nprint('about to fail')\nsys.exit(7)\n")
     res = slurm("workflow.yml", cwd=toy, env=slurm_env)
-    assert res.returncode == 7, res.stderr[-2000:]
+    assert res.returncode == 1, res.stderr[-2000:]
     assert "generate: COMPLETED" in res.stderr and "square: FAILED" in res.stderr
     assert "summarize: CANCELLED" in res.stderr
     assert "step 'square' failed with exit code 7" in res.stderr and "about to fail" in res.stderr
@@ -162,7 +162,7 @@ def test_detach_then_status(toy, slurm_env):
     assert res.returncode == 0 and "submitted summarize as job" in res.stderr
     run_id = res.stderr.split("itwin-run status ")[1].split("`")[0]
     again = slurm("workflow.yml", cwd=toy, env=slurm_env)  # its jobs are in flight: refused, nothing submitted
-    assert again.returncode == 1 and "submitted" not in again.stderr, again.stderr[-2000:]
+    assert again.returncode == 3 and "submitted" not in again.stderr, again.stderr[-2000:]
     assert [ln for ln in again.stderr.splitlines() if not ln.startswith("note:")] == [
         f"error: run {run_id} (detached) still has jobs queued or running on {toy}: follow it with `itwin-run status "
         f"{run_id}`, or scancel its jobs, and run again once they end"], again.stderr
@@ -181,7 +181,7 @@ def test_detach_then_status(toy, slurm_env):
 
 def test_a_failed_submission_is_a_failed_run_in_history(toy, slurm_env):
     res = slurm("--partition", "nosuchpartition", "workflow.yml", cwd=toy, env=slurm_env)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.returncode == 3 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: sbatch --parsable failed:")
     row = itwin("history", cwd=toy).stdout.splitlines()[1]
     assert " failed " in row and "slurm" in row and "sbatch --parsable failed" in row

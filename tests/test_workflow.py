@@ -207,7 +207,8 @@ def test_top_level_help_lists_the_commands_and_the_default(tmp_path):
     for command in ("run", "build", "validate", "history", "show", "status", "init", "doctor"):
         assert f" {command} " in res.stdout
     assert "is `itwin-run run [OPTIONS] WORKFLOW.yml`" in " ".join(res.stdout.split())
-    assert "Exit codes: 0 success; 2 a usage or workflow problem" in " ".join(res.stdout.split())
+    assert ("Exit codes: 0 success; 1 a step failed; 2 the workflow or the command line is wrong; 3 the machine cannot "
+            "run it; 130, 143, 129, 131 interrupted.") in " ".join(res.stdout.split())
 
 
 def test_the_readme_first_workflow_is_what_init_writes(tmp_path):

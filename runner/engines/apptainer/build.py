@@ -21,7 +21,7 @@ from runner.engines.apptainer.tool import (
     suffix,
 )
 from runner.engines.base import OVERLAY, image_parts
-from runner.errors import UserError
+from runner.errors import UsageError, UserError
 from runner.images import SOURCE_WHEELS, BuildOptions, ImageSpec, Pin
 from runner.places import sif_cache
 
@@ -230,7 +230,7 @@ class ApptainerBuilder:
         the pin file then serves Docker (docker://) and Apptainer (a dependency SIF and a source overlay)."""
         origin = self._origin.get(ref)
         if origin is None:
-            raise UserError(f"{ref}: not converted from a Docker image here, so there is nothing to push")
+            raise UsageError(f"{ref}: not converted from a Docker image here, so there is nothing to push")
         return self._need_docker("--push").push(origin, registry)
 
     def save(self, refs: list[str], dest: Path) -> list[Path]:
@@ -259,5 +259,5 @@ class ApptainerBuilder:
             loaded.append(str(cache / sif.name))
             ui.say(f" {cache / sif.name}", "green", prefix="loaded")
         if not loaded:
-            raise UserError(f"{src}: no SIFs in {src / 'sif'} (save them with `itwin-run build --save DIR --engine apptainer`)")
+            raise UsageError(f"{src}: no SIFs in {src / 'sif'} (save them with `itwin-run build --save DIR --engine apptainer`)")
         return loaded
