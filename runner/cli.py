@@ -182,15 +182,17 @@ def base(
 
 @app.command()
 def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt = None,
-             max_points: flags.MaxPointsOpt = None) -> None:
-    """Check a workflow file, its env files and its datasets (the mount policy); print nothing and exit 0 when all
-    is well."""
+             max_points: flags.MaxPointsOpt = None, engine: EngineOpt = "docker") -> None:
+    """Check a workflow file, its env files and its datasets (the mount policy, what the steps can read and write);
+    print nothing and exit 0 when all is well."""
     from runner import plan
     from runner import workflow as wfmod
+    from runner.engines import get_runner
 
     wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
     plan.image_specs(wf)
     plan.check_inputs(wf, wf.steps)  # what a run of the whole workflow would refuse
+    plan.check_access(wf, wf.steps, get_runner(engine).default_user(wf.root))
 
 
 @app.command()

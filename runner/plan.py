@@ -111,18 +111,38 @@ def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_
 
 
 def check_access(wf: Workflow, steps: list[StepSpec], user: str) -> None:
-    """As root, steps run as another uid by default: the project and the inputs must be readable by it."""
+    """Before anything starts: the steps' uid can read the project and the inputs and reach the outputs, and each
+    output folder can be made and written. One line each, with the fix; the run never starts half-way."""
     uid_s, _, gid_s = user.partition(":")
-    if os.getuid() != 0 or not uid_s.isdigit() or int(uid_s) == 0:
-        return
-    uid, gid = int(uid_s), int(gid_s) if gid_s.isdigit() else -1
-    paths = [wf.root, *{wf.datasets[d] for s in steps for d in s.inputs if wf.datasets[d].exists()}]
-    for path in paths:
-        st = path.stat()
-        bits = 0o5 if st.st_uid != uid and st.st_gid != gid else 0o50 if st.st_uid != uid else 0o500
-        if st.st_mode & bits != bits:
-            raise UsageError(f"{path} is not readable by uid {uid}, which steps run as when itwin-run runs as "
-                             f"root: make it readable (chmod o+rx {path}) or run the steps as root (--user 0:0)")
+    uid = int(uid_s) if uid_s.isdigit() else None
+    gid = int(gid_s) if gid_s.isdigit() else -1
+    reads = [wf.root, *{wf.datasets[d] for s in steps for d in s.inputs if wf.datasets[d].exists()}]
+    writes = list(dict.fromkeys(out for s in steps if (out := wf.output_dir(s)) is not None))
+    fix = "or run the steps as root (--user 0:0)" if os.getuid() == 0 else "or choose another location"
+    for path in [*reads, *writes]:
+        if uid not in (None, 0) and (path == Path("/root") or Path("/root") in path.parents):
+            raise UsageError(f"{path} is under /root, which no uid but root can enter in a step's image (steps run "
+                             f"as uid {uid}): move it out of /root {fix}")
+    for path in reads:
+        if uid not in (None, 0) and not _allows(path, uid, gid, 0o5):
+            raise UsageError(f"{path} is not readable by uid {uid}, which steps run as: make it readable "
+                             f"(chmod o+rx {path}) {fix}")
+    for path in writes:
+        made = next(p for p in (path, *path.parents) if p.exists())
+        if not made.is_dir():
+            raise UsageError(f"output {path}: {made} is a file, not a folder: choose another location")
+        if not os.access(made, os.W_OK | os.X_OK):
+            raise UsageError(f"output {path}: {made} is not writable by you (uid {os.getuid()}): make it writable "
+                             f"(chmod u+w {made}) or choose another location")
+
+
+def _allows(path: Path, uid: int, gid: int, bits: int) -> bool:
+    """Whether uid:gid has these permission bits (r=4, w=2, x=1) on path, by its mode (as the kernel checks them)."""
+    if uid == os.getuid():
+        return os.access(path, (os.R_OK if bits & 4 else 0) | (os.W_OK if bits & 2 else 0) | (os.X_OK if bits & 1 else 0))
+    st = path.stat()
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+    return (st.st_mode >> shift) & bits == bits
 
 
 def prepare_output(path: Path, user: str) -> None:

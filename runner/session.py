@@ -43,8 +43,7 @@ class RunSession:
         self.run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.state = State(wf.root)
         self.run_dir = self.state.runs / self.run_id
-        caller = f"{os.getuid()}:{os.getgid()}"
-        self.user = opts.user or (caller if executor.runs_as_caller else runner.default_user(wf.root))
+        self.user = opts.user or (f"{os.getuid()}:{os.getgid()}" if executor.runs_as_caller else runner.default_user(wf.root))
         self.status: dict[str, str] = {}
         self.manifest: dict[str, Any] = {}
         self.cancel_code = 0  # 128 + the signal once cancelled
@@ -82,14 +81,14 @@ class RunSession:
                                 "end")
             self._start_manifest(steps)
             try:
+                check_inputs(self.wf, steps)  # what the run refuses, refused before anything is built
+                check_access(self.wf, steps, self.user)
                 self._phase = "images"
                 sub = Workflow(path=self.wf.path, root=self.wf.root, datasets=self.wf.datasets, steps=steps,
                                extra=self.wf.extra)
                 images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self._build_options(),
                                                                    pinned=self.opts.pinned).items()}
                 self._image_ids = {ref: self.builder.identity(ref) for ref in set(images.values())}
-                check_inputs(self.wf, steps)
-                check_access(self.wf, steps, self.user)
                 self.runner.clean(self.state.over)  # before any step: no container of a dead run writes beside it
                 self._phase = "steps"
                 if self.cancel_code:
@@ -109,6 +108,7 @@ class RunSession:
 
     def _dry_run(self, steps: list[StepSpec]) -> None:
         check_inputs(self.wf, steps)  # what the run would refuse, the dry run refuses
+        check_access(self.wf, steps, self.user)
         images = resolve_images(self.wf, self.builder, self._build_options(), build=False, pinned=self.opts.pinned)
         subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps if not s.sweep]
         for line in self.freshness.plan(steps, images, lambda step, ref: self._submission(step, ref, []),
@@ -152,7 +152,8 @@ class RunSession:
         return self.freshness.holds(sub, self.opts.force, self.status)
 
     def _schedule(self, steps: list[StepSpec], images: dict[str, str]) -> None:
-        self._deps = {s.name: dependencies(self.wf)[s.name] & {x.name for x in steps} for s in steps}
+        deps, names = dependencies(self.wf), {x.name for x in steps}
+        self._deps = {s.name: deps[s.name] & names for s in steps}
         loop = Loop(list(steps))
         self.executor.start(self.run_id, self.run_dir, {f"{LABEL}.run": self.run_id})
         if self.executor.whole_workflow:  # all or nothing: up to date only when every step is

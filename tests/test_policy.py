@@ -93,6 +93,7 @@ def test_control_and_shell_characters_are_refused(field, bad, text):
 @pytest.mark.parametrize("bad", [c for c in NASTY if c not in LINE_BREAKERS])
 def test_shell_characters_are_fine_in_a_path(tmp_path, bad, capsys):
     """A path is never run by a shell: a dataset location with `;` or `$(` is a name like any other."""
+    tmp_path.chmod(0o755)  # as root, steps run as nobody: validate checks that they can read the project
     (tmp_path / "env.txt").write_text("")
     (tmp_path / "wf.yml").write_text(yaml.safe_dump(valid(f"./data/a{bad}b")))
     main(["validate", str(tmp_path / "wf.yml"), "--root", str(tmp_path)])  # a refusal raises SystemExit(2)

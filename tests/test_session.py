@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -461,3 +462,28 @@ def test_a_step_that_writes_nothing_fails_unless_it_allows_it(project):
     with pytest.raises(StepFailed, match="step 'two' exited 0 but wrote nothing"):
         run(project, r)
     assert last_manifest(project)["steps"]["one"]["status"] == "done" and State(project).record("chain.yml/one")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="steps run as another uid only when itwin-run runs as root")
+def test_outputs_the_steps_cannot_reach_or_make_are_refused_before_anything_starts(project):
+    """#32: an output in root's home, run as root, passed the checks, was created, and the step (uid 65534) died of
+    PermissionError; the folder was left. Now the run, its dry run and `validate` refuse it, in one line, before
+    anything is built, and nothing is created."""
+    from runner.errors import UsageError
+    from tests.conftest import itwin
+
+    home = Path("/root/itwin-run-test-never-made")
+    (project / "chain.yml").write_text(CHAIN.replace("./data/c", str(home)))
+    for dry in (False, True):
+        r, b = FakeRunner(), FakeBuilder()
+        with pytest.raises(UsageError, match="is under /root, which no uid but root can enter in a step's image"):
+            run(project, r, builder=b, user="65534:65534", dry_run=dry)
+        assert r.started == [] and b.resolved == [] and not home.exists() and not (project / "data").exists()
+    checked = itwin("validate", "chain.yml", cwd=project)
+    assert checked.returncode == 2 and "is under /root" in checked.stderr, checked.stderr
+    run(project, FakeRunner(), user="0:0")  # root may: the fix the message names
+    shutil.rmtree(home)
+    (project / "in-the-way").write_text("a file")
+    (project / "chain.yml").write_text(CHAIN.replace("./data/c", "./in-the-way/c"))
+    with pytest.raises(UsageError, match="in-the-way is a file, not a folder"):
+        run(project, FakeRunner(), user="0:0")
