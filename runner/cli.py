@@ -345,15 +345,15 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except ValidationError as exc:
         for p in exc.problems:
-            ui.say(p)
+            ui.error(p)
         sys.exit(2)
     except StepFailed as exc:
-        ui.say(f" {exc}", "red", prefix="error:")
+        ui.error(str(exc))
         for line in exc.tail:
             ui.say(f"  {exc.step} | {line}")
         sys.exit(exc.exit_code)
     except UserError as exc:
-        ui.say(f" {exc}", "red", prefix="error:")
+        ui.error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         ui.say("interrupted", "red")

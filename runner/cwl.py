@@ -126,7 +126,7 @@ def export(wf: Workflow, images: dict[str, str], outdir: Path) -> list[Path]:
     """A CWL v1.2 Workflow plus one CommandLineTool per step; argv and outputs as the classical run has them."""
     sweep = next((s for s in wf.steps if s.sweep), None)
     if sweep:  # a CWL scatter would be its form: not written yet
-        raise UsageError(f"{wf.path}:{sweep.line}: {sweep.name}.sweep: export-cwl does not write sweeps yet")
+        raise UsageError(f"{wf.path}:{sweep.at}: {sweep.name}.sweep: export-cwl does not write sweeps yet")
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     wf_inputs: dict[str, Any] = {}
@@ -161,7 +161,7 @@ def tool_for(wf: Workflow, step: StepSpec, image: str, writers: dict[str, str],
         local = (wf.root / token).resolve()
         if not base or not local.is_file() or wf.root not in local.parents:
             if inputs:
-                raise UsageError(f"{wf.path}:{step.line}: {step.name}.command: export needs the project files "
+                raise UsageError(f"{wf.path}:{step.at}: {step.name}.command: export needs the project files "
                                 f"after the fixed words of the command ({token!r} follows one)")
             base.append(token)
             continue

@@ -71,7 +71,7 @@ def usage_error(exc: Exception, args: list[str], commands: set[str]) -> None:
             hint = (f"the command comes first: `itwin-run {late} [OPTIONS] ...`" if args[:1] == ["run"] and late
                     and late != "run" else f"see `{where}`")
             message = exc.format_message() if callable(getattr(exc, "format_message", None)) else str(exc)
-            ui.say(f" {message.rstrip('.')}; {hint}", "red", prefix="error:")
+            ui.error(f"{message.rstrip('.')}; {hint}")
         sys.exit(exc.exit_code)
     raise exc
 

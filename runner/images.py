@@ -19,7 +19,7 @@ from typing import Any
 from runner import tree
 from runner.errors import UsageError, ValidationError
 from runner.workflow import StepSpec, Workflow
-from runner.yamlfile import compose, dotted, line_of
+from runner.yamlfile import compose, dotted, where
 
 # Templates and scripts: the repository's images/ and Dockerfile.base, reached through runner/data (links in the
 # checkout, files in the wheel), so the installed tool finds them too.
@@ -272,8 +272,8 @@ def local_requirements(f: Path, text: str, reqs: str, root: Path) -> tuple[str, 
         raw = m.group(1).removeprefix("file://").removeprefix("file:")
         path = next((p for p in (f.parent / raw, root / raw) if p.exists()), None)
         if path is None:
-            lineno = next((i for i, t in enumerate(text.splitlines(), 1) if raw in t), 1)
-            problems.append(f"{f}:{lineno}: {m.group(1)}: no such file or directory (relative paths are taken from "
+            at = next((f"{i}:{t.index(raw) + 1}" for i, t in enumerate(text.splitlines(), 1) if raw in t), "1:1")
+            problems.append(f"{f}:{at}: {m.group(1)}: no such file or directory (relative paths are taken from "
                             f"{f.parent} or the project root)")
             continue
         path = path.resolve()
@@ -292,13 +292,13 @@ def conda_to_pip(f: Path, text: str) -> str:
     problems: list[str] = []
 
     def problem(loc: tuple, msg: str) -> None:
-        problems.append(f"{f}:{line_of(lines, loc)}: {dotted(loc)}: {msg}")
+        problems.append(f"{f}:{where(lines, loc)}: {dotted(loc)}: {msg}")
 
     if not isinstance(data, dict):
-        raise ValidationError([f"{f}:1: top: an environment file is a mapping with 'dependencies'"])
+        raise ValidationError([f"{f}:1:1: top: an environment file is a mapping with 'dependencies'"])
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):
-        raise ValidationError([f"{f}:{line_of(lines, ('dependencies',))}: dependencies: must be a list"])
+        raise ValidationError([f"{f}:{where(lines, ('dependencies',))}: dependencies: must be a list"])
     pip_lines: list[str] = []
     for i, dep in enumerate(deps):
         loc = ("dependencies", i)

@@ -62,7 +62,7 @@ def check_inputs(wf: Workflow, steps: list[StepSpec]) -> None:
     for step in steps:
         for d in step.inputs:
             if d not in written and not wf.datasets[d].exists():
-                raise UsageError(f"{wf.path}:{step.line}: {step.name}.input: dataset {d!r} ({wf.datasets[d]}) does "
+                raise UsageError(f"{wf.path}:{step.at}: {step.name}.input: dataset {d!r} ({wf.datasets[d]}) does "
                                  "not exist and no selected step writes it")
 
 

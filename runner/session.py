@@ -62,7 +62,7 @@ class RunSession:
         self.executor.check(self.opts, steps)  # flags this executor cannot honour: refused before anything starts
         sweep = next((s for s in steps if s.sweep), None)
         if sweep and self.executor.refuses_sweeps:
-            raise UsageError(f"{self.wf.path}:{sweep.line}: {sweep.name}.sweep: not yet {self.executor.refuses_sweeps}")
+            raise UsageError(f"{self.wf.path}:{sweep.at}: {sweep.name}.sweep: not yet {self.executor.refuses_sweeps}")
         if os.getuid() == 0 and not self.opts.user and not self.user.startswith("0:"):
             ui.say(f"note: steps run as uid:gid {self.user}, not root (you are root; --user 0:0 runs them as root)",
                    "dim")

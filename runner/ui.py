@@ -40,6 +40,13 @@ def say(text: str, style: str | None = None, prefix: str = "") -> None:
     sys.stderr.flush()
 
 
+def error(message: str) -> None:
+    """`error: MESSAGE`, the one shape of every error itwin-run reports; a file under the current directory that
+    the message starts with is named relative to it."""
+    here = os.getcwd() + os.sep
+    say(f" {message[len(here):] if message.startswith(here) else message}", "red", prefix="error:")
+
+
 @functools.cache
 def console() -> Console:
     from rich.console import Console

@@ -13,7 +13,7 @@ from pydantic import ValidationError as PydanticError
 from runner.errors import UsageError, ValidationError
 from runner.limits import DURATION, MEMORY, PARTITION, SBATCH_FLAG, SLURM_TIME, Limits, duration_seconds, memory_bytes, sbatch_flag  # noqa: F401 (the model's words for them)
 from runner.sweep import MAX_POINTS, Point, Scalar, Sweep, check, points
-from runner.yamlfile import by_line, closest, compose, control_characters, dotted, line_of, short, union_tag
+from runner.yamlfile import Lines, by_line, closest, compose, control_characters, dotted, line_of, short, union_tag, where
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -100,7 +100,7 @@ class StepSpec:
     """One step, resolved: absolute paths and its place in the file."""
 
     name: str
-    line: int
+    at: str  # LINE:COLUMN of its name in the file
     command: str
     inputs: tuple[str, ...]
     output: str | None
@@ -179,9 +179,9 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
         raise UsageError(f"{fname}: cannot read workflow file: {exc}") from None
     data, lines = compose(text, fname)
     if data is None:
-        raise ValidationError([f"{fname}:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"])
+        raise ValidationError([f"{fname}:1:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"])
     if not isinstance(data, dict):
-        raise ValidationError([f"{fname}:1: top: a workflow is a mapping with 'datasets' and 'steps'"])
+        raise ValidationError([f"{fname}:1:1: top: a workflow is a mapping with 'datasets' and 'steps'"])
     control = control_characters(data, lines, fname)
     if control:
         raise ValidationError(control)
@@ -196,7 +196,7 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
                 loc, msg = loc[:5], "a param is a scalar (text, number, true/false) or a list of scalars"
             if err["type"] == "extra_forbidden":
                 msg += closest(str(loc[-1]), _fields_at(loc[:-1]))
-            problems.append(f"{fname}:{line_of(lines, loc)}: {dotted(loc) or 'top'}: {msg}")
+            problems.append(f"{fname}:{where(lines, loc)}: {dotted(loc) or 'top'}: {msg}")
         raise ValidationError(sorted(set(problems), key=by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
     return _resolve(wf, path, root, lines, allowed_mounts, max_points or MAX_POINTS)
@@ -217,13 +217,13 @@ def _fields_at(loc: tuple) -> list[str]:
 Problem = Callable[[tuple, str], None]  # says what is wrong at a location of the file
 
 
-def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: dict[tuple, int], allowed: Any = (),
+def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: Lines, allowed: Any = (),
              max_points: int | None = None) -> Workflow:
     fname = str(path)
     problems: list[str] = []
 
     def problem(loc: tuple, msg: str) -> None:
-        problems.append(f"{fname}:{line_of(lines, loc)}: {dotted(loc)}: {msg}")
+        problems.append(f"{fname}:{where(lines, loc)}: {dotted(loc)}: {msg}")
 
     here_dir = path.resolve().parent
     # relative paths resolve against the current directory (the prototype's rule): say so when the file is elsewhere
@@ -297,7 +297,7 @@ def _datasets(wf: WorkflowFile, root: Path, allowed: Any, problem: Problem) -> d
 
 
 def _step(wf: WorkflowFile, name: str, step: Step, here: tuple, inputs: tuple[str, ...], root: Path, elsewhere: str,
-          lines: dict[tuple, int], max_points: int | None, problem: Problem) -> list[StepSpec]:
+          lines: Lines, max_points: int | None, problem: Problem) -> list[StepSpec]:
     """A step of the file as it runs: its env file and sources found, its resources over the file's defaults;
     a sweep as its points and its own step."""
     env = step.env or Env()
@@ -308,7 +308,7 @@ def _step(wf: WorkflowFile, name: str, step: Step, here: tuple, inputs: tuple[st
     gpus = next((g for g in (step.gpus, own.gpus, default.gpus) if g is not None), None)
     limits = Limits(cpus=own.cpus or default.cpus, memory=own.memory or default.memory,
                     time=own.time or default.time)
-    spec = StepSpec(name=name, line=line_of(lines, here), command=step.command, inputs=inputs,
+    spec = StepSpec(name=name, at=where(lines, here), command=step.command, inputs=inputs,
                     output=step.output, env=env, env_file=env_file, sources=tuple(sources),
                     params=step.params or {}, gpus=gpus, limits=limits, retries=step.retries,
                     slurm=step.slurm, depends=step.depends, allow_empty_output=step.allow_empty_output)
@@ -318,8 +318,8 @@ def _step(wf: WorkflowFile, name: str, step: Step, here: tuple, inputs: tuple[st
         problem(here + ("command",), f"cannot split command: {exc}")
     if not step.sweep:
         return [spec]
-    for where, msg in check(step.sweep, spec.params, max_points):
-        problem(here + ("sweep", *where), msg)
+    for loc, msg in check(step.sweep, spec.params, max_points):
+        problem(here + ("sweep", *loc), msg)
     if not step.output:
         problem(here + ("sweep",), "a sweep needs an output dataset: each point writes a folder in it")
     pts = tuple(points(step.sweep.grid))

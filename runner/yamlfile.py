@@ -1,5 +1,5 @@
-"""The workflow file as YAML with line numbers: every key's and item's line, and problems worded
-`file:line: field: message`."""
+"""The workflow file as YAML with positions: every key's and item's line and column, and problems worded
+`file:line:column: field: message`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import yaml
 
 from runner.errors import ValidationError
 
+Lines = dict[tuple, tuple[int, int]]  # a key's or item's path -> its line and column (from 1)
 
-def compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
-    """Load YAML into plain objects and remember the line of every key/item path."""
+
+def compose(text: str, fname: str) -> tuple[Any, Lines]:
+    """Load YAML into plain objects and remember the line and column of every key/item path."""
     try:
         node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml where there is one
     except yaml.YAMLError as exc:
@@ -22,12 +24,12 @@ def compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
         if mark and "\t" in row[:mark.column + 1]:  # YAML indents with spaces only
             col = row.index("\t") + 1
             raise ValidationError([f"{fname}:{line}:{col}: yaml: a tab at column {col}: indent with spaces"]) from None
-        raise ValidationError([f"{fname}:{line}: yaml: {problem}"]) from None
-    lines: dict[tuple, int] = {}
+        raise ValidationError([f"{fname}:{line}:{mark.column + 1 if mark else 1}: yaml: {problem}"]) from None
+    lines: Lines = {}
     constructor = yaml.SafeLoader("")
 
     def build(n: yaml.Node, path: tuple) -> Any:
-        lines.setdefault(path, n.start_mark.line + 1)
+        lines.setdefault(path, (n.start_mark.line + 1, n.start_mark.column + 1))
         if isinstance(n, yaml.MappingNode):
             constructor.flatten_mapping(n)
             out: dict[Any, Any] = {}
@@ -35,10 +37,10 @@ def compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
                 # keys are names as written: YAML 1.1 would turn `on:`/`off:`/`1:` into bools and ints
                 key = k.value if isinstance(k, yaml.ScalarNode) else None
                 if not isinstance(key, str) or not key:
-                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {dotted(path) or 'top'}: keys must be plain names"])
+                    raise ValidationError([f"{fname}:{mark(k)}: {dotted(path) or 'top'}: keys must be plain names"])
                 if key in out:
-                    raise ValidationError([f"{fname}:{k.start_mark.line + 1}: {dotted(path + (key,))}: duplicate key"])
-                lines[path + (key,)] = k.start_mark.line + 1
+                    raise ValidationError([f"{fname}:{mark(k)}: {dotted(path + (key,))}: duplicate key"])
+                lines[path + (key,)] = (k.start_mark.line + 1, k.start_mark.column + 1)
                 out[key] = build(v, path + (key,))
             return out
         if isinstance(n, yaml.SequenceNode):
@@ -46,7 +48,7 @@ def compose(text: str, fname: str) -> tuple[Any, dict[tuple, int]]:
         try:
             return constructor.construct_object(n, deep=True)
         except yaml.YAMLError as exc:
-            raise ValidationError([f"{fname}:{n.start_mark.line + 1}: {dotted(path)}: {exc}"]) from None
+            raise ValidationError([f"{fname}:{mark(n)}: {dotted(path)}: {exc}"]) from None
 
     if node is None:
         return None, lines
@@ -62,13 +64,26 @@ def dotted(path: tuple) -> str:
     return out
 
 
-def line_of(lines: dict[tuple, int], path: tuple) -> int:
+def mark(node: yaml.Node) -> str:
+    return f"{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+def line_of(lines: Lines, path: tuple) -> int:
+    return at(lines, path)[0]
+
+
+def at(lines: Lines, path: tuple) -> tuple[int, int]:
+    """The line and column of a path, or of the nearest enclosing one that has them."""
     while path and path not in lines:
         path = path[:-1]
-    return lines.get(path, 1)
+    return lines.get(path, (1, 1))
 
 
-def control_characters(data: Any, lines: dict[tuple, int], fname: str) -> list[str]:
+def where(lines: Lines, path: tuple) -> str:
+    return "{}:{}".format(*at(lines, path))
+
+
+def control_characters(data: Any, lines: Lines, fname: str) -> list[str]:
     """No NUL anywhere, and no line break but in a command (where it is a space between words): workflow strings
     end up in argv, bind options and batch scripts."""
     problems = []
@@ -83,7 +98,7 @@ def control_characters(data: Any, lines: dict[tuple, int], fname: str) -> list[s
         elif isinstance(v, str):
             in_command = len(path) >= 4 and path[0] == "steps" and path[3] == "command"
             if "\0" in v or (not in_command and ("\n" in v or "\r" in v)):
-                problems.append(f"{fname}:{line_of(lines, path)}: {dotted(path)}: "
+                problems.append(f"{fname}:{where(lines, path)}: {dotted(path)}: "
                                 f"{'NUL' if chr(0) in v else 'a line break'} is not allowed here")
     visit(data, ())
     return problems

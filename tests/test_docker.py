@@ -138,7 +138,7 @@ def test_conda_package_is_a_clear_error(docker_client, toy):
     res = itwin("workflow.yml", cwd=toy)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].endswith(
-        "environment.yml:3: dependencies[1]: conda package 'pytorch=2.1' is not supported (no conda channel is "
+        "environment.yml:3:5: dependencies[1]: conda package 'pytorch=2.1' is not supported (no conda channel is "
         "used): list it under 'pip:' as 'torch==2.1'")
 
 

@@ -25,7 +25,7 @@ VALID = {
 WRONG = st.one_of(st.integers(), st.floats(allow_nan=False), st.lists(st.integers(), min_size=1),
                   st.dictionaries(st.text(min_size=1, max_size=5), st.integers(), min_size=1), st.booleans())
 ODD = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12)
-LINE = re.compile(r"^.+:\d+: \S.*: .+$")
+LINE = re.compile(r"^error: .+:\d+:\d+: \S.*: .+$")  # error: FILE:LINE:COLUMN: FIELD: message
 PYTHONISH = re.compile(r"\b[A-Za-z]+(Error|Exception)\b|pydantic|errors\.pydantic\.dev|<class |Traceback")
 
 
@@ -91,7 +91,7 @@ def test_malformed_workflows_exit_2_with_file_line(data, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, (text[:500], err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert lines and all(ln.startswith(str(wf) + ":") and LINE.match(ln) for ln in lines), err
+    assert lines and all(ln.startswith(f"error: {wf}:") and LINE.match(ln) for ln in lines), err
     assert "Traceback" not in err
     assert not PYTHONISH.search(err), err  # no class names, no pydantic URLs: words a user can act on
 

@@ -298,7 +298,7 @@ def test_a_sweep_is_refused_where_no_process_stays_to_pick_the_best(tmp_path, wh
     w = workflow.load(path, root=tmp_path)
     runner = sweep_runner()
     executor = SlurmExecutor(detach=True) if where.startswith("slurm") else CwlExecutor(runner, w)
-    with pytest.raises(UserError, match=r"wf.yml:\d+: train.sweep: not yet (with --detach|through cwltool)"):
+    with pytest.raises(UserError, match=r"wf.yml:\d+:\d+: train.sweep: not yet (with --detach|through cwltool)"):
         session.RunSession(w, FakeBuilder(), runner, executor, session.RunOptions()).run()
     assert runner.started == [] and not (tmp_path / ".itwin-run" / "runs").exists()
 

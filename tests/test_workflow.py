@@ -82,8 +82,8 @@ steps:
       colour: red
 """)
     f = str(tmp_path / "wf.yml")
-    assert f"{f}:11: steps[1].one.command: Input should be a valid string" in got
-    assert f"{f}:13: steps[1].one.colour: unknown field" in got
+    assert f"{f}:11:7: steps[1].one.command: Input should be a valid string" in got
+    assert f"{f}:13:7: steps[1].one.colour: unknown field" in got
     # the model problems come first (pydantic), then the cross-reference checks after a fix:
     got = problems(tmp_path, """datasets:
   a: {location: ./a}
@@ -98,10 +98,10 @@ steps:
       command: y
       env: {file: env.txt}
 """)
-    assert any(p.startswith(f"{f}:5: steps[0].one.input: unknown dataset 'nope'") for p in got)
-    assert any(p.startswith(f"{f}:8: steps[0].one.env.file: env file not found") for p in got)
-    assert any(p.startswith(f"{f}:9: steps[1].one: duplicate step name") for p in got)
-    assert any(p.startswith(f"{f}:10: steps[1].one.output: dataset 'a' is also written by step 'one'") for p in got)
+    assert any(p.startswith(f"{f}:5:7: steps[0].one.input: unknown dataset 'nope'") for p in got)
+    assert any(p.startswith(f"{f}:8:13: steps[0].one.env.file: env file not found") for p in got)
+    assert any(p.startswith(f"{f}:9:5: steps[1].one: duplicate step name") for p in got)
+    assert any(p.startswith(f"{f}:10:7: steps[1].one.output: dataset 'a' is also written by step 'one'") for p in got)
 
 
 def test_cycle_is_reported(tmp_path):
@@ -111,13 +111,13 @@ steps:
   - x: {input: b, output: a, command: c, env: {file: env.txt}}
   - y: {input: a, output: b, command: c, env: {file: env.txt}}
 """)
-    assert len(got) == 1 and "cycle" in got[0] and "x -> y" in got[0] and ":3: steps:" in got[0]
+    assert len(got) == 1 and "cycle" in got[0] and "x -> y" in got[0] and ":3:1: steps:" in got[0]
 
 
 def test_bad_yaml_and_wrong_top_level(tmp_path):
     got = problems(tmp_path, "steps:\n  - a: {command: [unclosed\n")
-    assert len(got) == 1 and ":3: yaml:" in got[0]
-    assert problems(tmp_path, "- just a list\n")[0].endswith(":1: top: a workflow is a mapping with 'datasets' and 'steps'")
+    assert len(got) == 1 and ":3:1: yaml:" in got[0]
+    assert problems(tmp_path, "- just a list\n")[0].endswith(":1:1: top: a workflow is a mapping with 'datasets' and 'steps'")
     assert problems(tmp_path, "datasets: {}\n")[0].endswith("steps: required field is missing")
 
 
@@ -126,15 +126,15 @@ def test_tabs_empty_files_and_misspelt_fields_are_named(tmp_path):
     an empty file is said to be empty (it was 'top: ...'); a misspelt field gets a 'did you mean'."""
     f = tmp_path / "wf.yml"
     assert problems(tmp_path, "datasets:\n\to: {location: ./o}\n") == [f"{f}:2:1: yaml: a tab at column 1: indent with spaces"]
-    assert problems(tmp_path, "") == [f"{f}:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"]
+    assert problems(tmp_path, "") == [f"{f}:1:1: the file is empty: a workflow is a mapping with 'datasets' and 'steps'"]
     got = problems(tmp_path, "datasets: {o: {location: ./o, locaton: x}}\nresources: {cpu: 1}\nsteps:\n"
                              "  - s:\n      ouput: o\n      command: c\n      env: {file: env.txt, fiel: x}\n"
                              "      slurm: {partiton: p}\n")
-    assert got == [f"{f}:1: datasets.o.locaton: unknown field (did you mean 'location'?)",
-                   f"{f}:2: resources.cpu: unknown field (did you mean 'cpus'?)",
-                   f"{f}:5: steps[0].s.ouput: unknown field (did you mean 'output'?)",
-                   f"{f}:7: steps[0].s.env.fiel: unknown field (did you mean 'file'?)",
-                   f"{f}:8: steps[0].s.slurm.partiton: unknown field (did you mean 'partition'?)"]
+    assert got == [f"{f}:1:31: datasets.o.locaton: unknown field (did you mean 'location'?)",
+                   f"{f}:2:13: resources.cpu: unknown field (did you mean 'cpus'?)",
+                   f"{f}:5:7: steps[0].s.ouput: unknown field (did you mean 'output'?)",
+                   f"{f}:7:28: steps[0].s.env.fiel: unknown field (did you mean 'file'?)",
+                   f"{f}:8:15: steps[0].s.slurm.partiton: unknown field (did you mean 'partition'?)"]
 
 
 @pytest.mark.parametrize("location", ["/", ".", "..", "./"])
@@ -160,7 +160,7 @@ def test_cli_exit_code_2_and_no_traceback(tmp_path):
     write(tmp_path, "datasets: {a: {location: ./a}}\nsteps:\n  - s: {output: zz, command: c, env: {file: env.txt}}\n")
     res = itwin("--engine", "docker", "wf.yml", cwd=tmp_path)
     assert res.returncode == 2
-    assert res.stderr.strip() == "wf.yml:3: steps[0].s.output: unknown dataset 'zz'"
+    assert res.stderr.strip() == "error: wf.yml:3:9: steps[0].s.output: unknown dataset 'zz'"
     assert "Traceback" not in res.stderr + res.stdout
 
 
@@ -180,10 +180,10 @@ def test_newcomer_mistakes_get_one_sentence_each(tmp_path):
     (tmp_path / "afile").write_text("")
     got = problems(tmp_path, "datasets:\n  points: {location: ./data/points}\n  f: {location: ./afile}\nsteps:\n"
                    "  - fit: {input: pointz, output: f, command: python x.py, env: {file: env.txt}}\n")
-    assert got == [f"{tmp_path}/wf.yml:3: datasets.f.location: {tmp_path}/afile is a file: a dataset is a directory",
-                   f"{tmp_path}/wf.yml:5: steps[0].fit.input: unknown dataset 'pointz' (did you mean 'points'?)"]
+    assert got == [f"{tmp_path}/wf.yml:3:7: datasets.f.location: {tmp_path}/afile is a file: a dataset is a directory",
+                   f"{tmp_path}/wf.yml:5:11: steps[0].fit.input: unknown dataset 'pointz' (did you mean 'points'?)"]
     got = problems(tmp_path, "steps:\n  - fit: {command: python x.py, env: {file: env.txt}, params: {a: {b: 1}}}\n")
-    assert got == [f"{tmp_path}/wf.yml:2: steps[0].fit.params.a: a param is a scalar (text, number, true/false) "
+    assert got == [f"{tmp_path}/wf.yml:2:64: steps[0].fit.params.a: a param is a scalar (text, number, true/false) "
                    "or a list of scalars"]
 
 
@@ -196,7 +196,7 @@ def test_a_missing_relative_path_says_where_it_looked_and_how_to_fix_it(tmp_path
     with pytest.raises(ValidationError) as exc:
         workflow.load(wf, root=tmp_path)
     assert exc.value.problems == [
-        f"{wf}:2: steps[0].s.env.file: env file not found: ./env.txt (looked in {tmp_path}/env.txt); relative paths "
+        f"{wf}:2:37: steps[0].s.env.file: env file not found: ./env.txt (looked in {tmp_path}/env.txt); relative paths "
         f"resolve against the current directory {tmp_path}, and the workflow file is in {project}: cd there, or pass "
         f"--root {project}"]
 
@@ -253,9 +253,9 @@ def test_env_source_takes_package_directories_and_wheels(tmp_path):
 
     got = problems(tmp_path, "steps:\n  - s:\n      command: python x.py\n      env:\n        file: env.txt\n"
                              "        source:\n          - ./libs\n          - ./nothing.whl\n")
-    assert got == [f"{tmp_path}/wf.yml:7: steps[0].s.env.source[0]: ./libs: not a Python package directory "
+    assert got == [f"{tmp_path}/wf.yml:7:13: steps[0].s.env.source[0]: ./libs: not a Python package directory "
                    f"(no pyproject.toml or setup.py in {tmp_path}/libs)",
-                   f"{tmp_path}/wf.yml:8: steps[0].s.env.source[1]: source not found: ./nothing.whl (looked in "
+                   f"{tmp_path}/wf.yml:8:13: steps[0].s.env.source[1]: source not found: ./nothing.whl (looked in "
                    f"{tmp_path}/nothing.whl; a package directory or a .whl file)"]
 
 
@@ -355,7 +355,7 @@ def test_requirements_naming_local_paths_go_into_the_context_and_the_hash(tmp_pa
     (tmp_path / "req.txt").write_text("numpy\n./libs/nothing\n")
     wf = workflow.load(write(tmp_path, "steps:\n  - s:\n      command: python x.py\n      env: {file: req.txt}\n"),
                        root=tmp_path)
-    with pytest.raises(ValidationError, match=f"{tmp_path}/req.txt:2: ./libs/nothing: no such file or directory"):
+    with pytest.raises(ValidationError, match=f"{tmp_path}/req.txt:2:1: ./libs/nothing: no such file or directory"):
         spec_for(wf.steps[0], wf)
 
 
@@ -384,14 +384,14 @@ def test_resources_are_checked_with_file_and_line(tmp_path):
                              "      env: {file: env.txt}\n      gpus: all\n"
                              "      resources: {cpus: 0, time: soon, gpus: 1, disk: 2G}\n      retries: -1\n")
     assert len(got) == 5, got  # (gpus twice is checked once the file has the right shape)
-    assert got[0] == f"{tmp_path}/wf.yml:1: resources.memory: 'lots' is not a size such as 512M, 2G or 1.5G"
-    assert any(p.startswith(f"{tmp_path}/wf.yml:7: steps[0].s.resources.disk: ") for p in got), got
-    assert any(p.startswith(f"{tmp_path}/wf.yml:8: steps[0].s.retries: ") for p in got), got
+    assert got[0] == f"{tmp_path}/wf.yml:1:13: resources.memory: 'lots' is not a size such as 512M, 2G or 1.5G"
+    assert any(p.startswith(f"{tmp_path}/wf.yml:7:49: steps[0].s.resources.disk: ") for p in got), got
+    assert any(p.startswith(f"{tmp_path}/wf.yml:8:7: steps[0].s.retries: ") for p in got), got
     assert workflow.memory_bytes("1.5G") == 1536 * 2**20 and workflow.memory_bytes("2gb") == 2 * 2**30
     assert workflow.duration_seconds("01:30:00") == 5400 and workflow.duration_seconds("2s") == 2
     got = problems(tmp_path, "steps:\n  - s:\n      command: python x.py\n      env: {file: env.txt}\n"
                              "      gpus: all\n      resources: {gpus: 1}\n")
-    assert got == [f"{tmp_path}/wf.yml:6: steps[0].s.resources.gpus: gpus given twice (gpus and resources.gpus): "
+    assert got == [f"{tmp_path}/wf.yml:6:19: steps[0].s.resources.gpus: gpus given twice (gpus and resources.gpus): "
                    "keep one"]
 
 
@@ -434,7 +434,7 @@ def test_validate_and_dry_run_refuse_what_the_run_refuses(tmp_path, capsys, how)
         main([*how, str(tmp_path / "w.yml"), "--root", str(tmp_path)])
     assert exit_info.value.code == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("note:")]
-    assert lines == [f"error: {tmp_path}/w.yml:5: stats.input: dataset 'raw' ({tmp_path}/data/raw) does not exist and "
+    assert lines == [f"error: {tmp_path}/w.yml:5:5: stats.input: dataset 'raw' ({tmp_path}/data/raw) does not exist and "
                      "no selected step writes it"]
 
 
