@@ -118,15 +118,16 @@ def check_access(wf: Workflow, steps: list[StepSpec], user: str) -> None:
     gid = int(gid_s) if gid_s.isdigit() else -1
     reads = [wf.root, *{wf.datasets[d] for s in steps for d in s.inputs if wf.datasets[d].exists()}]
     writes = list(dict.fromkeys(out for s in steps if (out := wf.output_dir(s)) is not None))
-    fix = "or run the steps as root (--user 0:0)" if os.getuid() == 0 else "or choose another location"
+    root = os.getuid() == 0
+    fix = "or run the steps as root (--user 0:0)" if root else "or choose another location"
     for path in [*reads, *writes]:
         if uid not in (None, 0) and (path == Path("/root") or Path("/root") in path.parents):
             raise UsageError(f"{path} is under /root, which no uid but root can enter in a step's image (steps run "
                              f"as uid {uid}): move it out of /root {fix}")
     for path in reads:
         if uid not in (None, 0) and not _allows(path, uid, gid, 0o5):
-            raise UsageError(f"{path} is not readable by uid {uid}, which steps run as: make it readable "
-                             f"(chmod o+rx {path}) {fix}")
+            raise UsageError(f"{path} is not readable by uid {uid}, which steps run as"
+                             f"{' when itwin-run runs as root' if root else ''}: make it readable (chmod o+rx {path}) {fix}")
     for path in writes:
         made = next(p for p in (path, *path.parents) if p.exists())
         if not made.is_dir():

@@ -58,10 +58,12 @@ steps:
       command: python spin.py
       env: {file: req.txt}
       resources: {cpus: 1}
+      allow_empty_output: true  # it only prints
   - unlimited:
       output: free
       command: python spin.py
       env: {file: req.txt}
+      allow_empty_output: true
 """
 
 
@@ -131,9 +133,15 @@ def test_a_flaky_step_is_retried_and_every_attempt_kept(project, docker_client, 
 
 
 def test_slurm_jobs_get_the_resources(project, slurm_env, docker_client, no_leftovers):
-    (project / "wf.yml").write_text("datasets:\n  out: {location: ./data/out}\nsteps:\n"
-                                    "  - sized: {output: out, command: python -c pass, env: {file: req.txt}, "
-                                    "resources: {cpus: 1, memory: 200M, time: 90s}}\n")
+    wf = ("datasets:\n  out: {location: ./data/out}\nsteps:\n  - sized: {output: out, command: python -c pass, "
+          "env: {file: req.txt}, resources: {cpus: 1, memory: 200M, time: 90s}}\n")
+    (project / "wf.yml").write_text(wf)
+    res = itwin("--executor", "slurm", "--engine", "docker", "wf.yml", cwd=project, env=slurm_env)
+    # #32: the step wrote nothing: failed, and the job wrote no record of it (Snakemake's missing outputs)
+    assert res.returncode == 1 and "step 'sized' exited 0 but wrote nothing into its output dataset 'out'" in \
+        res.stderr, res.stderr[-3000:]
+    assert not (project / ".itwin-run" / "steps" / "wf.yml" / "sized.json").exists()
+    (project / "wf.yml").write_text(wf.replace("time: 90s}", "time: 90s}, allow_empty_output: true"))
     res = itwin("--executor", "slurm", "--engine", "docker", "wf.yml", cwd=project, env=slurm_env)
     assert res.returncode == 0, res.stderr[-3000:]
     job = re.search(r"submitted sized as job (\d+)", res.stderr).group(1)

@@ -98,9 +98,12 @@ datasets:
   b: {location: ./data/b}
   c: {location: ./data/c}
 steps:
-  - a: {output: a, command: "python -c \\"import time; time.sleep(SLEEP)\\"", env: {file: ./envs/requirements.txt}}
-  - b: {output: b, command: "python -c \\"import time; time.sleep(SLEEP)\\"", env: {file: ./envs/requirements.txt}}
-  - c: {input: [a, b], output: c, command: "python -c pass", env: {file: ./envs/requirements.txt}}
+  - a: {output: a, command: "python -c \\"import time; time.sleep(SLEEP)\\"", env: {file: ./envs/requirements.txt},
+      allow_empty_output: true}
+  - b: {output: b, command: "python -c \\"import time; time.sleep(SLEEP)\\"", env: {file: ./envs/requirements.txt},
+      allow_empty_output: true}
+  - c: {input: [a, b], output: c, command: "python -c pass", env: {file: ./envs/requirements.txt},
+      allow_empty_output: true}
 """
 
 
@@ -252,7 +255,7 @@ def test_editing_a_file_a_config_names_reruns_the_step(toy, docker_client, no_le
     (toy / "cfg.yml").write_text(
         "datasets: {o: {location: ./data/o}}\nsteps:\n"
         "  - read: {output: o, command: \"python -c \\\"import sys; print(open(open('a.txt').read().strip()).read())\\\"\", "
-        "env: {file: ./envs/requirements.txt}}\n")
+        "env: {file: ./envs/requirements.txt}, allow_empty_output: true}\n")
     assert itwin("cfg.yml", cwd=toy).returncode == 0
     (toy / "b.txt").write_text("2\n")
     res = itwin("cfg.yml", cwd=toy)
