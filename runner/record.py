@@ -50,13 +50,14 @@ def opened(run_id: str, wf: Workflow, engine: str, executor: str, steps: list[St
 
 
 def begun(job: Job, engine: str, executor: str, image_id: str | None, log: Path, attempts: list | None,
-          reason: str) -> dict[str, Any]:
-    """A step's entry as it starts (its earlier attempts kept)."""
+          why: str) -> dict[str, Any]:
+    """A step's entry as it starts (its earlier attempts kept); `why` it runs (`reason`, once it failed, says why it
+    failed)."""
     return {"image": job.image, "engine": engine, "executor": executor, "argv": job.argv, "user": job.user,
             "gpus": job.gpus, "env": mask_env(job.env), "mounts": job.to_dict()["mounts"],
             "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},
             **({"image_id": image_id} if image_id else {}), "start": time.time(), "status": "running",
-            "log": str(log), **({"attempts": attempts} if attempts else {}), "reason": reason}
+            "log": str(log), **({"attempts": attempts} if attempts else {}), "why": why}
 
 
 def closed(manifest: dict[str, Any], steps: list[StepSpec], status: dict[str, str], outcome: str,

@@ -4,6 +4,7 @@ Graphviz DOT, Mermaid or SVG (laid out here: no Graphviz needed)."""
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 from datetime import datetime
@@ -97,6 +98,14 @@ def to_svg(steps: list[str], edges: list[Edge], status: dict[str, str] | None = 
     return "\n".join(out + ["</svg>"]) + "\n"
 
 
+def ticks(span: float) -> list[tuple[float, str]]:
+    """At most six round times from 0 to span (1, 2 or 5 times a power of ten apart), each labelled once."""
+    step = 10 ** math.floor(math.log10(span / 5)) if span > 0 else 1.0
+    step = next(m * step for m in (1, 2, 5, 10) if span / (m * step) <= 5)
+    digits = max(0, -math.floor(math.log10(step)))
+    return [(k * step, f"{k * step:.{digits}f}s") for k in range(int(span / step + 1e-9) + 1)]
+
+
 def timeline_svg(manifest: dict[str, Any]) -> str:
     """One row per step: a bar from its start to its end (each earlier attempt a lighter bar before it)."""
     steps = [(name, info) for name, info in manifest.get("steps", {}).items() if info.get("start")]
@@ -109,10 +118,10 @@ def timeline_svg(manifest: dict[str, Any]) -> str:
     height = 30 + row_h * len(steps)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{label_w + bar_w + 20}" '
            f'height="{height}" font-family="sans-serif" font-size="12">']
-    for i in range(6):  # the time axis
-        x = label_w + bar_w * i / 5
+    for tick, label in ticks(span):  # the time axis
+        x = label_w + bar_w * tick / span
         out.append(f'<line x1="{x:.0f}" y1="18" x2="{x:.0f}" y2="{height}" stroke="#e0e0e0"/>'
-                   f'<text x="{x:.0f}" y="12" text-anchor="middle" fill="#666">{span * i / 5:.1f}s</text>')
+                   f'<text x="{x:.0f}" y="12" text-anchor="middle" fill="#666">{label}</text>')
 
     def bar(start: float, end: float, y: float, colour: str, opacity: float, tip: str) -> str:
         x = label_w + bar_w * (start - t0) / span
@@ -189,11 +198,23 @@ th { background: #f5f5f5; }
 .why { color: #c62828; font-size: 12px; margin-top: 3px; } .id { color: #757575; font-size: 11px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 4px 16px; font-size: 13px; }
 dt { color: #757575; } dd { margin: 0; }
+pre.tail { font-size: 11px; background: #fafafa; border-left: 3px solid #c62828; padding: 4px 8px; margin: 4px 0 0;
+  max-width: 60em; overflow-x: auto; white-space: pre-wrap; }
 .best { background: #2e7d32; color: #fff; border-radius: 4px; padding: 0 5px; font-size: 11px; }"""
 
 
-def _row(name: str, info: dict[str, Any], status: str, here: Path) -> str:
-    """A step's row of the table: status (and why), duration, CPU, peak memory, image, attempts, logs, MLflow run."""
+def _tail(log: str | None, lines: int = 12) -> str:
+    """The last lines of a failed step's log, as a block under its status."""
+    try:
+        tail = Path(log).read_text(errors="replace").splitlines()[-lines:] if log else []
+    except OSError:
+        return ""
+    return f'<pre class="tail">{html.escape(chr(10).join(tail))}</pre>' if tail else ""
+
+
+def _row(name: str, info: dict[str, Any], status: str, here: Path, runs: Path | None) -> str:
+    """A step's row of the table: status (and why, or the run that made an up-to-date output), duration, CPU, peak
+    memory, image, attempts, logs, MLflow run."""
     used, limits = info.get("usage") or {}, info.get("limits") or {}
     start, end = info.get("start"), info.get("end")
     duration = f"{end - start:.1f} s" if start and end else "-"
@@ -211,11 +232,18 @@ def _row(name: str, info: dict[str, Any], status: str, here: Path) -> str:
     if log:
         links.append(f'<a href="{html.escape(os.path.relpath(log, here))}">log</a>')
     run = mlflow_run(Path(log)) if log else ""
-    why = info.get("reason") or (f"killed: {used['killed']}" if used.get("killed") else "")
+    why = info.get("reason") or (f"killed: {used['killed']}" if used.get("killed") else "") or (
+        f"exit code {info['exit_code']}" if status == "failed" and info.get("exit_code") else "")
+    note = f'<div class="why">{html.escape(why)}</div>' if why else ""
+    note += _tail(log) if status == "failed" else ""
+    note += f'<div class="id">ran: {html.escape(info["why"])}</div>' if info.get("why") and status != "failed" else ""
+    made = info.get("made_by")
+    if made and runs is not None:  # its output is from an earlier run: that run's log of the step
+        made_log = html.escape(os.path.relpath(runs / made / f"{name}.log", here))
+        note += f'<div class="id">made by run <a href="{made_log}">{html.escape(made)}</a></div>'
     return "<tr>" + "".join(f"<td>{c}</td>" for c in (
         html.escape(name),
-        f'<span class="st" style="background:{COLOURS.get(status, GREY)}">{html.escape(status)}'
-        f"</span>" + (f'<div class="why">{html.escape(why)}</div>' if why else ""),
+        f'<span class="st" style="background:{COLOURS.get(status, GREY)}">{html.escape(status)}</span>{note}',
         duration, cpu, html.escape(peak),
         f'<code>{html.escape(info.get("image", "-"))}</code>' +
         (f'<div class="id">{html.escape(info["image_id"][:19])}</div>' if info.get("image_id") else ""),
@@ -228,7 +256,8 @@ def render(manifest: dict[str, Any], edges: list[Edge], out: Path) -> str:
     names = list(manifest.get("selected") or steps)
     status = {n: steps.get(n, {}).get("status", "not run") for n in names}
     here = out.resolve().parent
-    rows = [_row(name, steps.get(name, {}), status[name], here) for name in names]
+    runs = Path(manifest["root"], ".itwin-run", "runs") if manifest.get("root") else None
+    rows = [_row(name, steps.get(name, {}), status[name], here, runs) for name in names]
     title = f"itwin-run {manifest.get('run_id', '?')}"
     counts: dict[str, int] = {}
     for s in status.values():

@@ -218,8 +218,8 @@ class RunSession:
                 continue
             loop.pending.remove(step)
             sub = self._submission(step, images[step.name], [loop.handles[u] for u in waiting])
-            if not waiting and not whole and self._up_to_date(sub):
-                self._finish(step.name, "up to date")
+            if not waiting and not whole and self._up_to_date(sub):  # made_by: the run that made its output
+                self._finish(step.name, "up to date", made_by=(self.state.record(sub.key) or {}).get("run"))
                 continue
             if arrays and step.parent:
                 points.setdefault(step.parent, []).append(sub)
@@ -332,7 +332,7 @@ class RunSession:
             job, self.runner.name, self.executor.name, self._image_ids.get(job.image), sub.log, attempts,
             self.freshness.why.get(job.step) or "upstream reran")
         if not attempts:
-            ui.say(f" {job.step}: {self.manifest['steps'][job.step]['reason']}", "dim", prefix="run")
+            ui.say(f" {job.step}: {self.manifest['steps'][job.step]['why']}", "dim", prefix="run")
         self._unwritten = True
         self._flush()
 

@@ -55,3 +55,28 @@ def test_report_is_one_self_contained_page(project):  # noqa: F811
     other = project / "elsewhere.html"
     assert itwin("report", m["run_id"], "-o", str(other), cwd=project).returncode == 0
     assert f'href=".itwin-run/runs/{m["run_id"]}/two.log"' in other.read_text()
+
+
+def test_the_page_says_why_a_step_failed_which_run_made_what_is_up_to_date_and_labels_each_tick_once(project):  # noqa: F811
+    """#32: after a no-op rerun the page was a table of `-`; a failed step's error was not on it; a short run's
+    timeline labelled every tick 0.0s."""
+    import pytest
+
+    from runner.errors import StepFailed
+    from runner.report import ticks
+
+    run(project, FakeRunner())
+    first = last_manifest(project)["run_id"]
+    run(project, FakeRunner())  # nothing to do
+    page = Path(itwin("report", cwd=project).stdout.strip()).read_text()
+    for step in ("one", "two", "three"):
+        assert f'made by run <a href="../{first}/{step}.log">{first}</a>' in page, page
+    (project / "two.py").write_text("print('edited')\n")
+    with pytest.raises(StepFailed):
+        run(project, FakeRunner({"two": fails(3)}))
+    page = Path(itwin("report", cwd=project).stdout.strip()).read_text()
+    assert '<div class="why">exit code 3</div><pre class="tail">running two</pre>' in page, page
+    for span in (0.004, 0.013, 0.1, 0.7, 2.7, 9.9, 61.0, 333.0, 7200.0):
+        labels = [label for _, label in ticks(span)]
+        assert 2 <= len(labels) <= 6 and len(set(labels)) == len(labels), (span, labels)
+        assert all(0 <= t <= span for t, _ in ticks(span))

@@ -424,7 +424,7 @@ def test_a_write_to_a_read_only_mount_names_the_one_writable_place(project):
 
 def test_why_a_step_runs_is_said_by_the_dry_run_the_run_and_the_record(project, capsys):
     run(project, FakeRunner())
-    assert {s["reason"] for s in last_manifest(project)["steps"].values()} == {"first run"}
+    assert {s["why"] for s in last_manifest(project)["steps"].values()} == {"first run"}
     (project / "two.py").write_text("print('edited')\n")
     capsys.readouterr()
     run(project, FakeRunner(), dry_run=True)
@@ -438,7 +438,7 @@ def test_why_a_step_runs_is_said_by_the_dry_run_the_run_and_the_record(project, 
     run(project, FakeRunner({"two": writes}))
     assert "run two: changed: two.py" in capsys.readouterr().err
     steps = last_manifest(project)["steps"]
-    assert (steps["two"]["reason"], steps["three"]["reason"]) == ("changed: two.py", "upstream reran: two")
+    assert (steps["two"]["why"], steps["three"]["why"]) == ("changed: two.py", "upstream reran: two")
     run(project, FakeRunner(), force=["one"], dry_run=True)
     assert "one: run (--force)" in capsys.readouterr().out
     (project / "chain.yml").write_text(CHAIN.replace('"python three.py"', '"python three.py --fast"'))
