@@ -259,7 +259,7 @@ def test_build_feedback_without_a_terminal_and_errors_that_name_the_env_file(doc
     env.write_text("this-package-does-not-exist-itwin==0.0.1\n")
     res = itwin("build", "workflow.yml", cwd=toy)  # output to pipes, as in CI or `| tee`
     assert "\x1b" not in res.stdout + res.stderr
-    assert "building itwin-run/envs-requirements:" in res.stderr and "(pip's progress every 20 s)" in res.stderr
+    assert "building itwin-run/envs-requirements:" in res.stderr and "(its progress every 20 s)" in res.stderr
     error = next(ln for ln in res.stderr.splitlines() if ln.startswith("error:"))
     assert error.endswith(f"for step 'generate' failed (env file {env}): No matching distribution found for "
                           "this-package-does-not-exist-itwin==0.0.1")

@@ -29,3 +29,36 @@ def test_build_progress_names_the_layer_and_pips_phase():
                        ("Building wheel for itwinai (pyproject.toml): started", "sources layer, pip building wheels")]:
         phase.see(line)
         assert str(phase) == want, line
+
+
+def test_build_progress_moves_on_its_own_and_never_shows_a_layer_id(capsys):
+    """#32: on a terminal the build's seconds froze while pip said nothing; without one, the first line came after
+    33 s (only when the build printed something), and the latest line was often Docker's ` ---> fdb1a813939d`."""
+    import re
+    import time
+
+    from runner.engines.docker.buildlog import BuildProgress
+
+    class Status:
+        def __init__(self) -> None:
+            self.said: list[str] = []
+
+        def update(self, text: str) -> None:
+            self.said.append(text)
+
+    with BuildProgress("itwin-run/x:1", "train", None, False, lambda: 100, every=0.3) as progress:
+        time.sleep(0.9)  # the build said nothing yet: lines all the same
+        for line in ("Step 4/12 : RUN pip install -r requirements.txt", "Collecting torch==2.13.0", " ---> fdb1a813939d",
+                     "Removing intermediate container 0123456789ab", " ---> Running in 0123456789ab"):
+            progress.see(line)
+        time.sleep(0.9)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("building itwin-run/x:1 for step train (its progress every") and len(err) >= 3, err
+    assert re.fullmatch(r"building train \(base layer, \d+s\)", err[1]), err
+    assert re.fullmatch(r"building train \(dependencies layer, pip resolving, \d+s\): Collecting torch==2.13.0",
+                        err[-1]), err
+    shown = Status()
+    with BuildProgress("itwin-run/x:1", "train", shown, True, lambda: 100):
+        time.sleep(3.5)  # nothing from the build: the seconds still count
+    seconds = [int(m.group(1)) for s in shown.said if (m := re.fullmatch(r"building train \(base layer, (\d+)s\)", s))]
+    assert len(seconds) >= 2 and seconds == sorted(set(seconds)), shown.said

@@ -16,7 +16,7 @@ import docker
 import docker.errors
 
 from runner import ui
-from runner.engines.docker.buildlog import BuildPhase, build_error
+from runner.engines.docker.buildlog import BuildProgress, build_error
 from runner.engines.docker.client import BOOTSTRAP_PARENT, DEFAULT_PARENT, client, daemon_error, image_id
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, BuildOptions, ImageSpec, Pin
@@ -313,26 +313,21 @@ class DockerBuilder:
 
     def _build(self, ctx: str, dockerfile: str, ref: str, buildargs: dict[str, str], step: str,
                labels: dict[str, str] | None = None, env_file: Path | None = None) -> None:
-        """Build, showing progress: on a terminal a status line (elapsed time, the build step or pip's latest
-        line); elsewhere (CI, `| tee`) a start line and a heartbeat every 20 s with pip's latest line."""
+        """Build, showing its progress (BuildProgress)."""
         from rich.markup import escape
 
         lines: list[str] = []
         start = time.monotonic()
         error: str | None = None
         labels = {f"{LABEL}.managed": "1", f"{LABEL}.step": step, **(labels or {})}
-        terminal = ui.console().is_terminal
-        beat = start
-        where = BuildPhase()
         layers: list[str] = []  # the image id after each instruction
         stage_ends: list[str] = []  # the last one of each stage but the final one
-        if not terminal:
-            ui.say(f"building {ref} for step {step} (pip's progress every 20 s)")
         try:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
                 path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels,
                 rm=True, forcerm=True, decode=True, pull=False)
-            with ui.status(f"building {ref} (step {step})") as status:
+            with ui.status(f"building {ref} (step {step})") as status, BuildProgress(
+                    ref, step, status, ui.console().is_terminal, lambda: ui.console().width) as progress:
                 for item in stream:
                     if "error" in item:
                         error = ui.strip_escapes(item["error"]).strip()
@@ -349,14 +344,7 @@ class DockerBuilder:
                             layers.append(m.group(1))
                         if self.verbose:
                             ui.console().print(f"[dim]build {step} |[/dim] {escape(line)}", highlight=False)
-                        where.see(line)
-                        elapsed = time.monotonic() - start
-                        if terminal:
-                            width = max(20, ui.console().width - 8)
-                            status.update(f"building {step} ({where}, {elapsed:.0f}s): {line.strip()}"[:width])
-                        elif time.monotonic() - beat >= 20:
-                            beat = time.monotonic()
-                            ui.say(f"building {step} ({where}, {elapsed:.0f}s): {line.strip()[:160]}")
+                        progress.see(line)
         except docker.errors.APIError as exc:
             error = str(exc.explanation or exc)
         except docker.errors.DockerException as exc:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from runner import ui
 
 ERROR_LINE = re.compile(r"(error|ERROR|E: |No matching distribution|Could not find|failed|returned a non-zero)")
 
@@ -64,3 +70,50 @@ class BuildPhase:
 
     def __str__(self) -> str:
         return f"{self.layer} layer" + (f", pip {self.pip}" if self.pip else "")
+
+
+class BuildProgress:
+    """What a running build shows: on a terminal, a status line whose seconds count every second (the layer, pip's
+    phase, the build's latest line); elsewhere (CI, `| tee`), a start line and then a line every 20 s from the start,
+    whether or not the build said anything new. Layer ids and Docker's bookkeeping lines are never the latest line."""
+
+    QUIET = re.compile(r"^ ?-{2,3}> |^Removing intermediate container |^ ?-{2,3}> Running in |^Successfully tagged ")
+
+    def __init__(self, ref: str, step: str, status: Any, terminal: bool, width: Callable[[], int],
+                 every: float = 20.0):
+        self.ref, self.step, self.status, self.terminal, self.width = ref, step, status, terminal, width
+        self.every = 1.0 if terminal else every
+        self.start, self.phase, self.latest = time.monotonic(), BuildPhase(), ""
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+
+    def __enter__(self) -> BuildProgress:
+        if not self.terminal:
+            ui.say(f"building {self.ref} for step {self.step} (its progress every {self.every:.0f} s)")
+        self._ticker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._ticker.join()
+
+    def see(self, line: str) -> None:
+        self.phase.see(line)
+        if not self.QUIET.search(line):
+            self.latest = line.strip()
+        if self.terminal:
+            self.show()
+
+    def show(self) -> None:
+        text = f"building {self.step} ({self.phase}, {time.monotonic() - self.start:.0f}s)" + (
+            f": {self.latest}" if self.latest else "")
+        if self.terminal:
+            from rich.markup import escape
+
+            self.status.update(escape(text[:max(20, self.width() - 8)]))
+        else:
+            ui.say(text[:200])
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self.show()
