@@ -487,3 +487,28 @@ def test_outputs_the_steps_cannot_reach_or_make_are_refused_before_anything_star
     (project / "chain.yml").write_text(CHAIN.replace("./data/c", "./in-the-way/c"))
     with pytest.raises(UsageError, match="in-the-way is a file, not a folder"):
         run(project, FakeRunner(), user="0:0")
+
+
+def test_a_finished_steps_live_line_goes_when_it_ends(project, monkeypatch):
+    """#32: on a terminal, a step's live line stayed until the display's next refresh after the step ended."""
+    seen: list[list[str]] = []
+
+    class Live:  # stands for rich's Live display (started only on a terminal): what a refresh would draw
+        def __init__(self, executor: LocalExecutor) -> None:
+            self.executor = executor
+
+        def refresh(self) -> None:
+            seen.append(sorted(self.executor._running))
+
+        def stop(self) -> None:
+            pass
+
+    start = LocalExecutor.start
+
+    def on_a_terminal(self, *args):
+        start(self, *args)
+        self._live = Live(self)
+
+    monkeypatch.setattr(LocalExecutor, "start", on_a_terminal)
+    run(project, FakeRunner())
+    assert seen == [[], [], []]  # drawn again as each of the three steps ended, without its line

@@ -127,6 +127,8 @@ class LocalExecutor:
             out = Outcome(job.step, "failed", reason=f"step {job.step!r}: {type(exc).__name__}: {exc}", tail=list(tail))
         with self._out:
             self._running.pop(job.step, None)
+        if self._live is not None:  # its line goes now, not at the next refresh
+            self._live.refresh()
         out.ended = time.monotonic()
         out.usage = dict(job.usage)
         self._done.put(out)
