@@ -19,11 +19,13 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -176,11 +178,32 @@ def _has_test_data(model, datamodule) -> bool:
                                                        and is_overridden("test_dataloader", datamodule))
 
 
+class _NotTheUsers(logging.Filter):
+    """Lines Lightning logs that ask nothing of the user: its LitLogger advert, the `weights_only` default it notes at
+    every checkpoint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("💡 Tip:", "`weights_only` was not set"))
+
+
+def quiet_lightning() -> None:
+    """Only what the user can act on: not the adverts and notes above, not that the checkpoint folder is not empty
+    (itwinai writes its run file there, and resumes from what is there), not Lightning's own deprecations."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning_utilities.core.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NotTheUsers) for f in logger.filters):  # once per process
+            logger.addFilter(_NotTheUsers())
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: str | None,
           overrides: dict[str, Any], resume: bool = False, settings: dict[str, Any] | None = None) -> str:
     """Train; in a distributed run every rank trains, the one with trainer.global_rank 0 alone tracks in MLflow."""
     from lightning.pytorch.cli import LightningCLI
 
+    quiet_lightning()
     conf = lightning_config(cfg, input_dir, overrides, settings)
     resume = resume or cfg.resume
     if output_dir:
