@@ -68,6 +68,8 @@ class RunSession:
                    "dim")
         if any(s.env.prefix for s in steps):
             ui.say("note: env.prefix (the prototype's conda location) is ignored: steps run in container images", "dim")
+        check_inputs(self.wf, steps)  # what a run refuses is refused before anything starts, in a dry run too
+        check_access(self.wf, steps, self.user)
         if self.opts.dry_run:
             return self._dry_run(steps)
         self.state.lock(self.run_id)
@@ -81,8 +83,6 @@ class RunSession:
                                 "end")
             self._start_manifest(steps)
             try:
-                check_inputs(self.wf, steps)  # what the run refuses, refused before anything is built
-                check_access(self.wf, steps, self.user)
                 self._phase = "images"
                 sub = Workflow(path=self.wf.path, root=self.wf.root, datasets=self.wf.datasets, steps=steps,
                                extra=self.wf.extra)
@@ -107,8 +107,6 @@ class RunSession:
         return dataclasses.replace(self.opts.build, single_file=self.executor.single_file_images)
 
     def _dry_run(self, steps: list[StepSpec]) -> None:
-        check_inputs(self.wf, steps)  # what the run would refuse, the dry run refuses
-        check_access(self.wf, steps, self.user)
         images = resolve_images(self.wf, self.builder, self._build_options(), build=False, pinned=self.opts.pinned)
         subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps if not s.sweep]
         for line in self.freshness.plan(steps, images, lambda step, ref: self._submission(step, ref, []),

@@ -479,6 +479,7 @@ def test_outputs_the_steps_cannot_reach_or_make_are_refused_before_anything_star
         with pytest.raises(UsageError, match="is under /root, which no uid but root can enter in a step's image"):
             run(project, r, builder=b, user="65534:65534", dry_run=dry)
         assert r.started == [] and b.resolved == [] and not home.exists() and not (project / "data").exists()
+        assert not (project / ".itwin-run").exists()  # nothing started: no run to record either
     checked = itwin("validate", "chain.yml", cwd=project)
     assert checked.returncode == 2 and "is under /root" in checked.stderr, checked.stderr
     run(project, FakeRunner(), user="0:0")  # root may: the fix the message names
