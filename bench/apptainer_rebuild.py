@@ -70,7 +70,7 @@ def registry_figures(root: Path, cli: Path) -> None:
 
     (root / "pinned.yml").write_text(
         "datasets:\n  out: {location: ./data/pinned}\nsteps:\n  - t:\n      output: out\n"
-        "      command: python -c \"import itwinai.cli\"\n"
+        "      command: python -c \"import itwinai.cli\"\n      allow_empty_output: true\n"
         "      env: {file: ./itwinai/env.yml, source: [./itwinai]}\n")
     (root / "registry").mkdir()
     node = {**os.environ, "ITWIN_RUN_SIF_CACHE": str(root / "node-sif")}

@@ -35,10 +35,10 @@ def mnist(root: Path) -> Path:
 
 def chain(n: int, env_file: str = "./bench-env/requirements.txt", command: str = "python -c pass",
           params: str = "") -> str:
-    """A workflow of n steps (trivial ones by default), each reading the one before."""
+    """A workflow of n steps (trivial ones by default, which write nothing), each reading the one before."""
     lines = ["datasets:"] + [f"  d{i}: {{location: ./data/d{i}}}" for i in range(n)] + ["steps:"]
     for i in range(n):
         inp = f"d{i - 1}" if i else "null"
         lines.append(f"  - s{i}: {{input: {inp}, output: d{i}, command: \"{command}\", "
-                     f"env: {{file: {env_file}}}{', params: ' + params if params else ''}}}")
+                     f"env: {{file: {env_file}}}, allow_empty_output: true{', params: ' + params if params else ''}}}")
     return "\n".join(lines) + "\n"

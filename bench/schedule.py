@@ -59,8 +59,10 @@ def main() -> None:
         (root / "bench-env" / "requirements.txt").write_text("# base only\n")
         (root / "par.yml").write_text(
             "datasets: {a: {location: ./data/a}, b: {location: ./data/b}}\nsteps:\n"
-            f"  - a: {{output: a, command: '{BUSY}', env: {{file: ./bench-env/requirements.txt}}}}\n"
-            f"  - b: {{output: b, command: '{BUSY}', env: {{file: ./bench-env/requirements.txt}}}}\n")
+            f"  - a: {{output: a, command: '{BUSY}', env: {{file: ./bench-env/requirements.txt}}, "
+            "allow_empty_output: true}\n"
+            f"  - b: {{output: b, command: '{BUSY}', env: {{file: ./bench-env/requirements.txt}}, "
+            "allow_empty_output: true}\n")
         timed(["build", "par.yml"], root)
         j1 = timed(["--force", "--jobs", "1", "par.yml"], root)
         j2 = timed(["--force", "--jobs", "2", "par.yml"], root)
