@@ -115,7 +115,8 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
     for i in items:  # an image's dependency image is needed (and used) as long as the image is
         if i.needs and named.get(i.ref):
             named.setdefault(i.needs, []).append(f"(dependencies of {i.ref})")
-            ours |= {i.needs} if i.ref in ours else set()
+            if i.ref in ours:
+                ours.add(i.needs)
         if i.needs and i.ref in used:
             used[i.needs] = max(used.get(i.needs, 0.0), used[i.ref])
     return [Entry(i, named.get(i.ref, []), used.get(i.ref), i.ref in ours) for i in items], notes
