@@ -18,6 +18,7 @@ from runner.places import sif_cache
 from runner.state import State
 
 DAY = 86400.0
+DEPENDENCY = "(dependencies of "  # what names a dependency image: the image built on it
 STAGE_GRACE = 600.0  # seconds: an untagged image younger than this may belong to a build in progress
 
 
@@ -114,7 +115,7 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
             ours = set(named)
     for i in items:  # an image's dependency image is needed (and used) as long as the image is
         if i.needs and named.get(i.ref):
-            named.setdefault(i.needs, []).append(f"(dependencies of {i.ref})")
+            named.setdefault(i.needs, []).append(f"{DEPENDENCY}{i.ref})")
             if i.ref in ours:
                 ours.add(i.needs)
         if i.needs and i.ref in used:
@@ -122,9 +123,18 @@ def inventory(root: Path) -> tuple[list[Entry], list[str]]:
     return [Entry(i, named.get(i.ref, []), used.get(i.ref), i.ref in ours) for i in items], notes
 
 
-def _names(e: Entry, room: int) -> str:
-    """What names an entry, this project's names first, cut to `room` characters with a count of the rest."""
-    names = sorted(e.named_by, key=lambda n: n.startswith(("/", "(")))  # other projects' names start with theirs
+def _names(e: Entry, room: int, mine: set[str] | None) -> str:
+    """What names an entry, cut to `room` characters with a count of the rest: this project's step records and pin
+    files, then `(dependencies of IMAGE)`; the other projects' only when `mine` (this project's images) is None."""
+    def order(n: str) -> int:  # 0 this project's, 1 a dependency note, 2 another project's (it starts with its folder)
+        needed_by = n.removeprefix(DEPENDENCY).removesuffix(")") if n.startswith(DEPENDENCY) else None
+        if n.startswith("/") or (needed_by is not None and mine is not None and needed_by not in mine):
+            return 2
+        return 1 if needed_by is not None else 0
+
+    names = sorted(e.named_by, key=order)
+    if mine is not None:
+        names = [n for n in names if order(n) < 2]
     names = [f"{Path(n.split(': ', 1)[0]).name}: {n.split(': ', 1)[1]}" if n.startswith("/") else n for n in names]
     busy = "  (in use)" if e.item.busy else ""
     out = names[:1] or ["left by a build" if e.item.stage else "-"]
@@ -187,12 +197,13 @@ def listing(where: Path, everything: bool = False) -> None:
     refs = {id(e): e.item.ref.removeprefix(sif) for e in shown}  # a SIF by its name in the SIF cache
     wide = max((len(r) for r in refs.values()), default=5)
     kind = max((len(e.item.engine) for e in shown), default=6)
-    head = f"{'ENGINE':<{kind}}  {'IMAGE':<{wide}}  {'OWN SIZE':>8}  {'MADE':>5}  {'USED':>5}  "
+    head = f"{'ENGINE':<{kind}}  {'IMAGE':<{wide}}  {'OWN SIZE':>8}  {'USED':>5}  "
     room = max(15, shutil.get_terminal_size((100, 24)).columns - len(head))
     print(head + "NAMED BY")
+    mine = None if everything else {e.item.ref for e in entries if e.ours}
     for e in shown:
-        print(f"{e.item.engine:<{kind}}  {refs[id(e)]:<{wide}}  {size(e.item.size):>8}  {age(e.item.created):>5}  "
-              f"{age(e.last_used):>5}  {_names(e, room)}")
+        print(f"{e.item.engine:<{kind}}  {refs[id(e)]:<{wide}}  {size(e.item.size):>8}  {age(e.last_used):>5}  "
+              f"{_names(e, room, mine)}")
     if len(shown) < len(entries):
         hidden = [e for e in entries if e not in shown]
         print(f"and {len(hidden)} more that only other projects name ({size(sum(e.item.size for e in hidden))}): "

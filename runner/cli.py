@@ -258,7 +258,7 @@ def images(root: RootOpt = None,
            everything: Annotated[bool, typer.Option("--all", help="Also what only other projects name.")] = False,
            ) -> None:
     """List the images and SIFs itwin-run made that this project's step records or pin files name, and those
-    nothing names (what `prune` removes): size, age, last use, and what names them."""
+    nothing names (what `prune` removes): size, last use, and what names them."""
     from runner import cache
 
     cache.listing((root or Path.cwd()).resolve(), everything)
