@@ -16,7 +16,7 @@ from runner.executors.base import RunOptions
 from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for, write_pins
 from runner.limits import Limits
 from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
-from runner.tree import holds_a_file
+from runner.tree import empty_output
 from runner.workflow import StepSpec, Workflow, dependencies
 
 
@@ -166,7 +166,7 @@ def prepare_output(path: Path, user: str) -> None:
 
 def wrote_nothing(step: StepSpec, output: str | None) -> str:
     """Why a step that exited 0 is not done: nothing is in its output (unless it allows that); "" when it is done."""
-    if not output or step.allow_empty_output or holds_a_file(Path(output)):
+    if not empty_output(output, step.allow_empty_output):
         return ""
     return (f"step {step.name!r} exited 0 but wrote nothing into its output dataset {step.output!r} ({output}); "
             "a step that may write nothing says `allow_empty_output: true`")

@@ -16,7 +16,7 @@ from runner.engines import Cancelled, get_runner
 from runner.engines.base import Job, failure_reason
 from runner.policy import masker
 from runner.state import complete_step
-from runner.tree import holds_a_file
+from runner.tree import empty_output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = failure_reason(runner, job, code, []) if code else ""
         exit_file.with_suffix(".usage.json").write_text(json.dumps({**job.usage, "reason": reason}))
         exit_file.write_text(f"{code}\n")
-        output = spec["output"]
-        if code == 0 and (not output or spec.get("allow_empty_output") or holds_a_file(Path(output))):
+        if code == 0 and not empty_output(spec["output"], spec.get("allow_empty_output", False)):
             complete_step(Path(spec["root"]), spec["key"], spec["parts"], spec["inputs"], spec["output"], spec["run_id"])
     return code
 

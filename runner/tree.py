@@ -80,9 +80,9 @@ def content_digest(root: Path, exclude: Iterable[Path] = (), patterns: Iterable[
     return [f"{rel}:{file_digest(root / rel)}" for rel, _ in walk(root, exclude, patterns)]
 
 
-def holds_a_file(root: Path) -> bool:
-    """Whether anything but folders is under root (stops at the first): an output a step wrote nothing into does not."""
-    for _dirpath, _dirnames, filenames in os.walk(root):
-        if filenames:
-            return True
-    return False
+def empty_output(output: str | None, allowed: bool) -> bool:
+    """Whether a step that exited 0 wrote nothing into its output (no file under it, the walk stops at the first),
+    and does not say `allow_empty_output`: then it is not done. The session and SLURM's step jobs ask this."""
+    if not output or allowed:
+        return False
+    return not any(filenames for _dirpath, _dirnames, filenames in os.walk(output))
