@@ -7,22 +7,19 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from runner.engines.docker import DockerBuilder, gpu_requests
-from tests.conftest import LABEL, itwin, set_word, source_project
+from tests.conftest import ITWIN_RUN, LABEL, itwin, set_word, source_project
 from tests.services import change_packages
 
 pytestmark = pytest.mark.docker
 
 EXPECTED_SUMMARY = "sum=55\nmarker=from the Dockerfile env\ngreeting=hello\nhost_env_leak=False\n"
-
-
-def toy_images(client) -> set[str]:
-    return {t for img in client.images.list(filters={"label": LABEL}) for t in img.tags if "envs-" in t}
 
 
 def test_toy_workflow_outputs_and_contract(docker_client, toy, no_leftovers):
@@ -92,6 +89,29 @@ def test_env_files_with_the_same_packages_share_one_image(docker_client, tmp_pat
     assert res.returncode == 0 and dict(line.split("\t") for line in res.stdout.splitlines()) == refs
     assert "built" not in res.stderr and "not rebuilt" not in res.stderr, res.stderr
     for ref in refs.values():
+        docker_client.images.remove(ref)
+
+
+def test_runs_started_together_build_a_new_image_once(docker_client, tmp_path):
+    """Two projects whose steps need the same new image, built at the same moment: one process builds it, the other
+    waits for it and builds nothing (the image gets its name too)."""
+    dockerfile = ("ARG ITWIN_BASE\nFROM ${ITWIN_BASE}\n"
+                  f"RUN python3 -c 'import time; time.sleep(8)'  # {time.time_ns()}: never built before\n")
+    projects = [tmp_path / "one", tmp_path / "two"]
+    for project in projects:
+        project.mkdir()
+        (project / "Dockerfile").write_text(dockerfile)
+        (project / "wf.yml").write_text("steps:\n  - a: {command: 'python -c pass', env: {file: ./Dockerfile}}\n")
+    procs = [subprocess.Popen([*ITWIN_RUN, "build", "wf.yml"], cwd=p, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for p in projects]
+    done = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], done
+    refs = [out.split()[1] for out, _ in done]
+    assert len({docker_client.images.get(ref).id for ref in refs}) == 1, refs
+    said = sorted((err for _, err in done), key=lambda err: err.count("built "))
+    assert [err.count("built ") for err in said] == [0, 1], said
+    assert "waiting for another process that makes " in said[0] and "not rebuilt" in said[0], said
+    for ref in refs:
         docker_client.images.remove(ref)
 
 
@@ -320,6 +340,7 @@ def test_a_command_not_in_the_image_says_so(docker_client, toy, no_leftovers):
     assert "error: command 'fitter' not found in the image of step 'generate' (PATH /opt/venv/bin:" in res.stderr
 
 
+@pytest.mark.alone  # counts the untagged images on the daemon
 def test_a_source_edit_rebuilds_only_the_source_layer(docker_client, tmp_path, no_leftovers):
     """env.source is installed in layers of their own on top of the dependency image: after an edit of the source
     the new image shares every layer but the last two with the old one, and runs the edited code. No build, a
@@ -413,6 +434,7 @@ def test_requirements_may_name_a_local_package_and_a_wheel(docker_client, tmp_pa
     assert res.returncode == 0 and "say | second wheel" in res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.alone  # prune: what no record names, of any project
 def test_images_lists_what_itwin_run_made_and_prune_removes_what_nothing_names(docker_client, toy, no_leftovers):
     """`images` names each image by the step records that use it; `prune` removes an image no record names any
     more, keeps the ones records name, the base image, an image a container uses, and images itwin-run did not make."""

@@ -5,9 +5,12 @@ entry point naming it in the `itwin_run.engines` group (pyproject.toml), as the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +24,26 @@ OVERLAY = "::"  # a step image in two files (Apptainer): DEPS.sif::SOURCES.sqfs
 def image_parts(ref: str) -> list[str]:
     """The files (or references) a step image is made of: one, or a dependency SIF and its source overlay."""
     return ref.split(OVERLAY)
+
+
+@contextlib.contextmanager
+def one_at_a_time(lock: Path, what: str) -> Iterator[None]:
+    """Many processes may need the same new image at once (runs started together, SLURM jobs, users of one shared
+    cache): the first makes it while the others wait on the lock file `lock`, saying so, then use what it made.
+    The lock goes with its holder's process. OSError where the lock file cannot be made."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from runner import ui
+
+            ui.say(f"waiting for another process that makes {what}", "dim")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

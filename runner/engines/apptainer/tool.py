@@ -4,13 +4,12 @@ lock and error of a SIF cache."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from runner import ui
+from runner.engines.base import one_at_a_time
 from runner.errors import UserError
 from runner.places import sif_cache
 
@@ -58,24 +57,15 @@ def unwritable(cache: Path, exc: OSError) -> UserError:
 
 @contextlib.contextmanager
 def one_maker(target: Path) -> Iterator[bool]:
-    """Many processes may need the same new SIF or overlay at once (runs started together, SLURM jobs, users of one
-    shared cache): the first makes it while the others wait on a lock file beside it, then use what it made. Yields
-    whether the target still has to be made. A maker that crashed leaves only its `.partial` file, never the
-    target, and its lock goes with its process."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise unwritable(target.parent, exc) from None
-    try:
+    """A new SIF or overlay, made by one process while the others that need it wait (one_at_a_time, on a lock file
+    beside it). Yields whether the target still has to be made. A maker that crashed leaves only its `.partial` file,
+    never the target."""
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            ui.say(f"waiting for another process that makes {target.name}", "dim")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.enter_context(one_at_a_time(target.with_name(f".{target.name}.lock"), target.name))
+        except OSError as exc:
+            raise unwritable(target.parent, exc) from None
         yield not target.is_file()
-    finally:
-        os.close(fd)
 
 
 def plain_http(ref: str) -> bool:

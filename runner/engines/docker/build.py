@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -16,10 +17,12 @@ import docker
 import docker.errors
 
 from runner import ui
+from runner.engines.base import one_at_a_time
 from runner.engines.docker.buildlog import BuildProgress, build_error
 from runner.engines.docker.client import BOOTSTRAP_PARENT, DEFAULT_PARENT, client, daemon_error, image_id
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, BuildOptions, ImageSpec, Pin
+from runner.places import build_lock
 
 
 def _auth() -> dict[str, str] | None:
@@ -156,12 +159,23 @@ class DockerBuilder:
             return ref, True
         if not build:
             return ref, False
-        content = ref.rpartition(":")[2]  # what the image is made of, whatever env file it came from
+        content = ref.rpartition(":")[2]  # what the image is made of, whatever env file (and project) it came from
+        with contextlib.ExitStack() as held:  # one build of the same content at a time: the others wait, then use it
+            try:
+                held.enter_context(one_at_a_time(
+                    build_lock(self.daemon() or os.environ.get("DOCKER_HOST", ""), content), ref))
+            except OSError:
+                pass  # no lock file here (a read-only home): build without one
+            if not self.identity(ref):  # else built meanwhile, by the process that held the lock
+                self._make(spec, opts, ref, base_ref, content)
+        return ref, True
+
+    def _make(self, spec: ImageSpec, opts: BuildOptions, ref: str, base_ref: str, content: str) -> None:
         if twin := self._same_content(content):
             # another env file with the same packages (another project's, say): one image, one more name
             self.client.api.tag(twin, *ref.rsplit(":", 1))
             ui.say(f"{ref} for step {spec.step}: the image made for the same content, not rebuilt", "dim")
-            return ref, True
+            return
         labels = {f"{LABEL}.kind": spec.kind, f"{LABEL}.content": content}
         with tempfile.TemporaryDirectory(prefix="itwin-ctx-") as ctx:
             if spec.sources:  # on the dependency image, tagged on its own: a source edit rebuilds only the top
@@ -173,7 +187,6 @@ class DockerBuilder:
             # a user Dockerfile may name the base image (ARG BASE / ITWIN_BASE); the templates have it written in
             args = {"ITWIN_BASE": base_ref, "BASE": base_ref} if spec.kind == "dockerfile" else {}
             self._build(ctx, dockerfile, ref, args, step=spec.step, labels=labels, env_file=spec.env_file)
-        return ref, True
 
     def _same_content(self, content: str) -> str | None:
         """The id of an image itwin-run built from the same content (env file packages, sources, base, template,
