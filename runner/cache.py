@@ -3,6 +3,7 @@ and image pin files still name it, when it was last used, and removing what noth
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from runner import ui
 from runner.engines import engine, engines
 from runner.engines.base import Made, image_parts
 from runner.errors import UserError
-from runner.places import sif_cache
+from runner.places import own_cache, sif_cache
 from runner.state import State
 
 DAY = 86400.0
@@ -31,23 +32,28 @@ class Entry:
 
 
 def _projects_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "itwin-run", "projects.json")
+    return own_cache() / "projects.json"
+
+
+def _known(path: Path) -> list[str]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
 
 
 def remember(root: Path) -> None:
     """Note a project that runs here, so that `prune` in one project keeps what another one's records name."""
     path = _projects_file()
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = []
-    if str(root) in known:
+    if str(root) in _known(path):
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(sorted({*known, str(root)}), indent=1))
-        tmp.replace(path)
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # runs that start together: each one's project is kept
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(sorted({*_known(path), str(root)}), indent=1))
+            tmp.replace(path)
     except OSError:
         pass  # a read-only home: prune then sees only the project it runs in
 

@@ -513,3 +513,33 @@ def test_a_finished_steps_live_line_goes_when_it_ends(project, monkeypatch):
     monkeypatch.setattr(LocalExecutor, "start", on_a_terminal)
     run(project, FakeRunner())
     assert seen == [[], [], []]  # drawn again as each of the three steps ended, without its line
+
+
+def _remember_at_once(root: str, cache: str, barrier) -> None:
+    os.environ["XDG_CACHE_HOME"] = cache
+    from runner.cache import remember
+
+    barrier.wait()
+    remember(Path(root))
+
+
+def test_runs_that_start_together_are_each_remembered_for_prune(tmp_path, monkeypatch):
+    """Each run notes its project for `prune` (which keeps what another project's records name): runs that start
+    at the same moment, from as many processes, all keep their note."""
+    import multiprocessing
+
+    from runner.cache import projects
+
+    ctx = multiprocessing.get_context("fork")
+    roots = [tmp_path / f"p{i}" for i in range(12)]
+    for root in roots:
+        (root / ".itwin-run").mkdir(parents=True)
+    barrier = ctx.Barrier(len(roots))
+    procs = [ctx.Process(target=_remember_at_once, args=(str(r), str(tmp_path / "cache"), barrier)) for r in roots]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0] * len(roots)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert sorted(projects(roots[0])) == sorted(roots)
