@@ -35,10 +35,14 @@ base: venv engine
 # The tiers come from the tests' markers: the real one needs a daemon, a cluster, a browser or a model to train
 # (pyproject.toml declares them); the fast tier is the rest: the run session against an in-process fake engine, the
 # workflow model, the safety checks, the docs' sources (seconds, no daemon). `make test` runs it first, then the real.
+# Both run on WORKERS pytest-xdist processes (tests/conftest.py says which tests share one); the real tests marked
+# `alone` (the daemon stopped, prune, every process looked at) run first, one at a time.
 REAL := docker or slow or mlflow or browser
 FAST := -m "not ($(REAL))" tests
+WORKERS ?= 2
+XDIST = -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 test-fast: venv
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(FAST)
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(XDIST) $(FAST)
 
 # The fast tier STRESS times in a row, each with fresh Hypothesis examples: a flaky test shows here, not in CI.
 STRESS ?= 20
@@ -56,8 +60,9 @@ docs: venv
 
 test: venv docs
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs
-	$(VENV)/bin/pytest -q $(FAST)
-	$(VENV)/bin/pytest -q --durations=15 -m "$(REAL)" $(PYTEST_ARGS) tests
+	$(VENV)/bin/pytest -q $(XDIST) $(FAST)
+	$(VENV)/bin/pytest -q -m "($(REAL)) and alone" $(PYTEST_ARGS) tests
+	$(VENV)/bin/pytest -q $(XDIST) --durations=15 -m "($(REAL)) and not alone" $(PYTEST_ARGS) tests
 
 lint: venv
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs

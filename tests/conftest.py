@@ -39,11 +39,53 @@ def toy(tmp_path: Path) -> Path:
     return dest
 
 
+# `make test` runs the real tier on pytest-xdist workers (--dist loadgroup): a test with an xdist_group runs on the
+# worker that runs its whole group. "machine" holds the tests of the services one machine has one of (the SLURM
+# cluster, the test user and their Podman: fixtures a worker would start and stop under another's feet); a module
+# whose tests share a module fixture (a trained model, a registry) names a group of its own. Tests marked `alone`
+# read or change the whole machine's state (the daemon stopped, prune, every process) and run in a pass of their own.
+MACHINE = {"user", "podman_user", "slurm_env"}
+GROUP = pytest.StashKey[str]()
+FIRST = ("machine", "mnist", "surrogate", "registry")  # the longest groups start first, so the workers end together
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
+    for item in items:
+        groups = [m.args[0] for m in item.iter_markers("xdist_group")]
+        if MACHINE & set(item.fixturenames):
+            if groups:
+                raise pytest.UsageError(f"{item.nodeid}: uses {sorted(MACHINE & set(item.fixturenames))}, the "
+                                        f"'machine' group, and names group {groups[0]!r}")
+            item.add_marker(pytest.mark.xdist_group("machine"))
+            groups = ["machine"]
+        item.stash[GROUP] = groups[0] if groups else ""
+    items.sort(key=lambda i: FIRST.index(i.stash[GROUP]) if i.stash[GROUP] in FIRST else len(FIRST))
+
+
+@pytest.hookimpl(trylast=True)  # after xdist named each grouped test `NODEID@GROUP`, which its scheduler reads
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if getattr(session.config.option, "loadgroup", False):
+        lost = [i.nodeid for i in session.items if i.stash[GROUP] and not i.nodeid.endswith("@" + i.stash[GROUP])]
+        if lost:  # pytest 9.2 and xdist 3.8: pytest-dev/pytest-xdist#1386
+            pytest.exit(f"pytest-xdist did not group {lost[0]}: this pytest and pytest-xdist do not go together "
+                        "(pyproject.toml pins pytest below 9.2)", returncode=3)
+
+
+def runs_under(base: Path) -> set[str]:
+    """The ids of the runs whose projects lie (up to four folders deep) under `base`."""
+    return {p.name for depth in range(1, 5) for p in base.glob("*/" * depth + ".itwin-run/runs/*")}
+
+
 @pytest.fixture
-def no_leftovers(docker_client):
+def no_leftovers(docker_client, tmp_path_factory):
+    """No container of this worker's runs is left once the test ends (other workers' runs may be running)."""
     yield
+    base = tmp_path_factory.getbasetemp()
     for _ in range(50):  # the run's network holder is killed at the end and removed by the daemon right after
-        left = docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "org.itwin-run.run"})
+        labelled = docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "org.itwin-run.run"})
+        mine = runs_under(base) if labelled else set()
+        left = [c for c in labelled if c.labels.get("org.itwin-run.run") in mine]
         if not left:
             return
         time.sleep(0.1)

@@ -15,13 +15,14 @@ import pytest
 
 from tests.conftest import ITWIN_RUN, REPO, itwin
 from tests.services import wait_for
-from tests.test_schedule import manifest, start_slow, write_parallel
+from tests.test_schedule import SLEEPERS, manifest, start_slow, write_parallel
 
 pytestmark = pytest.mark.docker
 
 RUN_LABEL = "org.itwin-run.run"
 
 
+@SLEEPERS
 def test_kill_9_leaves_no_container_and_the_run_is_crashed(toy, docker_client, no_leftovers):
     proc = start_slow(toy)
     run_id = manifest(toy)["run_id"]
@@ -42,6 +43,7 @@ def test_kill_9_leaves_no_container_and_the_run_is_crashed(toy, docker_client, n
     assert res.returncode == 0 and "✓ a " in res.stderr, res.stderr[-2000:]
 
 
+@pytest.mark.alone  # any watchdog on the machine
 def test_a_normal_end_leaves_no_watchdog(toy, docker_client, no_leftovers):
     write_parallel(toy, 0.1)
     res = itwin("par.yml", cwd=toy)
@@ -50,6 +52,7 @@ def test_a_normal_end_leaves_no_watchdog(toy, docker_client, no_leftovers):
     assert not left.strip(), left
 
 
+@SLEEPERS
 def test_kill_9_stops_apptainer_steps(toy, apptainer_env, docker_client):
     write_parallel(toy, 60)
     assert itwin("build", "--engine", "apptainer", "par.yml", cwd=toy, env=apptainer_env).returncode == 0
@@ -98,6 +101,7 @@ def stop_daemon(sig: int) -> None:
     raise AssertionError("dockerd did not stop")
 
 
+@pytest.mark.alone  # stops the daemon
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "crashed"])
 def test_daemon_going_away_mid_step_is_one_line_and_a_failed_run(toy, docker_client, daemon_back, how):
     if os.getuid() != 0 or not Path("/var/run/docker.pid").is_file():

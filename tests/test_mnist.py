@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import REPO, itwin
 from tests.services import start_mlflow_server
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("mnist")]  # one trained model
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 

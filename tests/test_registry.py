@@ -5,14 +5,28 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import LABEL, itwin, set_word, source_project
+from tests.services import change_packages
 from tests.services import registry as serve_registry
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("registry")]  # one registry
+
+
+@pytest.fixture
+def toy(toy: Path) -> Path:
+    """The toy with step images of its own (a new pin in each env file): these tests remove their images from the
+    daemon, and other workers may be running the toy's usual ones."""
+    stamp = time.time_ns()
+    change_packages(toy / "envs" / "requirements.txt", stamp)
+    change_packages(toy / "envs" / "environment.yml", stamp)
+    dockerfile = toy / "envs" / "summarize" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + f"LABEL org.itwin-run.test={stamp}\n")
+    return toy
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from tests.conftest import ITWIN_RUN, itwin
 from tests.services import change_packages
 
 pytestmark = pytest.mark.docker
+# tests that start steps sleeping 60 s, or look for any such process on the machine: one worker runs them in turn
+SLEEPERS = pytest.mark.xdist_group("sleep60")
 
 
 def next_second() -> int:
@@ -26,11 +28,14 @@ def next_second() -> int:
     return mark
 
 
-def created(client, since: int) -> int:
-    """Containers the runner created since `since` (Docker's event log)."""
+def created(client, since: int, project: Path) -> int:
+    """Containers the runs of `project` created since `since` (Docker's event log; other tests' runs may create
+    theirs meanwhile)."""
+    runs = {p.name for p in (project / ".itwin-run" / "runs").glob("*")}
     events = client.events(since=since, until=int(time.time()) + 1, decode=True,
                            filters={"type": "container", "event": "create", "label": "org.itwin-run.managed=1"})
-    return sum(1 for e in events if e.get("time", 0) >= since)
+    return sum(1 for e in events if e.get("time", 0) >= since
+               and e.get("Actor", {}).get("Attributes", {}).get("org.itwin-run.run") in runs)
 
 
 def statuses(res) -> dict[str, str]:
@@ -49,10 +54,10 @@ def test_unchanged_rerun_starts_no_container(toy, docker_client, no_leftovers):
     res = itwin("workflow.yml", cwd=toy)
     assert res.returncode == 0
     assert statuses(res) == {"generate": "up to date", "square": "up to date", "summarize": "up to date"}
-    assert created(docker_client, since) == 0
+    assert created(docker_client, since, toy) == 0
     since = next_second()
     assert itwin("--force-step", "generate", "--only", "generate", "workflow.yml", cwd=toy).returncode == 0
-    assert created(docker_client, since) == 2  # the step and the run's network holder: the count is real
+    assert created(docker_client, since, toy) == 2  # the step and the run's network holder: the count is real
 
 
 def test_changes_rerun_the_step_and_downstream_only(toy, docker_client, no_leftovers):
@@ -149,6 +154,7 @@ def start_slow(toy: Path) -> subprocess.Popen:
     return proc
 
 
+@SLEEPERS
 def test_second_run_refuses_while_first_runs(toy, docker_client, no_leftovers):
     proc = start_slow(toy)
     try:
@@ -160,16 +166,18 @@ def test_second_run_refuses_while_first_runs(toy, docker_client, no_leftovers):
         proc.wait(timeout=30)
 
 
+@SLEEPERS
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129),
                                       (signal.SIGQUIT, 131)])
 def test_signal_stops_containers_and_records_interruption(toy, docker_client, no_leftovers, sig, code):
     proc = start_slow(toy)
-    assert docker_client.containers.list(ignore_removed=True, filters={"label": "org.itwin-run.step=a"})
+    run = f"org.itwin-run.run={manifest(toy)['run_id']}"
+    assert docker_client.containers.list(ignore_removed=True, filters={"label": [run, "org.itwin-run.step=a"]})
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)  # the step sleeps 60 s: an exit before that is the signal's
     assert proc.returncode == code
     assert "Traceback" not in err
-    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "org.itwin-run.step"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": [run, "org.itwin-run.step"]})
     m = manifest(toy)
     assert m["status"] == "interrupted" and m["steps"]["a"]["status"] == "interrupted"
     assert not (toy / ".itwin-run" / "steps" / "a.json").exists()  # not marked complete
@@ -192,6 +200,7 @@ def test_provenance_history_and_show(toy, docker_client, no_leftovers):
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$", shown["started"])  # ISO 8601
 
 
+@SLEEPERS
 def test_signal_stops_apptainer_processes(toy, apptainer_env, docker_client):
     write_parallel(toy, 60)
     # the SIFs first, so that the apptainer process seen below is a step's, not a conversion's
@@ -227,8 +236,10 @@ def test_sigint_before_the_step_container_starts(toy, docker_client, no_leftover
     it is made while the holder starts)."""
     write_parallel(toy, 120)
     proc = subprocess.Popen([*ITWIN_RUN, "par.yml"], cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(3000):
-        if docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "org.itwin-run.role=network"}):
+    for _ in range(3000):  # this run's holder (other tests' runs may have theirs)
+        runs = [f"org.itwin-run.run={p.name}" for p in (toy / ".itwin-run" / "runs").glob("*")]
+        if runs and docker_client.containers.list(ignore_removed=True, all=True,
+                                                  filters={"label": [*runs, "org.itwin-run.role=network"]}):
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO, itwin
 from tests.test_mnist import wheelhouse
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("surrogate")]  # one project
 RMSE_BOUND = 0.03  # use-cases/surrogate/README.md: held-out RMSE of the shipped config (responses span about ±2)
 
 
