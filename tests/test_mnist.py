@@ -187,6 +187,7 @@ def test_inference_in_a_fresh_container_uses_the_run(trained, no_leftovers):
                 timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"using the newest finished run {run_id}" in res.stdout
+    assert "Tip:" not in res.stdout + res.stderr, res.stdout[-3000:]  # Lightning's adverts are not the user's
     summary = json.loads((project / "data/mnist/ml-predictions/summary.json").read_text())
     assert summary["run_id"] == run_id and summary["samples"] == 1000
     assert summary["accuracy"] >= 0.90, summary

@@ -247,6 +247,9 @@ def predict(cfg: MLOpsConfig, inputs: list[str], output_dir: str, uri: str | Non
     from mlflow.tracking import MlflowClient
     from torch.utils.data import DataLoader, TensorDataset
 
+    from itwinai.train import quiet_lightning
+
+    quiet_lightning()
     require_lightning(str(cfg.inference.get("type", "lightning")).lower(), "inference", cfg.path)
     uri = store_uri(cfg, inputs, uri)
     mlflow.set_tracking_uri(uri)

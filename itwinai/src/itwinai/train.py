@@ -190,7 +190,8 @@ def quiet_lightning() -> None:
     """Only what the user can act on: not the adverts and notes above, not that the checkpoint folder is not empty
     (itwinai writes its run file there, and resumes from what is there), not Lightning's own deprecations."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning_utilities.core.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+                 "lightning_utilities.core.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector",
+                 "pytorch_lightning.utilities.rank_zero"):  # (a model logged by mlflow.pytorch loads through it)
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NotTheUsers) for f in logger.filters):  # once per process
             logger.addFilter(_NotTheUsers())
