@@ -72,6 +72,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                         "(pyproject.toml pins pytest below 9.2)", returncode=3)
 
 
+def run_ids(project: Path) -> list[str]:
+    """The ids of the project's runs, oldest first (what its containers carry as org.itwin-run.run)."""
+    return sorted(p.name for p in (project / ".itwin-run" / "runs").glob("*"))
+
+
 def runs_under(base: Path) -> set[str]:
     """The ids of the runs whose projects lie (up to four folders deep) under `base`."""
     return {p.name for depth in range(1, 5) for p in base.glob("*/" * depth + ".itwin-run/runs/*")}

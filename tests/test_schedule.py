@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ITWIN_RUN, itwin
+from tests.conftest import ITWIN_RUN, itwin, run_ids
 from tests.services import change_packages
 
 pytestmark = pytest.mark.docker
@@ -31,7 +31,7 @@ def next_second() -> int:
 def created(client, since: int, project: Path) -> int:
     """Containers the runs of `project` created since `since` (Docker's event log; other tests' runs may create
     theirs meanwhile)."""
-    runs = {p.name for p in (project / ".itwin-run" / "runs").glob("*")}
+    runs = set(run_ids(project))
     events = client.events(since=since, until=int(time.time()) + 1, decode=True,
                            filters={"type": "container", "event": "create", "label": "org.itwin-run.managed=1"})
     return sum(1 for e in events if e.get("time", 0) >= since
@@ -237,7 +237,7 @@ def test_sigint_before_the_step_container_starts(toy, docker_client, no_leftover
     write_parallel(toy, 120)
     proc = subprocess.Popen([*ITWIN_RUN, "par.yml"], cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(3000):  # this run's holder (other tests' runs may have theirs)
-        runs = [f"org.itwin-run.run={p.name}" for p in (toy / ".itwin-run" / "runs").glob("*")]
+        runs = [f"org.itwin-run.run={run}" for run in run_ids(toy)]
         if runs and docker_client.containers.list(ignore_removed=True, all=True,
                                                   filters={"label": [*runs, "org.itwin-run.role=network"]}):
             break

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ITWIN_RUN, REPO, SHARED, itwin
+from tests.conftest import ITWIN_RUN, REPO, SHARED, itwin, run_ids
 from tests.services import wait_for
 
 pytestmark = pytest.mark.docker
@@ -78,9 +78,9 @@ def test_cancel_on_exit_leaves_no_container(toy, slurm_env, docker_client, sig):
         "env: {file: ./envs/requirements.txt}}\n")
     proc = subprocess.Popen([*ITWIN_RUN, "--executor", "slurm", "--cancel-on-exit", "slow.yml"], cwd=toy,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **slurm_env})
-    runs = wait_for(lambda: list((toy / ".itwin-run" / "runs").glob("*")), tries=300)
+    runs = wait_for(lambda: run_ids(toy), tries=300)
     assert runs, "the run never began"
-    slow = {"label": [f"org.itwin-run.run={runs[0].name}", "org.itwin-run.step=slow"]}  # (other tests run too)
+    slow = {"label": [f"org.itwin-run.run={runs[0]}", "org.itwin-run.step=slow"]}  # (other tests run too)
     for _ in range(300):
         if docker_client.containers.list(ignore_removed=True, filters=slow):
             break
