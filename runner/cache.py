@@ -15,7 +15,7 @@ from runner import ui
 from runner.engines import engine, engines
 from runner.engines.base import Made, image_parts
 from runner.errors import UserError
-from runner.places import own_cache, sif_cache
+from runner.places import own_cache
 from runner.state import State
 
 DAY = 86400.0
@@ -199,8 +199,8 @@ def listing(where: Path, everything: bool = False) -> None:
         ui.say(note, "yellow")
     shown = sorted((e for e in entries if everything or e.ours or not e.named_by),
                    key=lambda e: (e.item.engine, e.item.ref))
-    sif = str(sif_cache()) + os.sep
-    refs = {id(e): e.item.ref.removeprefix(sif) for e in shown}  # a SIF by its name in the SIF cache
+    stores = {e.name: str(store) for e in engines() if (store := e.store())}  # their images are files in a folder
+    refs = {id(e): e.item.ref.removeprefix(stores.get(e.item.engine, "\0") + os.sep) for e in shown}  # by file name
     wide = max((len(r) for r in refs.values()), default=5)
     kind = max((len(e.item.engine) for e in shown), default=6)
     head = f"{'ENGINE':<{kind}}  {'IMAGE':<{wide}}  {'OWN SIZE':>8}  {'USED':>5}  "
@@ -214,8 +214,8 @@ def listing(where: Path, everything: bool = False) -> None:
         hidden = [e for e in entries if e not in shown]
         print(f"and {len(hidden)} more that only other projects name ({size(sum(e.item.size for e in hidden))}): "
               "`itwin-run images --all` lists them")
-    if any(e.item.engine == "apptainer" for e in shown):
-        print(f"SIFs are in {sif_cache()}")
+    for name in sorted({e.item.engine for e in shown if refs[id(e)] != e.item.ref}):  # where the names are
+        print(f"the {name} images are files in {stores[name]}")
 
 
 def prune(where: Path, older_than: float | None, dry_run: bool, everything: bool) -> None:

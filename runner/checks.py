@@ -3,6 +3,7 @@ in these terms (runner.doctor puts them together)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,3 +36,18 @@ def which(area: str, names: list[str], fix: str) -> tuple[list[Check], bool]:
     if missing:
         return [Check(area, False, f"{', '.join(missing)} not on PATH", fix)], False
     return [Check(area, True, f"{', '.join(names)} on PATH")], True
+
+
+def registries(*auth_files: Path) -> set[str]:
+    """The registries that docker-style auth files (config.json, auth.json) hold credentials or helpers for."""
+    found: set[str] = set()
+    for f in auth_files:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            for key in ("auths", "credHelpers"):
+                found |= {h.removeprefix("https://").removeprefix("http://").split("/")[0]
+                          for h in data.get(key) or {}}
+    return found

@@ -12,7 +12,19 @@ import typer
 
 from runner import flags, ui
 from runner.errors import EXIT_CODES, StepFailed, UsageError, UserError, ValidationError
-from runner.flags import AllowOpt, ConsOpt, EngineOpt, ImagesOpt, ParentOpt, PullOpt, RootOpt, VerboseOpt, WheelOpt, WorkflowArg
+from runner.flags import (
+    DEFAULT_ENGINE,
+    AllowOpt,
+    ConsOpt,
+    EngineOpt,
+    ImagesOpt,
+    ParentOpt,
+    PullOpt,
+    RootOpt,
+    VerboseOpt,
+    WheelOpt,
+    WorkflowArg,
+)
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status", "crate",
@@ -39,7 +51,7 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
 @flags.without_settings
 def run(
     workflow: WorkflowArg,
-    engine: EngineOpt = "docker",
+    engine: EngineOpt = DEFAULT_ENGINE,
     root: RootOpt = None,
     user: Annotated[str | None, typer.Option(help="uid:gid the steps run as (default: yours; as root, the project's "
                                                   "owner or nobody; 0:0 for root).")] = None,
@@ -88,7 +100,7 @@ def run(
     own = flags.executor_settings(executor_, settings)
     if memory is not None and not re.match(wfmod.MEMORY, memory):
         raise UsageError(f"--memory {memory}: a size such as 512M or 2G")
-    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
+    wf = flags.workflow(workflow, root, allow_mount, max_points)
     opts = session.RunOptions(user=user, gpus=flags.gpus(gpus), cpus=cpus, memory=memory, retries=retries,
                               build=BuildOptions.from_env(wheelhouse, constraints, pull),
                               pinned=read_pins(images) if images else None, jobs=jobs, only=only or [],
@@ -102,14 +114,14 @@ def run(
 @app.command()
 def build(
     workflow: WorkflowArg,
-    engine: EngineOpt = "docker",
+    engine: EngineOpt = DEFAULT_ENGINE,
     root: RootOpt = None,
     push: Annotated[bool, typer.Option("--push", help="Push every step image to --registry and write an image pin "
                                                       "file.")] = False,
     registry: Annotated[str | None, typer.Option(help="HOST[:PORT]/NAMESPACE to push to.")] = None,
     pins: Annotated[Path | None, typer.Option("--pins", help="Image pin file to write (default: WORKFLOW.images.json "
                                                              "beside it).")] = None,
-    save: Annotated[Path | None, typer.Option(help="Write the images (and SIFs with --engine apptainer) into DIR.")] = None,
+    save: Annotated[Path | None, typer.Option(help="Write the images (or their files: SIFs) into DIR.")] = None,
     allow_mount: AllowOpt = None,
     max_points: flags.MaxPointsOpt = None,
     pull: PullOpt = "missing",
@@ -120,10 +132,9 @@ def build(
 ) -> None:
     """Build the step images only (and push them, writing an image pin file, with --push)."""
     from runner import plan
-    from runner import workflow as wfmod
     from runner.images import BuildOptions
 
-    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
+    wf = flags.workflow(workflow, root, allow_mount, max_points)
     if push and not registry:
         raise UsageError("--push needs --registry HOST[:PORT]/NAMESPACE")
     builder = flags.builder(engine, base_parent, verbose)
@@ -141,17 +152,18 @@ def export_cwl(
     workflow: WorkflowArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for workflow.cwl and one tool per step.")],
     root: RootOpt = None,
+    engine: EngineOpt = DEFAULT_ENGINE,
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
 ) -> None:
     """Write a CWL v1.2 Workflow + one CommandLineTool per step (DockerRequirement with the step image)."""
     from runner import cwl, plan
-    from runner import workflow as wfmod
+    from runner.engines import oci_builder
     from runner.images import BuildOptions
 
-    wf = wfmod.load(workflow, root)
-    builder = flags.builder("docker", base_parent)  # CWL's DockerRequirement names OCI images
+    builder = oci_builder(engine, "a CWL tool", parent=base_parent, verbose=False)
+    wf = flags.workflow(workflow, root)
     images = {k: ref for k, (ref, _) in plan.resolve_images(wf, builder, BuildOptions.from_env(wheelhouse, constraints)).items()}
     for path in cwl.export(wf, images, output):
         print(path)
@@ -160,7 +172,7 @@ def export_cwl(
 @app.command()
 def load(
     directory: Annotated[Path, typer.Argument(help="Directory written by `itwin-run build --save`.")],
-    engine: EngineOpt = "docker",
+    engine: EngineOpt = DEFAULT_ENGINE,
 ) -> None:
     """Load image archives (Docker) or SIFs (Apptainer) saved by `build --save`, for sites with no registry."""
     if not directory.is_dir():
@@ -171,7 +183,7 @@ def load(
 
 @app.command()
 def base(
-    engine: EngineOpt = "docker",
+    engine: EngineOpt = DEFAULT_ENGINE,
     base_parent: ParentOpt = None,
     bootstrap: Annotated[bool, typer.Option(help="Bootstrap the parent offline (debootstrap) when it is missing.")] = False,
     verbose: VerboseOpt = False,
@@ -182,14 +194,13 @@ def base(
 
 @app.command()
 def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt = None,
-             max_points: flags.MaxPointsOpt = None, engine: EngineOpt = "docker") -> None:
+             max_points: flags.MaxPointsOpt = None, engine: EngineOpt = DEFAULT_ENGINE) -> None:
     """Check a workflow file, its env files and its datasets (the mount policy, what the steps can read and write);
     print nothing and exit 0 when all is well."""
     from runner import plan
-    from runner import workflow as wfmod
     from runner.engines import get_runner
 
-    wf = wfmod.load(workflow, root, allowed_mounts=allow_mount or [], max_points=max_points)
+    wf = flags.workflow(workflow, root, allow_mount, max_points)
     plan.image_specs(wf)
     plan.check_inputs(wf, wf.steps)  # what a run of the whole workflow would refuse
     plan.check_access(wf, wf.steps, get_runner(engine).default_user(wf.root))
@@ -309,7 +320,7 @@ def init(
 def doctor(
     workflow: Annotated[Path | None, typer.Argument(help="A workflow: check what it needs (its GPUs, its registries).",
                                                      show_default=False)] = None,
-    engine: EngineOpt = "docker",
+    engine: EngineOpt = DEFAULT_ENGINE,
     executor_: flags.ExecutorOpt = "local",
     root: RootOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,

@@ -11,19 +11,19 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.checks import Check
 
+if TYPE_CHECKING:
+    from runner.engines import Engine
 
-def registry_checks(refs: list[str]) -> list[Check]:
-    """Reachability and credentials of the registries a workflow's prebuilt images name."""
+
+def registry_checks(refs: list[str], engine: Engine) -> list[Check]:
+    """Reachability of the registries a workflow's prebuilt images name, and the engine's credentials for them."""
     out = []
     hosts = sorted({r.split("/", 1)[0] for r in refs if "/" in r and ("." in r.split("/", 1)[0] or ":" in r.split("/", 1)[0])})
-    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
-    try:
-        auths = json.loads(config.read_text()).get("auths", {})
-    except (OSError, ValueError):
-        auths = {}
+    auths = engine.credentials() if hosts else set()
     for host in hosts:
         scheme = "http" if host.startswith(("127.", "localhost")) else "https"
         try:
@@ -37,11 +37,11 @@ def registry_checks(refs: list[str]) -> list[Check]:
         creds = host in auths or bool(os.environ.get("ITWIN_RUN_REGISTRY_USER"))
         needs = "credentials" in status
         out.append(Check("images", creds or not needs, f"registry {host} {status}" +
-                         ("; credentials found" if creds else ""), f"`docker login {host}`"))
+                         ("; credentials found" if creds else ""), f"`{engine.login.format(host=host)}`"))
     return out
 
 
-def image_checks(refs: list[str]) -> list[Check]:
+def image_checks(refs: list[str], engine: Engine) -> list[Check]:
     from runner.images import BuildOptions
 
     out = []
@@ -54,23 +54,23 @@ def image_checks(refs: list[str]) -> list[Check]:
         out.append(Check("images", None, f"wheelhouse {wheelhouse}: {len(wheels)} wheels used in image builds"))
     else:
         out.append(Check("images", None, "no wheelhouse: image builds take every package from the index"))
-    return out + registry_checks(refs)
+    return out + registry_checks(refs, engine)
 
 
 def diagnose(engine: str, executor: str, needs_gpu: bool, refs: list[str]) -> tuple[list[Check], bool]:
     """All checks, and whether what the engine and executor need is usable."""
     from runner.engines import engines
-    from runner.executors import available, module_of
+    from runner.executors import available, executor_class
 
     checks: list[Check] = []
     needed: set[str] = {engine, executor, "images"}
-    for each in sorted(engines(), key=lambda e: e.name != engine):  # the engine asked about first
+    installed = sorted(engines(), key=lambda e: e.name != engine)  # the engine asked about first
+    for each in installed:
         checks += each.doctor(needs_gpu)
     for name in available():
-        found = getattr(module_of(name), "doctor", None)
-        if found:
+        if (found := executor_class(name).doctor) is not None:
             checks += found(needs_gpu)
-    checks += image_checks(refs)
+    checks += image_checks(refs, installed[0])
     usable = not any(c.ok is False and c.area in needed for c in checks)
     for c in checks:  # FAIL only for what this run needs: the rest is worth knowing
         if c.ok is False and c.area not in needed:

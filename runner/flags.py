@@ -16,8 +16,9 @@ from runner import ui
 from runner.errors import UsageError
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
-EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Container engine: docker (the default) or another "
-                                                                "installed one; `itwin-run doctor` checks each.")]
+DEFAULT_ENGINE = "docker"
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help=f"Container engine: {DEFAULT_ENGINE} (the default) or "
+                                                                "another installed one; `itwin-run doctor` checks each.")]
 RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
 WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
 ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]
@@ -52,6 +53,14 @@ def builder(name: str, parent: str | None = None, verbose: bool = False):
     from runner.engines import get_builder
 
     return get_builder(name, parent=parent, verbose=verbose)
+
+
+def workflow(path: Path, root: Path | None, allow_mount: list[str] | None = None, max_points: int | None = None):
+    """The workflow file, loaded and checked, its datasets by the mount policy with what the engines guard."""
+    from runner import workflow as wfmod
+    from runner.engines import guarded
+
+    return wfmod.load(path, root, allowed_mounts=allow_mount or [], max_points=max_points, guarded=guarded())
 
 
 AllowOpt = Annotated[list[str] | None, typer.Option(

@@ -2,23 +2,21 @@
 
 The trust model: whoever writes a workflow file gets, through the engine, the rights of the person who runs it, and
 no more. Datasets may live anywhere (HPC data is under /scratch, /p/project, /data) except where a container could
-reach the host's engine, its system files or someone's credentials; `--allow-mount PATH` lifts that for PATH."""
+reach the host's engine, its system files or someone's credentials; `--allow-mount PATH` lifts that for PATH. The
+engines say where they can be reached (their sockets and storage: `Engine.guarded`); the caller hands that in."""
 
 from __future__ import annotations
 
 import functools
-import os
 import pwd
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from runner.places import sif_cache
-
 # System locations no dataset may be, be inside of, or contain.
 SYSTEM = ["/proc", "/sys", "/dev", "/run", "/var/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32",
-          "/lib64", "/libx32", "/var/lib/docker", "/var/lib/containerd", "/var/lib/containers"]
-SOCKETS = ["/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock", "/run/containerd/containerd.sock"]
+          "/lib64", "/libx32"]
+Guarded = tuple[tuple[Path, str], ...]  # (path, why) the engines name: refused with whatever is inside
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|KEY|CREDENTIAL", re.I)
 MASK = "********"
 
@@ -43,15 +41,11 @@ def _homes() -> tuple[Path, ...]:
 
 
 @functools.cache
-def refused() -> tuple[tuple[Path, str, bool], ...]:
-    """(path, why, whether its inside is refused too). A home directory itself is refused (and its dot-directories,
-    in mount_problem), but data under a home directory is not."""
+def refused(guarded: Guarded = ()) -> tuple[tuple[Path, str, bool], ...]:
+    """(path, why, whether its inside is refused too): the system's places, then what the engines guard. A home
+    directory itself is refused (and its dot-directories, in mount_problem), but data under a home directory is not."""
     out = [(Path(p), "a system location", True) for p in SYSTEM]
-    out += [(Path(p), "the container engine's socket", True) for p in SOCKETS]
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("unix://"):
-        out.append((Path(host.removeprefix("unix://")), "the container engine's socket", True))
-    out.append((sif_cache(), "itwin-run's SIF cache", True))
+    out += [(Path(p), why, True) for p, why in guarded]
     out += [(home, "a home directory", False) for home in _homes()]
     return tuple((b, why, inside) for bad, why, inside in out for b in _variants(bad))
 
@@ -69,18 +63,18 @@ def under(path: Path, top: Path) -> bool:
     return p == t or p.startswith(t + "/") or t == "/"
 
 
-def mount_problem(path: Path, allowed: Iterable[str] = ()) -> str | None:
+def mount_problem(path: Path, allowed: Iterable[str] = (), guarded: Guarded = ()) -> str | None:
     """Why a dataset at `path` (already resolved, symlinks followed) may not be mounted, or None."""
     for a in allowed:
         for allow in _variants(Path(a).expanduser()):
             if under(path, allow):
                 return None
-    for b, why, inside in refused():
+    for b, why, inside in refused(guarded):
         if path == b or (inside and under(path, b)):
             return f"{path} is {why}" + ("" if path == b else f" ({b})")
         if under(b, path):
             return f"{path} contains {b}, {why}"
-    homes = {b for b, why, _ in refused() if why == "a home directory"}
+    homes = {b for b, why, _ in refused(guarded) if why == "a home directory"}
     for above in [path, *path.parents]:  # anyone's home, by who owns it (no user database enumeration)
         if above not in homes and _owner_home(above) == above:
             if above == path:

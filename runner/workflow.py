@@ -1,6 +1,7 @@
 """The workflow model: the 2023 prototype's YAML (datasets + steps), validated with line numbers."""
 
 
+import functools
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -12,6 +13,7 @@ from pydantic import ValidationError as PydanticError
 
 from runner.errors import UsageError, ValidationError
 from runner.limits import DURATION, MEMORY, PARTITION, SBATCH_FLAG, SLURM_TIME, Limits, duration_seconds, memory_bytes, sbatch_flag  # noqa: F401 (the model's words for them)
+from runner.policy import mount_problem, under
 from runner.sweep import MAX_POINTS, Point, Scalar, Sweep, check, points
 from runner.yamlfile import Lines, by_line, closest, compose, control_characters, dotted, line_of, short, union_tag, where
 
@@ -166,9 +168,10 @@ class Workflow:
 
 
 def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[str] | tuple[str, ...] = (),
-         max_points: int | None = None) -> Workflow:
+         max_points: int | None = None, guarded: tuple[tuple[Path, str], ...] = ()) -> Workflow:
     """Parse and validate a workflow file; raise ValidationError with every problem found (a dataset the mount
-    policy refuses included, unless `allowed_mounts` names it; a sweep of more than `max_points` points)."""
+    policy refuses included, unless `allowed_mounts` names it; a sweep of more than `max_points` points). `guarded`:
+    the paths the engines guard (runner.engines.guarded()), refused with the system's."""
     path = Path(path)
     fname = str(path)
     try:
@@ -199,7 +202,8 @@ def load(path: str | Path, root: str | Path | None = None, allowed_mounts: list[
             problems.append(f"{fname}:{where(lines, loc)}: {dotted(loc) or 'top'}: {msg}")
         raise ValidationError(sorted(set(problems), key=by_line)) from None
     root = Path(root).resolve() if root else Path.cwd().resolve()
-    return _resolve(wf, path, root, lines, allowed_mounts, max_points or MAX_POINTS)
+    refuse = functools.partial(mount_problem, allowed=allowed_mounts, guarded=guarded)
+    return _resolve(wf, path, root, lines, refuse, max_points or MAX_POINTS)
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -217,7 +221,7 @@ def _fields_at(loc: tuple) -> list[str]:
 Problem = Callable[[tuple, str], None]  # says what is wrong at a location of the file
 
 
-def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: Lines, allowed: Any = (),
+def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: Lines, refuse: Callable[[Path], str | None],
              max_points: int | None = None) -> Workflow:
     fname = str(path)
     problems: list[str] = []
@@ -229,7 +233,7 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: Lines, allowed: An
     # relative paths resolve against the current directory (the prototype's rule): say so when the file is elsewhere
     elsewhere = (f"; relative paths resolve against the current directory {root}, and the workflow file is in "
                  f"{here_dir}: cd there, or pass --root {here_dir}") if here_dir != root else ""
-    datasets = _datasets(wf, root, allowed, problem)
+    datasets = _datasets(wf, root, refuse, problem)
     steps: list[StepSpec] = []
     writers: dict[str, str] = {}
     seen: dict[str, int] = {}
@@ -270,10 +274,9 @@ def _resolve(wf: WorkflowFile, path: Path, root: Path, lines: Lines, allowed: An
     return Workflow(path=path.resolve(), root=root, datasets=datasets, steps=steps, extra=extra)
 
 
-def _datasets(wf: WorkflowFile, root: Path, allowed: Any, problem: Problem) -> dict[str, Path]:
+def _datasets(wf: WorkflowFile, root: Path, refuse: Callable[[Path], str | None], problem: Problem) -> dict[str, Path]:
     """Each dataset's absolute path: never the project or above it, nowhere the mount policy refuses, never a
     file, never overlapping another."""
-    from runner.policy import mount_problem, under
 
     datasets: dict[str, Path] = {}
     for name, ds in wf.datasets.items():
@@ -282,7 +285,7 @@ def _datasets(wf: WorkflowFile, root: Path, allowed: Any, problem: Problem) -> d
         if full == Path("/") or full == root or full in root.parents:
             problem(("datasets", name, "location"), f"{ds.location!r} would expose {full} read-write; use a directory of its own")
             continue
-        refused = mount_problem(full, allowed)
+        refused = refuse(full)
         if refused:
             problem(("datasets", name, "location"), f"refused: {refused} (itwin-run --allow-mount PATH allows it)")
             continue

@@ -131,3 +131,40 @@ def test_no_function_body_over_60_lines(tmp_path):
     pkg.mkdir()
     (pkg / "long.py").write_text("def f(\n    a: int = 1,\n    b: int = 2,\n):\n" + "    a += 1\n" * 61)
     assert long_functions(pkg) == {"runner.long.f": 61}
+
+
+# What asks the engines and executors instead of knowing them: the mount policy (what they guard), the inventory
+# (where their images are), doctor (their checks, their registry login) and the command line (their flags).
+NEUTRAL = ["policy", "cache", "doctor", "cli"]
+SHORTCUTS = {"cli": {"cwl"}}  # `--cwl`, the brief's name for `--executor cwl`
+
+
+def named(path: Path, words: set[str]) -> set[str]:
+    """Which of `words` the module's code names (identifiers and strings; docstrings and comments aside)."""
+    tree = ast.parse(path.read_text())
+    docs = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    texts = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            texts.append(node.value)
+        elif isinstance(node, ast.Name):
+            texts.append(node.id)
+        elif isinstance(node, ast.Attribute):
+            texts.append(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.alias)):
+            texts.append(node.name)
+    return {w for w in words if any(w in t.lower() for t in texts)}
+
+
+def test_the_policy_inventory_doctor_and_cli_name_no_engine_or_executor():
+    from runner.engines import available as engines
+    from runner.engines import engines as loaded
+    from runner.executors import available as executors
+
+    words = {*engines(), *(a for e in loaded() for a in e.aliases), *executors()} - {"local"}
+    assert words >= {"docker", "apptainer", "singularity", "podman", "slurm", "cwl"}
+    found = {m: sorted(named(RUNNER / f"{m}.py", words) - SHORTCUTS.get(m, set())) for m in NEUTRAL}
+    assert found == {m: [] for m in NEUTRAL}
+    probe = RUNNER.parent / "tests" / "fakes.py"  # the check sees a name: the fake engine says docker's words
+    assert named(probe, words)

@@ -15,6 +15,9 @@ from runner.cli import main
 from runner.engines import available, engine
 
 PLUGIN = '''
+import os
+from pathlib import Path
+
 from runner.checks import Check
 from runner.engines.base import Engine, Made
 from tests.fakes import FakeBuilder, FakeRunner
@@ -32,7 +35,9 @@ class Runner(FakeRunner):
 ENGINE = Engine(name="toyengine", builder=lambda **options: FakeBuilder(), runner=Runner,
                 made=lambda: list(MADE),
                 remove=lambda item: None, doctor=lambda needs_gpu: [Check("toyengine", True, "the toy engine is here")],
-                aliases=("toy",))
+                aliases=("toy",), guarded=lambda: [(Path(os.environ["TOY_SOCKET"]), "the toy engine's socket")],
+                store=lambda: Path(os.environ["TOY_STORE"]), login="toy login {host}",
+                credentials=lambda: set(os.environ.get("TOY_LOGGED_IN", "").split()))
 '''
 
 
@@ -50,6 +55,8 @@ def install(site: Path, package: str, source: str, group: str, entry: str, monke
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """A distribution whose one entry point names its Engine."""
+    monkeypatch.setenv("TOY_SOCKET", str(tmp_path / "toy-engine/toy.sock"))
+    monkeypatch.setenv("TOY_STORE", str(tmp_path / "toy-store"))
     install(tmp_path / "site", "toyengine_plugin", PLUGIN, "itwin_run.engines", "toyengine = toyengine_plugin:ENGINE",
             monkeypatch)
     yield
@@ -110,6 +117,79 @@ def test_images_lists_this_projects_images_in_100_columns_and_all_of_them_with_a
     out = capsys.readouterr().out.splitlines()
     row = next(line for line in out if line.split()[1:2] == [refs["theirs"][1]])
     assert row.endswith("-long-name-0") and all(len(line) <= 100 for line in out), out
+
+
+def refusal(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    return err
+
+
+def test_what_an_engine_guards_is_refused_under_every_engine(plugin, tmp_path, capsys):
+    """#26: the mount policy asks the engines what to guard (it names none): a dataset at, in or around another
+    package's engine's socket is refused whichever engine runs it, in one line at the file's line."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "env.txt").write_text("")
+    for where, says in ((tmp_path / "toy-engine/toy.sock", "is the toy engine's socket"),
+                        (tmp_path / "toy-engine/toy.sock/inside", "is the toy engine's socket ("),
+                        (tmp_path / "toy-engine", "contains " + str(tmp_path / "toy-engine/toy.sock"))):
+        (project / "wf.yml").write_text(f"datasets:\n  a: {{location: {where}}}\nsteps:\n"
+                                        "  - one: {output: a, command: python one.py, env: {file: env.txt}}\n")
+        for args in (["validate", "--engine", "docker"], ["--engine", "toyengine", "--dry-run"]):
+            err = refusal([*args, str(project / "wf.yml"), "--root", str(project)], capsys)
+            assert "wf.yml:2:" in err and "datasets.a.location: refused: " in err and says in err, err
+    main(["validate", "--allow-mount", str(tmp_path / "toy-engine"), str(project / "wf.yml"), "--root", str(project)])
+    (project / "wf.yml").write_text("datasets:\n  a: {location: /var/lib/docker/volumes/x}\nsteps:\n"
+                                    "  - one: {output: a, command: python one.py, env: {file: env.txt}}\n")
+    err = refusal(["validate", "--engine", "toyengine", str(project / "wf.yml"), "--root", str(project)], capsys)
+    assert "the Docker daemon's storage" in err, err  # what the built-in engines guard, under another engine
+
+
+def test_doctor_tells_the_engines_own_login_and_images_its_files(plugin, tmp_path, capsys, monkeypatch):
+    """#26: a registry that asks for credentials: doctor's fix is the engine's own login, and its credentials are
+    the engine's; `images` shows an engine's image files by name, and where they are."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import toyengine_plugin
+
+    from runner.engines.base import Made
+
+    class Asks(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Asks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "wf.yml").write_text(f"datasets: {{a: {{location: ./data/a}}}}\nsteps:\n"
+                                    f"  - one: {{output: a, command: python one.py, env: {{image: {host}/ns/one:1}}}}\n")
+    try:
+        for engine, fix in (("toyengine", f"-> `toy login {host}`"), ("docker", f"-> `docker login {host}`")):
+            with pytest.raises(SystemExit):
+                main(["doctor", "--engine", engine, str(project / "wf.yml"), "--root", str(project)])
+            line = next(x for x in capsys.readouterr().out.splitlines() if f"registry {host}" in x)
+            assert line.startswith("FAIL images:") and line.endswith(fix), line
+        monkeypatch.setenv("TOY_LOGGED_IN", host)
+        main(["doctor", "--engine", "toyengine", str(project / "wf.yml"), "--root", str(project)])
+        assert f"ok   images: registry {host} answers, asks for credentials; credentials found" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+    store = tmp_path / "toy-store"
+    toyengine_plugin.MADE.append(Made("toyengine", str(store / "one.img"), 1, 0.0, key="one"))
+    main(["images", "--root", str(project)])
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("toyengine  one.img ") for line in out), out
+    assert f"the toyengine images are files in {store}" in out, out
 
 
 def test_an_unknown_engine_names_those_installed(plugin, tmp_path, capsys):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pkgutil
+from pathlib import Path
 
 from runner import plugins
 from runner.engines.base import Cancelled, Engine, ImageBuilder, Job, Mount, StepRunner
@@ -40,8 +41,23 @@ def engines() -> list[Engine]:
     return [_load(target) for target in available().values()]
 
 
+def guarded() -> tuple[tuple[Path, str], ...]:
+    """What every installed engine guards (its sockets, storage, image files), for the mount policy: a step under one
+    engine must not reach another one either."""
+    return tuple(g for e in engines() for g in e.guarded())
+
+
 def get_builder(name: str, **kwargs: object) -> ImageBuilder:
     return engine(name).builder(**kwargs)
+
+
+def oci_builder(name: str, needs: str, **kwargs: object) -> ImageBuilder:
+    """The builder of engine `name` where its images are OCI images (what registries and CWL's DockerRequirement
+    name); a usage error naming those that are, where its images are files (SIFs)."""
+    oci = [e.name for e in engines() if e.image_kind == "DockerImage"]
+    if engine(name).name not in oci:
+        raise UsageError(f"--engine {name}: {needs} names OCI images, which {', '.join(oci)} build")
+    return get_builder(name, **kwargs)
 
 
 def get_runner(name: str) -> StepRunner:
@@ -49,4 +65,4 @@ def get_runner(name: str) -> StepRunner:
 
 
 __all__ = ["Cancelled", "Engine", "ImageBuilder", "Job", "Mount", "StepRunner", "available", "engine", "engines",
-           "get_builder", "get_runner"]
+           "get_builder", "get_runner", "guarded", "oci_builder"]

@@ -251,6 +251,12 @@ class Engine:
     doctor: Callable[[bool], list]  # (needs_gpu) -> runner.checks.Check of this machine
     aliases: tuple[str, ...] = ()
     image_kind: str = "DockerImage"  # its images as the Workflow Run Crate terms name them (SIFImage, DockerImage)
+    # Host paths through which a container would reach this engine (its socket, its storage, its image files), with
+    # why: the mount policy refuses a dataset at, in or around one of them, whichever engine the run uses.
+    guarded: Callable[[], list[tuple[Path, str]]] = list
+    store: Callable[[], Path | None] = lambda: None  # the folder its images are files in (SIFs); None: a daemon's
+    login: str = "docker login {host}"  # how a user gives it a registry's credentials
+    credentials: Callable[[], set[str]] = set  # the registries (host[:port]) it has credentials for
 
 
 class StepRunner(Protocol):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import ui
-from runner.checks import Check, free_space
+from runner.checks import Check, free_space, registries
 from runner.engines.base import Cancelled, Engine, GpuShare, Job, Made, host_gpus, time_limit
 from runner.engines.docker import DockerBuilder, inventory
 from runner.engines.docker.client import SHM_SIZE, UNPRIVILEGED, security_options
@@ -365,4 +365,24 @@ def doctor(needs_gpu: bool) -> list[Check]:
     return checks
 
 
-ENGINE = Engine(name="podman", builder=PodmanBuilder, runner=PodmanRunner, made=made, remove=remove, doctor=doctor)
+def guarded() -> list[tuple[Path, str]]:
+    """Podman's sockets (CONTAINER_HOST's too) and storage, as root and rootless."""
+    sockets = [Path("/run/podman/podman.sock")]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        sockets.append(Path(os.environ["XDG_RUNTIME_DIR"], "podman", "podman.sock"))
+    if os.environ.get("CONTAINER_HOST", "").startswith("unix://"):
+        sockets.append(Path(os.environ["CONTAINER_HOST"].removeprefix("unix://")))
+    return [(p, "Podman's socket") for p in sockets] + [
+        (p, "Podman's storage") for p in (Path("/var/lib/containers"), Path.home() / ".local/share/containers")]
+
+
+def credentials() -> set[str]:
+    """Where `podman login` writes (REGISTRY_AUTH_FILE, else XDG_RUNTIME_DIR's auth.json), and what it reads too."""
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    files = [Path(os.environ["REGISTRY_AUTH_FILE"])] if os.environ.get("REGISTRY_AUTH_FILE") else []
+    files += [Path(run, "containers/auth.json")] if run else []
+    return registries(*files, Path.home() / ".config/containers/auth.json") | inventory.credentials()
+
+
+ENGINE = Engine(name="podman", builder=PodmanBuilder, runner=PodmanRunner, made=made, remove=remove, doctor=doctor,
+                guarded=guarded, login="podman login {host}", credentials=credentials)

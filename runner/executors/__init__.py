@@ -1,12 +1,10 @@
 """Executors: where a run's steps execute. Each is one module with a thin backend class (submit / poll / cancel)
 that the run session (runner.session) drives, found through the `itwin_run.executors` entry points (the built-in
-ones are registered there too, in pyproject.toml). Its module may also give `status(root, run_id)`,
-`outcomes(manifest)` (a detached run's) and `doctor(needs_gpu)`."""
+ones are registered there too, in pyproject.toml). Its class also declares what it tells with no run in progress:
+`status`, `outcomes` (a detached run's) and `doctor` (runner.executors.base.Executor)."""
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import Any
 
 from runner import plugins
@@ -24,10 +22,10 @@ def available() -> dict[str, str]:
     return plugins.declared(GROUP, BUILT_IN)
 
 
-def module_of(name: str) -> ModuleType:
-    """The module an executor is declared in (its status, outcomes and doctor functions)."""
+def executor_class(name: str) -> type[Executor]:
+    """The class of the executor `name` (a record's; the local one where that is no longer installed)."""
     found = available()
-    return importlib.import_module(found.get(name, found.get("local", BUILT_IN["local"])).partition(":")[0])
+    return plugins.load(found.get(name, found.get("local", BUILT_IN["local"])))
 
 
 def get_executor(name: str, common: Common, settings: dict[str, Any] | None = None) -> Executor:
@@ -45,7 +43,7 @@ def settings() -> dict[str, type]:
             if (cls := plugins.load(target)).settings is not None}
 
 
-__all__ = ["Common", "Executor", "Outcome", "Submission", "available", "get_executor", "module_of", "settings"]
+__all__ = ["Common", "Executor", "Outcome", "Submission", "available", "executor_class", "get_executor", "settings"]
 
 
 def follow_detached(root) -> list[str]:
@@ -62,9 +60,9 @@ def follow_detached(root) -> list[str]:
         except UserError:  # its record is gone
             state.drop_detached(run_id)
             continue
-        module = module_of(m.get("executor", "local"))
+        outcomes = executor_class(m.get("executor", "local")).outcomes
         try:
-            steps = module.outcomes(m) if hasattr(module, "outcomes") else {}
+            steps = outcomes(m) if outcomes else {}
         except UserError as exc:
             ui.say(f"note: run {run_id} was detached and its jobs cannot be checked here ({exc})", "yellow")
             live.append(run_id)
@@ -82,7 +80,7 @@ def status(root, run_id: str | None) -> list[tuple[str, str, str]]:
     from runner.state import State
 
     m = State(root).manifest(run_id)
-    module = module_of(m.get("executor", "local"))
-    if hasattr(module, "status"):
-        return module.status(root, m["run_id"])
+    own = executor_class(m.get("executor", "local")).status
+    if own:
+        return own(root, m["run_id"])
     return [(name, info.get("handle", "-"), info.get("status", "?")) for name, info in m.get("steps", {}).items()]

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from runner import ui
+from runner.checks import Check
 from runner.cwl import CWL_KEY, PROVENANCE, cwltool, job_order, overrides
 from runner.engines.base import StepRunner
 from runner.errors import UsageError
@@ -51,6 +52,13 @@ class CwlExecutor:
     single_file_images = True  # DockerRequirement.dockerImageId: one SIF
     refuses_sweeps = "through cwltool (a CWL scatter would be its form)"
     arrays = False
+    status = outcomes = None
+
+    @staticmethod
+    def doctor(needs_gpu: bool) -> list:
+        found = Path(cwltool()).is_file() or shutil.which(cwltool())
+        return [Check("cwl", bool(found), f"cwltool {'at ' + cwltool() if found else 'not found'}",
+                      "pip install cwltool (in itwin-run's environment)")]
 
     @classmethod
     def create(cls, common: Common, settings: CwlSettings) -> CwlExecutor:

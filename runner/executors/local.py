@@ -46,6 +46,7 @@ class LocalExecutor:
     single_file_images = False
     refuses_sweeps = ""
     arrays = False
+    doctor = status = outcomes = None
 
     @classmethod
     def create(cls, common: Common, settings: None) -> LocalExecutor:

@@ -70,6 +70,77 @@ def accounting_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def job_states(jobs: dict[str, Path]) -> dict[str, tuple[str, int | None]]:
+    """job id -> (state, the step's exit code if its job wrote one), for jobs given with their step logs: squeue
+    for the jobs the controller knows (one call), sacct for those that left it, else what the job wrote (UNKNOWN
+    when it wrote nothing)."""
+    queued = queue_states(list(jobs))
+    gone = [j for j in jobs if j not in queued]
+    accounted = accounting_states(gone) if gone else {}
+    out = {}
+    for job_id, log in jobs.items():
+        code = exit_code(log)
+        state, reason = queued.get(job_id) or accounted.get(job_id) or ("", "")
+        if not state:
+            state = "COMPLETED" if code == 0 else "FAILED" if code is not None else "UNKNOWN"
+        if state == "PENDING" and reason == "DependencyNeverSatisfied":
+            state = "CANCELLED"
+        out[job_id] = (state, code)
+    return out
+
+
+def exit_code(log: Path) -> int | None:
+    """The step's own exit code, written by its job (runner.stepjob) beside its log; None if it never ran."""
+    try:
+        return int(log.with_suffix(".exit").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def outcomes(manifest: dict) -> dict[str, str] | None:
+    """How a detached run's steps ended (step -> done, failed or interrupted), or None while any of its jobs is
+    still queued or running."""
+    steps = {name: info for name, info in manifest.get("steps", {}).items() if info.get("handle")}
+    states = job_states({info["handle"]: Path(info.get("log", "")) for info in steps.values()}) if steps else {}
+    if any(state not in FINAL and state != "UNKNOWN" for state, _ in states.values()):
+        return None
+    out = {}
+    for name, info in steps.items():
+        state, code = states[info["handle"]]
+        out[name] = ("done" if state == "COMPLETED" and code == 0 else "interrupted" if state == "CANCELLED"
+                     else "failed")
+    return out
+
+
+def status(root: Path, run_id: str) -> list[tuple[str, str, str]]:
+    """(step, job id, state) of a run's steps, as job_states() finds them now."""
+    from runner.state import State
+
+    steps = State(root).manifest(run_id).get("steps", {})
+    jobs = {info["handle"]: Path(info.get("log", "")) for info in steps.values() if info.get("handle")}
+    states = job_states(jobs) if jobs else {}
+    return [(name, info.get("handle", "-"), states[info["handle"]][0] if info.get("handle") else info.get("status", "?"))
+            for name, info in steps.items()]
+
+
+def doctor(needs_gpu: bool) -> list:
+    """The SLURM side of `itwin-run doctor`."""
+    from runner.checks import Check, which
+
+    checks, present = which("slurm", ["sbatch", "squeue", "scontrol", "scancel"],
+                            "load SLURM's client commands (`module load slurm`) or run on a login node")
+    if not present:
+        return checks
+    proc = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    up = proc.returncode == 0 and "UP" in proc.stdout
+    checks.append(Check("slurm", up, "controller: " + (proc.stdout.strip() or proc.stderr.strip() or "no answer"),
+                        "check SLURM_CONF and that slurmctld runs"))
+    acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True) if shutil.which("sacct") else None
+    checks.append(Check("slurm", None, "sacct answers (status of finished jobs)" if acct and acct.returncode == 0 else
+                        "no accounting: `itwin-run status` reads what the jobs wrote"))
+    return checks
+
+
 @dataclass
 class SlurmSettings:
     partition: str | None = setting(None, "default partition.")
@@ -98,6 +169,9 @@ class SlurmExecutor:
     runs_as_caller: bool = False
     single_file_images: bool = False
     arrays: bool = True  # a sweep's points go as one job array (submit_array)
+    doctor: ClassVar = staticmethod(doctor)
+    status: ClassVar = staticmethod(status)
+    outcomes: ClassVar = staticmethod(outcomes)
 
     @classmethod
     def create(cls, common: Common, settings: SlurmSettings) -> SlurmExecutor:
@@ -303,77 +377,6 @@ class SlurmExecutor:
         for line in complete.split("\n"):
             sys.stdout.write(f"{name} | {line}\n")
         sys.stdout.flush()
-
-
-def job_states(jobs: dict[str, Path]) -> dict[str, tuple[str, int | None]]:
-    """job id -> (state, the step's exit code if its job wrote one), for jobs given with their step logs: squeue
-    for the jobs the controller knows (one call), sacct for those that left it, else what the job wrote (UNKNOWN
-    when it wrote nothing)."""
-    queued = queue_states(list(jobs))
-    gone = [j for j in jobs if j not in queued]
-    accounted = accounting_states(gone) if gone else {}
-    out = {}
-    for job_id, log in jobs.items():
-        code = exit_code(log)
-        state, reason = queued.get(job_id) or accounted.get(job_id) or ("", "")
-        if not state:
-            state = "COMPLETED" if code == 0 else "FAILED" if code is not None else "UNKNOWN"
-        if state == "PENDING" and reason == "DependencyNeverSatisfied":
-            state = "CANCELLED"
-        out[job_id] = (state, code)
-    return out
-
-
-def exit_code(log: Path) -> int | None:
-    """The step's own exit code, written by its job (runner.stepjob) beside its log; None if it never ran."""
-    try:
-        return int(log.with_suffix(".exit").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def outcomes(manifest: dict) -> dict[str, str] | None:
-    """How a detached run's steps ended (step -> done, failed or interrupted), or None while any of its jobs is
-    still queued or running."""
-    steps = {name: info for name, info in manifest.get("steps", {}).items() if info.get("handle")}
-    states = job_states({info["handle"]: Path(info.get("log", "")) for info in steps.values()}) if steps else {}
-    if any(state not in FINAL and state != "UNKNOWN" for state, _ in states.values()):
-        return None
-    out = {}
-    for name, info in steps.items():
-        state, code = states[info["handle"]]
-        out[name] = ("done" if state == "COMPLETED" and code == 0 else "interrupted" if state == "CANCELLED"
-                     else "failed")
-    return out
-
-
-def status(root: Path, run_id: str) -> list[tuple[str, str, str]]:
-    """(step, job id, state) of a run's steps, as job_states() finds them now."""
-    from runner.state import State
-
-    steps = State(root).manifest(run_id).get("steps", {})
-    jobs = {info["handle"]: Path(info.get("log", "")) for info in steps.values() if info.get("handle")}
-    states = job_states(jobs) if jobs else {}
-    return [(name, info.get("handle", "-"), states[info["handle"]][0] if info.get("handle") else info.get("status", "?"))
-            for name, info in steps.items()]
-
-
-def doctor(needs_gpu: bool) -> list:
-    """The SLURM side of `itwin-run doctor`."""
-    from runner.checks import Check, which
-
-    checks, present = which("slurm", ["sbatch", "squeue", "scontrol", "scancel"],
-                            "load SLURM's client commands (`module load slurm`) or run on a login node")
-    if not present:
-        return checks
-    proc = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
-    up = proc.returncode == 0 and "UP" in proc.stdout
-    checks.append(Check("slurm", up, "controller: " + (proc.stdout.strip() or proc.stderr.strip() or "no answer"),
-                        "check SLURM_CONF and that slurmctld runs"))
-    acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True) if shutil.which("sacct") else None
-    checks.append(Check("slurm", None, "sacct answers (status of finished jobs)" if acct and acct.returncode == 0 else
-                        "no accounting: `itwin-run status` reads what the jobs wrote"))
-    return checks
 
 
 def _usage(log: Path) -> dict:

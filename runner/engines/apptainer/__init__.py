@@ -12,12 +12,14 @@ dependency SIF as it is. The step's image is then written `DEPS.sif::SOURCES.sqf
 from __future__ import annotations
 
 from runner.engines.apptainer.build import ApptainerBuilder
-from runner.engines.apptainer.inventory import doctor, made, remove
+from runner.engines.apptainer.inventory import credentials, doctor, guarded, made, remove
 from runner.engines.apptainer.run import ApptainerRunner
 from runner.engines.apptainer.tool import one_maker, unwritable
 from runner.engines.base import Engine
+from runner.places import sif_cache
 
 ENGINE = Engine(name="apptainer", builder=ApptainerBuilder, runner=ApptainerRunner, made=made, remove=remove,
-                doctor=doctor, aliases=("singularity",), image_kind="SIFImage")
+                doctor=doctor, aliases=("singularity",), image_kind="SIFImage", guarded=guarded, store=sif_cache,
+                login="apptainer registry login --username USER docker://{host}", credentials=credentials)
 
 __all__ = ["ENGINE", "ApptainerBuilder", "ApptainerRunner", "one_maker", "unwritable"]

@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from runner.checks import registries
 from runner.engines.apptainer.tool import (
     executable,
 )
@@ -94,3 +95,12 @@ def remove(item: Made) -> None:
         Path(item.key).unlink()
     except OSError as exc:
         raise UserError(f"cannot remove {item.ref}: {exc.strerror}") from None
+
+
+def guarded() -> list[tuple[Path, str]]:
+    return [(sif_cache(), "itwin-run's SIF cache")]  # shared by every run and user of it: never a step's to write
+
+
+def credentials() -> set[str]:
+    """What `apptainer registry login` keeps for docker:// registries."""
+    return registries(Path.home() / ".apptainer" / "docker-config.json")

@@ -8,6 +8,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from runner.checks import registries
 from runner.engines.base import Made
 from runner.engines.docker.client import client, daemon_error
 from runner.errors import UserError
@@ -88,3 +89,22 @@ def remove(item: Made, host: str | None = None) -> None:
         client(host).api.remove_image(item.key, noprune=False)
     except docker.errors.APIError as exc:
         raise UserError(f"{item.engine}: cannot remove {item.ref}: {exc.explanation or exc}") from None
+
+
+def guarded() -> list[tuple[Path, str]]:
+    """Docker's sockets (DOCKER_HOST's too) and storage: a container that mounts one commands the host's Docker."""
+    sockets = ["/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock"]
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        sockets.append(host.removeprefix("unix://"))
+    return [(Path(p), "the Docker daemon's socket") for p in sockets] + [
+        (Path(p), "the Docker daemon's storage") for p in ("/var/lib/docker", "/var/lib/containerd")]
+
+
+def config() -> Path:
+    """Docker's client settings, where `docker login` keeps credentials (DOCKER_CONFIG, else ~/.docker)."""
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+
+
+def credentials() -> set[str]:
+    return registries(config())
