@@ -90,13 +90,14 @@ def report(checks: list[Check], usable: bool, as_json: bool) -> None:
 def check(workflow: Path | None, root: Path | None, engine: str, executor: str, as_json: bool) -> bool:
     """`itwin-run doctor`: print the checks (for what `workflow` needs, when given); whether the run is usable."""
     from runner.engines import engine as declared
+    from runner.engines import guarded
 
     engine = declared(engine).name  # an unknown one is a usage error naming those installed
     needs_gpu, refs = False, []
     if workflow is not None:
         from runner import workflow as wfmod
 
-        wf = wfmod.load(workflow, root)
+        wf = wfmod.load(workflow, root, guarded=guarded())
         needs_gpu = any(s.gpus for s in wf.steps)
         refs = [s.env.image for s in wf.steps if s.env.image]
     checks, usable = diagnose(engine, executor, needs_gpu, refs)
