@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from runner import flags, ui
-from runner.errors import EXIT_CODES, StepFailed, UsageError, UserError, ValidationError
+from runner.errors import EXIT_CODES, UsageError
 from runner.flags import (
     DEFAULT_ENGINE,
     AllowOpt,
@@ -51,7 +51,8 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
 @flags.without_settings
 def run(
     workflow: WorkflowArg,
-    engine: EngineOpt = DEFAULT_ENGINE,
+    engine: EngineOpt = None,
+    site: flags.SiteOpt = None,
     root: RootOpt = None,
     user: Annotated[str | None, typer.Option(help="uid:gid the steps run as (default: yours; as root, the project's "
                                                   "owner or nobody; 0:0 for root).")] = None,
@@ -78,7 +79,7 @@ def run(
     max_points: flags.MaxPointsOpt = None,
     images: ImagesOpt = None,
     pull: PullOpt = "missing",
-    executor_: flags.ExecutorOpt = "local",
+    executor_: flags.ExecutorOpt = None,
     wheelhouse: WheelOpt = None,
     constraints: ConsOpt = None,
     base_parent: ParentOpt = None,
@@ -89,15 +90,16 @@ def run(
     and project files are unchanged since they last succeeded (and whose output is intact) are skipped."""
     from runner import session
     from runner import workflow as wfmod
-    from runner.engines import get_runner
+    from runner.engines import get_runner, guarded
     from runner.executors import Common, get_executor
     from runner.images import BuildOptions, read_pins
 
-    if cwl and executor_ not in ("local", "cwl"):
+    if cwl and executor_ not in (None, "local", "cwl"):
         raise UsageError(f"--cwl runs the workflow with cwltool on this machine: it does not combine with "
                          f"--executor {executor_}")
-    executor_ = "cwl" if cwl else executor_
-    own = flags.executor_settings(executor_, settings)
+    profile = flags.site(site, root)
+    engine, executor_ = engine or profile.engine or DEFAULT_ENGINE, "cwl" if cwl else executor_ or profile.executor
+    own = flags.own_settings(executor_ or "local", settings, profile)
     if memory is not None and not re.match(wfmod.MEMORY, memory):
         raise UsageError(f"--memory {memory}: a size such as 512M or 2G")
     wf = flags.workflow(workflow, root, allow_mount, max_points)
@@ -105,16 +107,18 @@ def run(
                               build=BuildOptions.from_env(wheelhouse, constraints, pull),
                               pinned=read_pins(images) if images else None, jobs=jobs, only=only or [],
                               from_=from_, until=until, force=[] if force else (force_step or None),
-                              keep_going=keep_going, dry_run=dry_run, allowed_mounts=allow_mount or [])
+                              keep_going=keep_going, dry_run=dry_run, allowed_mounts=allow_mount or [],
+                              binds=profile.folders(guarded()), site=profile.name)
     runner = get_runner(engine)
-    executor = get_executor(executor_, Common(runner, wf, jobs, keep_going, flags.confirm), own)
+    executor = get_executor(executor_ or "local", Common(runner, wf, jobs, keep_going, flags.confirm), own)
     session.RunSession(wf, flags.builder(engine, base_parent, verbose), runner, executor, opts).run()
 
 
 @app.command()
 def build(
     workflow: WorkflowArg,
-    engine: EngineOpt = DEFAULT_ENGINE,
+    engine: EngineOpt = None,
+    site: flags.SiteOpt = None,
     root: RootOpt = None,
     push: Annotated[bool, typer.Option("--push", help="Push every step image to --registry and write an image pin "
                                                       "file.")] = False,
@@ -134,9 +138,11 @@ def build(
     from runner import plan
     from runner.images import BuildOptions
 
+    profile = flags.site(site, root)
+    engine, registry = engine or profile.engine or DEFAULT_ENGINE, registry or profile.registry
     wf = flags.workflow(workflow, root, allow_mount, max_points)
     if push and not registry:
-        raise UsageError("--push needs --registry HOST[:PORT]/NAMESPACE")
+        raise UsageError("--push needs --registry HOST[:PORT]/NAMESPACE (or a site profile's registry)")
     builder = flags.builder(engine, base_parent, verbose)
     opts = BuildOptions.from_env(wheelhouse, constraints, pull)
     refs = {k: ref for k, (ref, _) in plan.resolve_images(wf, builder, opts).items()}
@@ -194,12 +200,15 @@ def base(
 
 @app.command()
 def validate(workflow: WorkflowArg, root: RootOpt = None, allow_mount: AllowOpt = None,
-             max_points: flags.MaxPointsOpt = None, engine: EngineOpt = DEFAULT_ENGINE) -> None:
-    """Check a workflow file, its env files and its datasets (the mount policy, what the steps can read and write);
-    print nothing and exit 0 when all is well."""
+             max_points: flags.MaxPointsOpt = None, engine: EngineOpt = None, site: flags.SiteOpt = None) -> None:
+    """Check a workflow file, its env files and its datasets (the mount policy, what the steps can read and write),
+    and the site profile; print nothing and exit 0 when all is well."""
     from runner import plan
-    from runner.engines import get_runner
+    from runner.engines import get_runner, guarded
 
+    profile = flags.site(site, root)
+    engine = engine or profile.engine or DEFAULT_ENGINE
+    profile.folders(guarded())
     wf = flags.workflow(workflow, root, allow_mount, max_points)
     plan.image_specs(wf)
     plan.check_inputs(wf, wf.steps)  # what a run of the whole workflow would refuse
@@ -320,16 +329,20 @@ def init(
 def doctor(
     workflow: Annotated[Path | None, typer.Argument(help="A workflow: check what it needs (its GPUs, its registries).",
                                                      show_default=False)] = None,
-    engine: EngineOpt = DEFAULT_ENGINE,
-    executor_: flags.ExecutorOpt = "local",
+    engine: EngineOpt = None,
+    executor_: flags.ExecutorOpt = None,
+    site: flags.SiteOpt = None,
     root: RootOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
 ) -> None:
     """Check what this machine offers (Docker, the NVIDIA runtime, Apptainer, SLURM, disk, registries, the
-    wheelhouse), one line each with what to do about a gap; exit 0 when what the run needs is usable, else 3."""
+    wheelhouse, the site profile), one line each with what to do about a gap; exit 0 when what the run needs is
+    usable, else 3."""
     from runner import doctor as doc
 
-    if not doc.check(workflow, root, engine, executor_, as_json):
+    profile = flags.site(site, root)
+    engine, executor_ = engine or profile.engine or DEFAULT_ENGINE, executor_ or profile.executor or "local"
+    if not doc.check(workflow, root, engine, executor_, as_json, profile):
         raise typer.Exit(3)
 
 
@@ -348,34 +361,12 @@ def main(argv: list[str] | None = None) -> None:
         args.insert(0, "run")
     if args[:1] == ["run"]:
         flags.executor_flags(run)
-    try:
+    with flags.reported(args, SUBCOMMANDS):
         code = app(args, standalone_mode=False, prog_name="itwin-run")
         if isinstance(code, int) and code:  # typer turns Ctrl-C into exit code 130 when not standalone
             if code == 130:
                 ui.say("interrupted", "red")
             sys.exit(code)
-    except ValidationError as exc:
-        for p in exc.problems:
-            ui.error(p)
-        sys.exit(2)
-    except StepFailed as exc:
-        ui.error(str(exc))
-        for line in exc.tail:
-            ui.say(f"  {exc.step} | {line}")
-        sys.exit(exc.exit_code)
-    except UserError as exc:
-        ui.error(str(exc))
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        ui.say("interrupted", "red")
-        sys.exit(130)
-    except Exception as exc:
-        from runner.errors import Interrupted
-
-        if isinstance(exc, Interrupted):
-            ui.say("interrupted: the interrupted steps are not marked complete", "red")
-            sys.exit(exc.code)
-        flags.usage_error(exc, args, SUBCOMMANDS)
 
 
 def entry() -> None:

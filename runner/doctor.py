@@ -17,6 +17,7 @@ from runner.checks import Check
 
 if TYPE_CHECKING:
     from runner.engines import Engine
+    from runner.site import Site
 
 
 def registry_checks(refs: list[str], engine: Engine) -> list[Check]:
@@ -87,7 +88,22 @@ def report(checks: list[Check], usable: bool, as_json: bool) -> None:
     print("usable" if usable else "not usable: see the FAIL lines above")
 
 
-def check(workflow: Path | None, root: Path | None, engine: str, executor: str, as_json: bool) -> bool:
+def site_checks(profile: Site, guarded: tuple[tuple[Path, str], ...]) -> list[Check]:
+    """The site profile (`--site`): what it sets, and whether the folders it binds are there and allowed."""
+    if not profile.name:
+        return []
+    from runner.errors import ValidationError
+
+    checks = [Check("site", True, profile.said())]
+    try:
+        checks += [Check("site", True, f"binds {folder}") for folder in profile.folders(guarded)]
+    except ValidationError as exc:
+        checks += [Check("site", False, problem, "fix the site profile") for problem in exc.problems]
+    return checks
+
+
+def check(workflow: Path | None, root: Path | None, engine: str, executor: str, as_json: bool,
+          profile: Site) -> bool:
     """`itwin-run doctor`: print the checks (for what `workflow` needs, when given); whether the run is usable."""
     from runner.engines import engine as declared
     from runner.engines import guarded
@@ -101,5 +117,7 @@ def check(workflow: Path | None, root: Path | None, engine: str, executor: str, 
         needs_gpu = any(s.gpus for s in wf.steps)
         refs = [s.env.image for s in wf.steps if s.env.image]
     checks, usable = diagnose(engine, executor, needs_gpu, refs)
-    report(checks, usable, as_json)
+    site = site_checks(profile, guarded())
+    usable = usable and all(c.ok is not False for c in site)
+    report(site + checks, usable, as_json)
     return usable

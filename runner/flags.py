@@ -3,10 +3,11 @@ itwin-run's voice."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
@@ -17,8 +18,12 @@ from runner.errors import UsageError
 
 WorkflowArg = Annotated[Path, typer.Argument(help="Workflow YAML (the prototype's format).", show_default=False)]
 DEFAULT_ENGINE = "docker"
-EngineOpt = Annotated[str, typer.Option("--engine", "-e", help=f"Container engine: {DEFAULT_ENGINE} (the default) or "
-                                                                "another installed one; `itwin-run doctor` checks each.")]
+EngineOpt = Annotated[str | None, typer.Option("--engine", "-e", help=f"Container engine: {DEFAULT_ENGINE} (the "
+                                                                       "default) or another installed one; "
+                                                                       "`itwin-run doctor` checks each.")]
+SiteOpt = Annotated[str | None, typer.Option("--site", envvar="ITWIN_RUN_SITE", show_default=False, help=(
+    "Site profile: sites/NAME.yml in the project, else in ~/.config/itwin-run/sites/ (or a path): the engine, the "
+    "executor and its defaults, itwin-run's environment, folders every step gets, the registry."))]
 RootOpt = Annotated[Path | None, typer.Option(help="Directory relative paths resolve against (default: the current one).")]
 WheelOpt = Annotated[str | None, typer.Option(help="Directory of wheels pip may use in image builds (or ITWIN_RUN_WHEELHOUSE).")]
 ConsOpt = Annotated[str | None, typer.Option(help="pip constraints file for image builds (or ITWIN_RUN_CONSTRAINTS).")]
@@ -29,7 +34,7 @@ RunArg = Annotated[str | None, typer.Argument(help="A run id from `itwin-run his
                                              show_default=False)]
 MaxPointsOpt = Annotated[int | None, typer.Option("--max-points", min=1, help="Most points a sweep may have "
                                                                                  "(default: 100).")]
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where the steps run: local (the default) or another "
+ExecutorOpt = Annotated[str | None, typer.Option("--executor", help="Where the steps run: local (the default) or another "
                                                              "installed executor; flags marked NAME: are its own.")]
 PullOpt = Annotated[str, typer.Option("--pull", help="Prebuilt images: pull when missing, always, or never.")]
 ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Image pin file from `build --push`: run exactly "
@@ -63,8 +68,58 @@ def workflow(path: Path, root: Path | None, allow_mount: list[str] | None = None
     return wfmod.load(path, root, allowed_mounts=allow_mount or [], max_points=max_points, guarded=guarded())
 
 
+def site(name: str | None, root: Path | None):
+    """The site profile `name` (none: an empty one), checked, with its environment applied."""
+    from runner import site as profile
+
+    if not name:
+        return profile.Site()
+    from runner.executors import available, settings
+
+    own = settings()
+    fields = {name: get_type_hints(own[name]) if name in own else {} for name in available()}
+    found = profile.load(name, (root or Path.cwd()).resolve(), fields)
+    found.apply()
+    return found
+
+
+def own_settings(executor: str, given: dict[str, Any], profile) -> dict[str, Any]:
+    """The executor's settings: what the command line gives, over the site profile's section for it."""
+    mine, defaults = executor_settings(executor, given), profile.settings(executor)
+    return {**defaults, **{k: v for k, v in mine.items() if not (v is False and k in defaults)}}  # a flag not given
+
+
 AllowOpt = Annotated[list[str] | None, typer.Option(
     "--allow-mount", help="Allow a dataset at or under PATH that the mount policy refuses (repeatable; recorded).")]
+
+
+@contextlib.contextmanager
+def reported(args: list[str], commands: set[str]) -> Iterator[None]:
+    """What goes wrong in a command, said in one line each (no traceback), with its exit code."""
+    from runner.errors import Interrupted, StepFailed, UserError, ValidationError
+
+    try:
+        yield
+    except ValidationError as exc:
+        for p in exc.problems:
+            ui.error(p)
+        sys.exit(2)
+    except StepFailed as exc:
+        ui.error(str(exc))
+        for line in exc.tail:
+            ui.say(f"  {exc.step} | {line}")
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        ui.error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        ui.say("interrupted", "red")
+        sys.exit(130)
+    except Interrupted as exc:
+        ui.say("interrupted: the interrupted steps are not marked complete", "red")
+        sys.exit(exc.code)
+    except Exception as exc:
+        usage_error(exc, args, commands)
 
 
 def usage_error(exc: Exception, args: list[str], commands: set[str]) -> None:

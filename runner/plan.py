@@ -95,8 +95,9 @@ def resolve_images(wf: Workflow, builder: ImageBuilder, opts: BuildOptions, *, b
 
 
 def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_id: str,
-            limits: Limits | None = None) -> Job:
-    mounts = [Mount(wf.root, wf.root, read_only=True)]
+            limits: Limits | None = None, binds: list[Path] = ()) -> Job:
+    own = {wf.root, *wf.datasets.values()}
+    mounts = [Mount(wf.root, wf.root, read_only=True), *(Mount(b, b, read_only=True) for b in binds if b not in own)]
     mounts += [Mount(wf.datasets[d], wf.datasets[d], read_only=True) for d in step.inputs]
     if step.output:
         mounts.append(Mount(wf.datasets[step.output], wf.datasets[step.output], read_only=False))

@@ -40,13 +40,13 @@ def attempt(entry: dict[str, Any], out: Any, log: Path) -> None:
         "log": str(log), "usage": out.usage})
 
 
-def opened(run_id: str, wf: Workflow, engine: str, executor: str, steps: list[StepSpec],
-           allowed_mounts: list[str]) -> dict[str, Any]:
+def opened(run_id: str, wf: Workflow, engine: str, executor: str, steps: list[StepSpec], opts: Any) -> dict[str, Any]:
+    """A run's record as it starts (`opts`: its RunOptions: the mounts it allowed, its site profile)."""
     names = {s.name for s in steps}
     return {"run_id": run_id, "workflow": str(wf.path), "root": str(wf.root), "engine": engine, "executor": executor,
             "started": time.time(), **this_process(), "status": "running", "selected": [s.name for s in steps],
-            "allowed_mounts": allowed_mounts, "dag": [list(e) for e in wf.edges() if {e[0], e[1]} <= names],
-            "steps": {}}
+            "allowed_mounts": opts.allowed_mounts, **({"site": opts.site} if opts.site else {}),
+            "dag": [list(e) for e in wf.edges() if {e[0], e[1]} <= names], "steps": {}}
 
 
 def begun(job: Job, engine: str, executor: str, image_id: str | None, log: Path, attempts: list | None,

@@ -37,6 +37,7 @@ def create(directory: Path, template: str, itwinai: Path | None) -> None:
             else:
                 files.append((f"{rel}{child.name}".replace("gitignore", ".gitignore"), child.read_bytes()))
     collect(resources.files("runner") / "data" / "init" / template, "")
+    collect(resources.files("runner") / "data" / "init" / "common", "")  # every template's: sites/example.yml
     wheel: Path | None = None
     with tempfile.TemporaryDirectory() as tmp:
         if template == "ml":  # before anything is written: a wheel that cannot be had leaves no half project

@@ -139,7 +139,7 @@ class RunSession:
     def _submission(self, step: StepSpec, image: str, after: list[str], fingerprinted: bool = True) -> Submission:
         limits = dataclasses.replace(step.limits, cpus=self.opts.cpus or step.limits.cpus,
                                      memory=self.opts.memory or step.limits.memory)
-        job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits)
+        job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits, self.opts.binds)
         output = self.wf.output_dir(step)
         return Submission(step=step, job=job, key=State.record_key(self.wf.root, self.wf.path, step.name),
                           parts=self.freshness.parts(step, job, self.runner.name) if fingerprinted else {},
@@ -380,8 +380,7 @@ class RunSession:
 
     def _start_manifest(self, steps: list[StepSpec]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = record.opened(self.run_id, self.wf, self.runner.name, self.executor.name, steps,
-                                      self.opts.allowed_mounts)
+        self.manifest = record.opened(self.run_id, self.wf, self.runner.name, self.executor.name, steps, self.opts)
         self.state.write_manifest(self.run_id, self.manifest)
 
     def _end_manifest(self, steps: list[StepSpec], exc: BaseException | None) -> None:

@@ -4,6 +4,7 @@ that the site filled and the user cannot write."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -89,3 +90,42 @@ def test_slurm_jobs_of_a_user_run_apptainer_steps_as_them(hpc_user, shared_cache
     assert "summarize: COMPLETED" in res.stdout + res.stderr, res.stderr[-3000:]
     assert owners(project / "data") == {pwd.getpwnam(hpc_user.name).pw_uid}
     assert (project / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
+
+
+def test_a_users_site_profile_gives_slurm_apptainer_the_shared_cache_and_a_folder(hpc_user, shared_cache, slurm_env):
+    """#25: the user's ~/.config/itwin-run/sites/lab.yml stands for the flags and variables of the run above: the
+    engine, the executor, the SIF cache, a line each job runs before its step, and a folder every step reads."""
+    project = hpc_user.project(TOY, "hpc-site")
+    (project / "peek.py").write_text(
+        "import os, sys\nnote = open(os.environ['SITE_NOTE']).read()\nprint('read:', note.strip())\n"
+        "open(os.path.join(sys.argv[sys.argv.index('--output') + 1], 'seen.txt'), 'w').write(note)\n")
+    reference = Path(tempfile.mkdtemp(prefix="itwin-site-ref-", dir="/tmp"))
+    reference.chmod(0o755)
+    (reference / "note.txt").write_text("from the site\n")
+    (reference / "note.txt").chmod(0o644)
+    (project / "site.yml").write_text(
+        "datasets: {seen: {location: ./data/seen}}\nsteps:\n  - peek:\n      output: seen\n      command: python peek.py\n"
+        f"      env: {{file: ./envs/requirements.txt, vars: {{SITE_NOTE: {reference}/note.txt}}}}\n")
+    sites = hpc_user.home / ".config" / "itwin-run" / "sites"
+    sites.mkdir(parents=True, exist_ok=True)
+    (sites / "lab.yml").write_text(
+        "engine: apptainer\nexecutor: slurm\nslurm:\n  setup: ['echo \"site setup ran on $(hostname)\"']\n"
+        f"environment: {{ITWIN_RUN_SIF_CACHE: {shared_cache}, ITWIN_RUN_WHEELHOUSE: none}}\nbinds: [{reference}]\n")
+    subprocess.run(["chown", "-R", f"{hpc_user.name}:{hpc_user.name}", str(hpc_user.home / ".config"),
+                    str(project)], check=True)
+    env = {"PATH": f"/tmp/applab/bin:{hpc_user.bin}:/usr/bin:/bin",
+           **{k: v for k, v in slurm_env.items() if k != "PATH"}}  # no cache, engine or executor of its own
+    try:
+        res = hpc_user.itwin("--site", "lab", "site.yml", cwd=project, env=env)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out[-3000:]
+        assert "peek | site setup ran on " in out and "peek | read: from the site" in out, out[-3000:]
+        assert (project / "data" / "seen" / "seen.txt").read_text() == "from the site\n"
+        assert owners(project / "data") == {pwd.getpwnam(hpc_user.name).pw_uid}
+        manifest = json.loads(max((project / ".itwin-run" / "runs").glob("*/manifest.json")).read_text())
+        assert (manifest["site"], manifest["engine"], manifest["executor"]) == ("lab", "apptainer", "slurm")
+        without = hpc_user.itwin("--force", "site.yml", cwd=project, env=env)  # the same run, no profile: Docker's
+        assert without.returncode != 0 and "Traceback" not in without.stderr, without.stderr[-2000:]
+    finally:
+        shutil.rmtree(reference, ignore_errors=True)
+        shutil.rmtree(sites, ignore_errors=True)

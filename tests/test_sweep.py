@@ -15,7 +15,7 @@ from runner import report, session, workflow
 from runner.errors import StepFailed, UserError, ValidationError
 from runner.executors.cwl import CwlExecutor
 from runner.executors.local import LocalExecutor
-from runner.executors.slurm import SlurmExecutor
+from runner.executors.slurm import SlurmExecutor, SlurmSettings
 from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
 from tests.fakes import FakeBuilder, FakeRunner
 
@@ -297,7 +297,7 @@ def test_a_sweep_is_refused_where_no_process_stays_to_pick_the_best(tmp_path, wh
     (tmp_path / "wf.cwl").write_text("class: Workflow\n")
     w = workflow.load(path, root=tmp_path)
     runner = sweep_runner()
-    executor = SlurmExecutor(detach=True) if where.startswith("slurm") else CwlExecutor(runner, w)
+    executor = SlurmExecutor(SlurmSettings(detach=True)) if where.startswith("slurm") else CwlExecutor(runner, w)
     with pytest.raises(UserError, match=r"wf.yml:\d+:\d+: train.sweep: not yet (with --detach|through cwltool)"):
         session.RunSession(w, FakeBuilder(), runner, executor, session.RunOptions()).run()
     assert runner.started == [] and not (tmp_path / ".itwin-run" / "runs").exists()

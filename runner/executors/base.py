@@ -29,6 +29,8 @@ class RunOptions:
     keep_going: bool = False
     dry_run: bool = False
     allowed_mounts: list[str] = field(default_factory=list)
+    binds: list[Path] = field(default_factory=list)  # the site profile's folders: read-only in every step
+    site: str | None = None  # the site profile's name
 
 
 @dataclass

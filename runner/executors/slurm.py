@@ -146,19 +146,18 @@ class SlurmSettings:
     partition: str | None = setting(None, "default partition.")
     time: str | None = setting(None, "default time limit.")
     account: str | None = setting(None, "default account.")
+    qos: str | None = setting(None, "default quality of service.")
+    gres: str | None = setting(None, "the site's generic resource name for GPUs: --gres=NAME:COUNT (gpu).")
+    cpus_per_gpu: int | None = setting(None, "CPUs per GPU for GPU steps (--cpus-per-gpu), where the site takes it.")
     sbatch_arg: list[str] = setting([], "extra sbatch option, --flag[=value] (repeatable).")
+    setup: list[str] = setting([], "a shell line each job runs before its step: `module load apptainer` (repeatable).")
     detach: bool = setting(False, "return after submission (`itwin-run status RUN` later).")
     cancel_on_exit: bool = setting(False, "scancel the run's jobs on Ctrl-C.")
 
 
 @dataclass
 class SlurmExecutor:
-    partition: str | None = None
-    time: str | None = None
-    account: str | None = None
-    extra: list[str] = field(default_factory=list)
-    detach: bool = False
-    cancel_on_exit: bool = False
+    own: SlurmSettings = field(default_factory=SlurmSettings)  # its flags, or a site profile's defaults
     engine: str = "docker"
     ask: Callable[[str], bool] = no  # the user's yes/no on Ctrl-C: cancel the jobs?
     name: str = "slurm"
@@ -175,12 +174,11 @@ class SlurmExecutor:
 
     @classmethod
     def create(cls, common: Common, settings: SlurmSettings) -> SlurmExecutor:
-        return cls(settings.partition, settings.time, settings.account, settings.sbatch_arg, settings.detach,
-                   settings.cancel_on_exit, common.runner.name, common.ask)
+        return cls(settings, common.runner.name, common.ask)
 
     @property
     def refuses_sweeps(self) -> str:
-        return "with --detach (this process picks the best point once the points end)" if self.detach else ""
+        return "with --detach (this process picks the best point once the points end)" if self.own.detach else ""
 
     def __post_init__(self) -> None:
         self.run_id, self.run_dir = "", Path(".")
@@ -191,16 +189,20 @@ class SlurmExecutor:
         self._watchdog = Watchdog()  # --cancel-on-exit: scancels the jobs should this process be killed outright
 
     def check(self, opts, steps: list[StepSpec]) -> None:
-        for flag, value, pattern in (("--partition", self.partition, PARTITION), ("--account", self.account, PARTITION),
-                                     ("--time", self.time, SLURM_TIME)):
+        own = self.own
+        for flag, value, pattern in (("--partition", own.partition, PARTITION), ("--account", own.account, PARTITION),
+                                     ("--time", own.time, SLURM_TIME), ("--qos", own.qos, PARTITION),
+                                     ("--gres", own.gres, PARTITION)):
             if value is not None and not re.fullmatch(pattern, value):
                 raise UsageError(f"{flag}: {value!r} is not a SLURM {flag[2:]}")
-        for x in self.extra:
+        for x in self.own.sbatch_arg:
             try:
                 if not re.fullmatch(SBATCH_FLAG, sbatch_flag(x)):
                     raise ValueError("not one --flag[=value] token")
             except ValueError as exc:
                 raise UsageError(f"--sbatch-arg: {x!r}: {exc}") from None
+        if any("\n" in x or "\0" in x for x in self.own.setup):
+            raise UsageError("--setup: one shell line each (no line break)")
         if opts.jobs > 1:
             raise UsageError("--jobs does not apply to --executor slurm: the cluster runs independent steps at once")
         if opts.keep_going:
@@ -222,21 +224,23 @@ class SlurmExecutor:
         if sub.after:
             lines += [f"#SBATCH --dependency=afterok:{':'.join(sub.after)}", "#SBATCH --kill-on-invalid-dep=yes"]
         # resources: map to SLURM's own options; a step's `slurm:` values, where given, are more specific
-        limits = sub.job.limits
+        limits, gpus = sub.job.limits, sub.job.gpus
+        per_gpu = self.own.cpus_per_gpu if gpus else None  # SLURM takes it or --cpus-per-task, not both
         seconds = math.ceil(limits.seconds) if limits.time else None
-        opts = {"partition": (s and s.partition) or self.partition,
+        opts = {"partition": (s and s.partition) or self.own.partition,
                 "time": (s and s.time) or (f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-                                           if seconds else None) or self.time,
-                "account": (s and s.account) or self.account, "nodes": s and s.nodes,
+                                           if seconds else None) or self.own.time,
+                "account": (s and s.account) or self.own.account, "qos": self.own.qos, "nodes": s and s.nodes,
                 "ntasks-per-node": s and s.ntasks_per_node,
-                "cpus-per-task": (s and s.cpus_per_task) or (math.ceil(limits.cpus) if limits.cpus else None),
+                "cpus-per-task": None if per_gpu else (s and s.cpus_per_task) or (math.ceil(limits.cpus) if
+                                                                                  limits.cpus else None),
+                "cpus-per-gpu": per_gpu,
                 "mem": (s and s.mem) or (f"{math.ceil((limits.memory_bytes or 0) / 2**20)}M" if limits.memory else None)}
         lines += [f"#SBATCH --{k}={v}" for k, v in opts.items() if v]
-        gpus = sub.job.gpus
         if gpus:
             count = gpus if isinstance(gpus, int) else (len(gpus) if isinstance(gpus, list) else 1)
-            lines.append(f"#SBATCH --gres=gpu:{count}")
-        lines += [f"#SBATCH {x}" for x in [*self.extra, *((s and s.extra) or [])]]
+            lines.append(f"#SBATCH --gres={self.own.gres or 'gpu'}:{count}")
+        lines += [f"#SBATCH {x}" for x in [*self.own.sbatch_arg, *((s and s.extra) or [])]]
         for line in lines:  # validated fields; this is the last guard against a line break into the script
             if "\n" in line or "\0" in line:
                 raise UsageError(f"step {sub.step.name!r}: a SLURM option holds a line break")
@@ -246,6 +250,7 @@ class SlurmExecutor:
             logs = " ".join(shlex.quote(str(p.log)) for p in array)
             lines += [f"specs=({quoted})", f"logs=({logs})", 'exec >"${logs[$SLURM_ARRAY_TASK_ID]}" 2>&1']
             run = f'{shlex.quote(sys.executable)} -m runner.stepjob "${{specs[$SLURM_ARRAY_TASK_ID]}}"'
+        lines += self.own.setup  # the site's own lines (modules to load): after every option, before the step
         tasks = ((s and s.nodes) or 1) * ((s and s.ntasks_per_node) or 1)
         lines.append(f"srun --kill-on-bad-exit=1 {run}" if tasks > 1 else f"exec {run}")
         return "\n".join(lines) + "\n"
@@ -277,7 +282,7 @@ class SlurmExecutor:
         return True
 
     def detached(self, active: dict[str, Submission]) -> bool:
-        return self.detach and bool(active)
+        return self.own.detach and bool(active)
 
     def submit(self, sub: Submission) -> str:
         job_id = self._sbatch(sub, [sub])
@@ -309,7 +314,7 @@ class SlurmExecutor:
         script = self.run_dir / f"{name}.sbatch"
         script.write_text(self.script(sub, self.run_dir / f"{sub.step.name}.job.json", array, parallel))
         job_id = command(["sbatch", "--parsable", str(script)]).strip().split(";")[0]
-        if self.cancel_on_exit:
+        if self.own.cancel_on_exit:
             self._watchdog.job(job_id)
         return job_id
 
@@ -351,14 +356,15 @@ class SlurmExecutor:
         """A failed step: scancel the others. Ctrl-C: with --cancel-on-exit (or a yes on a terminal) scancel them,
         else leave them running and detach."""
         ids = [self._handles[n] for n in active]
-        if not ids or self.detach:
+        if not ids or self.own.detach:
             return
-        if force or not interrupted or self.cancel_on_exit or self.ask(f"cancel the run's {len(ids)} unfinished jobs?"):
+        if force or not interrupted or self.own.cancel_on_exit or self.ask(
+                f"cancel the run's {len(ids)} unfinished jobs?"):
             subprocess.run(["scancel", *ids])
             ui.say(f"cancelled jobs {' '.join(ids)}", "yellow")
         else:
             ui.say(f"the jobs go on: `itwin-run status {self.run_id}`, `scancel {' '.join(ids)}`", "yellow")
-            self.detach = True
+            self.own.detach = True
 
     def close(self) -> None:
         self._watchdog.close()
