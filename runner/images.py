@@ -347,11 +347,14 @@ def conda_to_pip(f: Path, text: str) -> str:
 class Pin:
     """A pushed step image, with digests: `image` is all of it (what Docker pulls); for a step with sources also its
     dependency image and an image of its sources' wheels, so that Apptainer converts the dependencies once and
-    overlays the sources (a source edit then costs a small download, not a conversion of torch)."""
+    overlays the sources (a source edit then costs a small download, not a conversion of torch). Pushed by
+    Apptainer, also the SIF (of all of it, or of its dependencies) and the sources' overlay, as oras:// artifacts."""
 
     image: str
     dependencies: str | None = None
     wheels: str | None = None
+    sif: str | None = None
+    overlay: str | None = None
 
 
 def write_pins(path: Path, workflow: Path, pins: dict[str, Pin]) -> None:
@@ -359,9 +362,10 @@ def write_pins(path: Path, workflow: Path, pins: dict[str, Pin]) -> None:
     import json
 
     layers = {step: {"dependencies": p.dependencies, "wheels": p.wheels} for step, p in pins.items() if p.wheels}
+    sifs = {step: {"sif": p.sif, **({"overlay": p.overlay} if p.overlay else {})} for step, p in pins.items() if p.sif}
     data: dict[str, Any] = {"workflow": str(workflow), "images": {step: p.image for step, p in pins.items()}}
-    if layers:
-        data["layers"] = layers
+    data |= {"layers": layers} if layers else {}
+    data |= {"sifs": sifs} if sifs else {}
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -371,12 +375,14 @@ def read_pins(path: Path) -> dict[str, Pin]:
     try:
         data = json.loads(path.read_text())
         images = data["images"]
-        layers = data.get("layers") or {}
+        layers, sifs = data.get("layers") or {}, data.get("sifs") or {}
         assert isinstance(images, dict) and all(isinstance(v, str) for v in images.values())
         assert isinstance(layers, dict) and all(isinstance(v, dict) and isinstance(v.get("dependencies"), str)
                                                 and isinstance(v.get("wheels"), str) for v in layers.values())
+        assert isinstance(sifs, dict) and all(isinstance(v, dict) and isinstance(v.get("sif"), str) and isinstance(
+            v.get("overlay", ""), str) for v in sifs.values())
     except FileNotFoundError:
         raise UsageError(f"{path}: no such image pin file") from None
     except (ValueError, KeyError, AssertionError, TypeError, AttributeError):
         raise UsageError(f"{path}: not an itwin-run image pin file (expected {{\"images\": {{step: reference}}}})") from None
-    return {step: Pin(ref, **layers[step]) if step in layers else Pin(ref) for step, ref in images.items()}
+    return {step: Pin(ref, **layers.get(step, {}), **sifs.get(step, {})) for step, ref in images.items()}

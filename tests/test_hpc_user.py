@@ -129,3 +129,29 @@ def test_a_users_site_profile_gives_slurm_apptainer_the_shared_cache_and_a_folde
     finally:
         shutil.rmtree(reference, ignore_errors=True)
         shutil.rmtree(sites, ignore_errors=True)
+
+
+def test_a_users_node_pulls_the_sifs_the_site_pushed(hpc_user, apptainer_env, docker_client, tmp_path):
+    """#25: the site pushes the toy's images with Apptainer (their SIFs as oras:// artifacts); the user, with no
+    Docker and an empty cache of their own, runs from the pin file: every SIF pulled, none converted, all theirs."""
+    from tests.services import registry
+
+    site = tmp_path / "site"
+    shutil.copytree(TOY, site / "toy", ignore=shutil.ignore_patterns("data", ".itwin-run"))
+    (tmp_path / "registry").mkdir()
+    with registry(tmp_path / "registry") as addr:
+        res = itwin("build", "--engine", "apptainer", "--push", "--registry", f"{addr}/toy", "workflow.yml",
+                    cwd=site / "toy", env={**apptainer_env, SIF_CACHE: str(site / "sif"), "ITWIN_RUN_WHEELHOUSE": "none"})
+        assert res.returncode == 0, res.stderr[-2000:]
+        project = hpc_user.project(site / "toy", "hpc-pins")
+        cache = hpc_user.home / ".cache" / "itwin-run" / "sif"
+        shutil.rmtree(cache, ignore_errors=True)
+        env = {"PATH": f"/tmp/applab/bin:{hpc_user.bin}:/usr/bin:/bin"}  # their own cache: ~/.cache/itwin-run
+        res = hpc_user.itwin("--engine", "apptainer", "--images", "workflow.images.json", "workflow.yml", cwd=project,
+                             env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("pulled ") == 3 and "converted " not in res.stderr, res.stderr[-3000:]
+    uid = pwd.getpwnam(hpc_user.name).pw_uid
+    assert len(list(cache.glob("*.sif"))) == 3 and owners(cache) == {uid}
+    assert owners(project / "data") == {uid}
+    assert (project / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -142,6 +143,52 @@ def test_pinned_sources_reach_apptainer_as_an_overlay(registry, docker_client, a
     drop_local(docker_client, [second["images"]["say"]])
     res = itwin("--images", "wf.images.json", "--force", "wf.yml", cwd=tmp_path)
     assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-2000:]
+
+
+def test_sifs_go_through_the_registry_and_a_node_converts_nothing(toy, registry, docker_client, apptainer_env,
+                                                                   tmp_path, no_leftovers):
+    """#25: `build --push --engine apptainer` pushes the SIFs too, as oras:// artifacts, and the pin file names
+    them; a node with no Docker daemon pulls them into its cache and converts nothing. Apptainer itself pulls what
+    itwin-run pushed."""
+    site = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "site-sif")}
+    res = itwin("build", "--engine", "apptainer", "workflow.yml", "--push", "--registry", f"{registry}/toy", cwd=toy,
+                env=site)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sifs = json.loads((toy / "workflow.images.json").read_text())["sifs"]
+    assert set(sifs) == {"generate", "square", "summarize"}, sifs
+    assert all(p["sif"].startswith(f"oras://{registry}/toy/") and "-sif@sha256:" in p["sif"] for p in sifs.values())
+    node = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "node-sif"), "DOCKER_HOST": "unix:///nonexistent"}
+    res = itwin("--engine", "apptainer", "--images", "workflow.images.json", "workflow.yml", cwd=toy, env=node)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("pulled ") == 3 and "converted " not in res.stderr, res.stderr[-2000:]
+    assert (toy / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\nmarker=from the Dockerfile env")
+    again = itwin("--engine", "apptainer", "--images", "workflow.images.json", "workflow.yml", cwd=toy, env=node)
+    assert again.returncode == 0 and "pulled " not in again.stderr and again.stderr.count("up to date") >= 3
+    tagged = sifs["generate"]["sif"].split("@")[0]
+    pulled = subprocess.run(["apptainer", "pull", "--no-https", str(tmp_path / "own.sif"), tagged], env=node,
+                            capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    ran = subprocess.run(["apptainer", "exec", str(tmp_path / "own.sif"), "python", "-c", "print('inside')"],
+                         env=node, capture_output=True, text=True)
+    assert ran.stdout == "inside\n", ran.stderr[-2000:]
+
+
+def test_a_pushed_source_overlay_is_pulled_not_made(registry, docker_client, apptainer_env, tmp_path, no_leftovers):
+    """A step with sources: its dependency SIF and its source overlay go as two artifacts, and a node pulls both
+    (kilobytes for the overlay once the dependencies are there) instead of converting and installing."""
+    source_project(tmp_path)
+    site = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "site-sif")}
+    res = itwin("build", "--engine", "apptainer", "wf.yml", "--push", "--registry", f"{registry}/src", cwd=tmp_path,
+                env=site)
+    assert res.returncode == 0, res.stderr[-2000:]
+    pin = json.loads((tmp_path / "wf.images.json").read_text())["sifs"]["say"]
+    assert "-sif@sha256:" in pin["sif"] and "-sqfs@sha256:" in pin["overlay"], pin
+    node = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "node-sif"), "DOCKER_HOST": "unix:///nonexistent"}
+    res = itwin("--engine", "apptainer", "--images", "wf.images.json", "wf.yml", cwd=tmp_path, env=node)
+    assert res.returncode == 0 and "say | script first" in res.stdout, res.stderr[-2000:]
+    assert res.stderr.count("pulled ") == 2 and "converted " not in res.stderr and "overlay " not in res.stderr
+    assert sorted(p.suffix for p in (tmp_path / "node-sif").iterdir() if not p.name.startswith(".")) == [".sif",
+                                                                                                         ".sqfs"]
 
 
 def test_pull_never_with_a_missing_image_fails_fast(toy, pushed, docker_client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ui
+from runner.engines.apptainer.artifact import pull_file, push_file
 from runner.engines.apptainer.tool import (
     REGISTRY_SCHEMES,
     executable,
@@ -34,6 +36,7 @@ class ApptainerBuilder:
         self.exe = executable()
         self._docker = None
         self._origin: dict[str, str] = {}  # SIF (or DEPS.sif::SOURCES.sqfs) -> the Docker image it was made from
+        self._pushed: dict[str, str] = {}  # a SIF or overlay -> its artifact, oras://NAME:TAG@DIGEST
         self._noted_flat = False
 
     # ------------------------------------------------------------ images
@@ -62,6 +65,8 @@ class ApptainerBuilder:
                 raise UserError(f"step {spec.step!r}: no SIF of {ref} in {cache} and --pull never forbids pulling it")
             if opts.pull == "always" and build:
                 sif.unlink(missing_ok=True)
+            if spec.pin and spec.pin.sif and not (spec.pin.overlay and opts.single_file):
+                return self._pinned_files(spec, opts, build)
             if spec.pin and spec.pin.dependencies and spec.pin.wheels and mksquashfs() and not opts.single_file:
                 return self._pinned_layers(spec, opts, build)
             if ref.startswith(REGISTRY_SCHEMES):
@@ -110,6 +115,34 @@ class ApptainerBuilder:
         if not present:
             return str(sif), sif.is_file()
         return self._convert(f"docker-daemon://{ref}", sif, spec.step, build)
+
+    def _pinned_files(self, spec: ImageSpec, opts: BuildOptions, build: bool) -> tuple[str, bool]:
+        """A pinned image whose SIF (and source overlay) were pushed as artifacts: pulled into the SIF cache under
+        their digests, once for every process that needs them; nothing converted."""
+        assert spec.pin and spec.pin.sif
+        refs = [spec.pin.sif, *([spec.pin.overlay] if spec.pin.overlay else [])]
+        files = [sif_cache() / (safe_name(ref.rsplit("/", 1)[-1].replace("@sha256:", "_")) + (".sqfs" if i else ".sif"))
+                 for i, ref in enumerate(refs)]  # NAME:TAG-sif_DIGEST.sif: by the digest it was checked against
+        image = OVERLAY.join(map(str, files))
+        if opts.pull == "always" and build:
+            for f in files:
+                f.unlink(missing_ok=True)
+        missing = [(ref, f) for ref, f in zip(refs, files, strict=True) if not f.is_file()]
+        if missing and (not build or opts.pull == "never"):
+            if build:
+                raise UserError(f"step {spec.step!r}: no {files[0].name} in {sif_cache()} and --pull never forbids "
+                                f"pulling it ({missing[0][0]})")
+            return image, False
+        for ref, f in missing:
+            with one_maker(f) as needed:
+                if needed:
+                    start = time.monotonic()
+                    with ui.status(f"pulling {ref} (step {spec.step})"):
+                        pull_file(ref, f)
+                    size = f.stat().st_size
+                    ui.say(f" {f} for {spec.step} in {time.monotonic() - start:.1f}s (" + (
+                        f"{size / 1e6:.0f} MB)" if size >= 1e6 else f"{size / 1e3:.0f} kB)"), "green", prefix="pulled")
+        return image, True
 
     def _pinned_layers(self, spec: ImageSpec, opts: BuildOptions, build: bool) -> tuple[str, bool]:
         """A pinned image with sources: its dependency image as a SIF (converted once, whatever the sources) and an
@@ -226,12 +259,29 @@ class ApptainerBuilder:
         return self._origin.get(ref, ref)
 
     def push(self, ref: str, registry: str) -> Pin:
-        """Push the OCI image the SIF was made from (with its dependency image and wheels: see DockerBuilder.push):
-        the pin file then serves Docker (docker://) and Apptainer (a dependency SIF and a source overlay)."""
+        """Push the OCI image the SIF was made from (with its dependency image and wheels: see DockerBuilder.push),
+        then the SIF and the source overlay themselves, as artifacts named after the images they were made from
+        (NAME:TAG-sif, NAME:TAG-sqfs): the pin file then serves Docker (docker://) and Apptainer, which pulls the
+        files and converts nothing."""
         origin = self._origin.get(ref)
         if origin is None:
             raise UsageError(f"{ref}: not converted from a Docker image here, so there is nothing to push")
-        return self._need_docker("--push").push(origin, registry)
+        pin = self._need_docker("--push").push(origin, registry)
+        parts = [Path(p) for p in image_parts(ref)]
+        sif = self._artifact(parts[0], pin.dependencies if len(parts) > 1 else pin.image, "sif")
+        overlay = self._artifact(parts[1], pin.wheels, "sqfs") if len(parts) > 1 else None
+        return dataclasses.replace(pin, sif=sif, overlay=overlay)
+
+    def _artifact(self, path: Path, made_from: str | None, kind: str) -> str:
+        """Push one file (once per process) as the artifact beside the image it was made from."""
+        if str(path) not in self._pushed:
+            assert made_from
+            target = f"{made_from.split('@')[0]}-{kind}"
+            start = time.monotonic()
+            with ui.status(f"pushing {path.name} to oras://{target}"):
+                self._pushed[str(path)] = push_file(path, target)
+            ui.say(f" {self._pushed[str(path)]} in {time.monotonic() - start:.1f}s", "green", prefix="pushed")
+        return self._pushed[str(path)]
 
     def save(self, refs: list[str], dest: Path) -> list[Path]:
         """The SIFs into dest/sif (a cluster's nodes load them into their SIF cache), and the Docker images they
