@@ -279,9 +279,9 @@ def images(root: RootOpt = None,
            ) -> None:
     """List the images and SIFs itwin-run made that this project's step records or pin files name, and those
     nothing names (what `prune` removes): size, last use, and what names them."""
-    from runner import cache
+    from runner import inventory
 
-    cache.listing((root or Path.cwd()).resolve(), everything)
+    inventory.listing((root or Path.cwd()).resolve(), everything)
 
 
 @app.command()
@@ -296,9 +296,9 @@ def prune(
 ) -> None:
     """Remove images and SIFs itwin-run made that no step record or pin file of this project names (and, with
     --older-than, what was not used for N days). Never an image a container uses, nor one itwin-run did not make."""
-    from runner import cache
+    from runner import inventory
 
-    cache.prune((root or Path.cwd()).resolve(), older_than, dry_run, everything)
+    inventory.prune((root or Path.cwd()).resolve(), older_than, dry_run, everything)
 
 
 @app.command("status")

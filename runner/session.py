@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from runner import record, ui
-from runner.cache import remember
 from runner.engines.base import ImageBuilder, StepRunner
 from runner.errors import ENDING_SIGNALS, Interrupted, StepFailed, UsageError, UserError
 from runner.executors import follow_detached
 from runner.executors.base import Executor, Loop, Outcome, RunOptions, Submission
 from runner.freshness import Freshness
 from runner.images import LABEL, BuildOptions
+from runner.inventory import remember
 from runner.plan import check_access, check_inputs, job_for, prepare_output, resolve_images, select, wrote_nothing
 from runner.record import failed, upstream_failed
 from runner.state import State, complete_step

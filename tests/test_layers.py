@@ -135,7 +135,7 @@ def test_no_function_body_over_60_lines(tmp_path):
 
 # What asks the engines and executors instead of knowing them: the mount policy (what they guard), the inventory
 # (where their images are), doctor (their checks, their registry login) and the command line (their flags).
-NEUTRAL = ["policy", "cache", "doctor", "cli"]
+NEUTRAL = ["policy", "inventory", "doctor", "cli"]
 SHORTCUTS = {"cli": {"cwl"}}  # `--cwl`, the brief's name for `--executor cwl`
 
 

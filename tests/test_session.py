@@ -517,7 +517,7 @@ def test_a_finished_steps_live_line_goes_when_it_ends(project, monkeypatch):
 
 def _remember_at_once(root: str, cache: str, barrier) -> None:
     os.environ["XDG_CACHE_HOME"] = cache
-    from runner.cache import remember
+    from runner.inventory import remember
 
     barrier.wait()
     remember(Path(root))
@@ -528,7 +528,7 @@ def test_runs_that_start_together_are_each_remembered_for_prune(tmp_path, monkey
     at the same moment, from as many processes, all keep their note."""
     import multiprocessing
 
-    from runner.cache import projects
+    from runner.inventory import projects
 
     ctx = multiprocessing.get_context("fork")
     roots = [tmp_path / f"p{i}" for i in range(12)]

@@ -13,7 +13,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from runner import usage
+from runner import accounting
 from runner.engines.base import Cancelled, GpuShare, Job, host_gpus, time_limit
 from runner.engines.docker.client import (
     GONE,
@@ -164,7 +164,7 @@ class DockerRunner:
         measured. A daemon with the systemd cgroup driver refuses the parent (it takes slices): see run()."""
         if self._cgroup_v == -1:
             local = self._api().base_url.startswith("http+docker://localhost")
-            self._cgroup_v = usage.version() if usage.enabled() and local else None
+            self._cgroup_v = accounting.version() if accounting.enabled() and local else None
         return self._cgroup_v
 
     @staticmethod
@@ -200,7 +200,7 @@ class DockerRunner:
         self._watch()
         network = self._network(job.image) if self._labels else None
         v = self.cgroup_version()
-        cid, parent = self._create(api, job, gpus, network, usage.Parent(v) if v else None)
+        cid, parent = self._create(api, job, gpus, network, accounting.Parent(v) if v else None)
         try:
             if network and self._holder is not None and not self._holder.running():
                 with self._lock:  # the holder could not start: this step gets a network of its own
@@ -240,7 +240,7 @@ class DockerRunner:
                 self._removals.append(removal)
 
     def _create(self, api: Any, job: Job, gpus: list[str] | None, network: str | None,
-                parent: usage.Parent | None) -> tuple[str, usage.Parent | None]:
+                parent: accounting.Parent | None) -> tuple[str, accounting.Parent | None]:
         """The step's container, created (not after interrupt()), and the cgroup parent it is measured in: none
         where the daemon's cgroup driver refuses one (systemd), from then on."""
         binds = {str(m.source): {"bind": str(m.target), "mode": "ro" if m.read_only else "rw"} for m in job.mounts}
@@ -302,7 +302,7 @@ class DockerRunner:
         """The container's output as it comes (stdout and stderr), until it exits."""
         return api.logs(cid, stream=True, follow=True)
 
-    def _remove(self, cid: str, parent: usage.Parent | None) -> None:
+    def _remove(self, cid: str, parent: accounting.Parent | None) -> None:
         try:
             self._api().remove_container(cid, force=True)
         except GONE:

@@ -75,7 +75,7 @@ def _forms(ref: str) -> list[str]:
     return [ref, f"{repo}@{digest}"] if repo != name else [ref]
 
 
-def inventory(root: Path) -> tuple[list[Entry], list[str]]:
+def inventory_of(root: Path) -> tuple[list[Entry], list[str]]:
     """Everything each engine made, with what names it in the projects itwin-run ran on this machine (`root`
     first); and a note per engine that could not be asked (no daemon, say)."""
     items: list[Made] = []
@@ -194,7 +194,7 @@ def listing(where: Path, everything: bool = False) -> None:
     """Print what each engine made, with what names it (`itwin-run images`): what this project names and what
     nothing names (what `prune` would remove), or with `everything` what every project names, one line each in the
     terminal's width (100 columns without one)."""
-    entries, notes = inventory(where)
+    entries, notes = inventory_of(where)
     for note in notes:
         ui.say(note, "yellow")
     shown = sorted((e for e in entries if everything or e.ours or not e.named_by),
@@ -221,7 +221,7 @@ def listing(where: Path, everything: bool = False) -> None:
 def prune(where: Path, older_than: float | None, dry_run: bool, everything: bool) -> None:
     """Remove (or with dry_run, name) what no record or pin file names, and with older_than what was not used
     for that many days (`itwin-run prune`)."""
-    entries, notes = inventory(where)
+    entries, notes = inventory_of(where)
     for note in notes:
         ui.say(note, "yellow")
     doomed = to_prune(entries, older_than, everything)
