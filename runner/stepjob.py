@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runner.engines import Cancelled, get_runner
 from runner.engines.base import Job, failure_reason
+from runner.errors import UserError
 from runner.policy import masker
 from runner.state import complete_step
 from runner.tree import empty_output
@@ -33,16 +34,20 @@ def main(argv: list[str] | None = None) -> int:
                   "org.itwin-run.task": task})
     signal.signal(signal.SIGTERM, lambda signum, frame: runner.interrupt(force=False))
     hide = masker(job.env)
+    refused = ""
     try:
         code = runner.run(job, lambda line: print(hide(line), flush=True))
     except Cancelled:
         code = 143
+    except UserError as exc:  # the engine could not start the step here (its image not on this node, say)
+        refused, code = str(exc), exc.exit_code
+        print(f"error: {refused}", flush=True)
     finally:
         runner.end()
     if task == "0":
         exit_file = Path(spec["exit_file"])
         # what the step used and why the engine stopped it, for the session's record (written before the exit code)
-        reason = failure_reason(runner, job, code, []) if code else ""
+        reason = refused or (failure_reason(runner, job, code, []) if code else "")
         exit_file.with_suffix(".usage.json").write_text(json.dumps({**job.usage, "reason": reason}))
         exit_file.write_text(f"{code}\n")
         if code == 0 and not empty_output(spec["output"], spec.get("allow_empty_output", False)):

@@ -71,8 +71,8 @@ def test_init_runs_at_once_and_refuses_a_folder_that_holds_anything(tmp_path, do
     assert res.returncode == 0, res.stderr
     project = tmp_path / "proj"
     assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == [
-        ".gitignore", "README.md", "envs/generate.txt", "envs/stats.txt", "steps/generate.py", "steps/stats.py",
-        "workflow.yml"]
+        ".gitignore", "README.md", "envs/generate.txt", "envs/stats.txt", "sites/example.yml", "steps/generate.py",
+        "steps/stats.py", "workflow.yml"]
     res = itwin("workflow.yml", cwd=project)
     assert res.returncode == 0, res.stderr
     assert (project / "data/summary/summary.txt").read_text() == "count=10\nsum=55\nmean=5.5\n"

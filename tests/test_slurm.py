@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +52,48 @@ def test_toy_workflow_under_slurm_matches_local(toy, slurm_env, docker_client, n
         assert f"{step}: COMPLETED" in res.stderr
     again = slurm("workflow.yml", cwd=toy, env=slurm_env)  # resume: nothing is resubmitted
     assert again.returncode == 0 and "submitted" not in again.stderr and again.stderr.count(": up to date") == 3
+
+
+def test_images_are_made_before_the_first_sbatch_and_no_job_converts(toy, slurm_env, tmp_path):
+    """#25: the session converts the SIFs before it submits anything, so a batch job only runs its step (a compute
+    node may have no Docker, no network, no room to unpack an image): every `apptainer build` comes from outside any
+    job, and every job's `apptainer exec` from inside one."""
+    log = tmp_path / "apptainer.log"
+    wrapper = tmp_path / "bin" / "apptainer"
+    wrapper.parent.mkdir()
+    real = shutil.which("apptainer", path=slurm_env["PATH"])
+    wrapper.write_text(f'#!/bin/sh\necho "job=${{SLURM_JOB_ID:-none}} $*" >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**slurm_env, "PATH": f"{wrapper.parent}:{slurm_env['PATH']}", "ITWIN_RUN_SIF_CACHE": str(tmp_path / "sif")}
+    res = slurm("workflow.yml", cwd=toy, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    calls = [line.split()[:3] for line in log.read_text().splitlines()]
+    builds = [job for job, *args in calls if args[0] == "build"]
+    runs = [job for job, *args in calls if "exec" in args]
+    assert builds == ["job=none"] * 3 and len(runs) == 3 and "job=none" not in runs, calls
+
+
+def test_a_job_on_a_node_that_cannot_see_its_sif_says_so_in_one_line(toy, apptainer_env, tmp_path):
+    """#25: what a batch job runs (runner.stepjob) on a compute node without the shared SIF cache: one line naming
+    the file and the fix, and its exit code and reason written for the session; no traceback."""
+    from runner.engines.base import Job
+
+    gone = tmp_path / "not-mounted-here" / "step.sif"
+    job = Job(step="generate", image=f"{gone}", argv=["true"], workdir=toy, mounts=[], env={},
+              user=f"{os.getuid()}:{os.getgid()}")
+    spec = tmp_path / "generate.job.json"
+    spec.write_text(json.dumps({"engine": "apptainer", "run_id": "r", "root": str(toy), "key": "workflow.yml/generate",
+                                "output": str(tmp_path / "out"), "parts": {}, "inputs": {}, "job": job.to_dict(),
+                                "exit_file": str(tmp_path / "generate.exit")}))
+    res = subprocess.run([sys.executable, "-m", "runner.stepjob", str(spec)], cwd=REPO,
+                         env={**os.environ, **apptainer_env}, capture_output=True, text=True)
+    out = res.stdout + res.stderr
+    assert res.returncode == 3 and "Traceback" not in out, out
+    assert out.splitlines() == [f"error: step 'generate': cannot read {gone} on {os.uname().nodename}: its SIF cache "
+                                "must be on a filesystem every node mounts at the same path (ITWIN_RUN_SIF_CACHE), or "
+                                "the SIFs loaded on this node (`itwin-run load`)"], out
+    assert (tmp_path / "generate.exit").read_text() == "3\n"
+    assert json.loads((tmp_path / "generate.usage.json").read_text())["reason"] == out.splitlines()[0][7:]
 
 
 def test_failure_cancels_dependents_and_resume_resubmits_only_what_is_needed(toy, slurm_env):

@@ -70,6 +70,11 @@ class ApptainerRunner:
         if job.user != me:
             raise UserError(f"step {job.step!r}: apptainer runs steps as the calling user ({me}); "
                             f"--user {job.user} needs the Docker engine")
+        for part in image_parts(job.image):  # a node that does not see the cache: one line, before apptainer's own
+            if not os.access(part, os.R_OK):
+                raise UserError(f"step {job.step!r}: cannot read {part} on {os.uname().nodename}: its SIF cache must be "
+                                "on a filesystem every node mounts at the same path (ITWIN_RUN_SIF_CACHE), or the SIFs "
+                                "loaded on this node (`itwin-run load`)")
         options = ["--cleanenv", "--containall", "--pwd", str(job.workdir)]
         if os.getuid() == 0:
             options.append("--no-privs")
