@@ -221,12 +221,8 @@ class DockerRunner:
             job.usage["wall_s"] = round(time.monotonic() - started, 3)
             if timer:
                 timer.cancel()
-            if code and job.limits.memory and "killed" not in job.usage:
-                try:
-                    if api.inspect_container(cid)["State"].get("OOMKilled"):
-                        job.usage["killed"] = f"out of memory (limit {job.limits.memory})"
-                except docker.errors.APIError:
-                    pass
+            if code and job.limits.memory and "killed" not in job.usage and self._oom_killed(api, cid, code):
+                job.usage["killed"] = f"out of memory (limit {job.limits.memory})"
             return code
         finally:
             with self._lock:
@@ -238,6 +234,19 @@ class DockerRunner:
             removal.start()
             with self._lock:
                 self._removals.append(removal)
+
+    @staticmethod
+    def _oom_killed(api: Any, cid: str, code: int) -> bool:
+        """Whether the kernel's OOM killer ended the container. The daemon learns it from an event of its own that
+        may come after the exit, on a busy machine: a SIGKILL (137) is asked again for up to a second."""
+        for attempt in range(10 if code == 137 else 1):
+            time.sleep(0.1 if attempt else 0)
+            try:
+                if api.inspect_container(cid)["State"].get("OOMKilled"):
+                    return True
+            except docker.errors.APIError:
+                return False
+        return False
 
     def _create(self, api: Any, job: Job, gpus: list[str] | None, network: str | None,
                 parent: accounting.Parent | None) -> tuple[str, accounting.Parent | None]:
