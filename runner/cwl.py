@@ -6,6 +6,7 @@ content-hashed tag or SIF) through cwltool's --overrides, matching CWL step ids 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -36,6 +37,19 @@ def _steps(cwl: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.get("run") if isinstance(v, dict) else None) for k, v in steps.items()}
 
 
+def _tools(path: Path) -> list[Path]:
+    """The tool files a step's `run` names: itself, or every tool of its sub-workflow (a sweep's points and pick),
+    which a requirement of the sub-workflow would not reach (their own DockerRequirement wins over it)."""
+    path = path.resolve()
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return [path]  # cwltool says what is wrong with it
+    if not isinstance(doc, dict) or doc.get("class") != "Workflow":
+        return [path]
+    return [path, *(t for run in _steps(doc).values() if isinstance(run, str) for t in _tools(path.parent / run))]
+
+
 def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: bool = True,
               gpus: dict[str, Any] | None = None, limits: dict[str, Limits] | None = None) -> dict[str, Any]:
     """cwltool overrides: each tool run by a step named like a classical step gets that step's image."""
@@ -56,9 +70,11 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
         if not isinstance(run, str):
             raise UsageError(f"{cwl_file}: step {step_id}: put its tool in a file of its own (run: tool.cwl) so that "
                             "itwin-run can give it the step image")
-        reqs = requirements(wf, step, images[step.name], at_dataset, (gpus or {}).get(step.name, step.gpus),
-                            (limits or {}).get(step.name), overriding=True)
-        out[(cwl_file.parent / run).resolve().as_uri()] = {"requirements": reqs}
+        # a sweep's points are staged apart by cwltool: none of them writes at the dataset's own path
+        reqs = requirements(wf, step, images[step.name], at_dataset and not step.sweep,
+                            (gpus or {}).get(step.name, step.gpus), (limits or {}).get(step.name), overriding=True)
+        for tool in _tools(cwl_file.parent / run):
+            out[tool.as_uri()] = {"requirements": reqs}
     if unknown:
         raise UsageError(f"{cwl_file}: CWL steps {', '.join(unknown)} match no step of {wf.path.name} "
                         f"({', '.join(by_name)}): name them alike")
@@ -124,30 +140,86 @@ def _id(name: str) -> str:
 
 def export(wf: Workflow, images: dict[str, str], outdir: Path) -> list[Path]:
     """A CWL v1.2 Workflow plus one CommandLineTool per step; argv and outputs as the classical run has them."""
-    sweep = next((s for s in wf.steps if s.sweep), None)
-    if sweep:  # a CWL scatter would be its form: not written yet
-        raise UsageError(f"{wf.path}:{sweep.at}: {sweep.name}.sweep: export-cwl does not write sweeps yet")
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     wf_inputs: dict[str, Any] = {}
     wf_steps: dict[str, Any] = {}
     producers = writers(wf.steps)
-    for step in wf.steps:
+    for step in (s for s in wf.steps if not s.parent):  # a sweep's points are its scatter
         tool, step_in = tool_for(wf, step, images[step.name], producers, wf_inputs)
-        path = outdir / f"{step.name}.cwl"
-        path.write_text("#!/usr/bin/env cwl-runner\n" + yaml.safe_dump(tool, sort_keys=False))
-        written.append(path)
-        wf_steps[step.name] = {"run": path.name, "in": step_in, "out": ["output"] if step.output else []}
+        tools = sweep_tools(step, tool, step_in, images[step.name]) if step.sweep else {step.name: tool}
+        for name, doc in tools.items():
+            written.append(_write(outdir / f"{name}.cwl", doc))
+        wf_steps[step.name] = {"run": f"{step.name}.cwl", "in": step_in, "out": ["output"] if step.output else []}
     workflow = {
         "cwlVersion": "v1.2", "class": "Workflow",
         "doc": f"Exported by itwin-run from {wf.path.name}",
+        **({"requirements": {"SubworkflowFeatureRequirement": {}}} if any(s.sweep for s in wf.steps) else {}),
         "inputs": wf_inputs,
-        "outputs": {s.output: {"type": "Directory", "outputSource": f"{s.name}/output"} for s in wf.steps if s.output},
+        "outputs": {s.output: {"type": "Directory", "outputSource": f"{s.name}/output"}
+                    for s in wf.steps if s.output and not s.parent},
         "steps": wf_steps,
     }
-    path = outdir / "workflow.cwl"
-    path.write_text("#!/usr/bin/env cwl-runner\n" + yaml.safe_dump(workflow, sort_keys=False))
-    return [path, *written]
+    return [_write(outdir / "workflow.cwl", workflow), *written]
+
+
+def _write(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text("#!/usr/bin/env cwl-runner\n" + yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+# What a sweep's pick runs in the step's image (which has Python): each point's folder copied under its name, the best
+# linked as `best`, and sweep.json, as itwin-run's own pick writes them. argv: METRIC MODE POINTS(JSON) FOLDER...
+PICK = """\
+import json, math, os, shutil, sys
+metric, mode, points, folders = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4:]
+for row, folder in zip(points, folders, strict=True):
+    shutil.copytree(folder, row["point"], symlinks=True)
+    try:
+        value = float(json.load(open(os.path.join(row["point"], "metrics.json")))[metric])
+    except (OSError, ValueError, KeyError, TypeError):
+        value = math.nan
+    row.update(finished=True, **{metric: value if math.isfinite(value) else None})
+scored = [row for row in points if row[metric] is not None]
+if not scored:
+    sys.exit(f"no point wrote {metric} to its metrics.json")
+best = (min if mode == "min" else max)(scored, key=lambda row: row[metric])["point"]
+os.symlink(best, "best")
+record = {"metric": metric, "mode": mode, "best": best, "points": points}
+open("sweep.json", "w").write(json.dumps(record, indent=2) + "\\n")
+"""
+
+
+def sweep_tools(step: StepSpec, tool: dict[str, Any], step_in: dict[str, Any],
+                image: str) -> dict[str, dict[str, Any]]:
+    """A sweep as a CWL sub-workflow, by file name: its points a scatter (the grid's cartesian product, in the order
+    itwin-run runs them) of the step's tool, and a pick that gathers them into the output dataset."""
+    assert step.sweep
+    name, grid = step.name, step.sweep.grid
+    keys = {key: f"sweep_{_id(key)}" for key in grid}
+    sub_inputs: dict[str, Any] = {k: {"type": tool["inputs"][k]["type"]} for k in step_in}  # what the step is given
+    for i, (key, inp) in enumerate(keys.items()):  # the grid's values follow the params, as in the classical argv
+        types = {_cwl_type(v) for v in grid[key]}
+        typ = types.pop() if len(types) == 1 else "string"
+        tool["inputs"][inp] = {"type": typ, "inputBinding": {"position": 10_000 + i, "prefix": f"--{key}"}}
+        sub_inputs[inp] = {"type": {"type": "array", "items": typ},
+                           "default": [v if typ != "string" else str(v) for v in grid[key]]}
+    best = step.sweep.best
+    rows = [{"point": p.slug, "params": p.values} for p in step.points]
+    pick = {"cwlVersion": "v1.2", "class": "CommandLineTool", "doc": f"The best point of sweep {name}",
+            "requirements": {"DockerRequirement": {"dockerPull": image}},
+            "baseCommand": ["python3", "-c", PICK], "arguments": [best.metric, best.mode, json.dumps(rows)],
+            "inputs": {"points": {"type": "Directory[]", "inputBinding": {"position": 1}}},
+            "outputs": {"output": {"type": "Directory", "outputBinding": {"glob": "$(runtime.outdir)"}}}}
+    sub = {"cwlVersion": "v1.2", "class": "Workflow", "doc": f"Sweep {name}: every point, then the best",
+           "requirements": {"ScatterFeatureRequirement": {}},
+           "inputs": sub_inputs,
+           "outputs": {"output": {"type": "Directory", "outputSource": f"{name}-best/output"}},
+           "steps": {f"{name}-points": {"run": f"{name}-point.cwl", "in": {k: k for k in sub_inputs},
+                               "scatter": list(keys.values()), "scatterMethod": "flat_crossproduct", "out": ["output"]},
+                     f"{name}-best": {"run": f"{name}-best.cwl", "in": {"points": f"{name}-points/output"},
+                                           "out": ["output"]}}}
+    return {name: sub, f"{name}-point": tool, f"{name}-best": pick}
 
 
 def tool_for(wf: Workflow, step: StepSpec, image: str, writers: dict[str, str],

@@ -155,14 +155,14 @@ class RunSession:
         loop = Loop(list(steps))
         self.executor.start(self.run_id, self.run_dir, {f"{LABEL}.run": self.run_id})
         if self.executor.whole_workflow:  # all or nothing: up to date only when every step is
-            subs = [self._submission(s, images[s.name], []) for s in steps]
+            subs = [self._submission(s, images[s.name], []) for s in steps if not s.sweep]  # a sweep: its points
             fresh = [self._up_to_date(sub) for sub in subs]
             for sub in (sub for sub, ok in zip(subs, fresh, strict=True) if ok):
                 self.freshness.why[sub.step.name] = "its workflow runs whole (cwltool)"
             if all(fresh):
-                for step in steps:
-                    self._finish(step.name, "up to date")
-                loop.pending = []
+                for sub in subs:
+                    self._finish(sub.step.name, "up to date")
+                loop.pending = [s for s in steps if s.sweep]  # each picks its best again (no container)
         try:
             while loop.pending or loop.active:
                 if not self.cancel_code and not loop.stopping:
@@ -200,6 +200,8 @@ class RunSession:
             if not self.executor.has_room(len(loop.active)):
                 break
             if step.sweep:  # once every point has ended: the best of them goes on
+                if whole and all(u in loop.handles for u in deps[step.name]):  # the CWL step that scatters them
+                    loop.handles.setdefault(step.name, step.name)
                 if all(self.status.get(u) not in (None, "running") for u in deps[step.name]):
                     loop.pending.remove(step)
                     joined = self._join(step)  # always: with --keep-going a point may have failed

@@ -158,3 +158,94 @@ def test_cwl_mode_applies_resources_and_refuses_what_cwltool_cannot_take(toy, cl
     wf.write_text(text)
     retried = itwin("--cwl", "--retries", "1", "workflow.yml", cwd=toy)
     assert retried.returncode == 2 and "retries do not apply to --cwl" in retried.stderr
+
+
+SWEEP = """
+datasets:
+  scores: {location: ./data/scores}
+  chosen: {location: ./data/chosen}
+steps:
+  - train:
+      input: null
+      output: scores
+      command: python ./steps/point.py
+      env: {file: ./envs/requirements.txt}
+      params: {scale: 3}
+      sweep:
+        grid: {a: [1, 2], b: [xy, x]}
+        best: {metric: loss, mode: min}
+  - read:
+      input: scores
+      output: chosen
+      command: python ./steps/read.py
+      env: {file: ./envs/requirements.txt}
+"""
+POINT = """import argparse, json, pathlib
+p = argparse.ArgumentParser()
+for k in ("--output", "--scale", "--a", "--b"):
+    p.add_argument(k)
+a = p.parse_args()
+out = pathlib.Path(a.output)
+(out / "metrics.json").write_text(json.dumps({"loss": int(a.scale) * int(a.a) * len(a.b)}))
+(out / "args.txt").write_text(f"{a.scale} {a.a} {a.b}")
+"""
+READ = """import argparse, pathlib
+p = argparse.ArgumentParser()
+p.add_argument("--input")
+p.add_argument("--output")
+a = p.parse_args()
+src = pathlib.Path(a.input)
+names = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.is_symlink())
+(pathlib.Path(a.output) / "chosen.txt").write_text((src / "best" / "args.txt").read_text() + " of " + " ".join(names))
+"""
+
+
+def sweep_project(toy: Path) -> Path:
+    (toy / "sweep.yml").write_text(SWEEP)
+    (toy / "steps" / "point.py").write_text(POINT)
+    (toy / "steps" / "read.py").write_text(READ)
+    return toy / "sweep.yml"
+
+
+def test_a_sweep_is_a_cwl_scatter_that_cwltool_and_cwl_mode_run(toy, docker_client, no_leftovers):
+    sweep_project(toy)
+    res = itwin("sweep.yml", cwd=toy)  # classical: what the CWL runs must match
+    assert res.returncode == 0, res.stderr[-2000:]
+    classical = outputs(toy / "data")
+    assert os.readlink(toy / "data/scores/best") == "a-1_b-x"
+    shutil.rmtree(toy / "data")
+    shutil.rmtree(toy / ".itwin-run")
+
+    res = itwin("export-cwl", "sweep.yml", "-o", "cwl", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [f"cwl/{f}.cwl" for f in ("workflow", "train", "train-point", "train-best", "read")]
+    sub = (toy / "cwl/train.cwl").read_text()
+    assert "scatter:" in sub and "flat_crossproduct" in sub and "ScatterFeatureRequirement" in sub
+    out = toy / "cwl-out"
+    plain = subprocess.run([CWLTOOL, "--quiet", "--outdir", str(out), "--tmpdir-prefix", f"{toy}/cwl-tmp/",
+                            "--tmp-outdir-prefix", f"{toy}/cwl-tmp/", "cwl/workflow.cwl"],
+                           capture_output=True, text=True, cwd=toy)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    result = json.loads(plain.stdout)
+    scores = Path(result["scores"]["path"])
+    assert os.readlink(scores / "best") == "a-1_b-x"
+    assert json.loads((scores / "sweep.json").read_text())["best"] == "a-1_b-x"
+    for name in ("scores", "chosen"):  # every point's files, the pick and the step after it, as classical
+        got = {k: v for k, v in outputs(Path(result[name]["path"])).items() if not k.endswith("sweep.json")}
+        assert got == {k.split("/", 1)[1]: v for k, v in classical.items()
+                       if k.startswith(name + "/") and not k.endswith("sweep.json")}, name
+    assert (Path(result["chosen"]["path"]) / "chosen.txt").read_text() == \
+        "3 1 x of a-1_b-x a-1_b-xy a-2_b-x a-2_b-xy"
+
+    (toy / "sweep.yml").write_text(SWEEP + "workflowFileCWL: cwl/workflow.cwl\n")
+    res = itwin("--cwl", "sweep.yml", cwd=toy)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert outputs(toy / "data") == classical  # sweep.json too: the run's pick rewrote it as classical runs do
+    assert not list((toy / "data").glob("*.before-*"))  # nothing was there to keep
+    steps = json.loads(next((toy / ".itwin-run" / "runs").glob("*/manifest.json")).read_text())["steps"]
+    assert {n: s["status"] for n, s in steps.items()} == {
+        **{f"train.{p}": "done" for p in ("a-1_b-xy", "a-1_b-x", "a-2_b-xy", "a-2_b-x")},
+        "train": "done", "read": "done"}
+    assert steps["train"]["best"] == "a-1_b-x"
+    again = itwin("--cwl", "sweep.yml", cwd=toy)
+    assert again.returncode == 0 and "cwltool |" not in again.stdout, again.stdout[-2000:]

@@ -290,7 +290,7 @@ def test_an_executor_that_takes_arrays_gets_the_points_together(tmp_path):
     assert runner.started[-1] == "predict"
 
 
-@pytest.mark.parametrize("where", ["slurm --detach", "cwl"])
+@pytest.mark.parametrize("where", ["slurm --detach"])
 def test_a_sweep_is_refused_where_no_process_stays_to_pick_the_best(tmp_path, where):
     path = write(tmp_path)
     path.write_text(path.read_text() + "workflowFileCWL: wf.cwl\n")

@@ -50,7 +50,7 @@ class CwlExecutor:
     whole_workflow = True  # all steps go to cwltool at once; none can be skipped on its own
     runs_as_caller = True  # cwltool runs the tools as the calling user
     single_file_images = True  # DockerRequirement.dockerImageId: one SIF
-    refuses_sweeps = "through cwltool (a CWL scatter would be its form)"
+    refuses_sweeps = ""  # the CWL file scatters the sweep's step (export-cwl writes it so)
     arrays = False
     status = outcomes = None
 
@@ -98,9 +98,11 @@ class CwlExecutor:
         return (self.wf.root / str(self.wf.extra.get(CWL_KEY, ""))).resolve()
 
     def _command(self, workdir: Path) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
-        images = {s.step.name: s.job.image for s in self.subs}
-        gpus = {s.step.name: s.job.gpus for s in self.subs}
-        limits = {s.step.name: s.job.limits for s in self.subs}
+        subs = [*self.subs, *(dataclasses.replace(s, step=self.wf.step(s.step.parent)) for s in self.subs
+                              if s.step.parent)]  # a sweep's own step: the CWL step that scatters its points
+        images = {s.step.name: s.job.image for s in subs}
+        gpus = {s.step.name: s.job.gpus for s in subs}
+        limits = {s.step.name: s.job.limits for s in subs}
         strict = []
         if any(limits.values()):
             # ResourceRequirement becomes the containers' --cpus/--memory only when cwltool is told to enforce it, and
@@ -199,8 +201,11 @@ class CwlExecutor:
         outs = []
         for s in self.subs:
             # cwltool reports each step at INFO level, which --no-warnings hides: success of the whole says it too
-            name, said = s.step.name, report.get(s.step.name) or ("success" if code == 0 else None)
-            at_dataset = self.runner.cwl_output_at_dataset or (s.step.output in placed)
+            # a point: what cwltool says of its sweep's step, and its folder in the dataset
+            name = s.step.name
+            said = report.get(s.step.parent or name) or ("success" if code == 0 else None)
+            at_dataset = (self.runner.cwl_output_at_dataset or s.step.output in placed) and (
+                not s.step.point or (self.wf.output_dir(s.step) or Path()).is_dir())
             if said == "success" and (at_dataset or not s.step.output):
                 outs.append(Outcome(name, "done", exit_code=0, ended=ended))
             elif said == "success":
@@ -259,12 +264,12 @@ def place_outputs(wf: Workflow, result: dict[str, Any]) -> set[str]:
         src.chmod(src.stat().st_mode | 0o755)
         if src.resolve() == dest:
             continue
-        if dest.exists() and any(dest.iterdir()):
+        if dest.exists() and any(not p.is_dir() or p.is_symlink() for p in dest.rglob("*")):
             kept = dest.with_name(f"{dest.name}.before-{stamp}")
             dest.rename(kept)
             ui.say(f"note: the earlier contents of dataset {name} are kept in {kept}", "yellow")
-        elif dest.exists():
-            dest.rmdir()
+        elif dest.exists():  # empty, or empty folders (a sweep's points, made for them before cwltool ran)
+            shutil.rmtree(dest)
         shutil.move(str(src), dest)
         ui.say(f" {name} -> {dest}", "green", prefix="output")
     return placed
