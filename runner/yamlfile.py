@@ -17,14 +17,14 @@ def compose(text: str, fname: str) -> tuple[Any, Lines]:
     try:
         node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml where there is one
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark else 1
+        at = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)  # not `mark`: build() calls it
+        line = at.line + 1 if at else 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        row = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
-        if mark and "\t" in row[:mark.column + 1]:  # YAML indents with spaces only
+        row = text.splitlines()[at.line] if at and at.line < len(text.splitlines()) else ""
+        if at and "\t" in row[:at.column + 1]:  # YAML indents with spaces only
             col = row.index("\t") + 1
             raise ValidationError([f"{fname}:{line}:{col}: yaml: a tab at column {col}: indent with spaces"]) from None
-        raise ValidationError([f"{fname}:{line}:{mark.column + 1 if mark else 1}: yaml: {problem}"]) from None
+        raise ValidationError([f"{fname}:{line}:{at.column + 1 if at else 1}: yaml: {problem}"]) from None
     lines: Lines = {}
     constructor = yaml.SafeLoader("")
 
@@ -47,8 +47,9 @@ def compose(text: str, fname: str) -> tuple[Any, Lines]:
             return [build(v, path + (i,)) for i, v in enumerate(n.value)]
         try:
             return constructor.construct_object(n, deep=True)
-        except yaml.YAMLError as exc:
-            raise ValidationError([f"{fname}:{mark(n)}: {dotted(path)}: {exc}"]) from None
+        except (yaml.YAMLError, ValueError, TypeError) as exc:  # `!!int abc` is a ValueError of the constructor's
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValidationError([f"{fname}:{mark(n)}: {dotted(path)}: {n.tag} {n.value!r}: {problem}"]) from None
 
     if node is None:
         return None, lines

@@ -476,3 +476,19 @@ def test_concurrent_gpu_steps_on_a_workstation_get_distinct_gpus():
     assert GpuShare([]).take(1) is None  # the node's GPUs unknown: the runtime chooses, as before
     assert gpu_requests(1, {}, ids=["1"])[0]["DeviceIDs"] == ["1"]
     assert gpu_requests(1, {})[0]["Count"] == 1
+
+
+@pytest.mark.parametrize("text, where, said", [
+    ("datasets: {a: {location: ./a}}\nsteps: []\ndatasets: {}\n", "3:1", "datasets: duplicate key"),
+    ("datasets: {a: {location: ./a}}\nsteps:\n  - s: {command: x, command: y}\n", "3:21", "steps[0].s.command: "
+     "duplicate key"),
+    ("datasets:\n  ? [a]\n  : {location: ./a}\nsteps: []\n", "2:5", "datasets: keys must be plain names"),
+    ("datasets: {a: {location: !!int abc}}\nsteps: []\n", "1:26", "datasets.a.location: tag:yaml.org,2002:int 'abc': "
+     "invalid literal"),
+])
+def test_a_duplicate_or_odd_key_is_one_line_with_its_place(tmp_path, text, where, said):
+    (tmp_path / "wf.yml").write_text(text)
+    with pytest.raises(ValidationError) as err:
+        workflow.load(tmp_path / "wf.yml", root=tmp_path)
+    (line,) = err.value.problems
+    assert line.startswith(f"{tmp_path / 'wf.yml'}:{where}: {said}"), line
