@@ -10,6 +10,7 @@ from typing import Any
 
 from runner.engines.base import Job
 from runner.executors.base import Submission
+from runner.limits import THREAD_VARS
 from runner.state import ProjectFiles, State, fingerprint, step_fingerprint, why
 from runner.workflow import StepSpec, Workflow, dependencies
 
@@ -27,7 +28,8 @@ class Freshness:
             env_files = [s.env_file for s in self.wf.steps if s.env_file]  # in the image hash already
             self._files = ProjectFiles(self.wf.root, self.state, [*self.wf.datasets.values(), *env_files])
         files = self._files.read_by(step.depends, self._named_by_others(step))
-        return {"image": job.image, "engine": engine, "argv": job.argv, "env": job.env, "user": job.user,
+        env = {k: v for k, v in job.env.items() if k not in THREAD_VARS or k in step.env.vars}  # not a share
+        return {"image": job.image, "engine": engine, "argv": job.argv, "env": env, "user": job.user,
                 "gpus": job.gpus, "project": fingerprint(files=files), "files": files}
 
     def _named_by_others(self, step: StepSpec) -> set[str]:

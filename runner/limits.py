@@ -14,6 +14,11 @@ SLURM_TIME = r"^(\d+(-\d{1,2}(:\d{1,2}){0,2})?|\d+(:\d{1,2}){1,2}|UNLIMITED|INFI
 SBATCH_FLAG = r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:/@%+=-]+)?$"
 
 
+# What OpenMP, BLAS and PyTorch size their thread pools by: a step that shares the CPUs is told its share, as
+# Snakemake tells a rule its `threads` (more threads than CPUs only wait for each other).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 def sbatch_flag(x: str) -> str:
     """One `--flag[=value]` token of sbatch's, but --wrap (it replaces the batch script)."""
     if x == "--wrap" or x.startswith("--wrap="):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from runner.engines.base import ImageBuilder, Job, Mount
 from runner.errors import UsageError
 from runner.executors.base import RunOptions
 from runner.images import LABEL, BuildOptions, ImageSpec, Pin, spec_for, write_pins
-from runner.limits import Limits
+from runner.limits import THREAD_VARS, Limits
 from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
 from runner.tree import empty_output
 from runner.workflow import StepSpec, Workflow, dependencies
@@ -94,8 +96,30 @@ def resolve_images(wf: Workflow, builder: ImageBuilder, opts: BuildOptions, *, b
     return out
 
 
+def cpu_share(steps: list[StepSpec], deps: dict[str, set[str]], jobs: int) -> int | None:
+    """The threads each step may start when up to `jobs` steps run side by side on this machine: its CPUs over how
+    many of `steps` can run at once (the widest level of their DAG, a sweep's points `parallel` at a time); None
+    when they run one at a time."""
+    level: dict[str, int] = {}
+    for name in TopologicalSorter({s.name: deps.get(s.name, set()) for s in steps}).static_order():
+        level[name] = 1 + max((level[u] for u in deps.get(name, ()) if u in level), default=0)
+    width: Counter = Counter()
+    for s in steps:
+        if not s.sweep:  # a sweep's own step runs no container
+            width[level[s.name], s.parent] += 1
+    parallel = {s.name: s.sweep.parallel for s in steps if s.sweep and s.sweep.parallel}
+    side = Counter()
+    for (lvl, sweep), n in width.items():
+        side[lvl] += min(n, parallel.get(sweep or "", n))
+    at_once = min(jobs, max(side.values(), default=1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // at_once) if at_once > 1 else None
+
+
 def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_id: str,
-            limits: Limits | None = None, binds: list[Path] = ()) -> Job:
+            limits: Limits | None = None, binds: list[Path] = (), share: int | None = None) -> Job:
+    """`share`: the threads a step may start beside the others (cpu_share); its own CPU limit comes first, and the
+    step's own thread settings (env.vars) win over both."""
     own = {wf.root, *wf.datasets.values()}
     mounts = [Mount(wf.root, wf.root, read_only=True), *(Mount(b, b, read_only=True) for b in binds if b not in own)]
     mounts += [Mount(wf.datasets[d], wf.datasets[d], read_only=True) for d in step.inputs]
@@ -106,8 +130,12 @@ def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_
         best = wf.step(step.parent).sweep
         env |= {ENV_SWEEP: step.parent, ENV_POINT: step.point.slug,
                 **({ENV_BEST: f"{best.best.metric}:{best.best.mode}"} if best else {})}
+    limits = limits or step.limits
+    threads = max(1, int(limits.cpus)) if limits.cpus else share
+    if threads and not any(v in env for v in THREAD_VARS):
+        env |= dict.fromkeys(THREAD_VARS, str(threads))
     return Job(step=step.name, image=image, argv=wf.argv(step), workdir=wf.root, mounts=mounts, env=env, user=user,
-               gpus=gpus if gpus is not None else step.gpus, limits=limits or step.limits,
+               gpus=gpus if gpus is not None else step.gpus, limits=limits,
                labels={f"{LABEL}.run": run_id, f"{LABEL}.step": step.name})
 
 

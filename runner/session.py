@@ -23,7 +23,7 @@ from runner.executors.base import Executor, Loop, Outcome, RunOptions, Submissio
 from runner.freshness import Freshness
 from runner.images import LABEL, BuildOptions
 from runner.inventory import remember
-from runner.plan import check_access, check_inputs, job_for, prepare_output, resolve_images, select, wrote_nothing
+from runner.plan import check_access, check_inputs, cpu_share, job_for, prepare_output, resolve_images, select, wrote_nothing
 from runner.record import failed, upstream_failed
 from runner.state import State, complete_step
 from runner.sweep import settle
@@ -53,12 +53,14 @@ class RunSession:
         self._written = 0.0  # when the manifest was last written
         self._unwritten = False  # a step started since
         self._image_ids: dict[str, str | None] = {}
+        self._share: int | None = None  # the threads of a step beside others (plan.cpu_share)
         self.freshness = Freshness(wf, self.state)
 
     # ------------------------------------------------------------ the run
 
     def run(self) -> None:
         steps = select(self.wf, self.opts)
+        self._share = cpu_share(steps, dependencies(self.wf), self.opts.jobs) if self.executor.shares_cpus else None
         self.executor.check(self.opts, steps)  # flags this executor cannot honour: refused before anything starts
         sweep = next((s for s in steps if s.sweep), None)
         if sweep and self.executor.refuses_sweeps:
@@ -117,9 +119,8 @@ class RunSession:
     # ------------------------------------------------------------ signals: one flag for the whole run
 
     def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {sig: signal.signal(sig, self._on_signal) for sig in ENDING_SIGNALS}
+        main = threading.current_thread() is threading.main_thread()
+        return {sig: signal.signal(sig, self._on_signal) for sig in ENDING_SIGNALS} if main else {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         first = not self.cancel_code
@@ -139,7 +140,7 @@ class RunSession:
     def _submission(self, step: StepSpec, image: str, after: list[str], fingerprinted: bool = True) -> Submission:
         limits = dataclasses.replace(step.limits, cpus=self.opts.cpus or step.limits.cpus,
                                      memory=self.opts.memory or step.limits.memory)
-        job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits, self.opts.binds)
+        job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits, self.opts.binds, self._share)
         output = self.wf.output_dir(step)
         return Submission(step=step, job=job, key=State.record_key(self.wf.root, self.wf.path, step.name),
                           parts=self.freshness.parts(step, job, self.runner.name) if fingerprinted else {},
@@ -192,8 +193,7 @@ class RunSession:
                              str(self.run_dir / f"{loop.failure.step}.log"), reason=loop.failure.reason)
 
     def _start_ready(self, loop: Loop, images: dict[str, str]) -> None:
-        """Submit each pending step whose inputs are ready (or, to an executor that orders steps itself, submitted);
-        settle those that need not run."""
+        """Submit each step whose inputs are ready (or submitted, where the executor orders steps); settle the rest."""
         deps, whole, arrays = self._deps, self.executor.whole_workflow, self.executor.arrays
         points: dict[str, list[Submission]] = {}  # a sweep's points, for an executor that submits them as one array
         for step in list(loop.pending):
@@ -277,8 +277,7 @@ class RunSession:
             return True
         return False
 
-    def _busy(self, sweep: str, active: dict[str, Submission]) -> bool:
-        """Whether the sweep runs as many points as its `parallel` allows."""
+    def _busy(self, sweep: str, active: dict[str, Submission]) -> bool:  # as many points as its `parallel` allows
         limit = self.wf.step(sweep).sweep.parallel  # type: ignore[union-attr]
         return limit is not None and sum(sub.step.parent == sweep for sub in active.values()) >= limit
 
@@ -337,8 +336,7 @@ class RunSession:
         self._flush()
 
     def _flush(self) -> None:
-        """What runs now, on disk within a second (a killed runner's record says which steps it was running); at
-        most once a second (long chains)."""
+        """What runs now, on disk within a second, at most once a second (a killed runner's record says so)."""
         if self._unwritten and time.monotonic() - self._written >= 1.0:
             self.state.write_manifest(self.run_id, self.manifest)
             self._written, self._unwritten = time.monotonic(), False

@@ -16,6 +16,8 @@ from runner.errors import StepFailed, UserError, ValidationError
 from runner.executors.cwl import CwlExecutor
 from runner.executors.local import LocalExecutor
 from runner.executors.slurm import SlurmExecutor, SlurmSettings
+from runner.limits import THREAD_VARS
+from runner.plan import cpu_share
 from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
 from tests.fakes import FakeBuilder, FakeRunner
 
@@ -147,6 +149,55 @@ def test_parallel_bounds_the_points_at_once(tmp_path):
 
     go(tmp_path, sweep_runner(loss=loss), jobs=4)
     assert most[0] == 2  # parallel: 2, though --jobs 4
+
+
+def cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def test_points_side_by_side_are_told_their_share_of_the_cpus_and_a_share_reruns_nothing(tmp_path):
+    """parallel: 2 under --jobs 4: two points at a time, each told half the CPUs as its threads (OpenMP, BLAS,
+    PyTorch read these); one at a time: nothing said. A share is no input: a rerun with --jobs 1 runs nothing."""
+    write(tmp_path)
+    seen: list = []
+    go(tmp_path, sweep_runner(seen=seen), jobs=4)
+    share = str(max(1, cpus() // 2))
+    assert {job.env.get(var) for job in seen for var in THREAD_VARS} == {share}
+    again = sweep_runner()
+    go(tmp_path, again, jobs=1)
+    assert again.started == []
+    seen.clear()
+    go(tmp_path, sweep_runner(seen=seen), jobs=1, force=[])
+    assert len(seen) == 4 and not any(var in job.env for job in seen for var in THREAD_VARS)
+
+
+def test_a_cpu_limit_or_the_steps_own_setting_comes_before_the_share(tmp_path):
+    path = write(tmp_path)
+    text = path.read_text().replace("      params: {config: ./ai.yml}\n",
+                                    "      params: {config: ./ai.yml}\n      resources: {cpus: 1.5}\n")
+    path.write_text(text)
+    seen: list = []
+    go(tmp_path, sweep_runner(seen=seen), jobs=1)
+    assert {job.env["OMP_NUM_THREADS"] for job in seen} == {"1"}  # one at a time, but 1.5 CPUs: one thread
+    path.write_text(text.replace("env: {file: env.txt}\n      params",
+                                 "env: {file: env.txt, vars: {OMP_NUM_THREADS: 3}}\n      params", 1))
+    seen.clear()
+    go(tmp_path, sweep_runner(seen=seen), jobs=4)
+    assert {job.env["OMP_NUM_THREADS"] for job in seen} == {"3"} and not any("MKL_NUM_THREADS" in j.env for j in seen)
+
+
+def test_a_chain_runs_one_at_a_time_whatever_jobs_says():
+    deps = {"a": set(), "b": {"a"}, "c": {"b"}}
+    steps = [_Step(n) for n in deps]
+    assert cpu_share(steps, deps, jobs=8) is None
+    wide = {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"a"}, "e": {"b", "c", "d"}}
+    assert cpu_share([_Step(n) for n in wide], wide, jobs=8) == max(1, cpus() // 3)
+    assert cpu_share([_Step(n) for n in wide], wide, jobs=2) == max(1, cpus() // 2)
+
+
+class _Step:
+    def __init__(self, name: str):
+        self.name, self.sweep, self.parent = name, None, None
 
 
 def test_a_rerun_runs_only_new_points_and_nothing_when_nothing_changed(tmp_path):

@@ -52,6 +52,7 @@ class CwlExecutor:
     single_file_images = True  # DockerRequirement.dockerImageId: one SIF
     refuses_sweeps = ""  # the CWL file scatters the sweep's step (export-cwl writes it so)
     arrays = False
+    shares_cpus = False
     status = outcomes = None
 
     @staticmethod

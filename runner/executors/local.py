@@ -46,6 +46,7 @@ class LocalExecutor:
     single_file_images = False
     refuses_sweeps = ""
     arrays = False
+    shares_cpus = True
     doctor = status = outcomes = None
 
     @classmethod

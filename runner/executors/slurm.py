@@ -45,12 +45,8 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     if not job_ids:
         return {}
     out = command(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])  # -r: each array task
-    states = {}
-    for line in out.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
-            states[parts[0]] = (parts[1], parts[2])
-    return states
+    rows = [line.strip().split("|") for line in out.splitlines()]
+    return {parts[0]: (parts[1], parts[2]) for parts in rows if len(parts) == 3}
 
 
 def accounting_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -168,6 +164,7 @@ class SlurmExecutor:
     runs_as_caller: bool = False
     single_file_images: bool = False
     arrays: bool = True  # a sweep's points go as one job array (submit_array)
+    shares_cpus: bool = False
     doctor: ClassVar = staticmethod(doctor)
     status: ClassVar = staticmethod(status)
     outcomes: ClassVar = staticmethod(outcomes)

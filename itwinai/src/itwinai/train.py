@@ -272,6 +272,7 @@ def train(cfg: MLOpsConfig, input_dir: str | None, output_dir: str | None, uri: 
         # every rank's own count, summed (a rank may see a batch more or less than another): a collective call
         import torch
 
+        print(f"itwinai: {torch.get_num_threads()} CPU thread(s)", flush=True)  # OMP_NUM_THREADS where it is set
         count = torch.tensor(counter.samples, dtype=torch.float64, device=trainer_obj.strategy.root_device)
         samples = int(trainer_obj.strategy.reduce(count, reduce_op="sum"))
         best = _best_checkpoint(trainer_obj)
