@@ -199,9 +199,10 @@ class RunSession:
         for step in list(loop.pending):
             if not self.executor.has_room(len(loop.active)):
                 break
-            if step.sweep:  # once every point has ended: the best of them goes on
-                if whole and all(u in loop.handles for u in deps[step.name]):  # the CWL step that scatters them
-                    loop.handles.setdefault(step.name, step.name)
+            if step.sweep and whole and all(u in loop.handles for u in deps[step.name]):  # the CWL step: its scatter
+                loop.handles.setdefault(step.name, step.name)
+            # once every point has ended, the best of them goes on; where the session leaves, a job picks it
+            if step.sweep and not (any(u in loop.active for u in deps[step.name]) and self.executor.detached(loop.active)):
                 if all(self.status.get(u) not in (None, "running") for u in deps[step.name]):
                     loop.pending.remove(step)
                     joined = self._join(step)  # always: with --keep-going a point may have failed
@@ -232,6 +233,8 @@ class RunSession:
             handles = self.executor.submit_array(subs, self.wf.step(sweep).sweep.parallel)  # type: ignore[union-attr]
             for sub, handle in zip(subs, handles, strict=True):
                 self._track(loop, sub, handle)
+        if points:  # what waits on them (with their handles now)
+            self._start_ready(loop, images)
 
     def _track(self, loop: Loop, sub: Submission, handle: str) -> None:
         loop.handles[sub.step.name] = handle

@@ -17,11 +17,14 @@ from runner.engines.base import Job, failure_reason
 from runner.errors import UserError
 from runner.policy import masker
 from runner.state import complete_step
+from runner.sweep import Best, Point, settle
 from runner.tree import empty_output
 
 
 def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    if "pick" in spec:
+        return pick(spec)
     job = Job.from_dict(spec["job"])
     task = os.environ.get("SLURM_PROCID", "0")
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -45,13 +48,36 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         runner.end()
     if task == "0":
-        exit_file = Path(spec["exit_file"])
         # what the step used and why the engine stopped it, for the session's record (written before the exit code)
-        reason = refused or (failure_reason(runner, job, code, []) if code else "")
-        exit_file.with_suffix(".usage.json").write_text(json.dumps({**job.usage, "reason": reason}))
-        exit_file.write_text(f"{code}\n")
+        ended(spec, code, job.usage, refused or (failure_reason(runner, job, code, []) if code else ""))
         if code == 0 and not empty_output(spec["output"], spec.get("allow_empty_output", False)):
             complete_step(Path(spec["root"]), spec["key"], spec["parts"], spec["inputs"], spec["output"], spec["run_id"])
+    return code
+
+
+def ended(spec: dict, code: int, usage: dict, reason: str) -> None:
+    exit_file = Path(spec["exit_file"])
+    exit_file.with_suffix(".usage.json").write_text(json.dumps({**usage, "reason": reason}))
+    exit_file.write_text(f"{code}\n")
+
+
+def pick(spec: dict) -> int:
+    """A sweep's own step as a job of its own (a detached run): once its points' jobs have ended, whatever their
+    end, the best point that finished is linked as OUTPUT/best, as the session does. It fails when a point failed,
+    as a session without --keep-going does, and when no point has the metric."""
+    states: dict[str, str | None] = {}
+    for slug, (_, exit_file) in spec["pick"]["points"].items():
+        code = Path(exit_file).read_text().strip() if exit_file and Path(exit_file).is_file() else None
+        states[slug] = "up to date" if exit_file is None else "done" if code == "0" else "failed"
+    points = [Point(slug, values) for slug, (values, _) in spec["pick"]["points"].items()]
+    status, info, lines = settle(Path(spec["output"]), points, Best(**spec["pick"]["best"]), states)
+    print("\n".join(lines), flush=True)
+    failed = [slug for slug, st in states.items() if st == "failed"]
+    reason = f"point(s) {', '.join(failed)} failed" if failed else info.get("reason", "")
+    code = 1 if failed or status == "failed" else 0
+    if code:
+        print(f"error: sweep {spec['job']['step']}: {reason}", flush=True)
+    ended(spec, code, {}, reason)
     return code
 
 

@@ -245,23 +245,27 @@ json.dump({"loss": (a.x - 2) ** 2 + a.y}, open(os.path.join(a.output, "metrics.j
 """
 
 
-def test_a_sweep_is_one_job_array_and_the_best_goes_on(toy, slurm_env):
+def with_sweep(toy: Path, x: str = "[1, 2, 3]") -> None:
     (toy / "steps" / "point.py").write_text(POINT)
-    text = (toy / "workflow.yml").read_text()
+    text = (REPO / "tests" / "toy" / "workflow.yml").read_text()
     text = text.replace("  - square:\n      input: raw\n", """  - fit:
       input: raw
       output: fits
       command: python ./steps/point.py
       env: {file: ./envs/requirements.txt}
       sweep:
-        grid: {x: [1, 2, 3], y: [0]}
+        grid: {x: X, y: [0]}
         best: {metric: loss, mode: min}
         parallel: 2
   - square:
       input: raw
 """).replace("datasets:\n", "datasets:\n  fits:\n    location: ./data/fits\n")
     text = text.replace("      input: squares\n      output: summary", "      input: [fits, squares]\n      output: summary")
-    (toy / "workflow.yml").write_text(text)
+    (toy / "workflow.yml").write_text(text.replace("{x: X,", "{x: " + x + ","))
+
+
+def test_a_sweep_is_one_job_array_and_the_best_goes_on(toy, slurm_env):
+    with_sweep(toy)
     res = slurm("workflow.yml", cwd=toy, env=slurm_env)
     assert res.returncode == 0, res.stderr[-3000:]
     arrays = re.findall(r"submitted the 3 points of fit as job array (\d+) \(2 at a time\)", res.stderr)
@@ -277,3 +281,49 @@ def test_a_sweep_is_one_job_array_and_the_best_goes_on(toy, slurm_env):
     assert "summarize: COMPLETED" in res.stderr  # what reads the sweep ran after it
     again = slurm("workflow.yml", cwd=toy, env=slurm_env)
     assert again.returncode == 0 and "submitted" not in again.stderr
+
+
+def test_a_detached_sweep_picks_its_best_in_a_job_after_its_array(toy, slurm_env):
+    """Nobody stays to pick: the sweep's own step is a job after the array's tasks (afterany), what reads the sweep
+    waits on it, and `status` and `history` learn how each ended. A failed point fails the pick and what reads it."""
+    with_sweep(toy)
+    res = slurm("--detach", "workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (array,) = re.findall(r"submitted the 3 points of fit as job array (\d+)", res.stderr)
+    pick = re.search(r"submitted fit as job (\d+) \(after ([^)]*)\)", res.stderr)
+    assert pick and {f"{array}_{i}" for i in range(3)} <= set(pick.group(2).split(", ")), res.stderr[-3000:]
+    assert re.search(rf"submitted summarize as job \d+ \(after .*{pick.group(1)}", res.stderr)
+    run_id = res.stderr.split("itwin-run status ")[1].split("`")[0]
+    script = (toy / ".itwin-run" / "runs" / run_id / "fit.sbatch").read_text()
+    assert "#SBATCH --dependency=afterany:" in script and "--array" not in script
+    rows = ended_rows(toy, run_id, slurm_env)
+    assert {r[0]: r[2] for r in rows}["fit"] == "COMPLETED" and all(r[2] == "COMPLETED" for r in rows), rows
+    fits = toy / "data" / "fits"
+    assert os.readlink(fits / "best") == "x-2_y-0"
+    assert "best: x-2_y-0 (loss 0, of 3 point(s))" in (toy / ".itwin-run" / "runs" / run_id / "fit.log").read_text()
+    (row,) = [r for r in itwin("history", cwd=toy, env=slurm_env).stdout.splitlines() if r.startswith(run_id)]
+    assert " succeeded " in row, row
+
+    with_sweep(toy, "[1, 2, 3, bad]")  # the new point fails (not a number): the pick fails, summarize never runs
+    res = slurm("--detach", "workflow.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "submitted the" not in res.stderr and "submitted fit.x-bad_y-0 as job" in res.stderr  # only the new point
+    run_id = res.stderr.split("itwin-run status ")[1].split("`")[0]
+    states = {r[0]: r[2] for r in ended_rows(toy, run_id, slurm_env)}
+    assert states["fit.x-bad_y-0"] == "FAILED" and states["fit"] == "FAILED", states
+    assert states["summarize"] != "COMPLETED", states
+    log = (toy / ".itwin-run" / "runs" / run_id / "fit.log").read_text()
+    assert "error: sweep fit: point(s) x-bad_y-0 failed" in log, log
+    (row,) = [r for r in itwin("history", cwd=toy, env=slurm_env).stdout.splitlines() if r.startswith(run_id)]
+    assert " failed " in row, row
+
+
+def ended_rows(toy: Path, run_id: str, env: dict) -> list[list[str]]:
+    """`status RUN` rows once every job has ended."""
+    for _ in range(600):
+        st = itwin("status", run_id, cwd=toy, env=env)
+        rows = [line.split("\t") for line in st.stdout.splitlines()]
+        if rows and not any(r[2] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "submitted") for r in rows):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not end: {rows}")

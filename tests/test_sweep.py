@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner import report, session, workflow
-from runner.errors import StepFailed, UserError, ValidationError
-from runner.executors.cwl import CwlExecutor
+from runner.errors import StepFailed, ValidationError
 from runner.executors.local import LocalExecutor
-from runner.executors.slurm import SlurmExecutor, SlurmSettings
 from runner.limits import THREAD_VARS
 from runner.plan import cpu_share
 from runner.sweep import ENV_BEST, ENV_POINT, ENV_SWEEP
@@ -341,17 +339,40 @@ def test_an_executor_that_takes_arrays_gets_the_points_together(tmp_path):
     assert runner.started[-1] == "predict"
 
 
-@pytest.mark.parametrize("where", ["slurm --detach"])
-def test_a_sweep_is_refused_where_no_process_stays_to_pick_the_best(tmp_path, where):
-    path = write(tmp_path)
-    path.write_text(path.read_text() + "workflowFileCWL: wf.cwl\n")
-    (tmp_path / "wf.cwl").write_text("class: Workflow\n")
-    w = workflow.load(path, root=tmp_path)
+class DetachingExecutor(ArrayExecutor):
+    """Takes every step at once, ordered by handles, and leaves them to run on (SLURM --detach): nothing runs here."""
+
+    orders_itself = True
+
+    def __init__(self, runner, jobs):
+        super().__init__(runner, jobs)
+        self.given: list[tuple[str, list[str]]] = []
+
+    def submit(self, sub):
+        self.given.append((sub.step.name, list(sub.after)))
+        return f"job-{sub.step.name}"
+
+    def has_room(self, active):
+        return True
+
+    def detached(self, active):
+        return bool(active)
+
+
+def test_a_detached_sweep_leaves_its_pick_to_a_job_after_its_points(tmp_path):
+    """Nobody stays to pick the best point: the sweep's own step is submitted too, after every point of the array,
+    and what reads the sweep waits on that step."""
+    write(tmp_path)
     runner = sweep_runner()
-    executor = SlurmExecutor(SlurmSettings(detach=True)) if where.startswith("slurm") else CwlExecutor(runner, w)
-    with pytest.raises(UserError, match=r"wf.yml:\d+:\d+: train.sweep: not yet (with --detach|through cwltool)"):
-        session.RunSession(w, FakeBuilder(), runner, executor, session.RunOptions()).run()
-    assert runner.started == [] and not (tmp_path / ".itwin-run" / "runs").exists()
+    executor = DetachingExecutor(runner, 1)
+    s = session.RunSession(workflow.load(tmp_path / "wf.yml", root=tmp_path), FakeBuilder(), runner, executor,
+                           session.RunOptions())
+    s.run()
+    points = [n for n in s.manifest["steps"] if n.startswith("train.")]
+    assert executor.arrays_given == [(points, 2)]
+    assert executor.given == [*((p, []) for p in points), ("train", [f"job-{p}" for p in points]),
+                              ("predict", ["job-train"])]
+    assert s.manifest["status"] == "submitted" and runner.started == []
 
 
 def test_the_report_has_a_table_of_points_with_the_best_marked(tmp_path):

@@ -165,6 +165,7 @@ class SlurmExecutor:
     single_file_images: bool = False
     arrays: bool = True  # a sweep's points go as one job array (submit_array)
     shares_cpus: bool = False
+    refuses_sweeps: ClassVar[str] = ""  # with --detach, a job of its own picks the best point (runner.stepjob)
     doctor: ClassVar = staticmethod(doctor)
     status: ClassVar = staticmethod(status)
     outcomes: ClassVar = staticmethod(outcomes)
@@ -172,10 +173,6 @@ class SlurmExecutor:
     @classmethod
     def create(cls, common: Common, settings: SlurmSettings) -> SlurmExecutor:
         return cls(settings, common.runner.name, common.ask)
-
-    @property
-    def refuses_sweeps(self) -> str:
-        return "with --detach (this process picks the best point once the points end)" if self.own.detach else ""
 
     def __post_init__(self) -> None:
         self.run_id, self.run_dir = "", Path(".")
@@ -218,8 +215,9 @@ class SlurmExecutor:
                  f"#SBATCH --output={'/dev/null' if array else sub.log}", f"#SBATCH --chdir={sub.job.workdir}"]
         if array:
             lines.append(f"#SBATCH --array=0-{len(array) - 1}" + (f"%{parallel}" if parallel else ""))
-        if sub.after:
-            lines += [f"#SBATCH --dependency=afterok:{':'.join(sub.after)}", "#SBATCH --kill-on-invalid-dep=yes"]
+        if sub.after:  # a sweep's pick runs however its points ended (it says which failed)
+            kind = "afterany" if sub.step.sweep else "afterok"
+            lines += [f"#SBATCH --dependency={kind}:{':'.join(sub.after)}", "#SBATCH --kill-on-invalid-dep=yes"]
         # resources: map to SLURM's own options; a step's `slurm:` values, where given, are more specific
         limits, gpus = sub.job.limits, sub.job.gpus
         per_gpu = self.own.cpus_per_gpu if gpus else None  # SLURM takes it or --cpus-per-task, not both
@@ -253,9 +251,15 @@ class SlurmExecutor:
         return "\n".join(lines) + "\n"
 
     def _spec(self, sub: Submission) -> str:
+        step, pick = sub.step, None
+        if step.sweep:  # its pick: each point's values and exit file (None: up to date, it did not run)
+            ran = {p.slug: self.run_dir / f"{step.name}.{p.slug}.exit" for p in step.points
+                   if f"{step.name}.{p.slug}" in self._handles}
+            pick = {"best": step.sweep.best.model_dump(),
+                    "points": {p.slug: [p.values, str(ran[p.slug]) if p.slug in ran else None] for p in step.points}}
         return json.dumps({"engine": self.engine, "run_id": self.run_id, "root": str(sub.job.workdir), "key": sub.key,
                            "output": sub.output, "parts": sub.parts, "inputs": sub.inputs, "job": sub.job.to_dict(),
-                           "exit_file": str(sub.log.with_suffix(".exit")),
+                           "exit_file": str(sub.log.with_suffix(".exit")), **({"pick": pick} if pick else {}),
                            "allow_empty_output": sub.step.allow_empty_output}, indent=1, default=str)
 
     def dry_run(self, subs: list[Submission], present: dict[str, bool]) -> None:
