@@ -214,7 +214,7 @@ class RunSession:
                 continue
             if step.parent and not arrays and self._busy(step.parent, loop.active):
                 continue
-            waiting = [u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date")]
+            waiting = sorted(u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date"))
             if waiting and not (self.executor.orders_itself and all(u in loop.handles for u in waiting)):
                 continue
             loop.pending.remove(step)
