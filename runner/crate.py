@@ -119,7 +119,7 @@ def _steps(crate, wf: Workflow, workflow) -> tuple[dict[str, Any], dict[str, Any
     for position, step in enumerate(s for s in wf.steps if not s.parent):
         inputs = [formal(f"#{step.name}-in-{d}", d, "Dataset") for d in step.inputs]
         inputs += [formal(f"#{step.name}-param-{k}", k, "Text") for k in
-                   [*step.params, *(step.sweep.grid if step.sweep else ())]]
+                   [*step.params, *(step.sweep.keys if step.sweep else ())]]
         outputs = [formal(f"#{step.name}-out-{step.output}", step.output, "Dataset")] if step.output else []
         tools[step.name] = _entity(crate, f"#tool-{step.name}", {"@type": "SoftwareApplication", "name": step.command,
                                                                  "input": inputs, "output": outputs})

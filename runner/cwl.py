@@ -140,6 +140,10 @@ def _id(name: str) -> str:
 
 def export(wf: Workflow, images: dict[str, str], outdir: Path) -> list[Path]:
     """A CWL v1.2 Workflow plus one CommandLineTool per step; argv and outputs as the classical run has them."""
+    adaptive = next((s for s in wf.steps if s.sweep and s.sweep.optuna), None)
+    if adaptive:
+        raise UsageError(f"{wf.path}:{adaptive.at}: {adaptive.name}.sweep.optuna: an adaptive sweep has no CWL form "
+                         "(a scatter is fixed in advance): export a grid")
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     wf_inputs: dict[str, Any] = {}
@@ -195,7 +199,7 @@ def sweep_tools(step: StepSpec, tool: dict[str, Any], step_in: dict[str, Any],
     """A sweep as a CWL sub-workflow, by file name: its points a scatter (the grid's cartesian product, in the order
     itwin-run runs them) of the step's tool, and a pick that gathers them into the output dataset."""
     assert step.sweep
-    name, grid = step.name, step.sweep.grid
+    name, grid = step.name, step.sweep.grid or {}
     keys = {key: f"sweep_{_id(key)}" for key in grid}
     sub_inputs: dict[str, Any] = {k: {"type": tool["inputs"][k]["type"]} for k in step_in}  # what the step is given
     for i, (key, inp) in enumerate(keys.items()):  # the grid's values follow the params, as in the classical argv

@@ -21,11 +21,12 @@ from runner.errors import ENDING_SIGNALS, Interrupted, StepFailed, UsageError, U
 from runner.executors import follow_detached
 from runner.executors.base import Executor, Loop, Outcome, RunOptions, Submission
 from runner.freshness import Freshness
-from runner.images import LABEL, BuildOptions
+from runner.images import LABEL
 from runner.inventory import remember
 from runner.plan import check_access, check_inputs, cpu_share, job_for, prepare_output, resolve_images, select, wrote_nothing
 from runner.record import failed, upstream_failed
 from runner.state import State, complete_step
+from runner.study import Studies
 from runner.sweep import settle
 from runner.workflow import StepSpec, Workflow, dependencies
 
@@ -55,6 +56,8 @@ class RunSession:
         self._image_ids: dict[str, str | None] = {}
         self._share: int | None = None  # the threads of a step beside others (plan.cpu_share)
         self.freshness = Freshness(wf, self.state)
+        self.studies = Studies(wf, self.state.dir / "studies")
+        self.build_opts = dataclasses.replace(opts.build, single_file=executor.single_file_images)
 
     # ------------------------------------------------------------ the run
 
@@ -66,8 +69,7 @@ class RunSession:
         if sweep and self.executor.refuses_sweeps:
             raise UsageError(f"{self.wf.path}:{sweep.at}: {sweep.name}.sweep: not yet {self.executor.refuses_sweeps}")
         if os.getuid() == 0 and not self.opts.user and not self.user.startswith("0:"):
-            ui.say(f"note: steps run as uid:gid {self.user}, not root (you are root; --user 0:0 runs them as root)",
-                   "dim")
+            ui.say(f"note: steps run as uid:gid {self.user}, not root (you are root; --user 0:0 runs them as root)", "dim")
         if any(s.env.prefix for s in steps):
             ui.say("note: env.prefix (the prototype's conda location) is ignored: steps run in container images", "dim")
         check_inputs(self.wf, steps)  # what a run refuses is refused before anything starts, in a dry run too
@@ -80,15 +82,13 @@ class RunSession:
         try:
             live = follow_detached(self.wf.root)
             if live:  # never a second writer beside a job that still runs
-                raise UserError(f"run {live[0]} (detached) still has jobs queued or running on {self.wf.root}: follow "
-                                f"it with `itwin-run status {live[0]}`, or scancel its jobs, and run again once they "
-                                "end")
+                raise UserError(f"run {live[0]} (detached) still has jobs queued or running on {self.wf.root}: follow it with "
+                                f"`itwin-run status {live[0]}`, or scancel its jobs, and run again once they end")
             self._start_manifest(steps)
             try:
                 self._phase = "images"
-                sub = Workflow(path=self.wf.path, root=self.wf.root, datasets=self.wf.datasets, steps=steps,
-                               extra=self.wf.extra)
-                images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self._build_options(),
+                sub = Workflow(path=self.wf.path, root=self.wf.root, datasets=self.wf.datasets, steps=steps, extra=self.wf.extra)
+                images = {k: ref for k, (ref, _) in resolve_images(sub, self.builder, self.build_opts,
                                                                    pinned=self.opts.pinned).items()}
                 self._image_ids = {ref: self.builder.identity(ref) for ref in set(images.values())}
                 self.runner.clean(self.state.over)  # before any step: no container of a dead run writes beside it
@@ -105,11 +105,8 @@ class RunSession:
                 signal.signal(sig, handler)
             self.state.unlock()
 
-    def _build_options(self) -> BuildOptions:
-        return dataclasses.replace(self.opts.build, single_file=self.executor.single_file_images)
-
     def _dry_run(self, steps: list[StepSpec]) -> None:
-        images = resolve_images(self.wf, self.builder, self._build_options(), build=False, pinned=self.opts.pinned)
+        images = resolve_images(self.wf, self.builder, self.build_opts, build=False, pinned=self.opts.pinned)
         subs = [self._submission(s, images[s.name][0], [], fingerprinted=False) for s in steps if not s.sweep]
         for line in self.freshness.plan(steps, images, lambda step, ref: self._submission(step, ref, []),
                                         lambda sub: self._up_to_date(sub)):
@@ -138,6 +135,7 @@ class RunSession:
     # ------------------------------------------------------------ scheduling
 
     def _submission(self, step: StepSpec, image: str, after: list[str], fingerprinted: bool = True) -> Submission:
+        step = self.studies.trial(step, self.status, ask=not self.opts.dry_run)  # an adaptive sweep's: its values
         limits = dataclasses.replace(step.limits, cpus=self.opts.cpus or step.limits.cpus,
                                      memory=self.opts.memory or step.limits.memory)
         job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits, self.opts.binds, self._share)
@@ -215,6 +213,8 @@ class RunSession:
             if step.parent and not arrays and self._busy(step.parent, loop.active):
                 continue
             waiting = sorted(u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date"))
+            if any(self.status.get(u) in (None, "running") for u in step.after):  # a trial: the wave before has not ended
+                continue
             if waiting and not (self.executor.orders_itself and all(u in loop.handles for u in waiting)):
                 continue
             loop.pending.remove(step)
@@ -259,8 +259,7 @@ class RunSession:
         if loop.failure and not self.opts.keep_going and not loop.stopping:
             loop.stopping = True
             if loop.active:
-                ui.say(f"stopping the running steps: {loop.failure.step} failed (--keep-going lets them finish)",
-                       "yellow")
+                ui.say(f"stopping the running steps: {loop.failure.step} failed (--keep-going lets them finish)", "yellow")
                 self.executor.cancel(loop.active, force=False, interrupted=False)
 
     def _stop(self, loop: Loop) -> bool:
@@ -294,7 +293,7 @@ class RunSession:
         if not any(st in ("done", "up to date") for st in states.values()):
             return self._finish(step.name, "skipped: upstream failed")
         start = time.time()
-        status, info, lines = settle(output, list(step.points), step.sweep.best, states)
+        status, info, lines = settle(output, self.studies.points(step, self.status), step.sweep.best, states)
         log = self.run_dir / f"{step.name}.log"
         log.write_text("\n".join(lines) + "\n")
         self._finish(step.name, status, start=start, end=time.time(), log=str(log), **info)

@@ -30,15 +30,48 @@ class Best(BaseModel):
     mode: Literal["min", "max"] = "min"
 
 
-class Sweep(BaseModel):
-    """`sweep:` of a step: the grid (param name -> its values; the cartesian product), which point goes on, and how
-    many points run at once."""
+Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Bounds = tuple[float, float]
+
+
+class Dim(BaseModel):
+    """One param of an adaptive search's space: exactly one of these."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    loguniform: Bounds | None = None
+    uniform: Bounds | None = None
+    int_: tuple[int, int] | None = Field(None, alias="int")
+    choice: Annotated[list[Scalar], Field(min_length=1)] | None = None
+
+
+class Optuna(BaseModel):
+    """`sweep.optuna`: Optuna's ask-and-tell over `space`, `trials` points, `parallel` at a time (a wave)."""
 
     model_config = ConfigDict(extra="forbid")
-    grid: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")],
-               Annotated[list[Scalar], Field(min_length=1)]]
+    trials: Annotated[int, Field(ge=1, le=10000)]
+    seed: int | None = None
+    space: Annotated[dict[Key, Dim], Field(min_length=1)]
+
+
+class Sweep(BaseModel):
+    """`sweep:` of a step: the grid (param name -> its values; the cartesian product) or an adaptive search
+    (`optuna`), which point goes on, and how many points run at once."""
+
+    model_config = ConfigDict(extra="forbid")
+    grid: dict[Key, Annotated[list[Scalar], Field(min_length=1)]] | None = None
+    optuna: Optuna | None = None
     best: Best
     parallel: Annotated[int, Field(ge=1, le=10000)] | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        """The params it sets on its points."""
+        return list(self.grid or {}) + list(self.optuna.space if self.optuna else {})
+
+    @property
+    def wave(self) -> int:
+        """(optuna) how many trials are asked at once: `parallel`, else one at a time."""
+        return self.parallel or 1
 
 
 @dataclass(frozen=True)
@@ -47,8 +80,12 @@ class Point:
     values: dict[str, Any]
 
 
-def points(grid: dict[str, list[Any]]) -> list[Point]:
-    """Every combination of the grid's values, in the file's order, each named by its values."""
+def points(sweep: Sweep) -> list[Point]:
+    """A grid's points: every combination of its values, in the file's order, each named by its values. An adaptive
+    search's: its trials, `trial-K`, their values asked when each is about to run (runner.study)."""
+    if sweep.optuna:
+        return [Point(slug=f"trial-{k}", values={}) for k in range(sweep.optuna.trials)]
+    grid = sweep.grid or {}
     keys = list(grid)
     short = [k.rsplit(".", 1)[-1] for k in keys]
     names = short if len(set(short)) == len(short) else keys  # the last part of a dotted name, unless two clash
@@ -67,13 +104,25 @@ def _word(value: Any) -> str:
 def check(sweep: Sweep, params: dict[str, Any], max_points: int) -> list[tuple[tuple, str]]:
     """(where under `sweep`, what is wrong): the checks pydantic does not make."""
     found: list[tuple[tuple, str]] = []
-    for key in sweep.grid:
+    if (sweep.grid is None) == (sweep.optuna is None):
+        return [((), "give one of grid (every combination) and optuna (an adaptive search)")]
+    where = ("grid",) if sweep.grid else ("optuna", "space")
+    for key in sweep.keys:
         if key in params:
-            found.append((("grid", key), f"{key!r} is also in params: give it in one place"))
-    pts = points(sweep.grid)
+            found.append(((*where, key), f"{key!r} is also in params: give it in one place"))
+    for key, dim in (sweep.optuna.space if sweep.optuna else {}).items():
+        given = [v for v in (dim.loguniform, dim.uniform, dim.int_, dim.choice) if v is not None]
+        if len(given) != 1:
+            found.append(((*where, key), "give one of loguniform: [LOW, HIGH], uniform: [LOW, HIGH], int: [LOW, HIGH]"
+                                         " and choice: [VALUE, ...]"))
+        elif dim.choice is None and not given[0][0] < given[0][1]:
+            found.append(((*where, key), f"[{given[0][0]}, {given[0][1]}]: LOW must be below HIGH"))
+        elif dim.loguniform and dim.loguniform[0] <= 0:
+            found.append(((*where, key, "loguniform"), "LOW must be above 0 (a log scale)"))
+    pts = points(sweep)
     total = len(pts)
     if total > max_points:
-        found.append((("grid",), f"{total} points, more than {max_points} (--max-points N allows more)"))
+        found.append(((where[0],), f"{total} points, more than {max_points} (--max-points N allows more)"))
     slugs = [p.slug for p in pts]
     if len(set(slugs)) != len(slugs):
         found.append((("grid",), "two points would share a folder name: make the values differ in letters or digits"))

@@ -119,6 +119,7 @@ class StepSpec:
     points: tuple[Point, ...] = ()  # (a sweep's own step) its points, each a step named NAME.SLUG
     parent: str | None = None  # (a point) its sweep's step
     point: Point | None = None  # (a point) its values and folder
+    after: tuple[str, ...] = ()  # (a trial of an adaptive search) the trials it is asked after: the wave before
     allow_empty_output: bool = False
 
 
@@ -325,9 +326,11 @@ def _step(wf: WorkflowFile, name: str, step: Step, here: tuple, inputs: tuple[st
         problem(here + ("sweep", *loc), msg)
     if not step.output:
         problem(here + ("sweep",), "a sweep needs an output dataset: each point writes a folder in it")
-    pts = tuple(points(step.sweep.grid))
-    return [*(replace(spec, name=f"{name}.{p.slug}", params={**spec.params, **p.values}, parent=name, point=p)
-              for p in pts), replace(spec, sweep=step.sweep, points=pts)]
+    pts = tuple(points(step.sweep))
+    wave = step.sweep.wave if step.sweep.optuna else len(pts)  # a trial is asked once the wave before it ended
+    return [*(replace(spec, name=f"{name}.{p.slug}", params={**spec.params, **p.values}, parent=name, point=p,
+                      after=tuple(f"{name}.{q.slug}" for q in pts[max(0, i // wave * wave - wave):i // wave * wave]))
+              for i, p in enumerate(pts)), replace(spec, sweep=step.sweep, points=pts)]
 
 
 def _env(env: Env, here: tuple, root: Path, elsewhere: str, problem: Problem) -> tuple[Path | None, list[Path]]:

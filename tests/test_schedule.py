@@ -306,3 +306,63 @@ def test_a_build_failure_is_a_failed_run_in_history(toy, docker_client, no_lefto
     assert res.returncode == 3
     row = itwin("history", cwd=toy).stdout.splitlines()[1]
     assert " failed " in row and "build of itwin-run/envs-requirements:" in row and "(3 not run)" in row
+
+
+TRIAL = """import argparse, json, pathlib
+p = argparse.ArgumentParser()
+p.add_argument("--output")
+p.add_argument("--x", type=float)
+p.add_argument("--y", type=int)
+a = p.parse_args()
+out = pathlib.Path(a.output)
+(out / "metrics.json").write_text(json.dumps({"loss": (a.x - 2) ** 2 + a.y}))
+(out / "args.json").write_text(json.dumps({"x": a.x, "y": a.y}))
+"""
+ADAPTIVE = """
+datasets:
+  fits: {location: ./data/fits}
+steps:
+  - fit:
+      input: null
+      output: fits
+      command: python ./steps/trial.py
+      env: {file: ./envs/requirements.txt}
+      sweep:
+        optuna: {trials: TRIALS, seed: 0, space: {x: {uniform: [0, 4]}, y: {choice: [0, 1]}}}
+        best: {metric: loss, mode: min}
+        parallel: 2
+"""
+
+
+def test_an_adaptive_sweep_runs_in_waves_and_resumes(toy, docker_client, no_leftovers):
+    """Optuna's ask-and-tell with real containers: 6 trials 2 at a time, each wave asked once the one before ended;
+    each container got the values the study holds; the least loss goes on; a rerun creates no container and more
+    trials run only the new ones."""
+    (toy / "steps" / "trial.py").write_text(TRIAL)
+    (toy / "adaptive.yml").write_text(ADAPTIVE.replace("TRIALS", "6"))
+    res = itwin("--jobs", "2", "adaptive.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr[-3000:]
+    fits = toy / "data" / "fits"
+    table = json.loads((fits / "sweep.json").read_text())
+    assert [p["point"] for p in table["points"]] == [f"trial-{k}" for k in range(6)]
+    for row in table["points"]:  # what the study asked is what the container got
+        got = json.loads((fits / row["point"] / "args.json").read_text())
+        assert got == {"x": row["params"]["x"], "y": row["params"]["y"]} and 0 <= got["x"] <= 4
+        assert row["loss"] == pytest.approx((got["x"] - 2) ** 2 + got["y"])
+    assert table["best"] == min(table["points"], key=lambda r: r["loss"])["point"]
+    assert os.readlink(fits / "best") == table["best"]
+    steps = json.loads(sorted((toy / ".itwin-run" / "runs").glob("*/manifest.json"))[-1].read_text())["steps"]
+    for wave in (1, 2):  # a wave starts once the one before has ended
+        before = [steps[f"fit.trial-{k}"]["end"] for k in (2 * wave - 2, 2 * wave - 1)]
+        assert all(steps[f"fit.trial-{k}"]["start"] >= max(before) for k in (2 * wave, 2 * wave + 1))
+    assert len(list((toy / ".itwin-run" / "studies").glob("fit-*.journal"))) == 1
+
+    since = next_second()
+    again = itwin("--jobs", "2", "adaptive.yml", cwd=toy)
+    assert again.returncode == 0 and created(docker_client, since, toy) == 0, again.stderr[-2000:]
+    (toy / "adaptive.yml").write_text(ADAPTIVE.replace("TRIALS", "8"))
+    more = itwin("--jobs", "2", "adaptive.yml", cwd=toy)
+    assert more.returncode == 0, more.stderr[-3000:]
+    ran = sorted(line.split(":")[0].removeprefix("run ") for line in more.stderr.splitlines() if line.startswith("run "))
+    assert ran == ["fit.trial-6", "fit.trial-7"], more.stderr[-2000:]
+    assert len(json.loads((fits / "sweep.json").read_text())["points"]) == 8

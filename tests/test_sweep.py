@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runner import report, session, workflow
-from runner.errors import StepFailed, ValidationError
+from runner.errors import StepFailed, UsageError, ValidationError
 from runner.executors.local import LocalExecutor
 from runner.limits import THREAD_VARS
 from runner.plan import cpu_share
@@ -396,3 +396,128 @@ def test_itwinai_takes_dotted_settings_as_lightningcli_does():
     for bad in (["--hidden", "16"], ["--model.init_args.hidden"], ["16"]):
         with pytest.raises(ItwinaiError):
             dotted_settings(bad)
+
+
+ADAPTIVE = """        grid:
+          model.init_args.hidden: {hidden}
+          model.init_args.lr: [0.003, 0.03]
+"""
+OPTUNA = """        optuna:
+          trials: {trials}
+          seed: 0
+          space:
+            model.init_args.hidden: {{choice: [16, 64]}}
+            model.init_args.lr: {{loguniform: [0.001, 0.1]}}
+"""
+
+
+def adaptive(project: Path, trials: int = 4) -> Path:
+    path = write(project)
+    path.write_text(path.read_text().replace(ADAPTIVE.format(hidden="[16, 64]"), OPTUNA.format(trials=trials)))
+    return path
+
+
+def study_trials(project: Path) -> list:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    (journal,) = (project / ".itwin-run" / "studies").glob("train-*.journal")
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def test_an_adaptive_sweep_asks_each_wave_once_the_last_was_told(tmp_path):
+    """optuna: 4 trials, parallel 2: trials 0 and 1 run first; 2 and 3 are asked only once 0 and 1 were told their
+    val_loss; every trial's values are in its flags and in sweep.json, and the best of them goes on."""
+    adaptive(tmp_path)
+    asked: dict[str, int] = {}
+    seen: list = []
+
+    def loss(hidden, lr):
+        asked[f"{hidden}-{lr}"] = sum(t.state.name == "COMPLETE" for t in study_trials(tmp_path))
+        return hidden * lr
+
+    s = go(tmp_path, sweep_runner(loss=loss, seen=seen), jobs=4)
+    trials = study_trials(tmp_path)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert sorted(asked.values()) == [0, 0, 2, 2]  # the second wave saw the first told
+    for t, job in zip(trials, sorted(seen, key=lambda j: j.step), strict=True):
+        assert job.step == f"train.trial-{t.number}"
+        assert flag(job.argv, "--model.init_args.lr") == str(t.params["model.init_args.lr"])
+        assert t.value == pytest.approx(t.params["model.init_args.hidden"] * t.params["model.init_args.lr"])
+        assert 0.001 <= t.params["model.init_args.lr"] <= 0.1 and t.params["model.init_args.hidden"] in (16, 64)
+    best = min(trials, key=lambda t: t.value)
+    assert os.readlink(tmp_path / "data/logs/best") == f"trial-{best.number}"
+    table = json.loads((tmp_path / "data/logs/sweep.json").read_text())
+    assert [p["params"] for p in table["points"]] == [t.params for t in trials]
+    assert s.manifest["steps"]["train"]["best"] == f"trial-{best.number}"
+
+
+def test_an_adaptive_sweep_resumes_its_study(tmp_path):
+    """A rerun runs nothing; more trials run only the new ones, asked with what the study learnt; a dry run asks
+    nothing."""
+    adaptive(tmp_path)
+    go(tmp_path, sweep_runner())
+    again = sweep_runner()
+    go(tmp_path, again)
+    assert again.started == [] and len(study_trials(tmp_path)) == 4
+    adaptive(tmp_path, trials=6)
+    go(tmp_path, sweep_runner(), dry_run=True)
+    assert len(study_trials(tmp_path)) == 4
+    more = sweep_runner()
+    go(tmp_path, more)
+    assert sorted(more.started) == ["predict", "train.trial-4", "train.trial-5"]
+    assert [t.state.name for t in study_trials(tmp_path)] == ["COMPLETE"] * 6
+
+
+def test_a_failed_trial_is_told_it_failed_and_never_chosen(tmp_path):
+    adaptive(tmp_path)
+    with pytest.raises(StepFailed):
+        go(tmp_path, sweep_runner(fail=("trial-1",)), keep_going=True)
+    states = [t.state.name for t in study_trials(tmp_path)]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert os.readlink(tmp_path / "data/logs/best") != "trial-1"
+
+
+ADAPTIVE_BAD = {
+    ("trials: 4", "trials: 0"): ("sweep.optuna.trials", "greater than or equal to 1"),
+    ("{choice: [16, 64]}", "{choice: [16, 64], uniform: [1, 2]}"): ("sweep.optuna.space.model.init_args.hidden",
+                                                                    "give one of loguniform"),
+    ("{loguniform: [0.001, 0.1]}", "{loguniform: [0, 0.1]}"): ("sweep.optuna.space.model.init_args.lr.loguniform",
+                                                               "above 0"),
+    ("{loguniform: [0.001, 0.1]}", "{uniform: [0.1, 0.1]}"): ("sweep.optuna.space.model.init_args.lr",
+                                                            "LOW must be below HIGH"),
+    ("        optuna:\n", "        grid: {x: [1]}\n        optuna:\n"): ("train.sweep", "give one of grid"),
+    ("trials: 4", "trials: 101"): ("sweep.optuna", "101 points, more than 100"),
+}
+
+
+@pytest.mark.parametrize("edit", ADAPTIVE_BAD, ids=[new for _, new in ADAPTIVE_BAD])
+def test_a_bad_adaptive_sweep_is_one_line_with_file_line_and_field(tmp_path, edit):
+    text = adaptive(tmp_path).read_text()
+    assert edit[0] in text
+    (tmp_path / "bad.yml").write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(ValidationError) as exc:
+        workflow.load(tmp_path / "bad.yml", root=tmp_path)
+    where, words = ADAPTIVE_BAD[edit]
+    problems = exc.value.problems
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'bad.yml'}:"), problems
+    assert where in problems[0] and words in problems[0], problems[0]
+
+
+def test_an_adaptive_sweep_is_refused_where_its_waves_cannot_be_asked(tmp_path):
+    from runner import cwl
+    from runner.executors.cwl import CwlExecutor
+    from runner.executors.slurm import SlurmExecutor, SlurmSettings
+
+    path = adaptive(tmp_path)
+    path.write_text(path.read_text() + "workflowFileCWL: wf.cwl\n")
+    w = workflow.load(path, root=tmp_path)
+    for executor, said in ((SlurmExecutor(SlurmSettings(detach=True)), "--detach: an adaptive sweep"),
+                           (CwlExecutor(FakeRunner(), w), "does not run through cwltool")):
+        with pytest.raises(UsageError, match=said):
+            session.RunSession(w, FakeBuilder(), FakeRunner(), executor, session.RunOptions()).run()
+    with pytest.raises(UsageError, match=r"wf.yml:\d+:\d+: train.sweep.optuna: an adaptive sweep has no CWL form"):
+        cwl.export(w, {s.name: "img" for s in w.steps}, tmp_path / "cwl")

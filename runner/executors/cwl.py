@@ -89,6 +89,8 @@ class CwlExecutor:
         if timed:
             raise UsageError(f"resources.time ({', '.join(timed)}) does not apply to --cwl: cwltool takes time limits "
                              "only from the CWL file (ToolTimeLimit in the tool), not from itwin-run's overrides")
+        if any(s.sweep and s.sweep.optuna for s in steps):
+            raise UsageError("an adaptive sweep (optuna) does not run through cwltool: a CWL scatter is fixed in advance")
         if CWL_KEY not in self.wf.extra:
             raise UsageError(f"{self.wf.path}: {CWL_KEY}: --cwl needs the CWL workflow file named here")
         if not self.cwl_file.is_file():

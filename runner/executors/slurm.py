@@ -199,6 +199,8 @@ class SlurmExecutor:
             raise UsageError("--setup: one shell line each (no line break)")
         if opts.jobs > 1:
             raise UsageError("--jobs does not apply to --executor slurm: the cluster runs independent steps at once")
+        if self.own.detach and any(s.sweep and s.sweep.optuna for s in steps):
+            raise UsageError("--detach: an adaptive sweep (optuna) asks each wave of trials once the last one ended, here")
         if opts.keep_going:
             raise UsageError("--keep-going does not apply to --executor slurm: a failed job cancels its dependents "
                              "and the others run on")
