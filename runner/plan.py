@@ -99,7 +99,10 @@ def resolve_images(wf: Workflow, builder: ImageBuilder, opts: BuildOptions, *, b
 def cpu_share(steps: list[StepSpec], deps: dict[str, set[str]], jobs: int) -> int | None:
     """The threads each step may start when up to `jobs` steps run side by side on this machine: its CPUs over how
     many of `steps` can run at once (the widest level of their DAG, a sweep's points `parallel` at a time); None
-    when they run one at a time."""
+    when they run one at a time. ITWIN_RUN_THREADS=N says N for every step (a machine shared with other work)."""
+    given = os.environ.get("ITWIN_RUN_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
     level: dict[str, int] = {}
     for name in TopologicalSorter({s.name: deps.get(s.name, set()) for s in steps}).static_order():
         level[name] = 1 + max((level[u] for u in deps.get(name, ()) if u in level), default=0)

@@ -14,6 +14,11 @@ REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "tests" / "toy"
 ITWIN_RUN = [str(Path(sys.executable).parent / "itwin-run")]
 LABEL = "org.itwin-run.managed=1"
+# Workers side by side share the CPUs: each worker's steps are told their share as thread counts (ITWIN_RUN_THREADS),
+# as itwin-run tells its own steps side by side (two PyTorch trainings with a thread per CPU each run ~4x slower).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("ITWIN_RUN_THREADS", str(max(1, len(os.sched_getaffinity(0)) // WORKERS)))
 
 
 def itwin(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -153,9 +153,10 @@ def cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def test_points_side_by_side_are_told_their_share_of_the_cpus_and_a_share_reruns_nothing(tmp_path):
+def test_points_side_by_side_are_told_their_share_of_the_cpus_and_a_share_reruns_nothing(tmp_path, monkeypatch):
     """parallel: 2 under --jobs 4: two points at a time, each told half the CPUs as its threads (OpenMP, BLAS,
     PyTorch read these); one at a time: nothing said. A share is no input: a rerun with --jobs 1 runs nothing."""
+    monkeypatch.delenv("ITWIN_RUN_THREADS", raising=False)  # the test workers' own share (tests/conftest.py)
     write(tmp_path)
     seen: list = []
     go(tmp_path, sweep_runner(seen=seen), jobs=4)
@@ -169,7 +170,8 @@ def test_points_side_by_side_are_told_their_share_of_the_cpus_and_a_share_reruns
     assert len(seen) == 4 and not any(var in job.env for job in seen for var in THREAD_VARS)
 
 
-def test_a_cpu_limit_or_the_steps_own_setting_comes_before_the_share(tmp_path):
+def test_a_cpu_limit_or_the_steps_own_setting_comes_before_the_share(tmp_path, monkeypatch):
+    monkeypatch.delenv("ITWIN_RUN_THREADS", raising=False)
     path = write(tmp_path)
     text = path.read_text().replace("      params: {config: ./ai.yml}\n",
                                     "      params: {config: ./ai.yml}\n      resources: {cpus: 1.5}\n")
@@ -184,10 +186,16 @@ def test_a_cpu_limit_or_the_steps_own_setting_comes_before_the_share(tmp_path):
     assert {job.env["OMP_NUM_THREADS"] for job in seen} == {"3"} and not any("MKL_NUM_THREADS" in j.env for j in seen)
 
 
-def test_a_chain_runs_one_at_a_time_whatever_jobs_says():
+def test_a_chain_runs_one_at_a_time_whatever_jobs_says(monkeypatch):
+    monkeypatch.delenv("ITWIN_RUN_THREADS", raising=False)
     deps = {"a": set(), "b": {"a"}, "c": {"b"}}
     steps = [_Step(n) for n in deps]
     assert cpu_share(steps, deps, jobs=8) is None
+    monkeypatch.setenv("ITWIN_RUN_THREADS", "3")  # a machine shared with other work: every step is told 3
+    assert cpu_share(steps, deps, jobs=1) == 3
+    monkeypatch.setenv("ITWIN_RUN_THREADS", "0")  # not a count: the share as computed
+    assert cpu_share(steps, deps, jobs=8) is None
+    monkeypatch.delenv("ITWIN_RUN_THREADS")
     wide = {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"a"}, "e": {"b", "c", "d"}}
     assert cpu_share([_Step(n) for n in wide], wide, jobs=8) == max(1, cpus() // 3)
     assert cpu_share([_Step(n) for n in wide], wide, jobs=2) == max(1, cpus() // 2)
