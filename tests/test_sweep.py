@@ -300,17 +300,21 @@ BAD = {
 }
 
 
+def one_problem(project: Path, text: str, edit: tuple[str, str], said: tuple[str, str]) -> None:
+    """The workflow `text` edited so is refused in one line naming the file, its line, the field and the words."""
+    assert edit[0] in text
+    (project / "bad.yml").write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(ValidationError) as exc:
+        workflow.load(project / "bad.yml", root=project)
+    where, words = said
+    problems = exc.value.problems
+    assert len(problems) == 1 and problems[0].startswith(f"{project / 'bad.yml'}:"), problems
+    assert where in problems[0] and words in problems[0], problems[0]
+
+
 @pytest.mark.parametrize("edit", BAD, ids=[new for _, new in BAD])
 def test_a_bad_sweep_is_one_line_with_file_line_and_field(tmp_path, edit):
-    text = write(tmp_path).read_text()
-    assert edit[0] in text
-    (tmp_path / "bad.yml").write_text(text.replace(edit[0], edit[1]))
-    with pytest.raises(ValidationError) as exc:
-        workflow.load(tmp_path / "bad.yml", root=tmp_path)
-    where, words = BAD[edit]
-    problems = exc.value.problems
-    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'bad.yml'}:"), problems
-    assert where in problems[0] and words in problems[0], problems[0]
+    one_problem(tmp_path, write(tmp_path).read_text(), edit, BAD[edit])
 
 
 def test_more_points_than_allowed_need_max_points(tmp_path):
@@ -504,15 +508,7 @@ ADAPTIVE_BAD = {
 
 @pytest.mark.parametrize("edit", ADAPTIVE_BAD, ids=[new for _, new in ADAPTIVE_BAD])
 def test_a_bad_adaptive_sweep_is_one_line_with_file_line_and_field(tmp_path, edit):
-    text = adaptive(tmp_path).read_text()
-    assert edit[0] in text
-    (tmp_path / "bad.yml").write_text(text.replace(edit[0], edit[1]))
-    with pytest.raises(ValidationError) as exc:
-        workflow.load(tmp_path / "bad.yml", root=tmp_path)
-    where, words = ADAPTIVE_BAD[edit]
-    problems = exc.value.problems
-    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'bad.yml'}:"), problems
-    assert where in problems[0] and words in problems[0], problems[0]
+    one_problem(tmp_path, adaptive(tmp_path).read_text(), edit, ADAPTIVE_BAD[edit])
 
 
 def test_an_adaptive_sweep_is_refused_where_its_waves_cannot_be_asked(tmp_path):
