@@ -50,9 +50,11 @@ def opened(run_id: str, wf: Workflow, engine: str, executor: str, steps: list[St
 
 
 def begun(job: Job, engine: str, executor: str, image_id: str | None, log: Path, attempts: list | None,
-          why: str) -> dict[str, Any]:
+          why: str, picks: bool = False) -> dict[str, Any]:
     """A step's entry as it starts (its earlier attempts kept); `why` it runs (`reason`, once it failed, says why it
-    failed)."""
+    failed). A sweep's own step that `picks` its best point in a job of its own (a detached run) runs no container."""
+    if picks:
+        return {"executor": executor, "start": time.time(), "status": "running", "log": str(log), "why": why}
     return {"image": job.image, "engine": engine, "executor": executor, "argv": job.argv, "user": job.user,
             "gpus": job.gpus, "env": mask_env(job.env), "mounts": job.to_dict()["mounts"],
             "limits": {k: v for k, v in dataclasses.asdict(job.limits).items() if v is not None},

@@ -331,7 +331,7 @@ class RunSession:
         attempts = self.manifest["steps"].get(job.step, {}).get("attempts")
         self.manifest["steps"][job.step] = record.begun(
             job, self.runner.name, self.executor.name, self._image_ids.get(job.image), sub.log, attempts,
-            self.freshness.why.get(job.step) or "upstream reran")
+            self.freshness.why.get(job.step) or "upstream reran", picks=sub.step.sweep is not None)
         if not attempts:
             ui.say(f" {job.step}: {self.manifest['steps'][job.step]['why']}", "dim", prefix="run")
         self._unwritten = True

@@ -385,6 +385,7 @@ def test_a_detached_sweep_leaves_its_pick_to_a_job_after_its_points(tmp_path):
     assert executor.given == [*((p, []) for p in points), ("train", [f"job-{p}" for p in points]),
                               ("predict", ["job-train"])]
     assert s.manifest["status"] == "submitted" and runner.started == []
+    assert not {"image", "argv", "mounts"} & set(s.manifest["steps"]["train"])  # the pick runs no container
 
 
 def test_the_report_has_a_table_of_points_with_the_best_marked(tmp_path):
