@@ -327,3 +327,33 @@ def ended_rows(toy: Path, run_id: str, env: dict) -> list[list[str]]:
             return rows
         time.sleep(0.2)
     raise AssertionError(f"run {run_id} did not end: {rows}")
+
+
+def test_an_adaptive_sweep_is_a_job_array_a_wave(toy, slurm_env):
+    """Optuna on the cluster: 4 trials, 2 a wave: each wave one job array, the second submitted once the first
+    ended (its values asked with the first's loss told); the best of the four goes on."""
+    (toy / "steps" / "point.py").write_text(POINT)
+    (toy / "adaptive.yml").write_text("""
+datasets:
+  fits: {location: ./data/fits}
+steps:
+  - fit:
+      input: null
+      output: fits
+      command: python ./steps/point.py
+      env: {file: ./envs/requirements.txt}
+      sweep:
+        optuna: {trials: 4, seed: 0, space: {x: {uniform: [0, 4]}, y: {int: [0, 3]}}}
+        best: {metric: loss, mode: min}
+        parallel: 2
+""")
+    res = slurm("adaptive.yml", cwd=toy, env=slurm_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    arrays = re.findall(r"submitted the 2 points of fit as job array (\d+)", res.stderr)
+    assert len(arrays) == 2, res.stderr[-3000:]
+    lines = res.stderr.splitlines()
+    first_done = max(i for i, ln in enumerate(lines) if re.search(r"fit\.trial-[01]: COMPLETED", ln))
+    second = next(i for i, ln in enumerate(lines) if f"job array {arrays[1]}" in ln)
+    assert first_done < second, res.stderr[-3000:]
+    table = json.loads((toy / "data" / "fits" / "sweep.json").read_text())
+    assert table["best"] == min(table["points"], key=lambda r: r["loss"])["point"] and len(table["points"]) == 4
