@@ -3,9 +3,11 @@
   - added latency per step: a 20-step chain of trivial steps, (SLURM - local) / 20 (goal <= 1.5 s)
   - controller calls while following it: squeue/scontrol/sacct calls per second, and the most in any one second
     (goal <= 1), counted by wrappers put first on PATH; sbatch calls (one per step) reported apart
+  - with --sweep N: the same for one sweep of N trivial points instead of the chain (one job array: 1 sbatch call),
+    the latency per point over local (points one at a time locally, `parallel` unset under SLURM)
 
 Needs the cluster from ../shared/hpc/slurm/start-slurm.sh and apptainer on PATH.
-Run: PATH=/tmp/applab/bin:$PATH .venv/bin/python bench/slurm.py [--steps N]
+Run: PATH=/tmp/applab/bin:$PATH .venv/bin/python bench/slurm.py [--steps N | --sweep N]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import chain, timed, toy  # noqa: E402
 
 POLLING = ("squeue", "scontrol", "sacct")
+POINT = "import sys, json, pathlib; pathlib.Path(sys.argv[2], 'metrics.json').write_text(json.dumps({'x': 1}))"
 
 
 def wrappers(where: Path, log: Path) -> None:
@@ -42,12 +45,17 @@ def span_rate(times: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sweep", type=int, help="one sweep of this many trivial points instead of the chain")
     ap.add_argument("--baseline", type=Path, help="another checkout: its SLURM executor runs the chain too (PYTHONPATH)")
     args = ap.parse_args()
-    n = args.steps
+    n = args.sweep or args.steps
     with tempfile.TemporaryDirectory(prefix="itwin-bench-slurm-") as tmp:
         root = toy(Path(tmp, "toy"))
-        (root / "chain.yml").write_text(chain(n, "./envs/requirements.txt"))
+        (root / "point.py").write_text(POINT)
+        (root / "chain.yml").write_text(chain(n, "./envs/requirements.txt") if not args.sweep else
+                                        "datasets: {d: {location: ./data/d}}\nsteps:\n  - fit: {input: null, output: d, "
+                                        "command: python ./point.py, env: {file: ./envs/requirements.txt}, sweep: "
+                                        f"{{grid: {{x: {list(range(n))}}}, best: {{metric: x}}}}}}\n")
         log = Path(tmp, "calls.log")
         wrappers(Path(tmp, "bin"), log)
         env = {**os.environ, "PATH": f"{tmp}/bin:{os.environ['PATH']}"}
@@ -70,8 +78,10 @@ def main() -> None:
     per_second = Counter(int(t) for t in polls)
     gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
     rate = span_rate(polls)
-    print(f"{n}-step chain of trivial steps (Apptainer): local {local:.2f} s, SLURM {slurm:.2f} s")
-    print(f"added latency per step under SLURM: {(slurm - local) / n:.2f} s  (goal <= 1.5 s)")
+    what = f"{n}-point sweep of trivial points" if args.sweep else f"{n}-step chain of trivial steps"
+    print(f"{what} (Apptainer): local {local:.2f} s, SLURM {slurm:.2f} s")
+    print(f"added latency per {'point' if args.sweep else 'step'} under SLURM: {(slurm - local) / n:.2f} s  "
+          "(goal <= 1.5 s)")
     print(f"controller calls following the run: {len(polls)} ({', '.join(f'{k} {v}' for k, v in kinds.items())}) "
           f"in a run of {slurm:.1f} s: {rate:.2f}/s between the first and the last, shortest gap "
           f"{min(gaps, default=0):.2f} s, at most {max(per_second.values(), default=0)} in one clock second  "
