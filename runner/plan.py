@@ -142,6 +142,23 @@ def job_for(wf: Workflow, step: StepSpec, image: str, user: str, gpus: Any, run_
                labels={f"{LABEL}.run": run_id, f"{LABEL}.step": step.name})
 
 
+def at_parallel_limit(wf: Workflow, sweep: str, running: list[StepSpec]) -> bool:
+    """Whether as many points of the sweep run as its `parallel` allows."""
+    limit = wf.step(sweep).sweep.parallel  # type: ignore[union-attr]
+    return limit is not None and sum(s.parent == sweep for s in running) >= limit
+
+
+def next_in_line(pending: list[StepSpec], deps: dict[str, set[str]], status: dict[str, str], count: int,
+                 prepared: set[str]) -> list[StepSpec]:
+    """The steps to prepare now, so that at most `count` wait prepared: those that start once running steps end
+    (each upstream step of theirs running or done, one at least running: one with none may be up to date). Not a
+    sweep's own step (it runs no container) nor a trial whose values are asked when it starts."""
+    room = count - sum(s.name in prepared for s in pending)
+    return [s for s in pending if s.name not in prepared and not s.sweep and not (s.point and not s.point.values)
+            and all(status.get(u) in ("running", "done", "up to date") for u in deps[s.name])
+            and any(status.get(u) == "running" for u in deps[s.name])][:max(0, room)]
+
+
 def check_access(wf: Workflow, steps: list[StepSpec], user: str) -> None:
     """Before anything starts: the steps' uid can read the project and the inputs and reach the outputs, and each
     output folder can be made and written. One line each, with the fix; the run never starts half-way."""

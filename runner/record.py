@@ -9,6 +9,7 @@ from typing import Any
 
 from runner import ui
 from runner.engines.base import Job
+from runner.errors import Interrupted, StepFailed
 from runner.policy import mask_env
 from runner.state import this_process
 from runner.workflow import StepSpec, Workflow
@@ -62,10 +63,15 @@ def begun(job: Job, engine: str, executor: str, image_id: str | None, log: Path,
             "log": str(log), **({"attempts": attempts} if attempts else {}), "why": why}
 
 
-def closed(manifest: dict[str, Any], steps: list[StepSpec], status: dict[str, str], outcome: str,
-           error: str | None) -> None:
-    """Every step's final status (never more than what happened) and the run's `outcome` (interrupted, failed,
-    succeeded); a detached run (status submitted) stays open. `status` gains what the record says."""
+def closed(manifest: dict[str, Any], steps: list[StepSpec], status: dict[str, str], exc: BaseException | None,
+           cancelled: bool) -> None:
+    """Every step's final status (never more than what happened) and the run's outcome (interrupted, failed,
+    succeeded), from what ended it (`exc`, or nothing: it went well) and whether it was cancelled; a detached run
+    (status submitted) stays open. `status` gains what the record says."""
+    interrupted = isinstance(exc, (Interrupted, KeyboardInterrupt))
+    outcome = "interrupted" if interrupted or cancelled else "failed" if exc is not None else "succeeded"
+    error = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__) if (
+        exc is not None and not interrupted and not isinstance(exc, StepFailed)) else None
     detached = manifest.get("status") == "submitted"
     for s in steps:
         entry = manifest["steps"].setdefault(s.name, {})

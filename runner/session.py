@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner import record, ui
-from runner.engines.base import ImageBuilder, StepRunner
+from runner import plan, record, ui
+from runner.engines.base import ImageBuilder, Job, StepRunner
 from runner.errors import ENDING_SIGNALS, Interrupted, StepFailed, UsageError, UserError
 from runner.executors import follow_detached
 from runner.executors.base import Executor, Loop, Outcome, RunOptions, Submission
@@ -55,6 +55,7 @@ class RunSession:
         self._unwritten = False  # a step started since
         self._image_ids: dict[str, str | None] = {}
         self._share: int | None = None  # the threads of a step beside others (plan.cpu_share)
+        self._prepared: set[str] = set()  # steps handed to executor.prepare
         self.freshness = Freshness(wf, self.state)
         self.studies = Studies(wf, self.state.dir / "studies")
         self.build_opts = dataclasses.replace(opts.build, single_file=executor.single_file_images)
@@ -134,11 +135,14 @@ class RunSession:
 
     # ------------------------------------------------------------ scheduling
 
-    def _submission(self, step: StepSpec, image: str, after: list[str], fingerprinted: bool = True) -> Submission:
-        step = self.studies.trial(step, self.status, ask=not self.opts.dry_run)  # an adaptive sweep's: its values
+    def _job(self, step: StepSpec, image: str) -> Job:
         limits = dataclasses.replace(step.limits, cpus=self.opts.cpus or step.limits.cpus,
                                      memory=self.opts.memory or step.limits.memory)
-        job = job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits, self.opts.binds, self._share)
+        return job_for(self.wf, step, image, self.user, self.opts.gpus, self.run_id, limits, self.opts.binds, self._share)
+
+    def _submission(self, step: StepSpec, image: str, after: list[str], fingerprinted: bool = True) -> Submission:
+        step = self.studies.trial(step, self.status, ask=not self.opts.dry_run)  # an adaptive sweep's: its values
+        job = self._job(step, image)
         output = self.wf.output_dir(step)
         return Submission(step=step, job=job, key=State.record_key(self.wf.root, self.wf.path, step.name),
                           parts=self.freshness.parts(step, job, self.runner.name) if fingerprinted else {},
@@ -210,7 +214,7 @@ class RunSession:
                 loop.pending.remove(step)
                 self._finish(step.name, "skipped: upstream failed")
                 continue
-            if step.parent and not arrays and self._busy(step.parent, loop.active):
+            if step.parent and not arrays and plan.at_parallel_limit(self.wf, step.parent, [a.step for a in loop.active.values()]):
                 continue
             waiting = sorted(u for u in deps[step.name] if self.status.get(u) not in ("done", "up to date"))
             if any(self.status.get(u) in (None, "running") for u in step.after):  # a trial: the wave before has not ended
@@ -235,6 +239,10 @@ class RunSession:
                 self._track(loop, sub, handle)
         if points:  # what waits on them (with their handles now)
             self._start_ready(loop, images)
+        if self.executor.prepare and not self.cancel_code:  # next in line: made ready while the running steps run
+            for step in plan.next_in_line(loop.pending, deps, self.status, self.opts.jobs, self._prepared):
+                self._prepared.add(step.name)
+                self.executor.prepare(self._job(step, images[step.name]))
 
     def _track(self, loop: Loop, sub: Submission, handle: str) -> None:
         loop.handles[sub.step.name] = handle
@@ -278,10 +286,6 @@ class RunSession:
             loop.active = {}
             return True
         return False
-
-    def _busy(self, sweep: str, active: dict[str, Submission]) -> bool:  # as many points as its `parallel` allows
-        limit = self.wf.step(sweep).sweep.parallel  # type: ignore[union-attr]
-        return limit is not None and sum(sub.step.parent == sweep for sub in active.values()) >= limit
 
     def _join(self, step: StepSpec) -> Outcome | None:
         """A sweep's own step: the best of its points that ended well, linked as OUTPUT/best (no container); its
@@ -386,11 +390,7 @@ class RunSession:
         self.state.write_manifest(self.run_id, self.manifest)
 
     def _end_manifest(self, steps: list[StepSpec], exc: BaseException | None) -> None:
-        interrupted = isinstance(exc, (Interrupted, KeyboardInterrupt))
-        outcome = "interrupted" if interrupted or self.cancel_code else "failed" if exc is not None else "succeeded"
-        error = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__) if (
-            exc is not None and not interrupted and not isinstance(exc, StepFailed)) else None
-        record.closed(self.manifest, steps, self.status, outcome, error)
+        record.closed(self.manifest, steps, self.status, exc, bool(self.cancel_code))
         self.state.write_manifest(self.run_id, self.manifest)
         if self._phase == "steps":
             record.table(steps, self.status)

@@ -46,6 +46,12 @@ writes STEP.out into its output, unless `writes` is False."""
         self.stopped = threading.Event()
         self._lock = threading.Lock()
         self.refused_after_cancel: list[str] = []
+        self.prepared: dict[str, Job] = {}  # what prepare() was given, by step
+        self.ran: dict[str, Job] = {}  # what run() was given, by step
+
+    def prepare(self, job: Job) -> None:
+        self.events.append((time.monotonic(), "prepare", job.step))
+        self.prepared[job.step] = job
 
     def default_user(self, root: Path) -> str:
         return f"{os.getuid()}:{os.getgid()}"
@@ -72,6 +78,7 @@ writes STEP.out into its output, unless `writes` is False."""
                 self.refused_after_cancel.append(job.step)
                 raise Cancelled(job.step)
             self.started.append(job.step)
+            self.ran[job.step] = job
         self.events.append((time.monotonic(), "start", job.step))
         on_line(f"running {job.step}")
         try:

@@ -366,3 +366,65 @@ def test_an_adaptive_sweep_runs_in_waves_and_resumes(toy, docker_client, no_left
     ran = sorted(line.split(":")[0].removeprefix("run ") for line in more.stderr.splitlines() if line.startswith("run "))
     assert ran == ["fit.trial-6", "fit.trial-7"], more.stderr[-2000:]
     assert len(json.loads((fits / "sweep.json").read_text())["points"]) == 8
+
+
+CHAIN = """
+datasets:
+  a: {location: ./data/a}
+  b: {location: ./data/b}
+  c: {location: ./data/c}
+steps:
+  - a: {output: a, command: "python -c \\"import time, sys; time.sleep(1.5); sys.exit(CODE)\\"",
+      env: {file: ./envs/requirements.txt}, allow_empty_output: true}
+  - b: {input: a, output: b, command: "python -c pass", env: {file: ./envs/requirements.txt}, allow_empty_output: true}
+  - c: {input: b, output: c, command: "python -c pass", env: {file: ./envs/requirements.txt}, allow_empty_output: true}
+"""
+
+
+def container_events(client, since: int, project: Path) -> list[tuple[float, str, str]]:
+    """(time, event, step) of the containers the runs of `project` made since `since`, in order."""
+    runs = set(run_ids(project))
+    events = client.events(since=since, until=int(time.time()) + 1, decode=True,
+                           filters={"type": "container", "label": "org.itwin-run.managed=1"})
+    return [(e["timeNano"] / 1e9, e["status"], e["Actor"]["Attributes"].get("org.itwin-run.step", "holder"))
+            for e in events if e["Actor"]["Attributes"].get("org.itwin-run.run") in runs
+            and e["status"] in ("create", "start", "die", "destroy")]
+
+
+@SLEEPERS
+def test_the_next_steps_container_is_made_while_its_upstream_runs(toy, docker_client, no_leftovers):
+    """Pipelined start: a step's container is created while the step before it runs, and started (not created)
+    once that one ended; a container made for a step that then does not run is removed."""
+    (toy / "data").mkdir(exist_ok=True)
+    for d in "abc":  # a rerun's outputs are there: what a step mounts exists before its upstream ends
+        (toy / "data" / d).mkdir(exist_ok=True)
+    (toy / "chain.yml").write_text(CHAIN.replace("CODE", "0"))
+    since = next_second()
+    res = itwin("chain.yml", cwd=toy)
+    assert res.returncode == 0, res.stderr
+    ev = container_events(docker_client, since, toy)
+    at = {(kind, step): t for t, kind, step in ev}
+    assert [step for _, kind, step in ev if kind == "create"].count("b") == 1 and len(
+        [1 for _, kind, _ in ev if kind == "create"]) == 4  # the holder and one container a step
+    assert at["create", "b"] < at["die", "a"] < at["start", "b"]
+    assert at["create", "c"] < at["die", "b"] < at["start", "c"]
+    (toy / "chain.yml").write_text(CHAIN.replace("CODE", "3"))
+    since = next_second()
+    res = itwin("chain.yml", cwd=toy)
+    assert res.returncode == 1 and statuses(res) == {"a": "failed", "b": "skipped: upstream failed",
+                                                     "c": "skipped: upstream failed"}
+    ev = container_events(docker_client, since, toy)
+    assert [(kind, step) for _, kind, step in ev if step == "b"] == [("create", "b"), ("destroy", "b")]
+    assert not [1 for _, _, step in ev if step == "c"]
+    (toy / "chain.yml").write_text(CHAIN.replace("1.5", "60").replace("CODE", "0"))  # Ctrl-C once b's is made
+    since = next_second()
+    proc = subprocess.Popen([*ITWIN_RUN, "chain.yml"], cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if ("create", "b") in {(kind, step) for _, kind, step in container_events(docker_client, since, toy)}:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    ev = container_events(docker_client, since, toy)
+    assert [(kind, step) for _, kind, step in ev if step == "b"] == [("create", "b"), ("destroy", "b")]

@@ -545,3 +545,28 @@ def test_runs_that_start_together_are_each_remembered_for_prune(tmp_path, monkey
     assert [p.exitcode for p in procs] == [0] * len(roots)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert sorted(projects(roots[0])) == sorted(roots)
+
+
+def test_the_next_step_is_prepared_while_its_upstream_runs(project):
+    """Pipelined start: while a step runs, the engine is handed the jobs that start when it ends (the same jobs)."""
+    r = FakeRunner({"one": sleeps(0.3), "two": sleeps(0.3)})
+    run(project, r)
+    order = [(kind, step) for _, kind, step in r.events]
+    assert order.index(("prepare", "two")) < order.index(("end", "one"))  # as one is submitted
+    assert order.index(("end", "one")) < order.index(("prepare", "three")) < order.index(("end", "two"))
+    assert "one" not in r.prepared  # nothing ran before it: it starts at once
+    assert all(r.prepared[s] == r.ran[s] for s in ("two", "three"))
+
+
+def test_what_is_prepared_for_a_step_that_never_runs(project):
+    """A failed upstream step: its next step was prepared but never runs; a step after that is never prepared."""
+    r = FakeRunner({"one": fails(3)})
+    with pytest.raises(StepFailed):
+        run(project, r)
+    assert set(r.prepared) == {"two"} and r.started == ["one"]
+    r = FakeRunner({"a": sleeps(0.2), "b": sleeps(0.2)})
+    run(project, r, "fork.yml", only=["a"])  # --only: nothing else is prepared
+    assert r.prepared == {} and r.started == ["a"]
+    r = FakeRunner({"a": sleeps(0.2), "b": sleeps(0.2)})
+    run(project, r, "fork.yml", jobs=2)  # c waits on both: prepared once, while they run
+    assert list(r.prepared) == ["c"] and r.prepared["c"] == r.ran["c"]

@@ -272,6 +272,10 @@ class StepRunner(Protocol):
         """A run starts: set up what its steps share (labelled with `labels`)."""
         ...
 
+    # Optional: an engine may define prepare(job), called (from a thread of its own) for a step that runs once the
+    # running ones end: it makes ready what starting it needs (Docker creates its container), so that run() of the
+    # same job only starts it; what run() does not take, end() removes.
+
     def run(self, job: Job, on_line: Callable[[str], None]) -> int:
         """Run a job to completion, calling on_line for each output line; returns its exit code. Raises Cancelled
         when interrupt() came first. The container (or process) is gone when this returns or raises."""

@@ -109,6 +109,9 @@ class Executor(Protocol):
     refuses_sweeps: str  # why a sweep cannot run here ("" when it can): the best point is picked by this process
     arrays: bool  # takes a sweep's points together (submit_array), as one job array, `parallel` at a time
     shares_cpus: bool  # its steps run side by side on this machine's CPUs: each is told its share (threads)
+    # (Where it starts containers itself) a step that runs once the running ones end: its container made now, so
+    # that starting it is one call (StepRunner.prepare); None where the executor has no use for it.
+    prepare: Callable[[Job], None] | None
     # What it tells with no run of its own in progress (class level; None where it has nothing to add):
     doctor: Callable[[bool], list] | None  # (needs_gpu) -> runner.checks.Check of what it needs of this machine
     status: Callable[[Path, str], list[tuple[str, str, str]]] | None  # (root, run_id) -> (step, handle, state) now

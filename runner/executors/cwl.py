@@ -53,7 +53,7 @@ class CwlExecutor:
     refuses_sweeps = ""  # the CWL file scatters the sweep's step (export-cwl writes it so)
     arrays = False
     shares_cpus = False
-    status = outcomes = None
+    status = outcomes = prepare = None
 
     @staticmethod
     def doctor(needs_gpu: bool) -> list:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import ui
-from runner.engines.base import Cancelled, StepRunner, failure_reason
+from runner.engines.base import Cancelled, Job, StepRunner, failure_reason
 from runner.errors import UserError
 from runner.executors.base import Common, Outcome, Submission
 from runner.policy import mask_env, masker
@@ -58,6 +58,7 @@ class LocalExecutor:
         self._done: queue.Queue[Outcome] = queue.Queue()
         self._out = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._ahead: ThreadPoolExecutor | None = None  # prepares the steps that run next, one at a time
         self._running: dict[str, list] = {}  # step -> [started (monotonic), its last output line]
         self._live: Any = None
 
@@ -71,6 +72,7 @@ class LocalExecutor:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.runner.begin(labels)
         self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step")
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         if not ui.plain() and sys.stdout.isatty():  # both on a terminal: a live line per running step below the output
             from rich.live import Live
 
@@ -99,6 +101,12 @@ class LocalExecutor:
         assert self._pool is not None
         self._pool.submit(self._run, sub)
         return sub.step.name
+
+    def prepare(self, job: Job) -> None:
+        """A step that runs once running ones end: its engine makes its container now (off the session's loop)."""
+        make = getattr(self.runner, "prepare", None)  # an engine may not have it (runner.engines.base.StepRunner)
+        if make is not None and self._ahead is not None:
+            self._ahead.submit(make, job)
 
     def _run(self, sub: Submission) -> None:
         job = sub.job
@@ -149,6 +157,8 @@ class LocalExecutor:
         threading.Thread(target=self.runner.interrupt, args=(force,), daemon=True).start()
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.shutdown(wait=True, cancel_futures=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self._live is not None:

@@ -169,6 +169,7 @@ class SlurmExecutor:
     doctor: ClassVar = staticmethod(doctor)
     status: ClassVar = staticmethod(status)
     outcomes: ClassVar = staticmethod(outcomes)
+    prepare: ClassVar = None  # the job's own process starts its container
 
     @classmethod
     def create(cls, common: Common, settings: SlurmSettings) -> SlurmExecutor:

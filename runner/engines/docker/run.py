@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -56,6 +57,10 @@ class DockerRunner:
         self._watchdog = Watchdog()  # removes the run's containers should this process be killed outright
         self._watched = False
         self._gpus = GpuShare()
+        # Containers made ahead (prepare()), by step: the job they were made for, its container and cgroup parent;
+        # an event set once prepare() is through with the step, whether it made one or not.
+        self._made: dict[str, threading.Event] = {}
+        self._ready: dict[str, tuple[Job, str, accounting.Parent | None]] = {}
 
     def default_user(self, root: Path) -> str:
         """Your uid:gid; when you are root, the project directory's owner, or nobody (65534) for a root-owned
@@ -95,8 +100,15 @@ class DockerRunner:
         return self._holder.network_mode()
 
     def end(self) -> None:
+        with self._lock:  # the executor prepares nothing more once it ends the run
+            made, self._made = list(self._made.values()), {}
+        for event in made:
+            event.wait()
         with self._lock:
             removals, self._removals = self._removals, []
+            unused, self._ready = list(self._ready.values()), {}
+        for _, cid, parent in unused:  # made for steps that did not run (upstream failed, interrupted, up to date)
+            self._remove(cid, parent)
         for removal in removals:
             removal.join()
         if self._holder is not None:
@@ -195,12 +207,53 @@ class DockerRunner:
             raise lost(job.step, self.daemon())  # a daemon that shuts down stops its containers first
         return code
 
+    def prepare(self, job: Job) -> None:
+        """Create the container of a step that runs next (once the running ones end), so that its run() is one
+        `start` call. Not for a step that asks for GPUs (run() picks them), nor where a mount is not there yet;
+        what run() does not take, end() removes. An error here is left for the step's own run() to say."""
+        if job.gpus or not self._labels or not all(m.source.exists() for m in job.mounts):
+            return
+        done = threading.Event()
+        with self._lock:
+            if self._cancelled or job.step in self._made:
+                return
+            self._made[job.step] = done
+        try:
+            api = self._api()
+            network = self._network(job.image)
+            v = self.cgroup_version()
+            cid, parent = self._create(api, job, None, network, accounting.Parent(v) if v else None)
+            with self._lock:
+                self._ready[job.step] = (dataclasses.replace(job, usage={}), cid, parent)
+        except Exception:  # Cancelled, the daemon's refusal: run() tries again, and says why
+            pass
+        finally:
+            done.set()
+
+    def _made_ahead(self, job: Job) -> tuple[str, accounting.Parent | None] | None:
+        """The container prepare() made for this job, if it made one for the same job (a retry gets a new one)."""
+        with self._lock:
+            done = self._made.get(job.step)
+        if done is not None:
+            done.wait()
+        with self._lock:
+            made, cid, parent = self._ready.pop(job.step, (None, "", None))
+        if made is None:
+            return None
+        if made == dataclasses.replace(job, usage={}):
+            return cid, parent
+        with self._lock:
+            self._active.discard(cid)
+        self._remove(cid, parent)
+        return None
+
     def _run(self, job: Job, on_line: Callable[[str], None], gpus: list[str] | None) -> int:
         api = self._api()
         self._watch()
         network = self._network(job.image) if self._labels else None
         v = self.cgroup_version()
-        cid, parent = self._create(api, job, gpus, network, accounting.Parent(v) if v else None)
+        made = None if gpus else self._made_ahead(job)
+        cid, parent = made or self._create(api, job, gpus, network, accounting.Parent(v) if v else None)
         try:
             if network and self._holder is not None and not self._holder.running():
                 with self._lock:  # the holder could not start: this step gets a network of its own
