@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="another checkout (an older commit, say): its runner is measured in "
                                                   "the same loop, through PYTHONPATH")
     args = ap.parse_args()
+    if args.baseline and not (args.baseline / "runner").is_dir():
+        ap.error(f"--baseline {args.baseline}: no runner/ there (a checkout of another commit)")
     tmp = Path(tempfile.mkdtemp(prefix="itwin-bench-"))
     tmp.chmod(0o755)  # a project as people have them (mkdtemp's are private): as root, steps run unprivileged
     try:
