@@ -26,7 +26,7 @@ from runner.flags import (
     WorkflowArg,
 )
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 SUBCOMMANDS = {"run", "build", "schema", "base", "export-cwl", "load", "validate", "history", "show", "status", "crate",
                "init", "doctor", "report", "dag", "images", "prune", "--help", "-h", "--version",
                "--install-completion", "--show-completion"}
