@@ -20,25 +20,20 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import chain  # noqa: E402
+
 BIN = Path(sys.executable).parent
-STEP = ("  - s{i}: {{{inp}output: d{i}, command: \"python -c \\\"print('s{i}')\\\"\", "
-        "env: {{file: ./bench-core/requirements.txt}}, allow_empty_output: true}}\n")
 TOOL = """cwlVersion: v1.2
 class: CommandLineTool
 requirements:
   DockerRequirement: {dockerPull: IMAGE}
-baseCommand: [python, -c, "print('NAME')"]
+baseCommand: [python, -c, pass]
 inputs:
   prev: {type: Directory?, inputBinding: {prefix: --input}}
 outputs:
   out: {type: Directory, outputBinding: {glob: .}}
 """
-
-
-def chain(n: int) -> str:
-    """A workflow of n trivial steps, each reading the one before's output."""
-    return ("datasets:\n" + "".join(f"  d{i}: {{location: ./data/d{i}}}\n" for i in range(n)) + "steps:\n"
-            + "".join(STEP.format(i=i, inp=f"input: d{i - 1}, " if i else "") for i in range(n)))
 
 
 def cwl_chain(n: int) -> str:
@@ -67,7 +62,7 @@ def main() -> None:
     tmp.chmod(0o755)  # a project as people have them (mkdtemp's are private): as root, steps run unprivileged
     try:
         n = args.steps
-        workflow_text = chain(n)
+        workflow_text = chain(n, env_file="./bench-core/requirements.txt")
         (tmp / "workflow.yml").write_text(workflow_text)
         (tmp / "baseline.yml").write_text(workflow_text)
         (tmp / "bench-core").mkdir()
@@ -85,7 +80,7 @@ def main() -> None:
         image = subprocess.run([*itwin, "build", "workflow.yml"], cwd=tmp, check=True, capture_output=True,
                                text=True).stdout.split()[1]
         for i in range(n):
-            (tmp / f"s{i}.cwl").write_text(TOOL.replace("IMAGE", image).replace("NAME", f"s{i}"))
+            (tmp / f"s{i}.cwl").write_text(TOOL.replace("IMAGE", image))
         (tmp / "wf.cwl").write_text(cwl_chain(n))
         data = tmp / "data"
 
@@ -95,7 +90,7 @@ def main() -> None:
                 out = data / f"d{i}"
                 out.mkdir(parents=True, exist_ok=True)
                 subprocess.run(["docker", "run", "--rm", "-v", f"{tmp}:{tmp}:ro", "-v", f"{out}:{out}", "-w", str(tmp),
-                                image, "python", "-c", f"print('s{i}')", "--output", str(out)],
+                                image, "python", "-c", "pass", "--output", str(out)],
                                check=True, capture_output=True)
             return time.perf_counter() - start
 
