@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import chain  # noqa: E402
+from bench.common import chain, remove_project  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TOOL = """cwlVersion: v1.2
@@ -135,9 +134,7 @@ def main() -> None:
             print(f"itwin-run / baseline       = {med['itwin-run'] / med['baseline']:.2f}  ({args.baseline})")
         print(f"warm image resolution: {statistics.median(per_step):.1f} ms per step, 0 builds  (goal <= 50 ms)")
     finally:
-        subprocess.run(["docker", "run", "--rm", "-v", f"{tmp}:/t", "itwin-run/base:latest", "rm", "-rf", "/t/data"],
-                       capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_project(tmp)
 
 
 if __name__ == "__main__":

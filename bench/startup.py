@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ITWIN, chain  # noqa: E402
+from bench.common import ITWIN, chain, remove_project  # noqa: E402
 
 
 def wall(args: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -80,9 +79,7 @@ def main() -> None:
                 print(f"\n{case}, {name}: imports {total:.0f} ms (-X importtime), the 10 slowest by their own time:")
                 print("\n".join(f"  {row}" for row in top))
     finally:
-        subprocess.run(["docker", "run", "--rm", "-v", f"{tmp}:/t", "itwin-run/base:latest", "rm", "-rf", "/t/data"],
-                       capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_project(tmp)
 
 
 if __name__ == "__main__":
