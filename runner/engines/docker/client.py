@@ -61,18 +61,19 @@ def going_away(seconds: float = 3.0, host: str | None = None) -> bool:
 _clients: dict[str, docker.DockerClient] = {}
 
 
-def client(host: str | None = None) -> docker.DockerClient:
+def client(host: str | None = None, version: str | None = None) -> docker.DockerClient:
     """One docker-py client per daemon, connected on first use: DOCKER_HOST's, or `host` (the address of another
-    engine's Docker-compatible service); one clear line when no daemon answers."""
+    engine's Docker-compatible service, whose API `version` may be known); one clear line when no daemon answers."""
     key = host or os.environ.get("DOCKER_HOST", "")
     if key not in _clients:
         try:
-            c = docker.DockerClient(base_url=host, timeout=600) if host else docker.from_env(timeout=600)
+            c = docker.DockerClient(base_url=host, version=version, timeout=600) if host else docker.from_env(timeout=600)
             c.api.ping()
         except Exception as exc:  # docker-py's and requests' connection errors
             if host:
-                raise UserError(f"the container service at {host} does not answer ({exc.__class__.__name__})") \
-                    from None
+                said = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise UserError(f"the container service at {host} does not answer ({exc.__class__.__name__}: "
+                                f"{said})") from None
             raise daemon_error(exc) from None
         _clients[key] = c
     return _clients[key]
