@@ -4,7 +4,10 @@ tests/test_apptainer.py's, for real)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,18 @@ def test_an_image_memory_cannot_hold_twice_or_of_unknown_size_goes_where_apptain
     for size in (shutil.disk_usage(MEMORY).free // 2, None):
         with unpacked_in_memory(size) as env:
             assert env == {}
+
+
+def test_the_folder_of_a_runner_killed_outright_goes_at_the_next_conversion(no_place):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = Path(tempfile.mkdtemp(prefix=f"itwin-sif-{dead.pid}-", dir=MEMORY))
+    (left / "rootfs").mkdir()
+    alive = Path(tempfile.mkdtemp(prefix=f"itwin-sif-{os.getppid()}-", dir=MEMORY))
+    try:
+        with unpacked_in_memory(1 << 20):
+            pass
+        assert not left.exists() and alive.is_dir()
+    finally:
+        shutil.rmtree(left, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)

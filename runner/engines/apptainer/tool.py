@@ -86,8 +86,12 @@ def unpacked_in_memory(size: int | None) -> Iterator[dict[str, str]]:
         yield {}
         return
     try:
+        for left in MEMORY.glob("itwin-sif-*-*"):  # a runner killed outright leaves its folder: memory, not disk
+            pid = left.name.split("-")[2]
+            if left.stat().st_uid == os.getuid() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(left, ignore_errors=True)
         room = shutil.disk_usage(MEMORY).free
-        place = tempfile.mkdtemp(prefix="itwin-sif-", dir=MEMORY) if room > 2 * size + (1 << 30) else None
+        place = tempfile.mkdtemp(prefix=f"itwin-sif-{os.getpid()}-", dir=MEMORY) if room > 2 * size + (1 << 30) else None
     except OSError:  # no /dev/shm, or not ours to write
         place = None
     try:
