@@ -4,7 +4,10 @@ tests/test_podman.py's."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,7 +40,10 @@ class Answer(http.server.BaseHTTPRequestHandler):
 server = socketserver.UnixStreamServer(path, Answer)
 if starts < int(os.environ["FAKE_PODMAN_FAILS"]):
     sys.exit("Error: the stand-in gave up")
-server.serve_forever()
+server.timeout = int(sys.argv[-2].removeprefix("--time="))  # and, as Podman, it stops that long after its last
+server.handle_timeout = lambda: sys.exit(0)  # request
+while True:
+    server.handle_request()
 '''
 
 
@@ -48,13 +54,15 @@ def fake_podman(tmp_path, monkeypatch):
     exe = bin_dir / "podman"
     exe.write_text(FAKE.format(python=sys.executable))
     exe.chmod(0o755)
-    state = tmp_path / "state"
+    run_dir = Path(tempfile.mkdtemp(prefix="xdg-", dir="/tmp"))  # a socket's path has at most 107 bytes
+    state = run_dir / "state"
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("FAKE_PODMAN_STATE", str(state))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run_dir))
     podman.stop()  # this process's real service, where a test before this one started it
     yield state
     podman.stop()
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_a_service_that_dies_before_it_answers_is_started_again(fake_podman, monkeypatch):
@@ -73,3 +81,14 @@ def test_a_service_that_never_answers_says_what_podman_said_in_one_line(fake_pod
         podman.service()
     assert str(err.value) == "podman system service did not start: Error: the stand-in gave up"
     assert not list(Path(fake_podman.parent).glob("itwin-podman-*"))
+
+
+def test_the_folder_a_killed_runners_service_left_goes_when_the_next_starts(fake_podman, monkeypatch):
+    monkeypatch.setenv("FAKE_PODMAN_FAILS", "0")
+    runner = subprocess.Popen([sys.executable, "-c", "from runner.engines import podman; podman.service(); "
+                               "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])  # no atexit: killed
+    runner.wait()
+    (left,) = fake_podman.parent.glob("itwin-podman-*")
+    podman.service()
+    assert left not in fake_podman.parent.glob("itwin-podman-*")
+    assert len(list(fake_podman.parent.glob("itwin-podman-*"))) == 1  # the new service's own

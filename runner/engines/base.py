@@ -9,6 +9,8 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -95,6 +97,17 @@ class Made:
     stage: bool = False  # untagged: a build stage or layer an interrupted build left
     busy: bool = False  # a container (running or not) uses it
     needs: str | None = None  # the image it is built on and cannot go without (its dependency image)
+
+
+def scratch(where: Path, name: str) -> Path:
+    """A new folder of this process's own in `where`, named NAME-PID-*; first, those of yours that a process killed
+    outright left there (their PID is gone) are removed."""
+    for left in where.glob(f"{name}-*-*"):
+        pid = left.name.removeprefix(f"{name}-").split("-")[0]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists() and left.stat().st_uid == os.getuid():
+                shutil.rmtree(left, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-{os.getpid()}-", dir=where))
 
 
 def failure_reason(runner: StepRunner, job: Job, code: int, tail: list[str]) -> str:

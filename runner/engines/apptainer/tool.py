@@ -6,11 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from runner.engines.base import one_at_a_time
+from runner.engines.base import one_at_a_time, scratch
 from runner.errors import UserError
 from runner.places import sif_cache
 
@@ -81,17 +80,14 @@ def unpacked_in_memory(size: int | None) -> Iterator[dict[str, str]]:
     """What `apptainer build` of an image of `size` bytes adds to its environment: where the user named no place to
     unpack images (APPTAINER_TMPDIR, TMPDIR), a folder of its own in memory (/dev/shm) when that holds the image
     twice over (unpacked, then squashed) with 1 GiB to spare. Unpacking the toy's 213 MB image onto this machine's
-    disk took 15 s of a 17 s conversion, into memory 6.7 s (bench/sif.py); a node's /tmp is often no faster."""
+    disk took 15 s of a 17 s conversion, into memory 6.7 s (bench/sif.py); a node's /tmp is often no faster. What a
+    runner killed outright left there goes at the next conversion (scratch)."""
     if size is None or os.environ.get("APPTAINER_TMPDIR") or os.environ.get("TMPDIR"):
         yield {}
         return
     try:
-        for left in MEMORY.glob("itwin-sif-*-*"):  # a runner killed outright leaves its folder: memory, not disk
-            pid = left.name.split("-")[2]
-            if left.stat().st_uid == os.getuid() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                shutil.rmtree(left, ignore_errors=True)
         room = shutil.disk_usage(MEMORY).free
-        place = tempfile.mkdtemp(prefix=f"itwin-sif-{os.getpid()}-", dir=MEMORY) if room > 2 * size + (1 << 30) else None
+        place = str(scratch(MEMORY, "itwin-sif")) if room > 2 * size + (1 << 30) else None
     except OSError:  # no /dev/shm, or not ours to write
         place = None
     try:

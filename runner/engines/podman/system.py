@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.engines.base import scratch
 from runner.engines.docker import inventory
 from runner.engines.docker.client import client
 from runner.errors import UserError
@@ -66,7 +67,7 @@ def service() -> str:
 def start_service() -> tuple[subprocess.Popen, Path]:
     """A Podman service on a private socket, with this process's client connected to it (at the API version its
     /_ping names: docker-py would otherwise ask /version, which takes Podman 0.4 s)."""
-    where = Path(tempfile.mkdtemp(prefix="itwin-podman-", dir=os.environ.get("XDG_RUNTIME_DIR") or None))
+    where = scratch(Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()), "itwin-podman")
     path, log = where / "api.sock", where / "service.log"
     with open(log, "w") as err:  # Podman's own warnings go there, not between the run's lines
         proc = subprocess.Popen([executable(), "system", "service", f"--time={IDLE_S}", f"unix://{path}"],
