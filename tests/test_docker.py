@@ -58,10 +58,10 @@ def test_unchanged_rerun_builds_nothing_and_env_change_rebuilds_one(docker_clien
     again = itwin("build", "workflow.yml", cwd=toy)
     assert again.returncode == 0 and "built" not in again.stderr, again.stderr
     change_packages(env, time.time_ns())
+    changed = itwin("build", "workflow.yml", cwd=toy)
+    assert changed.returncode == 0, changed.stderr
+    after = dict(line.split("\t") for line in changed.stdout.split("\n") if line)
     try:
-        changed = itwin("build", "workflow.yml", cwd=toy)
-        assert changed.returncode == 0, changed.stderr
-        after = dict(line.split("\t") for line in changed.stdout.split("\n") if line)
         assert changed.stderr.count("built ") == 1 and "for square" in changed.stderr
         assert after["square"] != before["square"]
         assert after["generate"] == before["generate"] and after["summarize"] == before["summarize"]
