@@ -24,6 +24,9 @@ from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, BuildOptions, ImageSpec, Pin
 from runner.places import build_lock
 
+# The classic builder's words when a cached layer it builds on is removed under it (moby/moby#36901)
+LOST_PARENT = "unknown parent image ID"
+
 
 def _auth() -> dict[str, str] | None:
     """Registry credentials from the environment; without them docker-py uses the Docker config (`docker login`)."""
@@ -326,13 +329,28 @@ class DockerBuilder:
 
     def _build(self, ctx: str, dockerfile: str, ref: str, buildargs: dict[str, str], step: str,
                labels: dict[str, str] | None = None, env_file: Path | None = None) -> None:
-        """Build, showing its progress (BuildProgress)."""
+        """Build, showing its progress (BuildProgress). Once more when a cached layer it built on was removed
+        meanwhile (a `docker image prune`, another build's clean-up): the classic builder then fails with
+        "unknown parent image ID", and a second try makes that layer again."""
+        start = time.monotonic()
+        labels = {f"{LABEL}.managed": "1", f"{LABEL}.step": step, **(labels or {})}
+        for attempt in (1, 2):
+            error, lines = self._build_once(ctx, dockerfile, ref, buildargs, step, labels)
+            if error is None or attempt == 2 or LOST_PARENT not in error:
+                break
+            ui.say(f" {ref} for {step}: a cached layer was removed during the build; building again", "yellow",
+                   prefix="retry")
+        if error is not None:
+            raise UserError(build_error(ref, step, error, lines, env_file))
+        ui.say(f" {ref} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="built")
+
+    def _build_once(self, ctx: str, dockerfile: str, ref: str, buildargs: dict[str, str], step: str,
+                    labels: dict[str, str]) -> tuple[str | None, list[str]]:
+        """(the error or None, the build's output lines)."""
         from rich.markup import escape
 
         lines: list[str] = []
-        start = time.monotonic()
         error: str | None = None
-        labels = {f"{LABEL}.managed": "1", f"{LABEL}.step": step, **(labels or {})}
         layers: list[str] = []  # the image id after each instruction
         stage_ends: list[str] = []  # the last one of each stage but the final one
         try:
@@ -364,9 +382,7 @@ class DockerBuilder:
             raise daemon_error(exc) from None
         finally:
             self._drop_untagged(stage_ends + layers[-1:])
-        if error is not None:
-            raise UserError(build_error(ref, step, error, lines, env_file))
-        ui.say(f" {ref} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="built")
+        return error, lines
 
     def _drop_untagged(self, ids: list[str]) -> None:
         """Remove what a build left untagged: its build stages, and on failure the layers it got to (the classic
