@@ -51,8 +51,12 @@ def _tools(path: Path) -> list[Path]:
 
 
 def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: bool = True,
-              gpus: dict[str, Any] | None = None, limits: dict[str, Limits] | None = None) -> dict[str, Any]:
-    """cwltool overrides: each tool run by a step named like a classical step gets that step's image."""
+              gpus: dict[str, Any] | None = None, limits: dict[str, Limits] | None = None,
+              env: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """cwltool overrides: each tool run by a step named like a classical step gets that step's image; `env`, what
+    itwin-run tells a step beside the step's own env.vars (its share of the CPUs as thread counts). An override
+    replaces the tool's own EnvVarRequirement, so that one's variables are carried over (the thread counts a tool
+    sets itself win over itwin-run's; the workflow's env.vars win over the tool's)."""
     try:
         cwl = yaml.safe_load(cwl_file.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -71,9 +75,11 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
             raise UsageError(f"{cwl_file}: step {step_id}: put its tool in a file of its own (run: tool.cwl) so that "
                             "itwin-run can give it the step image")
         # a sweep's points are staged apart by cwltool: none of them writes at the dataset's own path
-        reqs = requirements(wf, step, images[step.name], at_dataset and not step.sweep,
-                            (gpus or {}).get(step.name, step.gpus), (limits or {}).get(step.name), overriding=True)
+        told = (env or {}).get(step.name, {})
         for tool in _tools(cwl_file.parent / run):
+            reqs = requirements(wf, step, images[step.name], at_dataset and not step.sweep,
+                                (gpus or {}).get(step.name, step.gpus), (limits or {}).get(step.name), overriding=True,
+                                env={**told, **_own_env(tool)})
             out[tool.as_uri()] = {"requirements": reqs}
     if unknown:
         raise UsageError(f"{cwl_file}: CWL steps {', '.join(unknown)} match no step of {wf.path.name} "
@@ -81,14 +87,32 @@ def overrides(wf: Workflow, cwl_file: Path, images: dict[str, str], at_dataset: 
     return {"$namespaces": {"cwltool": "http://commonwl.org/cwltool#"}, "cwltool:overrides": out}
 
 
+def _own_env(tool: Path) -> dict[str, str]:
+    """The variables of a tool's own EnvVarRequirement (a map, or a list of envName/envValue)."""
+    try:
+        doc = yaml.safe_load(tool.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    reqs = doc.get("requirements") if isinstance(doc, dict) else None
+    if isinstance(reqs, list):
+        reqs = {r.get("class"): r for r in reqs if isinstance(r, dict)}
+    found = reqs.get("EnvVarRequirement") if isinstance(reqs, dict) else None
+    defs = found.get("envDef") if isinstance(found, dict) else None
+    if isinstance(defs, list):
+        return {str(d.get("envName")): str(d.get("envValue")) for d in defs if isinstance(d, dict)}
+    return {str(k): str(v) for k, v in defs.items()} if isinstance(defs, dict) else {}
+
+
 def requirements(wf: Workflow, step: StepSpec, image: str, at_dataset: bool = True, gpus: Any = None,
-                 limits: Limits | None = None, overriding: bool = False) -> dict[str, Any]:
+                 limits: Limits | None = None, overriding: bool = False,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
     docker: dict[str, Any] = {"dockerImageId": image}
     if step.output and at_dataset:  # the output at the dataset's host path, as in classical runs (MLflow URIs stay valid)
         docker["dockerOutputDirectory"] = str(wf.datasets[step.output])
     reqs: dict[str, Any] = {"DockerRequirement": docker}
-    if step.env.vars:
-        reqs["EnvVarRequirement"] = {"envDef": {k: str(v) for k, v in step.env.vars.items()}}
+    env = {**(env or {}), **{k: str(v) for k, v in step.env.vars.items()}}
+    if env:
+        reqs["EnvVarRequirement"] = {"envDef": env}
     gpus = step.gpus if gpus is None else gpus
     if gpus:
         count = 1 if gpus == "all" else (gpus if isinstance(gpus, int) else len(gpus))

@@ -143,7 +143,7 @@ def test_cwl_mode_applies_resources_and_refuses_what_cwltool_cannot_take(toy, cl
     text = wf.read_text()
     wf.write_text(text.replace("        prefix: ./envs/.venv-square\n",
                                "        prefix: ./envs/.venv-square\n      resources: {cpus: 1, memory: 300M}\n"))
-    res = itwin("--cwl", "workflow.yml", cwd=toy)
+    res = itwin("--cwl", "workflow.yml", cwd=toy, env={"ITWIN_RUN_THREADS": "2"})
     assert res.returncode == 0, res.stderr[-2000:]
     assert outputs(toy / "data") == classical
     log = next((toy / ".itwin-run" / "runs").glob("*/cwltool.log")).read_text()
@@ -151,6 +151,8 @@ def test_cwl_mode_applies_resources_and_refuses_what_cwltool_cannot_take(toy, cl
     assert "--cpus=1 " in square.replace("\\\n", " ") and "--memory=300m" in square.lower(), square[:3000]
     generate = log.split("[job generate]")[1].split("[job square]")[0]
     assert f"--cpus={os.cpu_count()}" in generate and "--memory=256m" not in generate.lower(), generate[:3000]
+    # the threads each is told, as in a classical run: its CPU limit, else the share ITWIN_RUN_THREADS gives
+    assert "--env=OMP_NUM_THREADS=1" in square and "--env=OMP_NUM_THREADS=2" in generate, generate[:3000]
     wf.write_text(text.replace("        prefix: ./envs/.venv-square\n",
                                "        prefix: ./envs/.venv-square\n      resources: {time: 30s}\n"))
     timed = itwin("--cwl", "workflow.yml", cwd=toy)

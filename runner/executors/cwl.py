@@ -28,6 +28,7 @@ from runner.cwl import CWL_KEY, PROVENANCE, cwltool, job_order, overrides
 from runner.engines.base import StepRunner
 from runner.errors import UsageError
 from runner.executors.base import Common, Outcome, Submission, setting
+from runner.limits import THREAD_VARS
 from runner.workflow import StepSpec, Workflow
 
 _LOCATED = re.compile(r"^\S+:\d+:\d+:")
@@ -52,7 +53,7 @@ class CwlExecutor:
     single_file_images = True  # DockerRequirement.dockerImageId: one SIF
     refuses_sweeps = ""  # the CWL file scatters the sweep's step (export-cwl writes it so)
     arrays = False
-    shares_cpus = False
+    shares_cpus = True  # cwltool runs the tools on this machine (side by side with --parallel)
     status = outcomes = prepare = None
 
     @staticmethod
@@ -114,7 +115,8 @@ class CwlExecutor:
             whole = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
             limits = {name: dataclasses.replace(lim, cpus=lim.cpus or float(os.cpu_count() or 1),
                                                 memory=lim.memory or f"{whole}M") for name, lim in limits.items()}
-        ov = overrides(self.wf, self.cwl_file, images, self.runner.cwl_output_at_dataset, gpus, limits)
+        threads = {s.step.name: {k: s.job.env[k] for k in THREAD_VARS if k in s.job.env} for s in subs}
+        ov = overrides(self.wf, self.cwl_file, images, self.runner.cwl_output_at_dataset, gpus, limits, threads)
         args = [cwltool(), "--disable-color", *self.runner.cwltool_args, *strict,
                 "--on-error", "continue" if self.keep_going else "stop"]
         if self.jobs > 1:
