@@ -30,6 +30,13 @@ def toy(toy: Path) -> Path:
     return toy
 
 
+def words() -> tuple[str, str]:
+    """Source words of this test's own (source_project): these tests remove their images from the daemon, and other
+    workers' tests may be running the images of the usual words."""
+    stamp = time.time_ns()
+    return f"first{stamp}", f"second{stamp}"
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, docker_client):
     with serve_registry(tmp_path_factory.mktemp("registry")) as addr:
@@ -110,7 +117,8 @@ def test_pinned_sources_reach_apptainer_as_an_overlay(registry, docker_client, a
     """`build --push` of a step with sources pins its dependency image and its sources' wheels beside the whole
     image. A node that pulls (Apptainer) converts the dependencies once; after a source edit and a new push it
     pulls only the wheels and makes an overlay. Docker pulls the whole image, as before."""
-    source_project(tmp_path)
+    one, two = words()
+    source_project(tmp_path, one)
     cache = tmp_path / "sif"
     node = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(cache)}
 
@@ -125,24 +133,24 @@ def test_pinned_sources_reach_apptainer_as_an_overlay(registry, docker_client, a
     first = push()
     assert not [i for i in docker_client.images.list(filters={"label": LABEL}) if any("-wheels" in t for t in i.tags)]
     res = itwin("--engine", "apptainer", "--images", "wf.images.json", "wf.yml", cwd=tmp_path, env=node)
-    assert res.returncode == 0 and "say | script first" in res.stdout, res.stderr[-2000:]
+    assert res.returncode == 0 and f"say | script {one}" in res.stdout, res.stderr[-2000:]
     assert res.stderr.count("converted ") == 1 and res.stderr.count("overlay ") == 1
     (deps,) = cache.glob("*.sif")
     made = deps.stat().st_mtime_ns
 
-    set_word(tmp_path, "second")
+    set_word(tmp_path, two)
     second = push()
     assert second["layers"]["say"]["dependencies"] == first["layers"]["say"]["dependencies"]
     assert second["layers"]["say"]["wheels"] != first["layers"]["say"]["wheels"]
     res = itwin("--engine", "apptainer", "--images", "wf.images.json", "wf.yml", cwd=tmp_path, env=node)
-    assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-2000:]
+    assert res.returncode == 0 and f"say | script {two}" in res.stdout, res.stderr[-2000:]
     assert "converted " not in res.stderr and res.stderr.count("overlay ") == 1
     assert [p.stat().st_mtime_ns for p in cache.glob("*.sif")] == [made]
-    assert (tmp_path / "data/out/word.txt").read_text() == "second\n"
+    assert (tmp_path / "data/out/word.txt").read_text() == f"{two}\n"
 
     drop_local(docker_client, [second["images"]["say"]])
     res = itwin("--images", "wf.images.json", "--force", "wf.yml", cwd=tmp_path)
-    assert res.returncode == 0 and "say | script second" in res.stdout, res.stderr[-2000:]
+    assert res.returncode == 0 and f"say | script {two}" in res.stdout, res.stderr[-2000:]
 
 
 def test_sifs_go_through_the_registry_and_a_node_converts_nothing(toy, registry, docker_client, apptainer_env,
@@ -176,7 +184,8 @@ def test_sifs_go_through_the_registry_and_a_node_converts_nothing(toy, registry,
 def test_a_pushed_source_overlay_is_pulled_not_made(registry, docker_client, apptainer_env, tmp_path, no_leftovers):
     """A step with sources: its dependency SIF and its source overlay go as two artifacts, and a node pulls both
     (kilobytes for the overlay once the dependencies are there) instead of converting and installing."""
-    source_project(tmp_path)
+    one, _ = words()
+    source_project(tmp_path, one)
     site = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "site-sif")}
     res = itwin("build", "--engine", "apptainer", "wf.yml", "--push", "--registry", f"{registry}/src", cwd=tmp_path,
                 env=site)
@@ -185,7 +194,7 @@ def test_a_pushed_source_overlay_is_pulled_not_made(registry, docker_client, app
     assert "-sif@sha256:" in pin["sif"] and "-sqfs@sha256:" in pin["overlay"], pin
     node = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / "node-sif"), "DOCKER_HOST": "unix:///nonexistent"}
     res = itwin("--engine", "apptainer", "--images", "wf.images.json", "wf.yml", cwd=tmp_path, env=node)
-    assert res.returncode == 0 and "say | script first" in res.stdout, res.stderr[-2000:]
+    assert res.returncode == 0 and f"say | script {one}" in res.stdout, res.stderr[-2000:]
     assert res.stderr.count("pulled ") == 2 and "converted " not in res.stderr and "overlay " not in res.stderr
     assert sorted(p.suffix for p in (tmp_path / "node-sif").iterdir() if not p.name.startswith(".")) == [".sif",
                                                                                                          ".sqfs"]

@@ -304,7 +304,10 @@ class DockerBuilder:
         for ref in dict.fromkeys([parent, base_ref, *refs]):
             path = dest / f"{_archive_name(ref)}.tar"
             partial = path.with_name(f".{path.name}.partial")
-            image = self.client.images.get(ref)
+            try:
+                image = self.client.images.get(ref)
+            except docker.errors.ImageNotFound:
+                raise UserError(f"{ref}: no longer in {self.name} (removed since it was made): build again") from None
             with ui.status(f"saving {ref} to {path}"), open(partial, "wb") as f:
                 # by this name: an image made for the same content has others (and the first would be saved)
                 for chunk in image.save(named=ref if ref in image.tags else True):
