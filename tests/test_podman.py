@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TOY, itwin
-from tests.services import wait_for
+from tests.services import change_packages, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -259,6 +259,11 @@ def test_images_a_user_saved_with_podman_load_into_docker_and_run(podman, docker
     """`build --save` by Podman for a site without a registry, `load` there by Docker: the workflow runs from
     the loaded images with nothing built."""
     project = podman.project(TOY, "save")
+    stamp = time.time_ns()  # images of its own: Docker's copies are removed below, and other workers run the toy's
+    change_packages(project / "envs" / "requirements.txt", stamp)
+    change_packages(project / "envs" / "environment.yml", stamp + 1)
+    dockerfile = project / "envs" / "summarize" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + f"LABEL org.itwin-run.test={stamp}\n")
     archive = podman.home / "save-archive"
     res = podman.itwin("build", "--engine", "podman", "workflow.yml", "--save", str(archive), cwd=project)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -274,7 +279,8 @@ def test_images_a_user_saved_with_podman_load_into_docker_and_run(podman, docker
     elsewhere = tmp_path / "elsewhere"
     subprocess.run(["cp", "-r", str(project), str(elsewhere)], check=True)
     tmp_path.chmod(0o755)
-    ran = itwin("workflow.yml", cwd=elsewhere)
+    # the user's pip has no wheelhouse (root's has one here, which would make other images): the same build inputs
+    ran = itwin("workflow.yml", cwd=elsewhere, env={"ITWIN_RUN_WHEELHOUSE": "none"})
     assert ran.returncode == 0 and "built " not in ran.stderr, ran.stderr[-3000:]
     assert (elsewhere / "data" / "summary" / "summary.txt").read_text().startswith("sum=55\n")
     shutil.rmtree(archive, ignore_errors=True)
