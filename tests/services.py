@@ -91,7 +91,10 @@ def start_mlflow_server(backend: str, cwd: Path, artifacts: Path | None = None) 
            "--workers", "1", "--backend-store-uri", backend]
     if artifacts:
         cmd += ["--artifacts-destination", str(artifacts)]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # No GenAI job runner (8 huey processes, and a folder in /dev/shm that MLflow never removes): these tests read runs
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
     uri = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
