@@ -297,12 +297,13 @@ class ApptainerBuilder:
         (dest / "sif").mkdir(parents=True, exist_ok=True)
         out = []
         origins = list(dict.fromkeys(self._origin[r] for r in refs if r in self._origin))
-        docker = self._need_docker("saving images") if origins else None
-        for gone in [o for o in origins if docker and docker.identity(o) is None]:  # its SIF was cached: not remade
-            ui.say(f"note: {gone} is no longer in Docker: its SIF is saved, not the image")
-            origins.remove(gone)
-        if docker and origins:
-            out += docker.save(origins, dest)
+        if origins:
+            docker = self._need_docker("saving images")
+            held = [o for o in origins if docker.identity(o)]  # one whose SIF was cached may be gone: not remade
+            for gone in (o for o in origins if o not in held):
+                ui.say(f"note: {gone} is no longer in Docker: its SIF is saved, not the image")
+            if held:
+                out += docker.save(held, dest)
         for sif in dict.fromkeys(part for r in refs for part in image_parts(r)):
             target = dest / "sif" / Path(sif).name
             shutil.copyfile(sif, target)
