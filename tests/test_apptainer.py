@@ -151,3 +151,61 @@ def test_a_gpu_step_sees_its_allocation(docker_client, apptainer_env, toy):
                 env={**apptainer_env, "CUDA_VISIBLE_DEVICES": "2,3"})
     assert res.returncode == 0, res.stderr[-2000:]
     assert "generate | visible 2\n" in res.stdout, res.stdout
+
+
+def _sif_facts(sif: Path, env: dict[str, str]) -> dict:
+    """What a SIF holds, less what differs between any two builds of it (build date, the SIF's own path)."""
+    import json
+    import re
+    import subprocess
+
+    def run(*cmd: str) -> str:
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        assert res.returncode == 0, res.stderr[-1500:]
+        return res.stdout
+
+    inspect = json.loads(run("apptainer", "inspect", "--json", "--all", str(sif)))
+    inspect["data"]["attributes"]["labels"].pop("org.label-schema.build-date")
+    descriptors = [ln.split("|")[-1].strip() for ln in run("apptainer", "sif", "list", str(sif)).splitlines()
+                   if ln.strip()[:1].isdigit()]
+    env_in = sorted(ln for ln in run("apptainer", "exec", "--cleanenv", str(sif), "env").splitlines()
+                    if str(sif) not in ln and sif.name not in ln)
+    offset = run("apptainer", "sif", "list", str(sif)).split("FS (")[0].splitlines()[-1].split("|")[3].split("-")[0]
+    files = set()  # (mode, owner, size but a folder's, path -> link target)
+    for ln in run("unsquashfs", "-o", offset.strip(), "-lln", str(sif)).splitlines():
+        if m := re.match(r"(\S+) (\S+) +(.+?) \d{4}-\d\d-\d\d \d\d:\d\d (.*)$", ln):
+            files.add((m[1], m[2], "" if m[1][0] == "d" else m[3], m[4]))
+    return {"inspect": inspect, "descriptors": descriptors, "env": env_in, "files": files}
+
+
+def test_a_local_image_becomes_apptainers_sif_without_its_layer_cache(docker_client, apptainer_env, toy, tmp_path):
+    """`apptainer build docker-daemon://` copies each layer gzip-compressed into Apptainer's cache and unpacks it
+    again; itwin-run unpacks the image once (docker export) and squashes it. The SIFs hold what Apptainer's own
+    conversion puts there: the environment, runscript, labels, definition and inspect metadata, and the same files
+    (less the empty ones Docker adds to every container). Nothing goes into Apptainer's layer cache. The image: a
+    Dockerfile env with an entry point, labels and variables that need quoting."""
+    env_dir = toy / "envs" / "summarize"
+    (env_dir / "Dockerfile").write_text((env_dir / "Dockerfile").read_text() + (
+        'ENV QUOTED="a \\"b\\" \\$c `d`" EMPTY=""\nLABEL org.example.note="x y"\n'
+        'ENTRYPOINT ["/usr/bin/env", "A=1"]\nCMD ["python3", "-c", "print(1)"]\n'))
+    (toy / "one.yml").write_text("datasets:\n  squares: {location: ./data/squares}\n  summary: {location: ./data/summary}\n"
+                                 "steps:\n  - summarize:\n      input: squares\n      output: summary\n"
+                                 "      command: python ./steps/summarize.py\n      env: {file: ./envs/summarize/Dockerfile}\n")
+    assert itwin("build", "one.yml", cwd=toy).returncode == 0
+    caches = {}
+    for way in ("apptainer", "export"):
+        env = {**apptainer_env, "ITWIN_RUN_SIF_CACHE": str(tmp_path / way / "sif"),
+               "APPTAINER_CACHEDIR": str(tmp_path / way / "layers"), "ITWIN_RUN_SIF_CONVERT": way}
+        res = itwin("build", "--engine", "apptainer", "one.yml", cwd=toy, env=env)
+        assert res.returncode == 0 and res.stderr.count("converted ") == 1, res.stderr[-2000:]
+        caches[way] = tmp_path / way
+    blobs = [p for p in (caches["export"] / "layers").rglob("*") if p.is_file()]
+    assert not blobs and list((caches["apptainer"] / "layers").rglob("sha256*")), blobs[:3]
+    docker_adds = {"dev/console", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab"}
+    for theirs in sorted((caches["apptainer"] / "sif").glob("*.sif")):
+        ours = caches["export"] / "sif" / theirs.name
+        a, b = _sif_facts(theirs, apptainer_env), _sif_facts(ours, apptainer_env)
+        assert a["inspect"] == b["inspect"] and a["descriptors"] == b["descriptors"] and a["env"] == b["env"]
+        differ = {f[3].removeprefix("squashfs-root/").split(" -> ")[0] for f in a["files"] ^ b["files"]}
+        # the labels' size goes with the build date's (compared above, less the date); the root's mode is a folder's
+        assert differ <= docker_adds | {".singularity.d/labels.json", "squashfs-root"}, differ

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from runner import ui
 from runner.engines.apptainer.artifact import pull_file, push_file
+from runner.engines.apptainer.export import converts_here, make_sif
 from runner.engines.apptainer.tool import (
     REGISTRY_SCHEMES,
     executable,
@@ -219,20 +220,23 @@ class ApptainerBuilder:
         # lz4 by default: SIFs build twice as fast and, since every exec reads the image anew, a Python step starts
         # ~100 ms sooner than from gzip (the files are ~35% larger). ITWIN_RUN_SIF_COMPRESSION=gzip for smaller SIFs.
         compression = os.environ.get("ITWIN_RUN_SIF_COMPRESSION") or "lz4"
+        docker = self._docker_engine() if source.startswith("docker-daemon://") else None
+        ref = source.removeprefix("docker-daemon://")
+        info = docker.client.api.inspect_image(ref) if docker else None
+        doing = f"converting {source} to {sif.name} (step {step})"
         try:
-            with unpacked_in_memory(self._size(source)) as place:
-                self._build(["--mksquashfs-args", f"-comp {compression}"], partial, source,
-                            f"converting {source} to {sif.name} (step {step})",
-                            f"conversion of {source} to SIF for step {step!r}", place)
+            with unpacked_in_memory(info["Size"] if info else None) as place:
+                if info and converts_here(info):
+                    where = Path(place.get("APPTAINER_TMPDIR") or os.environ.get("APPTAINER_TMPDIR") or tempfile.gettempdir())
+                    with ui.status(doing):
+                        make_sif(self.exe, docker.client, ref, info, partial, compression, where)
+                else:
+                    self._build(["--mksquashfs-args", f"-comp {compression}"], partial, source, doing,
+                                f"conversion of {source} to SIF for step {step!r}", place)
             partial.replace(sif)
         finally:
             partial.unlink(missing_ok=True)
         ui.say(f" {sif} for {step} in {time.monotonic() - start:.1f}s", "green", prefix="converted")
-
-    def _size(self, source: str) -> int | None:
-        """The unpacked size of a local Docker image (None for any other source)."""
-        docker = self._docker_engine() if source.startswith("docker-daemon://") else None
-        return docker.client.api.inspect_image(source.removeprefix("docker-daemon://"))["Size"] if docker else None
 
     def _build(self, options: list[str], target: Path, source: str, doing: str, what: str,
                env: dict[str, str] | None = None) -> None:
