@@ -26,6 +26,7 @@ from runner.yamlfile import compose, dotted, where
 DATA = Path(str(resources.files("runner") / "data"))
 TEMPLATES = DATA / "images"
 SOURCE_WHEELS = "/opt/itwin-run/source-wheels"  # where a step image keeps its sources' wheels (Dockerfile.sources)
+WHEELS_ARG = "ITWIN_WHEELS"  # the build argument that tells Dockerfile.pip where the builder serves the wheelhouse
 BASE_DOCKERFILE = DATA / "Dockerfile.base"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_PYTHON = "3.11"
@@ -113,10 +114,9 @@ class ImageSpec:
             return self.env_file.name
         (dest / "requirements.txt").write_text(self.requirements)
         pip_args, copies = [], ["COPY requirements.txt ./"]
-        if opts.wheelhouse:
-            _link_tree(opts.wheelhouse, dest / "wheels")
-            pip_args.append("--find-links wheels")
-            copies.append("COPY wheels ./wheels")
+        if opts.wheelhouse:  # served to the build by the builder: see Dockerfile.pip
+            pip_args.append(f"--find-links ${WHEELS_ARG}")
+            copies.insert(0, f"ARG {WHEELS_ARG}")
         if opts.constraints:
             shutil.copy(opts.constraints, dest / "constraints.txt")
             pip_args.append("-c constraints.txt")

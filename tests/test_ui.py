@@ -20,7 +20,7 @@ def test_build_progress_names_the_layer_and_pips_phase():
     from runner.engines.docker import BuildPhase
 
     phase = BuildPhase()
-    for line, want in [("Step 4/12 : RUN pip install --prefer-binary --find-links wheels -r requirements.txt",
+    for line, want in [("Step 4/12 : RUN pip install --prefer-binary --find-links $ITWIN_WHEELS -r requirements.txt",
                         "dependencies layer"),
                        ("Collecting torch==2.13.0", "dependencies layer, pip resolving"),
                        ("  Downloading mlflow-3.17.2-py3-none-any.whl (24.1 MB)", "dependencies layer, pip downloading"),

@@ -492,3 +492,23 @@ def test_a_duplicate_or_odd_key_is_one_line_with_its_place(tmp_path, text, where
         workflow.load(tmp_path / "wf.yml", root=tmp_path)
     (line,) = err.value.problems
     assert line.startswith(f"{tmp_path / 'wf.yml'}:{where}: {said}"), line
+
+
+def test_the_wheelhouse_is_not_in_the_build_context(tmp_path):
+    """The builder serves the wheelhouse to the build (ITWIN_WHEELS): the context carries the requirements only, and
+    the dependencies are installed in the image's one stage, not copied from a stage that held the wheels."""
+    from runner.images import WHEELS_ARG, BuildOptions, spec_for
+
+    wheelhouse = tmp_path / "wheels"
+    wheelhouse.mkdir()
+    (wheelhouse / "big-1.0-py3-none-any.whl").write_bytes(b"x" * 1_000_000)
+    (tmp_path / "req.txt").write_text("big\n")
+    wf = workflow.load(write(tmp_path, "steps:\n  - s:\n      command: python x.py\n      env: {file: req.txt}\n"),
+                       root=tmp_path)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    spec_for(wf.steps[0], wf).context(ctx, "itwin-run/base:x", BuildOptions(wheelhouse=wheelhouse))
+    assert sorted(p.name for p in ctx.rglob("*")) == ["Dockerfile", "requirements.txt"]
+    dockerfile = (ctx / "Dockerfile").read_text()
+    assert f"ARG {WHEELS_ARG}" in dockerfile and f"--find-links ${WHEELS_ARG}" in dockerfile
+    assert dockerfile.count("\nFROM ") + dockerfile.startswith("FROM ") == 1 and "COPY --from" not in dockerfile

@@ -20,8 +20,9 @@ from runner import ui
 from runner.engines.base import one_at_a_time
 from runner.engines.docker.buildlog import BuildProgress, build_error
 from runner.engines.docker.client import BOOTSTRAP_PARENT, DEFAULT_PARENT, client, daemon_error, image_id
+from runner.engines.docker.wheels import served
 from runner.errors import UserError
-from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, BuildOptions, ImageSpec, Pin
+from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, WHEELS_ARG, BuildOptions, ImageSpec, Pin
 from runner.places import build_lock
 
 # The classic builder's words when a cached layer it builds on is removed under it (moby/moby#36901)
@@ -43,9 +44,7 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
     if "@" in ref:
         return ref, None
     name, _, tag = ref.rpartition(":")
-    if name and "/" not in tag:
-        return name, tag
-    return ref, "latest"
+    return (name, tag) if name and "/" not in tag else (ref, "latest")
 
 
 def _registry_problem(msg: str) -> str:
@@ -57,7 +56,6 @@ def _registry_problem(msg: str) -> str:
     if "not found" in low or "manifest unknown" in low or "does not exist" in low:
         return f"no such image in the registry [{msg}]"
     return msg
-
 
 
 class DockerBuilder:
@@ -75,7 +73,6 @@ class DockerBuilder:
     @property
     def client(self) -> docker.DockerClient:
         return client(self.daemon())
-
 
     # ------------------------------------------------------------ base image
 
@@ -189,7 +186,10 @@ class DockerBuilder:
                 dockerfile = spec.context(Path(ctx), base_ref, opts)
             # a user Dockerfile may name the base image (ARG BASE / ITWIN_BASE); the templates have it written in
             args = {"ITWIN_BASE": base_ref, "BASE": base_ref} if spec.kind == "dockerfile" else {}
-            self._build(ctx, dockerfile, ref, args, step=spec.step, labels=labels, env_file=spec.env_file)
+            with contextlib.ExitStack() as serving:
+                if opts.wheelhouse and spec.kind != "dockerfile" and not spec.sources:  # Dockerfile.pip's
+                    args[WHEELS_ARG] = serving.enter_context(served(opts.wheelhouse, self.client.api.base_url))
+                self._build(ctx, dockerfile, ref, args, step=spec.step, labels=labels, env_file=spec.env_file)
 
     def _same_content(self, content: str) -> str | None:
         """The id of an image itwin-run built from the same content (env file packages, sources, base, template,
@@ -358,8 +358,8 @@ class DockerBuilder:
         stage_ends: list[str] = []  # the last one of each stage but the final one
         try:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
-                path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels,
-                rm=True, forcerm=True, decode=True, pull=False)
+                path=ctx, dockerfile=dockerfile, tag=ref, buildargs=buildargs, labels=labels, rm=True, forcerm=True,
+                decode=True, pull=False, network_mode="host" if WHEELS_ARG in buildargs else None)
             with ui.status(f"building {ref} (step {step})") as status, BuildProgress(
                     ref, step, status, ui.console().is_terminal, lambda: ui.console().width) as progress:
                 for item in stream:

@@ -41,7 +41,7 @@ def build_error(ref: str, step: str, error: str, lines: list[str], env_file: Pat
 
 
 class BuildPhase:
-    """Which layer a build is at (Dockerfile.pip's stages) and what pip is doing there, from the build's lines."""
+    """Which layer a build is at (Dockerfile.pip's, Dockerfile.sources') and what pip is doing there, from the build's lines."""
 
     PIP = (("Collecting", "resolving"), ("Downloading", "downloading"), ("Processing", "resolving"),
            ("Building wheel", "building wheels"), ("Installing collected", "installing"),
@@ -59,8 +59,6 @@ class BuildPhase:
                 self.layer = "dependencies"
             elif "build-sources.py" in instruction or "itwin-wheels" in instruction:
                 self.layer = "sources"
-            elif instruction.startswith("COPY --from=deps"):
-                self.layer = "dependencies (copy)"
             elif instruction.startswith("RUN"):
                 self.layer = instruction[4:40]
             return
