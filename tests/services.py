@@ -279,3 +279,21 @@ def _tabs(port: int):
         return json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2))
     except OSError:
         return None
+
+
+def probe_wheelhouse(root: Path, word: str) -> Path:
+    """root/wheelhouse with one wheel no index has, itwin-wh-probe 1.0, whose WORD is `word`; root/req.txt names it,
+    and root/wf.yml is one step that prints `probe WORD`."""
+    import sys
+
+    probe = root / "probe"
+    (probe / "itwin_wh_probe").mkdir(parents=True)
+    (probe / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
+                                          '"setuptools.build_meta"\n[project]\nname = "itwin-wh-probe"\nversion = "1.0"\n')
+    (probe / "itwin_wh_probe" / "__init__.py").write_text(f"WORD = {word!r}\n")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(root / "wheelhouse"), str(probe)], check=True)
+    (root / "req.txt").write_text("itwin-wh-probe==1.0\n")
+    (root / "wf.yml").write_text("steps:\n  - say:\n      command: python -c \"import itwin_wh_probe as p; "
+                                 "print('probe', p.WORD)\"\n      env: {file: req.txt}\n")
+    return root / "wheelhouse"

@@ -437,21 +437,10 @@ def test_requirements_may_name_a_local_package_and_a_wheel(docker_client, tmp_pa
 def test_a_wheelhouse_is_served_to_the_build_and_kept_out_of_the_image(docker_client, tmp_path, no_leftovers):
     """--wheelhouse DIR: pip in the build installs a package no index has from DIR, which the builder serves to the
     build over HTTP on this machine's loopback; no layer of the image holds a wheel of DIR."""
-    import subprocess
-    import sys
+    from tests.services import probe_wheelhouse
 
     tmp_path.chmod(0o755)
-    probe = tmp_path / "probe"
-    (probe / "itwin_wh_probe").mkdir(parents=True)
-    (probe / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = '
-                                          '"setuptools.build_meta"\n[project]\nname = "itwin-wh-probe"\nversion = "1.0"\n')
-    (probe / "itwin_wh_probe" / "__init__.py").write_text(f"WORD = {tmp_path.name!r}\n")
-    wheelhouse = tmp_path / "wheelhouse"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(wheelhouse), str(probe)], check=True)
-    (tmp_path / "req.txt").write_text("itwin-wh-probe==1.0\n")
-    (tmp_path / "wf.yml").write_text("steps:\n  - say:\n      command: python -c \"import itwin_wh_probe as p; "
-                                     "print('probe', p.WORD)\"\n      env: {file: req.txt}\n")
+    wheelhouse = probe_wheelhouse(tmp_path, tmp_path.name)
     res = itwin("--wheelhouse", str(wheelhouse), "wf.yml", cwd=tmp_path)
     assert res.returncode == 0 and f"say | probe {tmp_path.name}" in res.stdout, res.stderr[-2000:]
     built = itwin("build", "--wheelhouse", str(wheelhouse), "wf.yml", cwd=tmp_path)  # nothing to build: says the image

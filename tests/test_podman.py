@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TOY, itwin
-from tests.services import change_packages, wait_for
+from tests.services import change_packages, probe_wheelhouse, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -43,6 +43,17 @@ def containers(user, *filters: str) -> list[str]:
 def services(user) -> list[str]:
     res = subprocess.run(["pgrep", "-u", user.name, "-f", "podman system service"], capture_output=True, text=True)
     return res.stdout.split()
+
+
+def test_a_users_wheelhouse_reaches_podmans_build(podman, tmp_path):
+    """--wheelhouse DIR with Podman's builder: the build (rootless, on the host's network for its time) installs
+    from DIR, served on the loopback, a package no index has."""
+    src = tmp_path / "src"
+    src.mkdir()
+    probe_wheelhouse(src, "rootless")
+    project = podman.project(src, "wheelhouse")
+    res = podman.itwin("--engine", "podman", "--wheelhouse", str(project / "wheelhouse"), "wf.yml", cwd=project)
+    assert res.returncode == 0 and "say | probe rootless" in res.stdout, res.stderr[-3000:]
 
 
 def test_a_user_runs_the_toy_with_podman_and_gets_dockers_bytes(podman, docker_client):
