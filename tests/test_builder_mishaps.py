@@ -1,7 +1,8 @@
 """What another process does to Docker's images while itwin-run works, each with a stand-in for Docker's API (the
 races cannot be made to happen on demand against a real daemon): a build whose cached parent layer is removed under
 it (another build's clean-up, a `docker image prune`) is built once more, any other build error is reported at once;
-`build --save` of an image removed since it was made is one line, and Apptainer's saves the SIF it has."""
+`build --save` of an image removed since it was made is one line, and Apptainer's saves the SIF it has. And
+who converts a local image to a SIF by `docker export`."""
 
 from __future__ import annotations
 
@@ -103,3 +104,21 @@ def test_apptainer_saves_the_sif_of_an_image_docker_no_longer_holds(tmp_path, mo
     assert engine.saved == ["itwin-run/other:here"]
     assert sorted(p.name for p in out) == ["a.sif", "b.sif"]
     assert "note: itwin-run/req:gone is no longer in Docker: its SIF is saved, not the image" in capsys.readouterr().err
+
+
+def test_who_converts_a_local_image_by_docker_export(monkeypatch):
+    """Root converts an image of a known architecture itself, unless ITWIN_RUN_SIF_CONVERT=apptainer asks for
+    Apptainer's own conversion; another user (who cannot keep the files' owners when unpacking) never does."""
+    from runner.engines.apptainer import export
+
+    monkeypatch.setattr(export, "mksquashfs", lambda: "/usr/bin/mksquashfs")
+    monkeypatch.setattr(export.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(export.os, "geteuid", lambda: 0)
+    monkeypatch.delenv("ITWIN_RUN_SIF_CONVERT", raising=False)
+    assert export.converts_here({"Architecture": "amd64"}) and export.converts_here({"Architecture": "arm64"})
+    assert not export.converts_here({"Architecture": "sparc"}) and not export.converts_here({})
+    monkeypatch.setenv("ITWIN_RUN_SIF_CONVERT", "apptainer")
+    assert not export.converts_here({"Architecture": "amd64"})
+    monkeypatch.delenv("ITWIN_RUN_SIF_CONVERT")
+    monkeypatch.setattr(export.os, "geteuid", lambda: 1000)
+    assert not export.converts_here({"Architecture": "amd64"})

@@ -226,11 +226,16 @@ class ApptainerBuilder:
         doing = f"converting {source} to {sif.name} (step {step})"
         try:
             with unpacked_in_memory(info["Size"] if info else None) as place:
+                made = False
                 if info and converts_here(info):
                     where = Path(place.get("APPTAINER_TMPDIR") or os.environ.get("APPTAINER_TMPDIR") or tempfile.gettempdir())
-                    with ui.status(doing):
-                        make_sif(self.exe, docker.client, ref, info, partial, compression, where)
-                else:
+                    try:
+                        with ui.status(doing):
+                            make_sif(self.exe, docker.client, ref, info, partial, compression, where)
+                        made = True
+                    except UserError as exc:  # an image this way cannot take (tar refused a file): Apptainer's way
+                        ui.say(f"note: {exc}\n  converting it with `apptainer build` instead", "yellow")
+                if not made:
                     self._build(["--mksquashfs-args", f"-comp {compression}"], partial, source, doing,
                                 f"conversion of {source} to SIF for step {step!r}", place)
             partial.replace(sif)
