@@ -20,7 +20,6 @@ from runner import ui
 from runner.engines.base import one_at_a_time
 from runner.engines.docker.buildlog import BuildProgress, build_error
 from runner.engines.docker.client import BOOTSTRAP_PARENT, DEFAULT_PARENT, client, daemon_error, image_id
-from runner.engines.docker.wheels import served
 from runner.errors import UserError
 from runner.images import BASE_DOCKERFILE, CA_BUNDLE, LABEL, SOURCE_WHEELS, TEMPLATES, WHEELS_ARG, BuildOptions, ImageSpec, Pin
 from runner.places import build_lock
@@ -188,6 +187,7 @@ class DockerBuilder:
             args = {"ITWIN_BASE": base_ref, "BASE": base_ref} if spec.kind == "dockerfile" else {}
             with contextlib.ExitStack() as serving:
                 if opts.wheelhouse and spec.kind != "dockerfile" and not spec.sources:  # Dockerfile.pip's
+                    from runner.engines.docker.wheels import served  # http.server: not on a run's path
                     args[WHEELS_ARG] = serving.enter_context(served(opts.wheelhouse, self.client.api.base_url))
                 self._build(ctx, dockerfile, ref, args, step=spec.step, labels=labels, env_file=spec.env_file)
 
