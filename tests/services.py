@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -245,9 +246,12 @@ class Browser:
         import websocket
 
         port = free_port()
+        # its org.chromium.Chromium.* folder (a socket: a short path) in one of ours, removed in close()
+        self.scratch = Path(tempfile.mkdtemp(prefix="itwin-chromium-"))
         self.proc = subprocess.Popen(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
                                       f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "TMPDIR": str(self.scratch)})
         tabs = wait_for(lambda: _tabs(port), tries=300)
         self.ws = websocket.create_connection(next(t for t in tabs if t["type"] == "page")["webSocketDebuggerUrl"],
                                               timeout=30)
@@ -272,6 +276,7 @@ class Browser:
         self.ws.close()
         self.proc.kill()
         self.proc.wait()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _tabs(port: int):
