@@ -2,7 +2,7 @@
 races cannot be made to happen on demand against a real daemon): a build whose cached parent layer is removed under
 it (another build's clean-up, a `docker image prune`) is built once more, any other build error is reported at once;
 `build --save` of an image removed since it was made is one line, and Apptainer's saves the SIF it has. And
-who converts a local image to a SIF by `docker export`."""
+who converts a local image to a SIF by `docker export`, and whose builds a served wheelhouse reaches."""
 
 from __future__ import annotations
 
@@ -122,3 +122,28 @@ def test_who_converts_a_local_image_by_docker_export(monkeypatch):
     monkeypatch.delenv("ITWIN_RUN_SIF_CONVERT")
     monkeypatch.setattr(export.os, "geteuid", lambda: 1000)
     assert not export.converts_here({"Architecture": "amd64"})
+
+
+def test_a_wheelhouse_is_served_only_where_builds_reach_this_machines_loopback(tmp_path):
+    """A build that cannot reach the served wheelhouse would take the packages from the index instead (a CUDA
+    torch for the CPU wheel): a daemon elsewhere and rootless Docker (RootlessKit's network) are one clear error;
+    a daemon here, and rootless Podman (the host's network), get the wheelhouse's listing."""
+    import urllib.request
+
+    from runner.engines.docker.wheels import served
+
+    (tmp_path / "probe-1.0-py3-none-any.whl").write_bytes(b"wheel")
+
+    def api(url: str = "http+docker://localhost", options: tuple = (), engine: str = "Engine"):
+        return SimpleNamespace(base_url=url, info=lambda: {"SecurityOptions": ["name=seccomp", *options]},
+                               version=lambda: {"Components": [{"Name": engine}]})
+
+    for daemon, why in ((api("http://10.0.0.1:2375"), "not on this machine (http://10.0.0.1:2375)"),
+                        (api(options=("name=rootless",)), "rootless Docker builds on a network of their own")):
+        with pytest.raises(UserError, match=r"reaches builds only on this machine's network, and .*--wheelhouse none") as err:
+            with served(tmp_path, daemon):
+                pass
+        assert why in str(err.value)
+    for daemon in (api(), api(options=("name=rootless",), engine="Podman Engine")):
+        with served(tmp_path, daemon) as url:
+            assert "probe-1.0-py3-none-any.whl" in urllib.request.urlopen(url, timeout=10).read().decode()

@@ -188,7 +188,7 @@ class DockerBuilder:
             with contextlib.ExitStack() as serving:
                 if opts.wheelhouse and spec.kind != "dockerfile" and not spec.sources:  # Dockerfile.pip's
                     from runner.engines.docker.wheels import served  # http.server: not on a run's path
-                    args[WHEELS_ARG] = serving.enter_context(served(opts.wheelhouse, self.client.api.base_url))
+                    args[WHEELS_ARG] = serving.enter_context(served(opts.wheelhouse, self.client.api))
                 self._build(ctx, dockerfile, ref, args, step=spec.step, labels=labels, env_file=spec.env_file)
 
     def _same_content(self, content: str) -> str | None:

@@ -11,6 +11,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from runner.errors import UserError
 
@@ -20,13 +21,24 @@ class _Files(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def _unreachable(api: Any) -> str | None:
+    """Why a build of this daemon cannot reach this machine's loopback on the host's network, if it cannot: a daemon
+    elsewhere, or rootless Docker (its "host" network is RootlessKit's; rootless Podman's is the host's)."""
+    if not api.base_url.startswith("http+docker://"):  # a unix socket here, not tcp:// or ssh://
+        return f"the Docker daemon is not on this machine ({api.base_url})"
+    rootless = any("rootless" in option for option in api.info().get("SecurityOptions") or [])
+    podman = any("podman" in c.get("Name", "").lower() for c in api.version().get("Components") or [])
+    return "rootless Docker builds on a network of their own" if rootless and not podman else None
+
+
 @contextlib.contextmanager
-def served(folder: Path, daemon: str) -> Iterator[str]:
-    """The URL of `folder`'s listing (what pip's --find-links reads) on 127.0.0.1, while the block runs; builds
-    reach it from a daemon on this machine only (`daemon`, docker-py's base URL: a unix socket's)."""
-    if not daemon.startswith("http+docker://"):
-        raise UserError(f"the wheelhouse {folder} reaches builds only from a Docker daemon on this machine (this one is "
-                        f"{daemon}): --wheelhouse none, or build there")
+def served(folder: Path, api: Any) -> Iterator[str]:
+    """The URL of `folder`'s listing (what pip's --find-links reads) on 127.0.0.1, while the block runs, for a build
+    of the daemon `api` (docker-py's APIClient) talks to. Where its builds cannot reach it, a UserError: pip would
+    take the packages from the index instead (a CUDA torch for the CPU one of the wheelhouse, say)."""
+    if why := _unreachable(api):
+        raise UserError(f"the wheelhouse {folder} reaches builds only on this machine's network, and {why}: "
+                        "--wheelhouse none (or ITWIN_RUN_WHEELHOUSE=none), or build where it can")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
