@@ -19,7 +19,7 @@ from runner.errors import UserError
 FAKE = '''#!{python}
 """`podman system service --time=N unix://PATH`: the first FAILS starts bind the socket and exit as Podman does
 when it gives up; later ones answer every GET as Podman's Docker-compatible API does, and log the paths asked."""
-import http.server, os, socketserver, sys
+import http.server, os, socketserver, sys, time
 from pathlib import Path
 path = sys.argv[-1].removeprefix("unix://")
 state = Path(os.environ["FAKE_PODMAN_STATE"])
@@ -37,9 +37,12 @@ class Answer(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"OK")
     def address_string(self):
         return "socket"
-server = socketserver.UnixStreamServer(path, Answer)
+server = socketserver.UnixStreamServer(path, Answer, bind_and_activate=False)
+server.server_bind()  # the socket is there; no one listens on it yet
 if starts < int(os.environ["FAKE_PODMAN_FAILS"]):
+    time.sleep(0.3)  # as a loaded machine's Podman, slow to give up and say so
     sys.exit("Error: the stand-in gave up")
+server.server_activate()
 server.timeout = int(sys.argv[-2].removeprefix("--time="))  # and, as Podman, it stops that long after its last
 server.handle_timeout = lambda: sys.exit(0)  # request
 while True:

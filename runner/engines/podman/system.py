@@ -80,8 +80,11 @@ def start_service() -> tuple[subprocess.Popen, Path]:
         client(f"unix://{path}", version=api_version(path))
         return proc, where
     except (OSError, http.client.HTTPException, UserError) as exc:
-        proc.kill()
-        proc.wait()
+        try:  # one that gave up is on its way out: what it says on the way, first (a kill would cut it off)
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         said = (log.read_text().strip().splitlines() or [f"{exc.__class__.__name__}: {exc}"])[-1]
         shutil.rmtree(where, ignore_errors=True)
         raise UserError(f"podman system service did not start: {said}") from None
