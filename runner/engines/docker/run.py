@@ -319,22 +319,26 @@ class DockerRunner:
         with self._lock:
             if self._cancelled:
                 raise Cancelled(job.step)
+        try:  # not holding the lock: a step that starts meanwhile need not wait for the next one's create
             try:
-                try:
-                    cid = create()
-                except docker.errors.APIError as exc:
-                    if not parent or "cgroup" not in str(exc.explanation or exc).lower():
-                        raise
-                    self._cgroup_v = None  # the systemd driver: no cgroup parent, no measuring, from now on
-                    parent = None
-                    cid = create()
-            except docker.errors.ImageNotFound:
-                raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
+                cid = create()
             except docker.errors.APIError as exc:
-                raise UserError(f"step {job.step!r}: {self.name} could not create the container: "
-                                f"{exc.explanation or exc}") from None
-            self._active.add(cid)
-            return cid, parent
+                if not parent or "cgroup" not in str(exc.explanation or exc).lower():
+                    raise
+                self._cgroup_v = None  # the systemd driver: no cgroup parent, no measuring, from now on
+                parent = None
+                cid = create()
+        except docker.errors.ImageNotFound:
+            raise UserError(f"step {job.step!r}: image {job.image} is not present (build it first)") from None
+        except docker.errors.APIError as exc:
+            raise UserError(f"step {job.step!r}: {self.name} could not create the container: "
+                            f"{exc.explanation or exc}") from None
+        with self._lock:
+            if not self._cancelled:
+                self._active.add(cid)
+                return cid, parent
+        self._remove(cid, parent)  # interrupt() came while it was made
+        raise Cancelled(job.step)
 
     def _start(self, api: Any, job: Job, cid: str) -> None:
         try:
