@@ -24,7 +24,10 @@ from runner.images import LABEL
 
 class PodmanRunner:
     """Runs each step with `podman run` (the CLI: a step starts in about 0.2 s, where the service's create, start,
-    wait and remove took about 0.55 s, and the service itself 0.6 s to start: bench/podman.py). The container gets
+    wait and remove took about 0.55 s, and the service itself 0.6 s to start: bench/podman.py). No container is
+    made ahead as Docker's are: `podman start --attach` of a container `podman create` made takes 0.18-0.20 s
+    itself, as much as the whole `podman run` (0.19-0.21 s, rootless, here); the CLI's own start is most of
+    either. The container gets
     Docker's options: the mount policy's binds at their host paths, no capabilities, no new privileges, an init, and
     the pids, cpus and memory limits where Podman can apply them; it is removed when it ends."""
 
