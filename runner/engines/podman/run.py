@@ -27,9 +27,9 @@ class PodmanRunner:
     wait and remove took about 0.55 s, and the service itself 0.6 s to start: bench/podman.py). No container is
     made ahead as Docker's are: `podman start --attach` of a container `podman create` made takes 0.18-0.20 s
     itself, as much as the whole `podman run` (0.19-0.21 s, rootless, here); the CLI's own start is most of
-    either. The container gets
-    Docker's options: the mount policy's binds at their host paths, no capabilities, no new privileges, an init, and
-    the pids, cpus and memory limits where Podman can apply them; it is removed when it ends."""
+    either. The container gets Docker's options: the mount policy's binds at their host paths, no capabilities, no
+    new privileges, an init, and the pids, cpus and memory limits where Podman can apply them; it is removed when
+    it ends."""
 
     name = "podman"
     cwltool_args = ["--podman"]
