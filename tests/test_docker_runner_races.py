@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 from runner.engines.base import Job
 from runner.engines.docker import run as docker_run
@@ -56,7 +57,7 @@ def test_an_interrupt_while_the_next_steps_container_is_made_is_not_held_up_and_
     steps), and interrupt(). Made outside the lock, a container that interrupt() missed is removed by its maker."""
     api = Api()
     runner = docker_run.DockerRunner()
-    monkeypatch.setattr(runner, "_api", lambda: api)
+    monkeypatch.setattr(docker_run, "client", lambda host=None: SimpleNamespace(api=api))
     monkeypatch.setattr(docker_run, "image_id", lambda ref, host=None: "sha256:base")
     runner.begin(RUN)
     job = Job(step="next", image="img", argv=["true"], workdir=tmp_path, mounts=[], env={}, user="1:1")
