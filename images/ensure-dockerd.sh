@@ -20,12 +20,15 @@ if [ "$(id -u)" = 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" >/dev/null
   fi
 fi
-if docker info >/dev/null 2>&1 || python3 - <<'PY' 2>/dev/null
+# Answers: /_ping says 200 OK (a daemon that is starting accepts connections on its socket and resets them).
+answers() {
+  python3 - <<'PY' 2>/dev/null
 import socket, sys
 s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect("/var/run/docker.sock")
 s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n"); sys.exit(0 if b"200 OK" in s.recv(100) else 1)
 PY
-then
+}
+if docker info >/dev/null 2>&1 || answers; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -35,7 +38,7 @@ fi
 echo "ensure-dockerd: starting dockerd (log: /var/log/itwin-dockerd.log)"
 setsid dockerd >/var/log/itwin-dockerd.log 2>&1 < /dev/null &
 for _ in $(seq 60); do
-  [ -S /var/run/docker.sock ] && python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect("/var/run/docker.sock")' 2>/dev/null && exit 0
+  [ -S /var/run/docker.sock ] && answers && exit 0
   sleep 0.5
 done
 echo "ensure-dockerd: dockerd did not come up; see /var/log/itwin-dockerd.log" >&2
