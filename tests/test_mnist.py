@@ -82,17 +82,22 @@ def test_registered_model_loads_in_a_host_python(trained):
     Python (not itwinai) loads what the container trained and classifies a batch of held-out images."""
     project, run_id, _ = trained
     script = f"""
-import mlflow, numpy as np, torch
+import json, mlflow, numpy as np, torch
 mlflow.set_tracking_uri("sqlite:///{project}/data/mnist/ml-logs/mlflow.db")
 model = mlflow.pytorch.load_model("models:/MNIST-clf-lite@champion").eval()
 d = np.load("{project}/data/mnist/preproc-images/test.npz")
 with torch.no_grad():
     pred = model(torch.from_numpy(d["x"][:500])).argmax(1).numpy()
 print("accuracy", (pred == d["y"][:500]).mean())
+print("signature", json.dumps(mlflow.models.get_model_info("models:/MNIST-clf-lite@champion").signature.to_dict()))
 """
     res = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert float(res.stdout.split("accuracy")[1]) >= 0.85
+    assert float(res.stdout.split("accuracy")[1].split()[0]) >= 0.85
+    # a tensor of any batch size in and out, as infer_signature makes it (not Any: the image has no scipy for it)
+    signature = json.loads(res.stdout.split("signature")[1])
+    assert [json.loads(signature[k])[0]["type"] for k in ("inputs", "outputs")] == ["tensor", "tensor"], signature
+    assert json.loads(signature["inputs"])[0]["tensor-spec"]["shape"][0] == -1, signature
 
 
 def test_mlflow_server_shows_the_run(trained):

@@ -17,7 +17,7 @@ def log_model(uri: str, run_id: str, model, example) -> str:
     import lightning
     import mlflow
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models.signature import ModelSignature
 
     model = model.cpu().eval()
     model._trainer = None  # nothing of the training run goes into the pickle
@@ -26,7 +26,7 @@ def log_model(uri: str, run_id: str, model, example) -> str:
         with torch.no_grad():
             out = model(example)
         if isinstance(out, torch.Tensor):
-            signature = infer_signature(example.numpy(), out.numpy())
+            signature = ModelSignature(tensor_schema(example.numpy()), tensor_schema(out.numpy()))
             input_example = example.numpy()
     top = sys.modules[type(model).__module__.partition(".")[0]]
     where = getattr(top, "__file__", None)  # a package's folder, or a module's one file
@@ -43,6 +43,14 @@ def log_model(uri: str, run_id: str, model, example) -> str:
 
     MlflowClient(uri).set_tag(run_id, MODEL_TAG, info.model_uri)
     return info.model_uri
+
+
+def tensor_schema(array):
+    """What mlflow's infer_signature makes of an array, a tensor of any batch size, without its import of scipy (the
+    training image has none: mlflow-skinny)."""
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return Schema([TensorSpec(array.dtype, (-1, *array.shape[1:]))])
 
 
 def register(client, name: str, run_id: str, model_uri: str, alias: str | None = DEFAULT_ALIAS) -> str:
