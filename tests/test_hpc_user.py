@@ -131,9 +131,10 @@ def test_a_users_site_profile_gives_slurm_apptainer_the_shared_cache_and_a_folde
         shutil.rmtree(sites, ignore_errors=True)
 
 
-def test_a_users_node_pulls_the_sifs_the_site_pushed(hpc_user, apptainer_env, docker_client, tmp_path):
-    """#25: the site pushes the toy's images with Apptainer (their SIFs as oras:// artifacts); the user, with no
-    Docker and an empty cache of their own, runs from the pin file: every SIF pulled, none converted, all theirs."""
+def test_a_users_node_pulls_the_sifs_the_site_pushed(hpc_user, shared_cache, apptainer_env, docker_client, tmp_path):
+    """#25: the site pushes the toy's images with Apptainer (their SIFs as oras:// artifacts, from the cache it
+    filled); the user, with no Docker and an empty cache of their own, runs from the pin file: every SIF pulled, none
+    converted, all theirs."""
     from tests.services import registry
 
     site = tmp_path / "site"
@@ -141,7 +142,7 @@ def test_a_users_node_pulls_the_sifs_the_site_pushed(hpc_user, apptainer_env, do
     (tmp_path / "registry").mkdir()
     with registry(tmp_path / "registry") as addr:
         res = itwin("build", "--engine", "apptainer", "--push", "--registry", f"{addr}/toy", "workflow.yml",
-                    cwd=site / "toy", env={**apptainer_env, SIF_CACHE: str(site / "sif"), "ITWIN_RUN_WHEELHOUSE": "none"})
+                    cwd=site / "toy", env={**apptainer_env, SIF_CACHE: str(shared_cache), "ITWIN_RUN_WHEELHOUSE": "none"})
         assert res.returncode == 0, res.stderr[-2000:]
         project = hpc_user.project(site / "toy", "hpc-pins")
         cache = hpc_user.home / ".cache" / "itwin-run" / "sif"

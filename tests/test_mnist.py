@@ -100,57 +100,57 @@ print("signature", json.dumps(mlflow.models.get_model_info("models:/MNIST-clf-li
     assert json.loads(signature["inputs"])[0]["tensor-spec"]["shape"][0] == -1, signature
 
 
-def test_mlflow_server_shows_the_run(trained):
-    project, run_id, _ = trained
-    base, server = start_mlflow_server(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db", project)
-    try:
-        run = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10))
-        assert run["run"]["info"]["status"] == "FINISHED"
-        art = urllib.request.urlopen(f"{base}/get-artifact?path=pl-training.yml&run_uuid={run_id}", timeout=10).read()
-        assert b"itwinai.plmodels.mnist.LitMNIST" in art
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+@pytest.fixture(scope="module")
+def server(trained):
+    """`mlflow server` on the training run's store (one for the module: each start is about 5 s of CPU)."""
+    project, _, _ = trained
+    base, proc = start_mlflow_server(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db", project)
+    yield base
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
 
 
-def test_the_runs_page_the_demo_prints_shows_the_run_in_chromium(trained):
+def test_mlflow_server_shows_the_run(trained, server):
+    _, run_id, _ = trained
+    run = json.load(urllib.request.urlopen(f"{server}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10))
+    assert run["run"]["info"]["status"] == "FINISHED"
+    art = urllib.request.urlopen(f"{server}/get-artifact?path=pl-training.yml&run_uuid={run_id}", timeout=10).read()
+    assert b"itwinai.plmodels.mnist.LitMNIST" in art
+
+
+def test_the_runs_page_the_demo_prints_shows_the_run_in_chromium(trained, server):
     """What `make demo` prints opens, in a real browser, the page with the run on it (not MLflow 3's empty GenAI
     overview); the screenshot is kept in test-artifacts/."""
     project, _, _ = trained
-    base, server = start_mlflow_server(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db", project)
-    try:
-        urls = subprocess.run([sys.executable, str(REPO / "use-cases/mnist/mlflow-urls.py"), "--store",
-                               str(project / "data/mnist/ml-logs"), "--ui", base], capture_output=True, text=True)
-        assert urls.returncode == 0, urls.stderr
-        runs_url = urls.stdout.split()[1]
-        assert re.fullmatch(re.escape(base) + r"/#/experiments/\d+/runs", runs_url) and "#/models/MNIST-clf-lite" in urls.stdout
-        artifacts = REPO / "test-artifacts"
-        artifacts.mkdir(exist_ok=True)
-        browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
-                   "--window-size=1600,1000"]
-        shot = subprocess.run([*browser, f"--screenshot={artifacts / 'mlflow-runs.png'}", runs_url], capture_output=True,
-                              text=True, timeout=120)
-        assert shot.returncode == 0 and (artifacts / "mlflow-runs.png").stat().st_size > 10_000, shot.stderr[-1000:]
-        from mlflow.tracking import MlflowClient
+    urls = subprocess.run([sys.executable, str(REPO / "use-cases/mnist/mlflow-urls.py"), "--store",
+                           str(project / "data/mnist/ml-logs"), "--ui", server], capture_output=True, text=True)
+    assert urls.returncode == 0, urls.stderr
+    runs_url = urls.stdout.split()[1]
+    assert re.fullmatch(re.escape(server) + r"/#/experiments/\d+/runs", runs_url) and "#/models/MNIST-clf-lite" in urls.stdout
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+               "--window-size=1600,1000"]
+    shot = subprocess.run([*browser, f"--screenshot={artifacts / 'mlflow-runs.png'}", runs_url], capture_output=True,
+                          text=True, timeout=120)
+    assert shot.returncode == 0 and (artifacts / "mlflow-runs.png").stat().st_size > 10_000, shot.stderr[-1000:]
+    from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db")  # the store as it is now (the CWL
-        runs = client.search_runs([runs_url.split("/")[-2]])  # test may have put newer runs in it)
+    client = MlflowClient(f"sqlite:///{project}/data/mnist/ml-logs/mlflow.db")  # the store as it is now (the CWL
+    runs = client.search_runs([runs_url.split("/")[-2]])  # test may have put newer runs in it)
 
-        def rendered(url: str, wanted: list[str]) -> bool:
-            """The page as the browser renders it holds one of `wanted` (a busy server may answer after the
-            browser's time budget: a few tries)."""
-            for _ in range(4):
-                dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-                if any(w in dom for w in wanted):
-                    return True
-            return False
+    def rendered(url: str, wanted: list[str]) -> bool:
+        """The page as the browser renders it holds one of `wanted` (a busy server may answer after the
+        browser's time budget: a few tries)."""
+        for _ in range(4):
+            dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+            if any(w in dom for w in wanted):
+                return True
+        return False
 
-        assert rendered(runs_url, [r.info.run_name for r in runs])  # the experiment's runs are listed on the page
-        run_id = next(r.info.run_id for r in runs if "test_acc" in r.data.metrics)  # a training run
-        assert rendered(f"{runs_url}/{run_id}", ["test_acc"])  # and its metrics, one click away
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+    assert rendered(runs_url, [r.info.run_name for r in runs])  # the experiment's runs are listed on the page
+    run_id = next(r.info.run_id for r in runs if "test_acc" in r.data.metrics)  # a training run
+    assert rendered(f"{runs_url}/{run_id}", ["test_acc"])  # and its metrics, one click away
 
 
 def test_the_run_report_opens_in_chromium_without_the_network(trained, tmp_path):
