@@ -53,6 +53,18 @@ def test_tracking_uri_defaults_and_prototype_file_uri(tmp_path, monkeypatch):
     assert normalise("file:./ml-logs") == f"sqlite:///{tmp_path}/ml-logs/mlflow.db"
 
 
+def test_the_logged_signature_is_what_infer_signature_makes():
+    """log_model builds the tensor signature itself (infer_signature imports scipy, which the training image lacks):
+    the same schema as infer_signature's, for images and for vectors, any batch size."""
+    import numpy as np
+    from itwinai.registry import tensor_schema
+    from mlflow.models import infer_signature
+
+    for x, y in ((np.zeros((5, 1, 28, 28), np.float32), np.zeros((5, 10), np.float32)),
+                 (np.zeros((3, 4), np.float64), np.zeros((3, 32), np.float32))):
+        assert (tensor_schema(x), tensor_schema(y)) == (infer_signature(x, y).inputs, infer_signature(x, y).outputs)
+
+
 @pytest.fixture
 def store(tmp_path):
     from mlflow.tracking import MlflowClient

@@ -5,6 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    from mlflow.types.schema import Schema
 
 MODEL_ARTIFACT = "model"
 MODEL_TAG = "itwinai.model_uri"  # set on a run once its model is logged: `run_id: latest` picks only such runs
@@ -45,7 +50,7 @@ def log_model(uri: str, run_id: str, model, example) -> str:
     return info.model_uri
 
 
-def tensor_schema(array):
+def tensor_schema(array: np.ndarray) -> Schema:
     """What mlflow's infer_signature makes of an array, a tensor of any batch size, without its import of scipy (the
     training image has none: mlflow-skinny)."""
     from mlflow.types.schema import Schema, TensorSpec
