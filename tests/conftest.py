@@ -48,7 +48,8 @@ def toy(tmp_path: Path) -> Path:
 # worker that runs its whole group. "machine" holds the tests of the services one machine has one of (the SLURM
 # cluster, the test user and their Podman: fixtures a worker would start and stop under another's feet); a module
 # whose tests share a module fixture (a trained model, a registry) names a group of its own. Tests marked `alone`
-# read or change the whole machine's state (the daemon stopped, prune, every process) and run in a pass of their own.
+# read or change the whole daemon's state (stopped, prune) and run in a pass of their own, beside the fast tier (no
+# daemon there); those also marked `idle` (both CPUs, every process) run in a pass with nothing beside it.
 MACHINE = {"user", "podman_user", "slurm_env"}
 GROUP = pytest.StashKey[str]()
 FIRST = ("machine", "mnist", "surrogate", "registry")  # the longest groups start first, so the workers end together

@@ -43,7 +43,8 @@ def test_kill_9_leaves_no_container_and_the_run_is_crashed(toy, docker_client, n
     assert res.returncode == 0 and "✓ a " in res.stderr, res.stderr[-2000:]
 
 
-@pytest.mark.alone  # any watchdog on the machine
+@pytest.mark.alone
+@pytest.mark.idle  # any watchdog on the machine
 def test_a_normal_end_leaves_no_watchdog(toy, docker_client, no_leftovers):
     write_parallel(toy, 0.1)
     res = itwin("par.yml", cwd=toy)

@@ -108,7 +108,8 @@ def test_limits_are_enforced_named_and_measured(project, engine, docker_client, 
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one CPU: two processes cannot use two")
-@pytest.mark.alone  # two CPUs of their own
+@pytest.mark.alone
+@pytest.mark.idle  # two CPUs of their own
 def test_without_a_cpu_limit_two_processes_use_two_cpus(project, docker_client, no_leftovers):
     res = itwin("--only", "unlimited", "wf.yml", cwd=project)
     assert res.returncode == 0, res.stderr[-3000:]
