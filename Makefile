@@ -62,9 +62,10 @@ docs: venv
 # tier's output follows theirs; Ctrl-C stops both); the `idle` ones then run with nothing beside them.
 test: venv docs
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs
-	@$(VENV)/bin/pytest -q $(XDIST) $(FAST) > .fast.log 2>&1 & fast=$$!; trap 'kill $$fast 2>/dev/null' EXIT; \
+	@$(VENV)/bin/pytest -q $(XDIST) $(FAST) > .fast.log 2>&1 & fast=$$!; trap 'kill $$fast 2>/dev/null; rm -f .fast.log' EXIT; \
+	  trap 'exit 130' INT TERM; \
 	  $(VENV)/bin/pytest -q -p no:cacheprovider -m "($(REAL)) and alone and not idle" $(PYTEST_ARGS) tests; alone=$$?; \
-	  wait $$fast; rc=$$?; echo "the fast tier, beside them:"; cat .fast.log; rm -f .fast.log; \
+	  wait $$fast; rc=$$?; echo "the fast tier, beside them:"; cat .fast.log; \
 	  [ $$rc -eq 0 ] && [ $$alone -eq 0 ]
 	$(VENV)/bin/pytest -q -m "($(REAL)) and idle" $(PYTEST_ARGS) tests
 	$(VENV)/bin/pytest -q $(XDIST) --durations=15 -m "($(REAL)) and not alone" $(PYTEST_ARGS) tests
