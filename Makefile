@@ -35,14 +35,17 @@ base: venv engine
 # The tiers come from the tests' markers: the real one needs a daemon, a cluster, a browser or a model to train
 # (pyproject.toml declares them); the fast tier is the rest: the run session against an in-process fake engine, the
 # workflow model, the safety checks, the docs' sources (seconds, no daemon). `make test` runs it first, then the real.
-# Both run on WORKERS pytest-xdist processes (tests/conftest.py says which tests share one); the real tests marked
-# `alone` (the daemon stopped, prune, every process looked at) run first, one at a time.
+# Both run on pytest-xdist processes (tests/conftest.py says which tests share one): the fast tier on WORKERS, one a
+# core; the real tier on REAL_WORKERS, one more, as its tests also wait (downloads, daemons, timers): with 3 workers
+# it took 508 and 522 s here (2 cores), with 2 549 s. The real tests marked `alone` (the daemon stopped, prune, every
+# process looked at) run first, one at a time.
 REAL := docker or slow or mlflow or browser
 FAST := -m "not ($(REAL))" tests
 WORKERS ?= 2
-XDIST = -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+REAL_WORKERS ?= 3
+XDIST = --dist loadgroup --no-loadscope-reorder
 test-fast: venv
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(XDIST) $(FAST)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) $(XDIST) $(FAST)
 
 # The fast tier STRESS times in a row, each with fresh Hypothesis examples: a flaky test shows here, not in CI.
 STRESS ?= 20
@@ -62,13 +65,13 @@ docs: venv
 # tier's output follows theirs; Ctrl-C stops both); the `idle` ones then run with nothing beside them.
 test: venv docs
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs
-	@$(VENV)/bin/pytest -q $(XDIST) $(FAST) > .fast.log 2>&1 & fast=$$!; trap 'kill $$fast 2>/dev/null; rm -f .fast.log' EXIT; \
+	@$(VENV)/bin/pytest -q -n $(WORKERS) $(XDIST) $(FAST) > .fast.log 2>&1 & fast=$$!; trap 'kill $$fast 2>/dev/null; rm -f .fast.log' EXIT; \
 	  trap 'exit 130' INT TERM; \
 	  $(VENV)/bin/pytest -q -p no:cacheprovider -m "($(REAL)) and alone and not idle" $(PYTEST_ARGS) tests; alone=$$?; \
 	  wait $$fast; rc=$$?; echo "the fast tier, beside them:"; cat .fast.log; \
 	  [ $$rc -eq 0 ] && [ $$alone -eq 0 ]
 	$(VENV)/bin/pytest -q -m "($(REAL)) and idle" $(PYTEST_ARGS) tests
-	$(VENV)/bin/pytest -q $(XDIST) --durations=15 -m "($(REAL)) and not alone" $(PYTEST_ARGS) tests
+	$(VENV)/bin/pytest -q -n $(REAL_WORKERS) $(XDIST) --durations=15 -m "($(REAL)) and not alone" $(PYTEST_ARGS) tests
 
 lint: venv
 	$(VENV)/bin/ruff check runner itwinai tests bench use-cases docs
