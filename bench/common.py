@@ -1,7 +1,9 @@
-"""What the benchmarks share: the CLI in this venv, a timed run of it, and the toy project in a temporary folder."""
+"""What the benchmarks share: the CLI in this venv, a timed run of it, another checkout's runner to compare with, and
+the toy project in a temporary folder."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,16 @@ def timed(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> floa
     start = time.perf_counter()
     subprocess.run([ITWIN, *args], cwd=cwd, check=True, capture_output=True, env=env)
     return time.perf_counter() - start
+
+
+def baseline_env(checkout: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (this process's by default) running another checkout's runner through PYTHONPATH, its modules
+    byte-compiled first as `make` compiles this checkout's: where PYTHONDONTWRITEBYTECODE is set, an uncompiled
+    checkout compiles every module it imports at each start (85 ms of a 3-step run here), which a comparison would
+    count against it."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-x", "runner/data", str(checkout / "runner")],
+                   check=True, capture_output=True)
+    return {**(os.environ if env is None else env), "PYTHONPATH": str(checkout.resolve())}
 
 
 def remove_project(tmp: Path) -> None:

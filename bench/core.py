@@ -11,7 +11,6 @@ Run: .venv/bin/python bench/core.py [--repeat N] [--steps N] [--no-cwltool] [--b
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import chain, remove_project  # noqa: E402
+from bench.common import baseline_env, chain, remove_project  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TOOL = """cwlVersion: v1.2
@@ -68,14 +67,14 @@ def main() -> None:
         (tmp / "bench-core" / "requirements.txt").write_text("# base only\n")
         itwin = [str(BIN / "itwin-run")]
         subprocess.run([*itwin, "build", "workflow.yml"], cwd=tmp, check=True, capture_output=True)
-        baseline_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())} if args.baseline else None
-        if baseline_env and subprocess.run([*itwin, "validate", "baseline.yml"], cwd=tmp, capture_output=True,
-                                           env=baseline_env).returncode:
+        base_env = baseline_env(args.baseline) if args.baseline else None
+        if base_env and subprocess.run([*itwin, "validate", "baseline.yml"], cwd=tmp, capture_output=True,
+                                           env=base_env).returncode:
             # a checkout from before allow_empty_output neither knows the field nor needs it
             (tmp / "baseline.yml").write_text(workflow_text.replace(", allow_empty_output: true", ""))
-        if baseline_env:  # its images too (another template is another tag): the loop then times runs only
+        if base_env:  # its images too (another template is another tag): the loop then times runs only
             subprocess.run([*itwin, "build", "baseline.yml"], cwd=tmp, check=True, capture_output=True,
-                           env=baseline_env)
+                           env=base_env)
         image = subprocess.run([*itwin, "build", "workflow.yml"], cwd=tmp, check=True, capture_output=True,
                                text=True).stdout.split()[1]
         for i in range(n):
@@ -102,8 +101,8 @@ def main() -> None:
         for _ in range(args.repeat):
             results["raw docker run"].append(raw())
             results["itwin-run"].append(timed([*itwin, "--force", "workflow.yml"], tmp))  # run, not skip
-            if baseline_env:
-                results["baseline"].append(timed([*itwin, "--force", "baseline.yml"], tmp, baseline_env))
+            if base_env:
+                results["baseline"].append(timed([*itwin, "--force", "baseline.yml"], tmp, base_env))
             if args.no_cwltool:
                 continue
             results["cwltool"].append(timed([str(BIN / "cwltool"), "--quiet", "--outdir", str(cwl_out), "--tmpdir-prefix",

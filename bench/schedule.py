@@ -11,7 +11,6 @@ Run: .venv/bin/python bench/schedule.py
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import REPO, chain, mnist, timed  # noqa: E402
+from bench.common import REPO, baseline_env, chain, mnist, timed  # noqa: E402
 
 BUSY = "python -c \"import time; t = time.time(); all(time.time() - t < 5 for _ in iter(int, 1))\""
 
@@ -68,7 +67,7 @@ def main() -> None:
         j2 = timed(["--force", "--jobs", "2", "par.yml"], root)
         # (c) chains of trivial steps
         per_step, base_step = {}, {}
-        base_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())} if args.baseline else None
+        base_env = baseline_env(args.baseline) if args.baseline else None
         for n in (10, 200):
             (root / f"chain{n}.yml").write_text(chain(n))
             per_step[n] = timed(["--force", f"chain{n}.yml"], root) / n

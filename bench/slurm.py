@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import chain, timed, toy  # noqa: E402
+from bench.common import baseline_env, chain, timed, toy  # noqa: E402
 
 POLLING = ("squeue", "scontrol", "sacct")
 POINT = "import sys, json, pathlib; pathlib.Path(sys.argv[2], 'metrics.json').write_text(json.dumps({'x': 1}))"
@@ -69,7 +69,7 @@ def main() -> None:
         if args.baseline:
             log.write_text("")
             baseline = timed([*engine, "--executor", "slurm", "chain.yml"], root,
-                             env={**env, "PYTHONPATH": str(args.baseline.resolve())})
+                             env=baseline_env(args.baseline, env))
             base_polls = sorted(float(t) for t, name in (line.split() for line in log.read_text().splitlines())
                                 if name in POLLING)
     polls = sorted(float(t) for t, name in calls if name in POLLING)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ITWIN, chain, remove_project  # noqa: E402
+from bench.common import ITWIN, baseline_env, chain, remove_project  # noqa: E402
 
 
 def wall(args: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -52,7 +52,7 @@ def main() -> None:
         ap.error(f"--baseline {args.baseline}: no runner/ there (a checkout of another commit)")
     envs = {"itwin-run": dict(os.environ)}
     if args.baseline:
-        envs["baseline"] = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
+        envs["baseline"] = baseline_env(args.baseline)
     tmp = Path(tempfile.mkdtemp(prefix="itwin-bench-"))
     tmp.chmod(0o755)
     try:
