@@ -56,17 +56,22 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="itwin-bench-"))
     tmp.chmod(0o755)
     try:
-        (tmp / "workflow.yml").write_text(chain(3))
-        (tmp / "bench-env").mkdir()
-        (tmp / "bench-env" / "requirements.txt").write_text("# base only\n")
-        for env in envs.values():  # every step done once: the timed reruns find them up to date
-            subprocess.run([ITWIN, "--force", "workflow.yml"], cwd=tmp, check=True, capture_output=True, env=env)
+        # A project each: a baseline's images are other tags, so in one project each run would find the steps' images
+        # changed by the other's, and run them again.
+        projects = {name: tmp / name for name in envs}
+        for name, env in envs.items():
+            (projects[name] / "bench-env").mkdir(parents=True)
+            (projects[name] / "workflow.yml").write_text(chain(3))
+            (projects[name] / "bench-env" / "requirements.txt").write_text("# base only\n")
+            # every step done once: the timed reruns find them up to date
+            subprocess.run([ITWIN, "--force", "workflow.yml"], cwd=projects[name], check=True, capture_output=True,
+                           env=env)
         cases = {"--help": ["--help"], "no-op rerun": ["workflow.yml"]}
         times: dict[tuple[str, str], list[float]] = {(c, e): [] for c in cases for e in envs}
         for _ in range(args.repeat):
             for case, argv in cases.items():
                 for name, env in envs.items():
-                    times[case, name].append(wall(argv, tmp, env))
+                    times[case, name].append(wall(argv, projects[name], env))
         print(f"median of {args.repeat} alternating rounds (seconds):")
         for case in cases:
             line = "   ".join(f"{name} {statistics.median(times[case, name]):.3f}" for name in envs)
@@ -75,7 +80,7 @@ def main() -> None:
             print(f"  {case:12s} {line}{ratio}")
         for case, argv in cases.items():
             for name, env in envs.items():
-                total, top = slowest_imports(argv, tmp, env)
+                total, top = slowest_imports(argv, projects[name], env)
                 print(f"\n{case}, {name}: imports {total:.0f} ms (-X importtime), the 10 slowest by their own time:")
                 print("\n".join(f"  {row}" for row in top))
     finally:
