@@ -4,8 +4,11 @@
     calls (goal <= 0.7 for 3, <= 0.6 for 10), and the cost of a step (a run's time / N; 200 steps: per-step cost)
   - the same steps: itwin-run / cwltool running the equivalent CWL workflow (goal <= 0.3)
   - image resolution on a warm rerun: ms per step, and builds (goal <= 50 ms, 0 builds)
+  - --floor: what no run of this design goes below, its parts timed in the same rounds: the CLI up to a planned run
+    (`--dry-run`: imports, the workflow, image resolution), one network namespace (the run's holder starting) and
+    the N steps' containers, made ahead, joining it (start to exit, one after another); their sum / raw docker run
 
-Run: .venv/bin/python bench/core.py [--repeat N] [--steps N] [--no-cwltool] [--baseline CHECKOUT]
+Run: .venv/bin/python bench/core.py [--repeat N] [--steps N] [--no-cwltool] [--floor] [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
@@ -46,11 +49,45 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float
     return time.perf_counter() - start
 
 
+def floor(tmp: Path, image: str, n: int) -> tuple[float, float]:
+    """Seconds for the holder's start (a network namespace of its own, as every raw `docker run` makes) and for n
+    containers of the steps, created beforehand, each started once the one before has exited, in its namespace."""
+    from runner.engines.docker import client, image_id
+    from runner.engines.docker.client import SHM_SIZE, UNPRIVILEGED, security_options
+
+    api = client().api
+    holder_host = api.create_host_config(init=True, auto_remove=True, **security_options())
+    holder = api.create_container("itwin-run/base:latest" if image_id("itwin-run/base:latest") else image,
+                                  command=["sleep", "infinity"], user=UNPRIVILEGED, host_config=holder_host)["Id"]
+    ids: list[str] = []
+    try:
+        start = time.perf_counter()
+        api.start(holder)
+        netns = time.perf_counter() - start
+        for i in range(n):
+            out = tmp / "data" / f"d{i}"
+            host = api.create_host_config(binds={str(tmp): {"bind": str(tmp), "mode": "ro"}, str(out): {"bind": str(out)}},
+                                          init=True, shm_size=SHM_SIZE, network_mode=f"container:{holder}",
+                                          **security_options())
+            ids.append(api.create_container(image, command=["python", "-c", "pass", "--output", str(out)],
+                                            user=UNPRIVILEGED, working_dir=str(tmp), host_config=host)["Id"])
+        start = time.perf_counter()
+        for cid in ids:
+            api.start(cid)
+            api.wait(cid)
+        return netns, time.perf_counter() - start
+    finally:
+        for cid in ids:
+            api.remove_container(cid, force=True)
+        api.kill(holder)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="the chain's length")
     ap.add_argument("--no-cwltool", action="store_true", help="leave cwltool out (a long chain)")
+    ap.add_argument("--floor", action="store_true", help="time the parts a run of this design cannot go below")
     ap.add_argument("--baseline", type=Path, help="another checkout (an older commit, say): its runner is measured in "
                                                   "the same loop, through PYTHONPATH")
     args = ap.parse_args()
@@ -98,11 +135,16 @@ def main() -> None:
             results["cwltool"] = []
         if args.baseline:
             results["baseline"] = []
+        parts: dict[str, list[float]] = {"CLI to a planned run": [], "a network namespace": [], f"{n} joined steps": []}
         for _ in range(args.repeat):
             results["raw docker run"].append(raw())
             results["itwin-run"].append(timed([*itwin, "--force", "workflow.yml"], tmp))  # run, not skip
             if base_env:
                 results["baseline"].append(timed([*itwin, "--force", "baseline.yml"], tmp, base_env))
+            if args.floor:
+                parts["CLI to a planned run"].append(timed([*itwin, "--dry-run", "--force", "workflow.yml"], tmp))
+                for key, took in zip(list(parts)[1:], floor(tmp, image, n), strict=True):
+                    parts[key].append(took)
             if args.no_cwltool:
                 continue
             results["cwltool"].append(timed([str(BIN / "cwltool"), "--quiet", "--outdir", str(cwl_out), "--tmpdir-prefix",
@@ -131,6 +173,10 @@ def main() -> None:
             print(f"itwin-run / cwltool        = {med['itwin-run'] / med['cwltool']:.2f}  (goal <= 0.3)")
         if args.baseline:
             print(f"itwin-run / baseline       = {med['itwin-run'] / med['baseline']:.2f}  ({args.baseline})")
+        if args.floor:
+            low = {k: statistics.median(v) for k, v in parts.items()}
+            print(f"the design's floor: {' + '.join(f'{k} {v:.3f}' for k, v in low.items())} = {sum(low.values()):.3f} s"
+                  f" = {sum(low.values()) / med['raw docker run']:.2f} of raw docker run")
         print(f"warm image resolution: {statistics.median(per_step):.1f} ms per step, 0 builds  (goal <= 50 ms)")
     finally:
         remove_project(tmp)
