@@ -43,7 +43,9 @@ def _known(path: Path) -> list[str]:
 
 
 def remember(root: Path) -> None:
-    """Note a project that runs here, so that `prune` in one project keeps what another one's records name."""
+    """Note a project that runs here, so that `prune` in one project keeps what another one's records name. Noting
+    a new one drops those whose state is not there (temporary folders; one on a file system not mounted now is noted
+    again at its next run): the list, which every run reads, stays short."""
     path = _projects_file()
     if str(root) in _known(path):
         return
@@ -52,7 +54,8 @@ def remember(root: Path) -> None:
         with open(path.with_name(f".{path.name}.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # runs that start together: each one's project is kept
             tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(sorted({*_known(path), str(root)}), indent=1))
+            kept = {p for p in _known(path) if Path(p, ".itwin-run").is_dir()}
+            tmp.write_text(json.dumps(sorted({*kept, str(root)}), indent=1))
             tmp.replace(path)
     except OSError:
         pass  # a read-only home: prune then sees only the project it runs in

@@ -547,6 +547,25 @@ def test_runs_that_start_together_are_each_remembered_for_prune(tmp_path, monkey
     assert sorted(projects(roots[0])) == sorted(roots)
 
 
+def test_projects_that_are_gone_leave_the_list_every_run_reads(tmp_path, monkeypatch):
+    """The list of projects grew with every temporary project ever run (9685 names, 103 of them still there, on a
+    CI machine): a new project's run drops those whose folder or state was removed, and keeps every other one."""
+    from runner.inventory import projects, remember
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    live, removed, cleared, new = (tmp_path / n for n in ("live", "removed", "cleared", "new"))
+    for p in (live, removed, cleared, new):
+        (p / ".itwin-run").mkdir(parents=True)
+    for p in (live, removed, cleared):
+        remember(p)
+    shutil.rmtree(removed)
+    shutil.rmtree(cleared / ".itwin-run")
+    remember(new)
+    noted = json.loads((tmp_path / "cache" / "itwin-run" / "projects.json").read_text())
+    assert sorted(noted) == sorted(str(p) for p in (live, new))
+    assert sorted(projects(new)) == sorted([live, new])
+
+
 def test_the_next_step_is_prepared_while_its_upstream_runs(project):
     """Pipelined start: while a step runs, the engine is handed the jobs that start when it ends (the same jobs)."""
     r = FakeRunner({"one": sleeps(0.3), "two": sleeps(0.3)})
