@@ -5,7 +5,7 @@
   - the same steps: itwin-run / cwltool running the equivalent CWL workflow (goal <= 0.3)
   - image resolution on a warm rerun: ms per step, and builds (goal <= 50 ms, 0 builds)
   - --floor: what no run of this design goes below, its parts timed in the same rounds: the CLI up to a planned run
-    (`--dry-run`: imports, the workflow, image resolution), one network namespace (the run's holder starting) and
+    (`--dry-run`: imports, the workflow, image resolution), one network namespace (the run's holder made and started) and
     the N steps' containers, made ahead, joining it (start to exit, one after another); their sum / raw docker run
 
 Run: .venv/bin/python bench/core.py [--repeat N] [--steps N] [--no-cwltool] [--floor] [--baseline CHECKOUT]
@@ -50,24 +50,25 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float
 
 
 def floor(tmp: Path, image: str, n: int) -> tuple[float, float]:
-    """Seconds for the holder's start (a network namespace of its own, as every raw `docker run` makes) and for n
-    containers of the steps, created beforehand, each started once the one before has exited, in its namespace."""
+    """Seconds for the run's network holder to be made and started (a network namespace of its own, as every raw
+    `docker run` makes) and for n containers of the steps, created beforehand, each started once the one before has
+    exited, in its namespace."""
     from runner.engines.docker import client, image_id
     from runner.engines.docker.client import SHM_SIZE, UNPRIVILEGED, security_options
+    from runner.engines.docker.holder import NetworkHolder
 
     api = client().api
-    holder_host = api.create_host_config(init=True, auto_remove=True, **security_options())
-    holder = api.create_container("itwin-run/base:latest" if image_id("itwin-run/base:latest") else image,
-                                  command=["sleep", "infinity"], user=UNPRIVILEGED, host_config=holder_host)["Id"]
+    start = time.perf_counter()
+    holder = NetworkHolder(api, "itwin-run/base:latest" if image_id("itwin-run/base:latest") else image, {})
+    if not holder.running():
+        raise SystemExit(f"the network holder did not start: {holder.error}")
+    netns = time.perf_counter() - start
     ids: list[str] = []
     try:
-        start = time.perf_counter()
-        api.start(holder)
-        netns = time.perf_counter() - start
         for i in range(n):
             out = tmp / "data" / f"d{i}"
             host = api.create_host_config(binds={str(tmp): {"bind": str(tmp), "mode": "ro"}, str(out): {"bind": str(out)}},
-                                          init=True, shm_size=SHM_SIZE, network_mode=f"container:{holder}",
+                                          init=True, shm_size=SHM_SIZE, network_mode=holder.network_mode(),
                                           **security_options())
             ids.append(api.create_container(image, command=["python", "-c", "pass", "--output", str(out)],
                                             user=UNPRIVILEGED, working_dir=str(tmp), host_config=host)["Id"])
@@ -79,7 +80,7 @@ def floor(tmp: Path, image: str, n: int) -> tuple[float, float]:
     finally:
         for cid in ids:
             api.remove_container(cid, force=True)
-        api.kill(holder)
+        holder.remove(wait=True)
 
 
 def main() -> None:
