@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ITWIN_RUN, REPO, itwin
 from tests.services import wait_for
-from tests.test_schedule import SLEEPERS, manifest, start_slow, write_parallel
+from tests.test_schedule import SLEEPERS, described, manifest, start_slow, write_parallel
 
 pytestmark = pytest.mark.docker
 
@@ -66,7 +66,7 @@ def test_kill_9_stops_apptainer_steps(toy, apptainer_env, docker_client):
     assert wait_for(step_processes, tries=300), "the step never started"
     proc.kill()
     proc.wait(timeout=30)
-    assert wait_for(lambda: not step_processes()), step_processes()
+    assert wait_for(lambda: not step_processes()), described(step_processes())
     assert itwin("history", cwd=toy).stdout.count(" crashed ") == 1
 
 

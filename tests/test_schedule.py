@@ -116,6 +116,12 @@ def write_parallel(toy: Path, sleep: float) -> None:
     (toy / "par.yml").write_text(PARALLEL.replace("SLEEP", str(sleep)))
 
 
+def described(pids: str) -> str:
+    """What each of these processes is, and under which parent (a leftover's failure message)."""
+    return subprocess.run(["ps", "-o", "pid,ppid,user,etimes,stat,args", "-p", ",".join(pids.split())],
+                          capture_output=True, text=True).stdout
+
+
 def manifest(toy: Path) -> dict:
     runs = sorted((toy / ".itwin-run" / "runs").glob("*/manifest.json"))
     return json.loads(runs[-1].read_text())
@@ -228,7 +234,7 @@ def test_signal_stops_apptainer_processes(toy, apptainer_env, docker_client):
         if not leftover.strip():
             break
         time.sleep(0.1)
-    assert not leftover.strip(), leftover
+    assert not leftover.strip(), described(leftover)
 
 
 def test_sigint_before_the_step_container_starts(toy, docker_client, no_leftovers):
