@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
@@ -24,6 +25,30 @@ def version() -> int | None:
     return None
 
 
+def hierarchies(v: int) -> list[Path]:
+    """The cgroup trees a parent is made in: the unified one (v2), or every v1 hierarchy."""
+    return [ROOT] if v == 2 else [d for d in ROOT.iterdir() if d.is_dir() and not d.is_symlink()]
+
+
+def remove_abandoned(v: int, idle_s: float = 60) -> None:
+    """The parents that no run will remove: those of a runner killed outright or of a daemon gone mid-step. A parent
+    is removed once empty (rmdir refuses one that holds a container's cgroup) and unchanged for idle_s, that is
+    its container ended that long ago: a runner reads and removes its own within moments of that end. Only where
+    this user may (the daemon makes them as root)."""
+    before = time.time() - idle_s
+    for tree in hierarchies(v):
+        try:
+            parents = list((tree / "itwin-run").iterdir())
+        except OSError:
+            continue  # none yet in this hierarchy
+        for d in parents:
+            try:
+                if d.is_dir() and d.stat().st_mtime < before:
+                    d.rmdir()
+            except OSError:
+                pass  # in use, not ours to remove, or removed meanwhile
+
+
 class Parent:
     """A cgroup parent (`/itwin-run/ID`) for one container, as the daemon's cgroupfs driver takes it."""
 
@@ -32,9 +57,7 @@ class Parent:
         self.path = f"/itwin-run/{secrets.token_hex(6)}"
 
     def _dirs(self) -> list[Path]:
-        if self.v == 2:
-            return [ROOT / self.path.lstrip("/")]
-        return [d / self.path.lstrip("/") for d in ROOT.iterdir() if d.is_dir() and not d.is_symlink()]
+        return [tree / self.path.lstrip("/") for tree in hierarchies(self.v)]
 
     def read(self) -> dict[str, float | int]:
         """cpu_s and peak_memory (bytes), where the kernel keeps them; call once the container is gone."""

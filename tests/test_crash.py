@@ -20,6 +20,7 @@ from tests.test_schedule import SLEEPERS, described, manifest, start_slow, write
 pytestmark = pytest.mark.docker
 
 RUN_LABEL = "org.itwin-run.run"
+STEP_LABEL = "org.itwin-run.step"
 
 
 @SLEEPERS
@@ -28,6 +29,10 @@ def test_kill_9_leaves_no_container_and_the_run_is_crashed(toy, docker_client, n
     run_id = manifest(toy)["run_id"]
     labelled = {"label": f"{RUN_LABEL}={run_id}"}
     assert docker_client.containers.list(ignore_removed=True, filters=labelled), "the step's container never ran"
+    steps = docker_client.containers.list(ignore_removed=True, filters={"label": [f"{RUN_LABEL}={run_id}", STEP_LABEL]})
+    parents = [c.attrs["HostConfig"]["CgroupParent"] for c in steps if c.labels.get("org.itwin-run.role") != "network"]
+    if os.getuid() == 0 and docker_client.info()["CgroupDriver"] == "cgroupfs":
+        assert parents and all(parents), parents  # each step's container is measured in a cgroup parent of its own
     proc.kill()  # SIGKILL: no handler of the runner runs
     proc.wait(timeout=30)
     # the watchdog removes the run's containers, the step's and the network holder (within 10 s: 100 x 0.1 s)
@@ -38,9 +43,17 @@ def test_kill_9_leaves_no_container_and_the_run_is_crashed(toy, docker_client, n
     m = manifest(toy)
     assert m["status"] == "crashed" and m["steps"]["a"]["status"] == "interrupted"
     assert not (toy / ".itwin-run" / "steps" / "par.yml" / "a.json").exists()
+    # the killed runner never removed its cgroup parents: as if it had been killed an hour ago (a parent that changed
+    # less than a minute ago may be a live run's, its container just ended), the next run removes them
+    cgroups = Path("/sys/fs/cgroup")
+    left = [d for p in parents if p for d in [*cgroups.glob(p.lstrip("/")), *cgroups.glob(f"*/{p.lstrip('/')}")]]
+    for d in left:
+        if d.exists():
+            os.utime(d, (time.time() - 3600,) * 2)
     write_parallel(toy, 0.1)
     res = itwin("par.yml", cwd=toy)  # a's output is not trusted: it runs again
     assert res.returncode == 0 and "✓ a " in res.stderr, res.stderr[-2000:]
+    assert not [d for d in left if d.exists()]
 
 
 @pytest.mark.alone

@@ -566,6 +566,25 @@ def test_projects_that_are_gone_leave_the_list_every_run_reads(tmp_path, monkeyp
     assert sorted(projects(new)) == sorted([live, new])
 
 
+def test_cgroup_parents_no_run_will_remove_go_and_a_live_runs_stay(tmp_path, monkeypatch):
+    """A killed runner left its containers' cgroup parents (138 in every hierarchy here, after a day of tests): the
+    next run removes those empty and idle for a minute, in every v1 hierarchy; a parent with a container's cgroup
+    in it, or whose container ended moments ago (its run has yet to read it), stays."""
+    from runner import accounting
+
+    monkeypatch.setattr(accounting, "ROOT", tmp_path)
+    hour_ago = time.time() - 3600
+    for tree in ("memory", "cpu,cpuacct"):
+        for name in ("left", "running/container", "just-ended"):
+            (tmp_path / tree / "itwin-run" / name).mkdir(parents=True)
+        for name in ("left", "running"):
+            os.utime(tmp_path / tree / "itwin-run" / name, (hour_ago, hour_ago))
+    (tmp_path / "cpuacct").symlink_to("cpu,cpuacct")
+    accounting.remove_abandoned(1)
+    for tree in ("memory", "cpu,cpuacct"):
+        assert sorted(p.name for p in (tmp_path / tree / "itwin-run").iterdir()) == ["just-ended", "running"]
+
+
 def test_the_next_step_is_prepared_while_its_upstream_runs(project):
     """Pipelined start: while a step runs, the engine is handed the jobs that start when it ends (the same jobs)."""
     r = FakeRunner({"one": sleeps(0.3), "two": sleeps(0.3)})

@@ -119,6 +119,8 @@ class DockerRunner:
     def clean(self, over: Callable[[str], bool]) -> None:
         api = self._api()
         mine = self._labels.get(f"{LABEL}.run")
+        if v := self.cgroup_version():
+            accounting.remove_abandoned(v)  # the cgroup parents of containers the removals below do not reach
         try:
             left = api.containers(all=True, filters={"label": [f"{LABEL}.managed=1", f"{LABEL}.run"]})
         except GONE:
