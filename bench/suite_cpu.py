@@ -4,12 +4,19 @@ too, through the kernel's process accounting (`accton`, `dump-acct`: Debian's ac
 
 Prints the wall time, the CPU seconds against what the cores could have given, and the programs that spent the most.
 
+--tests MARKEXPR: which tests spend it. The tests of that pytest marker expression run one at a time (no xdist), so
+the machine's busy CPU between a test's start and its end (/proc/stat: every process, the daemons and the kernel
+too) is that test's; printed with the Docker daemons' own share (dockerd and containerd, which process accounting
+misses: they never end) and totalled by test module. Any user may run this mode.
+
 Run as root: .venv/bin/python bench/suite_cpu.py [--top N] [-- COMMAND ...]
+         or: .venv/bin/python bench/suite_cpu.py --tests "docker and not alone" [--top N] [-- PYTEST ARGS ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +25,72 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
+OUT = "ITWIN_SUITE_CPU_OUT"  # where this module, loaded into pytest (-p bench.suite_cpu), writes a line a test
+TICKS = os.sysconf("SC_CLK_TCK")
+DAEMONS = ("dockerd", "containerd")
+
+
+def busy_s() -> float:
+    """The machine's busy CPU seconds since boot: /proc/stat's first line, all but idle and iowait."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
+
+
+def daemons_s() -> float:
+    """CPU seconds the Docker daemons (DAEMONS) have spent so far."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() in DAEMONS:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        except OSError:  # gone meanwhile
+            continue
+    return total
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With OUT set: the test's setup, call and teardown, measured as one."""
+    out = os.environ.get(OUT)
+    busy, daemons, start = busy_s(), daemons_s(), time.monotonic()
+    result = yield
+    if out:
+        with open(out, "a") as fh:
+            fh.write(json.dumps({"test": item.nodeid, "cpu": busy_s() - busy, "daemons": daemons_s() - daemons,
+                                 "wall": time.monotonic() - start}) + "\n")
+    return result
+
+
+def by_test(markexpr: str, pytest_args: list[str], top: int) -> int:
+    """Run the tests of `markexpr` one at a time and print which spent the machine's CPU."""
+    with tempfile.TemporaryDirectory(prefix="itwin-cpu-") as tmp:
+        out = Path(tmp) / "tests.jsonl"
+        out.touch()
+        start = time.monotonic()
+        code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "bench.suite_cpu",
+                               "-m", markexpr, *pytest_args, "tests"], cwd=REPO,
+                              env={**os.environ, OUT: str(out), "PYTHONPATH": str(REPO)}).returncode
+        wall = time.monotonic() - start
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    total = sum(r["cpu"] for r in rows)
+    cores = len(os.sched_getaffinity(0))
+    print(f"{len(rows)} tests ({markexpr}), one at a time: exit {code}, {wall:.0f} s wall; {total:.0f} CPU s of the "
+          f"machine, {sum(r['daemons'] for r in rows):.0f} of them the daemons' ({', '.join(DAEMONS)}). On {cores} "
+          f"cores that is {total / cores:.0f} s at the least.")
+    print(f"{'CPU s':>7s} {'share':>6s} {'daemons':>7s} {'wall s':>7s}  test")
+    for r in sorted(rows, key=lambda r: -r["cpu"])[:top]:
+        print(f"{r['cpu']:7.1f} {r['cpu'] / total:6.1%} {r['daemons']:7.1f} {r['wall']:7.1f}  {r['test']}")
+    modules: dict[str, float] = {}
+    for r in rows:
+        modules[r["test"].split("::")[0]] = modules.get(r["test"].split("::")[0], 0.0) + r["cpu"]
+    print(f"{'CPU s':>7s} {'share':>6s}  module")
+    for name, cpu in sorted(modules.items(), key=lambda m: -m[1]):
+        print(f"{cpu:7.1f} {cpu / total:6.1%}  {name}")
+    return code
 
 
 def by_program(acct: Path) -> list[tuple[str, int, float]]:
@@ -38,8 +110,13 @@ def by_program(acct: Path) -> list[tuple[str, int, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--top", type=int, default=20, help="programs to list")
-    ap.add_argument("command", nargs="*", default=["make", "test"])
+    ap.add_argument("--tests", metavar="MARKEXPR", help="which tests spend the CPU (one at a time; COMMAND: pytest's "
+                                                         "arguments)")
+    ap.add_argument("command", nargs="*")
     args = ap.parse_args()
+    if args.tests:
+        sys.exit(by_test(args.tests, args.command, args.top))
+    args.command = args.command or ["make", "test"]
     if os.geteuid() != 0:
         sys.exit("suite_cpu: process accounting needs root")
     if not (shutil.which("accton") and shutil.which("dump-acct")):
