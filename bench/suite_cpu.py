@@ -77,6 +77,9 @@ def by_test(markexpr: str, pytest_args: list[str], top: int) -> int:
         wall = time.monotonic() - start
         rows = [json.loads(line) for line in out.read_text().splitlines()]
     total = sum(r["cpu"] for r in rows)
+    if not rows or total <= 0:
+        print(f"no test of {markexpr!r} ran (exit {code})")
+        return code or 1
     cores = len(os.sched_getaffinity(0))
     print(f"{len(rows)} tests ({markexpr}), one at a time: exit {code}, {wall:.0f} s wall; {total:.0f} CPU s of the "
           f"machine, {sum(r['daemons'] for r in rows):.0f} of them the daemons' ({', '.join(DAEMONS)}). On {cores} "
@@ -109,12 +112,14 @@ def by_program(acct: Path) -> list[tuple[str, int, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--top", type=int, default=20, help="programs to list")
+    ap.add_argument("--top", type=int, default=20, help="programs (or tests) to list")
     ap.add_argument("--tests", metavar="MARKEXPR", help="which tests spend the CPU (one at a time; COMMAND: pytest's "
                                                          "arguments)")
     ap.add_argument("command", nargs="*")
     args = ap.parse_args()
     if args.tests:
+        if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args.command):
+            sys.exit("suite_cpu: --tests runs one test at a time: no -n")
         sys.exit(by_test(args.tests, args.command, args.top))
     args.command = args.command or ["make", "test"]
     if os.geteuid() != 0:
