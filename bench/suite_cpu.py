@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,11 @@ def by_test(markexpr: str, pytest_args: list[str], top: int) -> int:
     print(f"{'CPU s':>7s} {'share':>6s} {'daemons':>7s} {'wall s':>7s}  test")
     for r in sorted(rows, key=lambda r: -r["cpu"])[:top]:
         print(f"{r['cpu']:7.1f} {r['cpu'] / total:6.1%} {r['daemons']:7.1f} {r['wall']:7.1f}  {r['test']}")
-    modules: dict[str, float] = {}
+    modules: Counter[str] = Counter()
     for r in rows:
-        modules[r["test"].split("::")[0]] = modules.get(r["test"].split("::")[0], 0.0) + r["cpu"]
+        modules[r["test"].split("::")[0]] += r["cpu"]
     print(f"{'CPU s':>7s} {'share':>6s}  module")
-    for name, cpu in sorted(modules.items(), key=lambda m: -m[1]):
+    for name, cpu in modules.most_common():
         print(f"{cpu:7.1f} {cpu / total:6.1%}  {name}")
     return code
 
