@@ -41,6 +41,7 @@ def test_a_broken_link_fails_the_strict_build(tmp_path):
     assert res.returncode != 0 and "gone.md" in res.stderr
 
 
+@pytest.mark.xdist_group("site")  # one built site (tests/test_suite_rules.py)
 def test_reference_pages_come_from_the_schema_the_cli_and_the_exit_codes(site):
     from runner.errors import EXIT_CODES
     from runner.workflow import Step
@@ -80,6 +81,7 @@ def render(site: Path, page: str) -> str:
 
 
 @pytest.mark.browser
+@pytest.mark.xdist_group("site")
 def test_chromium_renders_the_start_page_and_a_reference_page(site):
     start = render(site, "")
     assert '<h1 id="itwin-run">itwin-run</h1>' in start and 'id="your-first-workflow"' in start
@@ -89,6 +91,7 @@ def test_chromium_renders_the_start_page_and_a_reference_page(site):
 
 
 @pytest.mark.browser
+@pytest.mark.xdist_group("site")
 def test_the_search_box_finds_sweep_in_chromium(site, tmp_path):
     """Material's own search (its web worker and index), asked through the page as a reader would: ?q=sweep."""
     from tests.services import Browser, wait_for

@@ -225,6 +225,7 @@ def _predict_with(root: Path, inference: dict, name: str) -> dict:
     return json.loads((root / name / "summary.json").read_text())
 
 
+@pytest.mark.xdist_group("mnist_trained")  # one trained model (tests/test_suite_rules.py)
 @pytest.mark.slow
 @pytest.mark.parametrize("uri", ["models:/MNIST-clf-lite@champion", "models:/MNIST-clf-lite/1", "runs:/RUN/model",
                                  "latest"])
@@ -240,6 +241,7 @@ def test_predict_takes_every_kind_of_model_uri(mnist_trained, uri, monkeypatch):
     assert summary["accuracy"] == pytest.approx(sum(p == y for p, y in pairs) / 64)  # the predictions' own
 
 
+@pytest.mark.xdist_group("mnist_trained")  # one trained model (tests/test_suite_rules.py)
 @pytest.mark.slow
 def test_model_uri_errors_are_one_line(mnist_trained, monkeypatch):
     root, _ = mnist_trained
@@ -252,6 +254,7 @@ def test_model_uri_errors_are_one_line(mnist_trained, monkeypatch):
             predict(load_mlops(cfg), [str(root / "data"), str(root / "out")], str(root / "bad"), None)
 
 
+@pytest.mark.xdist_group("mnist_trained")  # one trained model (tests/test_suite_rules.py)
 @pytest.mark.slow
 def test_registered_model_loads_without_itwinai_installed(mnist_trained):
     """mlflow.pytorch.load_model in a plain Python: the model's package travels with it (code_paths), so a Python
