@@ -37,8 +37,8 @@ base: venv engine
 # workflow model, the safety checks, the docs' sources (seconds, no daemon). `make test` runs it first, then the real.
 # Both run on pytest-xdist processes (tests/conftest.py says which tests share one): the fast tier on WORKERS, one a
 # core; the real tier on REAL_WORKERS, one more, as its tests also wait (downloads, daemons, timers): with 3 workers
-# it took 508 and 522 s here (2 cores), with 2 549 s. The real tests marked `alone` (the daemon stopped, prune, every
-# process looked at) run first, one at a time.
+# it took 467-511 s here (2 cores), with 2 549 s, with 4 longer than with 3. The real tests marked `alone` (the
+# daemon stopped, prune, every process looked at) run first, one at a time.
 REAL := docker or slow or mlflow or browser
 FAST := -m "not ($(REAL))" tests
 WORKERS ?= 2
