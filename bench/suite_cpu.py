@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("command", nargs="*")
     args = ap.parse_args()
     if args.tests:
-        if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args.command):
+        if any(a.startswith(("-n", "--numprocesses")) for a in args.command):
             sys.exit("suite_cpu: --tests runs one test at a time: no -n")
         sys.exit(by_test(args.tests, args.command, args.top))
     args.command = args.command or ["make", "test"]
